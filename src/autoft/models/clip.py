@@ -1,0 +1,116 @@
+"""Loading CLIP backbones: open_clip registry names with pretrained tags, custom architectures
+built offline, and checkpoints written by autoft (config + tokenizer vocabulary + weights).
+
+Every loader returns a `ClipBundle` so the rest of the library never cares where a model came from.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+
+from autoft.errors import UserError
+from autoft.models.tokenizer import WordTokenizer
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ClipBundle:
+    model: CLIP
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def build_custom_clip(config: dict[str, Any]) -> CLIP:
+    """An open_clip CLIP from a plain config: {embed_dim, vision_cfg: {...}, text_cfg: {...}}."""
+    cfg = dict(config)
+    return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=dict(cfg["vision_cfg"]), text_cfg=dict(cfg["text_cfg"]))
+
+
+def save_checkpoint(path: str | Path, model: CLIP, config: dict, vocab: Optional[list[str]] = None,
+                    image_size: int = 224, mean=OPENAI_MEAN, std=OPENAI_STD, extra: Optional[dict] = None) -> None:
+    """Write a self-describing checkpoint atomically (temp file, then rename)."""
+    payload = {
+        "config": config, "vocab": vocab, "image_size": image_size, "mean": tuple(mean), "std": tuple(std),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {},
+    }
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path: str | Path) -> ClipBundle:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model checkpoint not found: {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_custom_clip(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    ctx = payload["config"]["text_cfg"].get("context_length", 77)
+    tokenizer = (WordTokenizer(payload["vocab"], ctx) if payload.get("vocab") is not None
+                 else open_clip.get_tokenizer("ViT-B-32", context_length=ctx))
+    return ClipBundle(model, tokenizer, payload["image_size"], tuple(payload["mean"]), tuple(payload["std"]))
+
+
+def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, custom: Optional[dict] = None,
+              checkpoint: Optional[str] = None, cache_dir: Optional[str] = None) -> ClipBundle:
+    """Build a CLIP model from exactly one source.
+
+    - checkpoint: a file written by `save_checkpoint` (our embedded foundation model, or a
+      fine-tuned model);
+    - arch (+ pretrained): an open_clip registry name such as 'ViT-B-16' with a tag such as 'openai';
+      arch alone gives random weights (benchmarks);
+    - custom: an open_clip config dict for architectures outside the registry (tests, tiny models).
+    """
+    if checkpoint:
+        return load_checkpoint(checkpoint)
+    if custom:
+        cfg = dict(custom)
+        model = build_custom_clip(cfg)
+        ctx = cfg["text_cfg"].get("context_length", 77)
+        image_size = cfg["vision_cfg"].get("image_size", 224)
+        return ClipBundle(model, open_clip.get_tokenizer("ViT-B-32", context_length=ctx), image_size, OPENAI_MEAN, OPENAI_STD)
+    if not arch:
+        raise UserError("model: set one of model.arch (open_clip name), model.custom or model.checkpoint")
+    valid = open_clip.list_models()
+    if arch not in valid:
+        raise UserError(f"unknown model.arch '{arch}'; open_clip knows: {', '.join(valid[:40])}, ...")
+    if pretrained:
+        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+        if pretrained not in tags and not Path(pretrained).is_file():
+            raise UserError(f"unknown model.pretrained '{pretrained}' for {arch}; valid tags: {', '.join(tags)}")
+    try:
+        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir)
+    except Exception as err:  # offline hub, missing file, bad cache
+        if not pretrained:
+            raise
+        hint = ("you are offline (HF_HUB_OFFLINE=1 or no network): download the weights once on a machine with "
+                "network access (they are cached under ~/.cache/huggingface), or pass model.pretrained=/path/to/weights")
+        raise UserError(f"cannot load pretrained weights {arch}/{pretrained}: {err.__class__.__name__}: {err}. {hint}") from None
+    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    mean = tuple(pp.get("mean", OPENAI_MEAN))
+    std = tuple(pp.get("std", OPENAI_STD))
+    return ClipBundle(model, open_clip.get_tokenizer(arch), int(size), mean, std)
