@@ -1,0 +1,161 @@
+"""Turns a composed Hydra config into plain arguments for autoft.pipeline (the library itself never
+reads Hydra globals; only this module and train.py do)."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from autoft.data.base import Task
+from autoft.engine import FinetuneSettings
+from autoft.errors import UserError
+from autoft.losses import validate_weights
+from autoft.metrics import METRICS
+from autoft.models.clip import load_clip
+from autoft.pipeline import Workspace, final_run, search_trial
+from autoft.reporting.io import write_json
+
+log = logging.getLogger("autoft")
+
+# Workspaces built in this process, reused by every trial a sequential launcher runs here.
+_WORKSPACES: dict[str, Workspace] = {}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_task(cfg: DictConfig) -> Task:
+    ds = cfg.dataset
+    if ds.metric not in METRICS:
+        raise UserError(f"dataset.metric '{ds.metric}' is not a metric; valid: {', '.join(sorted(METRICS))}")
+    task = instantiate(ds.task, _convert_="all")
+    task.metric, task.higher_is_better = ds.metric, bool(ds.higher_is_better)
+    return task
+
+
+def workspace(cfg: DictConfig) -> Workspace:
+    key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
+                             "precision": cfg.trainer.precision})
+    if key not in _WORKSPACES:
+        device = resolve_device(cfg.device)
+        task = build_task(cfg)
+        m = cfg.model
+        if m.get("checkpoint") and not Path(m.checkpoint).is_file():
+            hint = m.get("build_command") or "point model.checkpoint at an existing file"
+            raise UserError(f"model.checkpoint not found: {m.checkpoint}. Build it with: {hint}")
+        bundle = load_clip(arch=m.get("arch"), pretrained=m.get("pretrained"),
+                           custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
+                           checkpoint=m.get("checkpoint"), cache_dir=m.get("cache_dir"))
+        _WORKSPACES.clear()  # one model per process: a new config replaces the old one
+        _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=cfg.trainer.num_workers,
+                                           eval_batch_size=cfg.trainer.eval_batch_size,
+                                           precision=resolve_precision(cfg.trainer.precision, device))
+    return _WORKSPACES[key]
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """Loss weights, lr and weight decay of this run: the config, or a best-hparams file (final)."""
+    weights = dict(OmegaConf.to_container(cfg.method.loss_weights))
+    lr_scale, wd = float(cfg.trainer.lr_scale), float(cfg.trainer.weight_decay)
+    source = "config"
+    if cfg.get("hparams"):
+        path = Path(cfg.hparams)
+        if not path.is_file():
+            raise UserError(f"hparams file not found: {path} (a search writes best_hparams.yaml beside its study)")
+        best = OmegaConf.to_container(OmegaConf.load(path))
+        weights.update(best.get("loss_weights", {}))
+        lr_scale = float(best.get("lr_scale", lr_scale))
+        wd = float(best.get("weight_decay", wd))
+        source = str(path)
+    # ce is fixed to 1 (never searched); the reference code used a sampled ce weight in the final run
+    weights["ce"] = float(cfg.method.loss_weights.ce)
+    weights = validate_weights(weights)
+    if not lr_scale > 0:
+        raise UserError(f"trainer.lr_scale must be > 0, got {lr_scale}")
+    lr = float(cfg.trainer.base_lr) * lr_scale
+    if not lr > 0:
+        raise UserError(f"trainer.base_lr must be > 0, got {cfg.trainer.base_lr}")
+    if not 0 <= wd:
+        raise UserError(f"trainer.weight_decay must be >= 0, got {wd}")
+    return {"loss_weights": weights, "lr": lr, "lr_scale": lr_scale, "weight_decay": wd, "source": source}
+
+
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The ID examples the inner runs train on: a fixed seeded subset, decoded once per study."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: min(n, size)])
+
+
+def run(cfg: DictConfig) -> Optional[float]:
+    if cfg.phase not in ("search", "final"):
+        raise UserError(f"phase must be 'search' or 'final', got '{cfg.phase}'")
+    hp = hyperparameters(cfg)  # validate before building anything
+    seed_everything(int(cfg.seed))
+    ws = workspace(cfg)
+    out = output_dir()
+    t = cfg.trainer
+    if cfg.phase == "search":
+        return run_search(cfg, ws, hp, out)
+
+    res = final_run(ws, hp["loss_weights"], hp["lr"], hp["weight_decay"], int(t.epochs), int(t.batch_size),
+                    cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
+                    t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True)
+    record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
+              "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
+              "hparams": {**hp, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
+    write_json(out / "results.json", record)
+    log.info("results written to %s", out / "results.json")
+    for split, m in res["metrics"].items():
+        log.info("  %-16s %s %.4f", split, ws.task.metric, m[ws.task.metric])
+    return res["metrics"]["id_val"][ws.task.metric]
+
+
+def run_search(cfg: DictConfig, ws: Workspace, hp: dict, out: Path) -> float:
+    t = cfg.trainer
+    steps = int(t.inner_steps)
+    settings = FinetuneSettings(steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                warmup_steps=int(round(float(t.warmup_fraction) * steps)),
+                                clip_grad_norm=t.clip_grad_norm, accum_steps=int(t.accum_steps),
+                                precision=ws.precision, max_loss=float(t.max_loss), seed=int(cfg.seed))
+    search = cfg.get("search", {})
+    reporter = None
+    if search.get("trial_id") is not None:
+        from autoft.search.trial import TrialReporter
+        reporter = TrialReporter.from_config(search)
+    pool = pool_indices(len(ws.task.train), steps * int(t.batch_size), int(search.get("pool_seed", 0)))
+    result = search_trial(ws, hp["loss_weights"], settings, cfg.method.trainable, pool, int(t.batch_size),
+                          eval_every=int(search.get("eval_every", 0) or 0),
+                          report=reporter.report if reporter is not None else None)
+    write_json(out / "trial.json", {"hparams": hp, **result})
+    log.info("trial objective (%s on OOD-val): %.4f  [%.1fs]", ws.task.metric, result["objective"], result["seconds"])
+    return float(result["objective"])

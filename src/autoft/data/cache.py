@@ -1,0 +1,122 @@
+"""The image path shared by training, search and evaluation.
+
+Every split is turned into uint8 CHW tensors at the model's resolution by one deterministic
+transform (shorter side resized with bicubic antialiasing, then centre-cropped); normalisation to
+the model's mean/std happens on the device. The search touches the same few thousand examples in
+every trial, so `materialize` decodes them once per study into one uint8 tensor (kept on the device
+when it fits) instead of decoding JPEGs hundreds of times. Fine-tuning uses no data augmentation, so
+the OOD-val objective is always measured with the evaluation transform.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import functional as TF
+from tqdm.auto import tqdm
+
+from autoft.data.base import Split
+from autoft.models.clip import atomic_torch_save
+
+
+def to_uint8(image, size: int) -> torch.Tensor:
+    """PIL image or uint8 CHW tensor -> uint8 [3, size, size]."""
+    if isinstance(image, Image.Image):
+        image = TF.pil_to_tensor(image.convert("RGB"))
+    if image.ndim == 2:
+        image = image[None]
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    if tuple(image.shape[-2:]) != (size, size):
+        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        image = TF.center_crop(image, [size, size])
+    return image.contiguous()
+
+
+class UInt8View(Dataset):
+    """A split's examples (optionally a subset) as (uint8 image, label) at one resolution."""
+
+    def __init__(self, split: Split, size: int, indices: Optional[Sequence[int]] = None):
+        self.split, self.size = split, size
+        self.indices = np.arange(len(split)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.split.dataset[int(self.indices[i])]
+        return to_uint8(image, self.size), int(label)
+
+
+def loader(split: Split, size: int, batch_size: int, shuffle: bool = False, num_workers: int = 0,
+           seed: int = 0, indices: Optional[Sequence[int]] = None, drop_last: bool = False,
+           sampler=None) -> DataLoader:
+    """Batches of (uint8 images, labels); a fixed order unless shuffle (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(UInt8View(split, size, indices), batch_size=batch_size, shuffle=shuffle and sampler is None,
+                      sampler=sampler, num_workers=num_workers, generator=generator, drop_last=drop_last,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None, num_workers: int = 0,
+                batch_size: int = 256, cache_file: Optional[str | Path] = None, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode (a subset of) a split once into (uint8 [N, 3, size, size], int64 labels [N]).
+
+    With cache_file, the tensors are also stored on disk (atomically) so that other workers of the
+    same study load them instead of decoding again."""
+    if cache_file is not None and Path(cache_file).is_file():
+        blob = torch.load(cache_file, map_location="cpu")
+        return blob["images"], blob["labels"]
+    view = UInt8View(split, size, indices)
+    images = torch.empty((len(view), 3, size, size), dtype=torch.uint8)
+    labels = torch.empty(len(view), dtype=torch.long)
+    pos = 0
+    batches = DataLoader(view, batch_size=batch_size, num_workers=num_workers)
+    for x, y in tqdm(batches, desc=desc or f"decoding {split.name}", leave=False,
+                     disable=len(view) < 5000 or not os.isatty(2)):
+        images[pos: pos + len(x)] = x
+        labels[pos: pos + len(x)] = y
+        pos += len(x)
+    if cache_file is not None:
+        atomic_torch_save({"images": images, "labels": labels}, cache_file)
+    return images, labels
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+
+
+class Normalizer:
+    """uint8 batches -> float, normalised on the device (one fused op instead of a CPU transform)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
+        self.device = device
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return (images.float() - self.mean) * self.inv_std
+
+
+class TensorBatches:
+    """Endless shuffled batches from in-memory uint8 tensors; one permutation per pass, seeded."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0):
+        if len(images) < batch_size:
+            raise ValueError(f"{len(images)} examples cannot fill a batch of {batch_size}")
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:
+            order = torch.randperm(len(self.images), generator=self.generator)
+            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+                idx = order[start: start + self.batch_size].to(self.images.device)
+                yield self.images[idx], self.labels[idx]

@@ -1,0 +1,147 @@
+"""One fine-tuning loop for both the search's short inner runs and the final runs.
+
+Defects of the reference implementation this loop is written against (DESIGN.md section 3): the
+peak learning rate is the run's own (searched) lr, never overwritten; the warm-up is a fraction of
+the run's own length, so even a 10-step trial reaches its lr; one persistent data iterator; no model
+copies per trial (the caller resets one working model from theta0).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from autoft.data.cache import Normalizer
+from autoft.errors import TrialDiverged, UserError
+from autoft.losses import AutoFTObjective
+from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int  # optimiser steps of the whole run (sets the schedule's length)
+    lr: float  # peak learning rate
+    weight_decay: float
+    warmup_steps: int = 0
+    clip_grad_norm: Optional[float] = None
+    accum_steps: int = 1
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    max_loss: float = 1e4
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise UserError(f"the run needs at least 1 step, got {self.steps} (trainer.inner_steps / trainer.epochs)")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"trainer.base_lr x trainer.lr_scale must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0):
+            raise UserError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.accum_steps < 1:
+            raise UserError(f"trainer.accum_steps must be >= 1, got {self.accum_steps}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise UserError(f"trainer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """lr factor for optimiser step `step` (0-based): linear warm-up to 1, then cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(params: list[nn.Parameter], lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    fused = device.type == "cuda"  # one kernel for all parameters on GPUs
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+StepCallback = Callable[[int, dict], None]
+
+
+class Finetuner:
+    """Owns the optimiser and schedule of one run; `run` may be called repeatedly (one call per
+    epoch in final runs) and continues the same schedule."""
+
+    def __init__(self, classifier: CLIPClassifier, params: list[nn.Parameter], objective: AutoFTObjective,
+                 normalizer: Normalizer, settings: FinetuneSettings, device: torch.device,
+                 caption_tokens: Optional[torch.Tensor] = None, gather=None):
+        self.model, self.params, self.objective = classifier, params, objective
+        self.normalize, self.settings, self.device = normalizer, settings, device
+        if objective.uses_text and caption_tokens is None:
+            raise ValueError("the flyp term needs caption tokens [classes, templates, context]")
+        self.captions = caption_tokens.to(device) if caption_tokens is not None else None
+        self.gather = gather
+        self.optimizer = make_optimizer(params, settings.lr, settings.weight_decay, device)
+        warmup, total = settings.warmup_steps, settings.steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(settings.seed)
+
+    def _caption_batch(self, labels: torch.Tensor) -> torch.Tensor:
+        """One prompt per example: its class with a template drawn at random (seeded)."""
+        n_templates = self.captions.shape[1]
+        pick = torch.randint(n_templates, (len(labels),), generator=self.generator).to(self.device)
+        return self.captions[labels, pick]
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        s, obj = self.settings, self.objective
+        self.optimizer.zero_grad(set_to_none=True)
+        labels = labels.to(self.device, non_blocking=True)
+        totals: dict[str, float] = {}
+        loss_value = 0.0
+        for x, y in zip(images.chunk(s.accum_steps), labels.chunk(s.accum_steps)):
+            share = len(y) / len(labels)
+            with autocast(self.device, s.precision):
+                logits, feats = self.model(self.normalize(x))
+                text = self.model.text_features(self._caption_batch(y)) if obj.uses_text else None
+                terms = obj.data_terms(logits, y, feats, text, self.model.logit_scale, self.gather)
+            loss = obj.combine(terms) * share
+            loss.backward()
+            loss_value += loss.item()
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + v.item() * share
+        pterms = obj.param_terms()  # once per step: parameters do not change between micro-batches
+        if pterms:
+            ploss = obj.combine(pterms)
+            ploss.backward()
+            loss_value += ploss.item()
+            totals.update({k: v.item() for k, v in pterms.items()})
+        if not math.isfinite(loss_value) or abs(loss_value) > s.max_loss:
+            raise TrialDiverged(f"loss {loss_value:.4g} at step {self.step + 1} (limit trainer.max_loss={s.max_loss:g})")
+        info = {"step": self.step + 1, "loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"], **totals}
+        if s.clip_grad_norm is not None:
+            info["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad_norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return info
+
+    def train_mode(self) -> None:
+        self.model.train()
+        freeze_batchnorm_stats(self.model)
+
+    def run(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], n_steps: int,
+            callback: Optional[StepCallback] = None) -> list[dict]:
+        """`n_steps` optimiser steps; `callback(step, info)` after each (it may evaluate, or raise to stop)."""
+        self.train_mode()
+        history = []
+        for _ in range(n_steps):
+            images, labels = next(batches)
+            info = self.train_step(images, labels)
+            history.append(info)
+            if callback is not None:
+                callback(self.step, info)
+        self.model.eval()
+        return history

@@ -1,0 +1,44 @@
+"""Evaluating a classifier on splits: logits in a fixed order, projected onto each split's own
+classes, then the split's metrics (and its official evaluator when it has one)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from autoft.data.base import Split, project_logits
+from autoft.data.cache import Normalizer
+from autoft.engine import autocast
+from autoft.metrics import METRICS
+
+
+@torch.no_grad()
+def predict(model, batches: Iterable, normalizer: Normalizer, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) for uint8 image batches in the given order."""
+    model.eval()
+    out = []
+    for images, *_ in batches:
+        with autocast(device, precision):
+            logits, _ = model(normalizer(images))
+        out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def tensor_batches(images: torch.Tensor, batch_size: int):
+    for start in range(0, len(images), batch_size):
+        yield (images[start: start + batch_size],)
+
+
+def split_metrics(logits: torch.Tensor, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Metrics of task logits on a split (or the subset `indices` of it, in that order)."""
+    indices = np.arange(len(split)) if indices is None else np.asarray(indices)
+    y_true = torch.as_tensor(split.labels[indices], dtype=torch.long)
+    y_pred = project_logits(logits, split.class_map).argmax(dim=1)
+    groups = torch.as_tensor(split.groups[indices], dtype=torch.long) if split.groups is not None else None
+    out = {"accuracy": METRICS["accuracy"](y_pred, y_true), "macro_f1": METRICS["macro_f1"](y_pred, y_true)}
+    if groups is not None:
+        out["worst_group_accuracy"] = METRICS["worst_group_accuracy"](y_pred, y_true, groups)
+    if split.evaluator is not None:
+        out.update({k: float(v) for k, v in split.evaluator(y_pred, y_true, indices).items()})
+    return out

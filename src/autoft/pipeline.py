@@ -1,0 +1,202 @@
+"""The two phases of AutoFT on plain arguments (train.py converts the Hydra config into these).
+
+- `search_trial`: reset the working model to theta0, fine-tune for the inner budget on the cached ID
+  pool with the trial's objective, score the cached OOD-val subset.
+- `final_run`: fine-tune for whole epochs on ID train, keep the epoch with the best ID-val objective,
+  evaluate ID test and every OOD test, and the WiSE-FT curve.
+
+A `Workspace` holds what is built once per process and reused by every trial in it: the task, the
+model with its zero-shot head, theta0 (one separate copy, also used to reset the model between
+trials: no deep copies), and the decoded image tensors.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autoft.data.base import Split, Task, format_prompt
+from autoft.data.cache import Normalizer, TensorBatches, loader, materialize
+from autoft.engine import Finetuner, FinetuneSettings
+from autoft.evaluation import predict, split_metrics, tensor_batches
+from autoft.losses import AutoFTObjective
+from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
+from autoft.models.clip import ClipBundle, atomic_torch_save
+from autoft.wise import ALPHAS, interpolate
+
+log = logging.getLogger(__name__)
+
+# Splits up to this many bytes of uint8 images are decoded once and kept in memory; larger ones
+# (iWildCam or ImageNet train at 224 px) stream through DataLoader workers.
+IN_MEMORY_BYTES = 2 * 1024**3
+
+
+@dataclass
+class Workspace:
+    task: Task
+    bundle: ClipBundle
+    classifier: CLIPClassifier
+    theta0: dict[str, torch.Tensor]  # separate copy of the zero-shot classifier's weights
+    normalizer: Normalizer
+    device: torch.device
+    caption_tokens: torch.Tensor  # [classes, templates, context]
+    num_workers: int = 0
+    eval_batch_size: int = 512
+    precision: str = "fp32"
+    tensors: dict = field(default_factory=dict)  # decoded splits, by key
+
+    @classmethod
+    def build(cls, task: Task, bundle: ClipBundle, device: torch.device, num_workers: int = 0,
+              eval_batch_size: int = 512, precision: str = "fp32") -> "Workspace":
+        clip = bundle.model.to(device)
+        clip.eval()
+        head = zeroshot_weights(clip, bundle.tokenizer, task.classnames, task.templates, device)
+        classifier = CLIPClassifier(clip, head).to(device)
+        theta0 = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
+        captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.classnames])
+        return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device), device, captions,
+                   num_workers, eval_batch_size, precision)
+
+    def reset(self) -> None:
+        """Put the working model back to theta0 (in place: parameters keep their identity)."""
+        self.classifier.load_state_dict(self.theta0)
+
+    def split_tensors(self, split: Split, indices: Optional[np.ndarray] = None, cache_file=None):
+        key = (split.name, None if indices is None else tuple(int(i) for i in indices))
+        if key not in self.tensors:
+            images, labels = materialize(split, self.bundle.image_size, indices, self.num_workers,
+                                         cache_file=cache_file, desc=f"decoding {split.name}")
+            fits = images.numel() < IN_MEMORY_BYTES // 4 and self.device.type == "cuda"
+            self.tensors[key] = (images.to(self.device) if fits else images, labels)
+        return self.tensors[key]
+
+    def fits_in_memory(self, n: int) -> bool:
+        return n * 3 * self.bundle.image_size ** 2 <= IN_MEMORY_BYTES
+
+    def objective(self, weights: dict, trainable: str) -> tuple[list[torch.nn.Parameter], AutoFTObjective]:
+        params = trainable_parameters(self.classifier, trainable)
+        ids = {id(p) for p in params}
+        theta0 = [self.theta0[name] for name, p in self.classifier.named_parameters() if id(p) in ids]
+        return params, AutoFTObjective(weights, params, theta0)
+
+    def logits(self, split: Split, indices: Optional[np.ndarray] = None) -> torch.Tensor:
+        n = len(split) if indices is None else len(indices)
+        if self.fits_in_memory(n):
+            images, _ = self.split_tensors(split, indices)
+            batches = tensor_batches(images, self.eval_batch_size)
+        else:
+            batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers, indices=indices)
+        return predict(self.classifier, batches, self.normalizer, self.device, self.precision)
+
+    def evaluate(self, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
+        return split_metrics(self.logits(split, indices), split, indices)
+
+
+def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, trainable: str,
+                 pool_indices: np.ndarray, batch_size: int, eval_every: int = 0,
+                 report: Optional[Callable[[int, float], None]] = None) -> dict:
+    """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning)."""
+    task = ws.task
+    t0 = time.perf_counter()
+    ws.reset()
+    params, objective = ws.objective(weights, trainable)
+    images, labels = ws.split_tensors(task.train, pool_indices)
+    batches = iter(TensorBatches(images, labels, batch_size, seed=settings.seed))
+    tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
+
+    def on_step(step: int, info: dict) -> None:
+        if report is not None and eval_every and step % eval_every == 0 and step < settings.steps:
+            report(step, ws.evaluate(task.ood_val)[task.metric])
+            tuner.train_mode()
+
+    history = tuner.run(batches, settings.steps, on_step)
+    metrics = ws.evaluate(task.ood_val)
+    # what the optimiser really used, so tests and users can check the sampled values arrived
+    return {"objective": metrics[task.metric], "ood_val": metrics, "final_loss": history[-1]["loss"],
+            "peak_lr": max(h["lr"] for h in history), "weight_decay": tuner.optimizer.param_groups[0]["weight_decay"],
+            "loss_terms": {k: v for k, v in history[-1].items() if k not in ("step", "loss", "lr", "grad_norm")},
+            "seconds": time.perf_counter() - t0}
+
+
+def evaluate_all(ws: Workspace) -> dict[str, dict[str, float]]:
+    task = ws.task
+    out = {"id_val": ws.evaluate(task.id_val), "ood_val": ws.evaluate(task.ood_val)}
+    for name, split in task.tests.items():
+        out[name] = ws.evaluate(split)
+    return out
+
+
+def train_batches(ws: Workspace, split: Split, batch_size: int, seed: int):
+    """One epoch's iterator factory for the final run: in-memory tensors when they fit, else workers."""
+    n = len(split)
+    steps = n // batch_size
+    if steps < 1:
+        raise ValueError(f"{split.name}: {n} examples cannot fill a batch of {batch_size}")
+    if ws.fits_in_memory(n):
+        images, labels = ws.split_tensors(split)
+        source = iter(TensorBatches(images, labels, batch_size, seed))
+        return steps, lambda: source
+    dl = loader(split, ws.bundle.image_size, batch_size, shuffle=True, num_workers=ws.num_workers, seed=seed, drop_last=True)
+    return steps, lambda: iter(dl)
+
+
+def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epochs: int, batch_size: int,
+              trainable: str, train: bool, output_dir: Path, seed: int, warmup_fraction: float = 0.1,
+              clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
+              wise_alphas=ALPHAS, progress: bool = True) -> dict:
+    """Fine-tune on all of ID train for `epochs`, select the epoch on ID val, evaluate everything.
+
+    Returns the results dict (also what results.json holds); saves the selected weights atomically."""
+    task = ws.task
+    ws.reset()
+    t0 = time.perf_counter()
+    results: dict = {"selected_epoch": 0, "epochs": []}
+    sign = 1.0 if task.higher_is_better else -1.0
+    if train:
+        torch.manual_seed(seed)
+        params, objective = ws.objective(weights, trainable)
+        steps_per_epoch, epoch_iter = train_batches(ws, task.train, batch_size, seed)
+        total = steps_per_epoch * epochs
+        settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
+                                    warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
+                                    accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
+        tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
+        best_score, best_state = -math.inf, None
+        bar = tqdm(total=total, desc=f"fine-tuning ({epochs} epochs)", disable=not progress, leave=False)
+        for epoch in range(1, epochs + 1):
+            hist = tuner.run(epoch_iter(), steps_per_epoch, lambda s, info: bar.update(1))
+            val = ws.evaluate(task.id_val)
+            score = sign * val[task.metric]
+            results["epochs"].append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
+            log.info("epoch %d/%d  loss %.4f  id_val %s %.4f", epoch, epochs, results["epochs"][-1]["loss"], task.metric, val[task.metric])
+            if score > best_score:
+                best_score, results["selected_epoch"] = score, epoch
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
+        bar.close()
+        ws.classifier.load_state_dict(best_state)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(best_state, output_dir / "model.pt")
+    results["metrics"] = evaluate_all(ws)
+    if train and wise_alphas:
+        results["wise"] = wise_curve(ws, wise_alphas)
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def wise_curve(ws: Workspace, alphas) -> dict[str, dict]:
+    """Evaluate theta(a) for each a; leaves the working model at the fine-tuned weights."""
+    finetuned = {k: v.detach().clone() for k, v in ws.classifier.state_dict().items()}
+    curve = {}
+    for a in alphas:
+        ws.classifier.load_state_dict(interpolate(ws.theta0, finetuned, a))
+        curve[f"{a:.1f}"] = evaluate_all(ws)
+    ws.classifier.load_state_dict(finetuned)
+    return curve

@@ -1,0 +1,51 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import numpy as np
+import pytest
+import torch
+
+from autoft.data.base import Split, Task
+from autoft.models.clip import load_clip
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def random_split(name, n, classes, seed, size=16):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    # a class-dependent colour shift so that a few steps of training can learn something
+    images = (images // 2 + (labels * 40).view(-1, 1, 1, 1).to(torch.uint8)).to(torch.uint8)
+    return Split(name, TensorDataset(images, labels.numpy()), labels.numpy().astype(np.int64))
+
+
+@pytest.fixture
+def tiny_bundle():
+    torch.manual_seed(0)
+    return load_clip(custom=TINY_CLIP)
+
+
+@pytest.fixture
+def tiny_task():
+    classes = ["cat", "dog", "bird"]
+    return Task(name="tiny", classnames=classes, templates=["a photo of a {}.", "a {} in the wild."],
+                train=random_split("train", 48, 3, 0), id_val=random_split("id_val", 12, 3, 1),
+                ood_val=random_split("ood_val", 12, 3, 2), tests={"id_test": random_split("id_test", 12, 3, 3)})
