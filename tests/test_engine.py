@@ -14,6 +14,8 @@ from autoft.losses import AutoFTObjective
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats, zeroshot_weights
 from autoft.pipeline import Workspace, final_run, search_trial
 from autoft.wise import interpolate
+from autoft.models.clip import load_clip
+from conftest import TINY_CLIP
 
 
 def test_zeroshot_head_equals_open_clip(tiny_bundle, tiny_task):
@@ -78,7 +80,8 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_bundle, tiny_task):
     results = []
     for accum in (1, 4):
         torch.manual_seed(0)
-        ws, tuner, batches = make_tuner(tiny_bundle, tiny_task, {"ce": 1.0, "hinge": 0.3, "l2init": 1.0}, accum=accum)
+        bundle = load_clip(custom=TINY_CLIP)  # the same initial weights for both runs
+        ws, tuner, batches = make_tuner(bundle, tiny_task, {"ce": 1.0, "hinge": 0.3, "l2init": 1.0}, accum=accum)
         tuner.run(batches, 1)
         results.append({n: p.grad.clone() for n, p in ws.classifier.named_parameters() if p.grad is not None})
     assert results[0].keys() == results[1].keys()
