@@ -1,0 +1,35 @@
+# Two commands for a fresh machine (see README): `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo foundation test test-slow test-all clean-outputs
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+foundation: install  ## build (once, cached) the embedded task's small CLIP model
+	$(PY) scripts/build_foundation.py
+
+demo: install  ## the whole method on the embedded default task: search, final retrain, baselines, table
+	$(PY) scripts/demo.py
+
+test: install  ## the default suite (about 10 minutes on 2 cores)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install  ## longer end-to-end checks
+	$(PY) -m pytest -m slow -q
+
+test-all: install
+	$(PY) -m pytest -q
+
+clean-outputs:
+	rm -rf outputs multirun
