@@ -73,7 +73,8 @@ def workspace(cfg: DictConfig) -> Workspace:
                            custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
                            checkpoint=m.get("checkpoint"), cache_dir=m.get("cache_dir"))
         _WORKSPACES.clear()  # one model per process: a new config replaces the old one
-        _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=cfg.trainer.num_workers,
+        workers = min(int(cfg.trainer.num_workers), os.cpu_count() or 1)
+        _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=workers,
                                            eval_batch_size=cfg.trainer.eval_batch_size,
                                            precision=resolve_precision(cfg.trainer.precision, device))
     return _WORKSPACES[key]

@@ -77,7 +77,8 @@ def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None
     images = torch.empty((len(view), 3, size, size), dtype=torch.uint8)
     labels = torch.empty(len(view), dtype=torch.long)
     pos = 0
-    batches = DataLoader(view, batch_size=batch_size, num_workers=num_workers)
+    # worker processes only pay off when there is real decoding to spread
+    batches = DataLoader(view, batch_size=batch_size, num_workers=num_workers if len(view) >= 2000 else 0)
     for x, y in tqdm(batches, desc=desc or f"decoding {split.name}", leave=False,
                      disable=len(view) < 5000 or not os.isatty(2)):
         images[pos: pos + len(x)] = x
