@@ -45,6 +45,10 @@ def tiny_bundle():
 
 @pytest.fixture
 def tiny_task():
+    return tiny_task_value()
+
+
+def tiny_task_value():
     classes = ["cat", "dog", "bird"]
     return Task(name="tiny", classnames=classes, templates=["a photo of a {}.", "a {} in the wild."],
                 train=random_split("train", 48, 3, 0), id_val=random_split("id_val", 12, 3, 1),

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoft.data.base import Task
+from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import FinetuneSettings
 from autoft.errors import UserError
 from autoft.losses import validate_weights
@@ -29,9 +30,10 @@ log = logging.getLogger("autoft")
 _WORKSPACES: dict[str, Workspace] = {}
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> this process's GPU (torchrun's LOCAL_RANK) when CUDA is available, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
@@ -63,7 +65,9 @@ def workspace(cfg: DictConfig) -> Workspace:
     key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
                              "precision": cfg.trainer.precision})
     if key not in _WORKSPACES:
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, distributed_env(cfg).local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         task = build_task(cfg)
         m = cfg.model
         if m.get("checkpoint") and not Path(m.checkpoint).is_file():
@@ -78,6 +82,14 @@ def workspace(cfg: DictConfig) -> Workspace:
                                            eval_batch_size=cfg.trainer.eval_batch_size,
                                            precision=resolve_precision(cfg.trainer.precision, device))
     return _WORKSPACES[key]
+
+
+def distributed_env(cfg: DictConfig) -> DistEnv:
+    """torchrun's process group for final runs; searches scale by workers sharing a study instead."""
+    if cfg.phase != "final":
+        return SINGLE
+    want = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else str(cfg.device).split(":")[0]
+    return from_environment(want)
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
@@ -128,9 +140,12 @@ def run(cfg: DictConfig) -> Optional[float]:
     if cfg.phase == "search":
         return run_search(cfg, ws, hp, out)
 
+    env = distributed_env(cfg)
     res = final_run(ws, hp["loss_weights"], hp["lr"], hp["weight_decay"], int(t.epochs), int(t.batch_size),
                     cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
-                    t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True)
+                    t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True, dist_env=env)
+    if not env.is_main:
+        return None
     record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
               "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
               "hparams": {**hp, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from autoft.data.cache import Normalizer
+from autoft.distributed import SINGLE, DistEnv, average_gradients, feature_gatherer
 from autoft.errors import TrialDiverged, UserError
 from autoft.losses import AutoFTObjective
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats
@@ -76,13 +77,14 @@ class Finetuner:
 
     def __init__(self, classifier: CLIPClassifier, params: list[nn.Parameter], objective: AutoFTObjective,
                  normalizer: Normalizer, settings: FinetuneSettings, device: torch.device,
-                 caption_tokens: Optional[torch.Tensor] = None, gather=None):
+                 caption_tokens: Optional[torch.Tensor] = None, dist_env: DistEnv = SINGLE):
         self.model, self.params, self.objective = classifier, params, objective
         self.normalize, self.settings, self.device = normalizer, settings, device
         if objective.uses_text and caption_tokens is None:
             raise ValueError("the flyp term needs caption tokens [classes, templates, context]")
         self.captions = caption_tokens.to(device) if caption_tokens is not None else None
-        self.gather = gather
+        self.dist_env = dist_env
+        self.gather = feature_gatherer(dist_env)
         self.optimizer = make_optimizer(params, settings.lr, settings.weight_decay, device)
         warmup, total = settings.warmup_steps, settings.steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, warmup, total))
@@ -121,12 +123,23 @@ class Finetuner:
         if not math.isfinite(loss_value) or abs(loss_value) > s.max_loss:
             raise TrialDiverged(f"loss {loss_value:.4g} at step {self.step + 1} (limit trainer.max_loss={s.max_loss:g})")
         info = {"step": self.step + 1, "loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"], **totals}
+        average_gradients(self.params, self.dist_env)
         if s.clip_grad_norm is not None:
             info["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad_norm).item()
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         return info
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "step": self.step, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
 
     def train_mode(self) -> None:
         self.model.train()

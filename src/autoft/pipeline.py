@@ -11,20 +11,23 @@ trials: no deep copies), and the decoded image tensors.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from autoft.data.base import Split, Task, format_prompt
-from autoft.data.cache import Normalizer, TensorBatches, loader, materialize
+from torch.utils.data import DistributedSampler
+
+from autoft.data.cache import Normalizer, TensorBatches, UInt8View, loader, materialize
+from autoft.distributed import SINGLE, DistEnv
+from autoft.errors import UserError
 from autoft.engine import Finetuner, FinetuneSettings
 from autoft.evaluation import predict, split_metrics, tensor_batches
 from autoft.losses import AutoFTObjective
@@ -134,27 +137,44 @@ def evaluate_all(ws: Workspace) -> dict[str, dict[str, float]]:
     return out
 
 
-def train_batches(ws: Workspace, split: Split, batch_size: int, seed: int):
-    """One epoch's iterator factory for the final run: in-memory tensors when they fit, else workers."""
-    n = len(split)
-    steps = n // batch_size
-    if steps < 1:
-        raise ValueError(f"{split.name}: {n} examples cannot fill a batch of {batch_size}")
-    if ws.fits_in_memory(n):
-        images, labels = ws.split_tensors(split)
-        source = iter(TensorBatches(images, labels, batch_size, seed))
-        return steps, lambda: source
-    dl = loader(split, ws.bundle.image_size, batch_size, shuffle=True, num_workers=ws.num_workers, seed=seed, drop_last=True)
-    return steps, lambda: iter(dl)
+class EpochSource:
+    """The final run's training batches, epoch by epoch: in-memory tensors when the split fits,
+    else DataLoader workers; sharded across ranks; epoch e's order depends only on (seed, e)."""
+
+    def __init__(self, ws: Workspace, split: Split, batch_size: int, seed: int, dist_env: DistEnv = SINGLE):
+        self.steps = len(split) // batch_size
+        if self.steps < 1:
+            raise UserError(f"{split.name}: {len(split)} examples cannot fill trainer.batch_size={batch_size}")
+        if batch_size % dist_env.world_size:
+            raise UserError(f"trainer.batch_size={batch_size} must be divisible by the {dist_env.world_size} processes")
+        self.tensors = None
+        if ws.fits_in_memory(len(split)):
+            images, labels = ws.split_tensors(split)
+            self.tensors = TensorBatches(images, labels, batch_size, seed, dist_env.rank, dist_env.world_size)
+        else:
+            view = UInt8View(split, ws.bundle.image_size)
+            self.sampler = DistributedSampler(view, dist_env.world_size, dist_env.rank, shuffle=True, seed=seed,
+                                              drop_last=True)
+            self.loader = loader(split, ws.bundle.image_size, batch_size // dist_env.world_size,
+                                 num_workers=ws.num_workers, drop_last=True, sampler=self.sampler)
+
+    def epoch(self, e: int) -> Iterator:
+        if self.tensors is not None:
+            return self.tensors.epoch(e)
+        self.sampler.set_epoch(e)
+        return iter(self.loader)
 
 
 def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epochs: int, batch_size: int,
               trainable: str, train: bool, output_dir: Path, seed: int, warmup_fraction: float = 0.1,
               clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
-              wise_alphas=ALPHAS, progress: bool = True) -> dict:
+              wise_alphas=ALPHAS, progress: bool = True, dist_env: DistEnv = SINGLE,
+              on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Fine-tune on all of ID train for `epochs`, select the epoch on ID val, evaluate everything.
 
-    Returns the results dict (also what results.json holds); saves the selected weights atomically."""
+    After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
+    rerun with the same output dir resumes from it and ends with the same weights as an uninterrupted
+    run. Returns the results dict (what results.json holds); the selected weights go to model.pt."""
     task = ws.task
     ws.reset()
     t0 = time.perf_counter()
@@ -163,27 +183,47 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
     if train:
         torch.manual_seed(seed)
         params, objective = ws.objective(weights, trainable)
-        steps_per_epoch, epoch_iter = train_batches(ws, task.train, batch_size, seed)
-        total = steps_per_epoch * epochs
+        source = EpochSource(ws, task.train, batch_size, seed, dist_env)
+        total = source.steps * epochs
         settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
                                     warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
                                     accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
-        tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
-        best_score, best_state = -math.inf, None
-        bar = tqdm(total=total, desc=f"fine-tuning ({epochs} epochs)", disable=not progress, leave=False)
-        for epoch in range(1, epochs + 1):
-            hist = tuner.run(epoch_iter(), steps_per_epoch, lambda s, info: bar.update(1))
-            val = ws.evaluate(task.id_val)
+        tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens,
+                          dist_env)
+        best_score, best_state, first_epoch = -math.inf, None, 1
+        checkpoint = output_dir / "last.pt"
+        if checkpoint.is_file():
+            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if checkpoint.is_file() and state["settings"] != asdict(settings):
+            log.warning("ignoring %s: it belongs to a run with other settings", checkpoint)
+        elif checkpoint.is_file():
+            ws.classifier.load_state_dict(state["model"])
+            tuner.load_state_dict(state["tuner"])
+            best_score, best_state, results = state["best_score"], state["best_state"], state["results"]
+            first_epoch = state["epoch"] + 1
+            log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+        bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({epochs} epochs)",
+                   disable=not progress or not dist_env.is_main, leave=False)
+        for epoch in range(first_epoch, epochs + 1):
+            hist = tuner.run(source.epoch(epoch), source.steps, lambda s, info: bar.update(1))
+            val = ws.evaluate(task.id_val)  # every rank evaluates the same set: same selection everywhere
             score = sign * val[task.metric]
             results["epochs"].append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
             log.info("epoch %d/%d  loss %.4f  id_val %s %.4f", epoch, epochs, results["epochs"][-1]["loss"], task.metric, val[task.metric])
             if score > best_score:
                 best_score, results["selected_epoch"] = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
+            if dist_env.is_main:
+                atomic_torch_save({"epoch": epoch, "settings": asdict(settings), "model": ws.classifier.state_dict(),
+                                   "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
+                                   "results": results}, checkpoint)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, results)
         bar.close()
         ws.classifier.load_state_dict(best_state)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(best_state, output_dir / "model.pt")
+        if dist_env.is_main:
+            atomic_torch_save(best_state, output_dir / "model.pt")
+            checkpoint.unlink()  # the run is complete: model.pt and results.json are its record
     results["metrics"] = evaluate_all(ws)
     if train and wise_alphas:
         results["wise"] = wise_curve(ws, wise_alphas)

@@ -107,17 +107,31 @@ class Normalizer:
 
 
 class TensorBatches:
-    """Endless shuffled batches from in-memory uint8 tensors; one permutation per pass, seeded."""
+    """Shuffled batches from in-memory uint8 tensors. Epoch e's order depends only on (seed, e), so a
+    resumed run sees exactly the batches an uninterrupted one would. With world_size > 1 each rank
+    yields its own slice of every global batch of `batch_size`."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if len(images) < batch_size:
             raise ValueError(f"{len(images)} examples cannot fill a batch of {batch_size}")
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} processes")
+        self.images, self.labels, self.batch_size, self.seed = images, labels, batch_size, seed
+        self.rank, self.local = rank, batch_size // world_size
+
+    def __len__(self) -> int:
+        return len(self.images) // self.batch_size
+
+    def epoch(self, e: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            lo = start + self.rank * self.local
+            idx = order[lo: lo + self.local].to(self.images.device)
+            yield self.images[idx], self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        e = 0
         while True:
-            order = torch.randperm(len(self.images), generator=self.generator)
-            for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-                idx = order[start: start + self.batch_size].to(self.images.device)
-                yield self.images[idx], self.labels[idx]
+            yield from self.epoch(e)
+            e += 1
