@@ -1,0 +1,289 @@
+"""WILDS tasks (iWildCam v2.0, FMoW v1.1) through the `wilds` package: official splits and evaluators.
+
+Splits (DESIGN.md section 4): ID train = `train`, ID val = `id_val`, the search's OOD-val = a
+class-balanced subset of the official OOD `val`, tests = `id_test` and the OOD `test`. Each split
+carries the official evaluator (`dataset.eval`, the leaderboard rule); its result also fills the
+objective's key (iWildCam `macro_f1` <- `F1-macro_all`, FMoW `worst_group_accuracy` <-
+`acc_worst_region`), so the number the search optimises and the tables report is the leaderboard's.
+
+FMoW's worst-region accuracy ignores the 'Other' region (countries without a region). Split.groups
+holds the region of every example, 'Other' included, so a plain worst-group accuracy over groups
+would count it; the evaluator's value replaces it. The OOD-val subset is drawn without 'Other'
+examples, where they could not move the objective anyway.
+
+Images are read from the paths the wilds classes use (`iwildcam_v2.0/train/<filename>`,
+`fmow_v1.1/images/rgb_img_<row>.png`) with our decoder, so a corrupt file is named.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autoft.data import wilds_compat
+from autoft.data.base import Split, Task
+from autoft.data.images import CheckReport, ImageFiles, example_ids, prepare_command, require
+from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset
+from autoft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+wilds_compat.install()
+
+IWILDCAM_TEMPLATES = ["a photo of {}.", "{} in the wild."]
+
+FMOW_TEMPLATES = [
+    "satellite photo of a {}.",
+    "aerial photo of a {}.",
+    "satellite photo of the {}.",
+    "aerial photo of the {}.",
+    "satellite image of a {}.",
+    "aerial image of a {}.",
+    "satellite view of a {}.",
+    "aerial view of a {}.",
+    "overhead view of a {}.",
+    "top-down view of a {}.",
+    "satellite imagery of a {}.",
+    "aerial imagery of a {}.",
+    "a high-resolution satellite photo of a {}.",
+    "a low-resolution satellite photo of a {}.",
+    "a remote sensing image of a {}.",
+    "a bird's-eye view of a {}.",
+]
+
+# official split sizes (WILDS paper, table of dataset statistics)
+IWILDCAM_COUNTS = {"train": 129809, "val": 14961, "test": 42791, "id_val": 7314, "id_test": 8154}
+FMOW_COUNTS = {"train": 76863, "val": 19915, "test": 22108, "id_val": 11483, "id_test": 11327}
+IWILDCAM_CLASSES = 182
+FMOW_CLASSES = 62
+
+_DOWNLOAD_NOTE = {
+    "iwildcam": "about 11 GB compressed",
+    "fmow": "about 50 GB compressed",
+}
+
+
+class WildsEvaluator:
+    """The wilds dataset's own `eval` on (a subset of) one split; `aliases` copy official values
+    onto our metric names (ours <- theirs)."""
+
+    def __init__(self, dataset, indices: np.ndarray, aliases: Optional[dict[str, str]] = None):
+        self.dataset, self.indices, self.aliases = dataset, np.asarray(indices, dtype=np.int64), dict(aliases or {})
+
+    def __call__(self, y_pred: torch.Tensor, y_true: torch.Tensor, indices: Optional[np.ndarray] = None) -> dict:
+        idx = self.indices if indices is None else self.indices[np.asarray(indices, dtype=np.int64)]
+        metadata = self.dataset.metadata_array[torch.as_tensor(idx)]
+        results, _ = self.dataset.eval(torch.as_tensor(y_pred).detach().cpu().long(),
+                                       torch.as_tensor(y_true).detach().cpu().long(), metadata)
+        out = {k: float(v) for k, v in results.items()}
+        for ours, theirs in self.aliases.items():
+            out[ours] = out[theirs]
+        return out
+
+
+def _split(ds, name: str, idx: np.ndarray, relpath, id_prefix: str, dataset: str, root, group_field: str,
+           aliases: dict) -> Split:
+    idx = np.asarray(idx, dtype=np.int64)
+    labels = ds.y_array[torch.as_tensor(idx)].numpy().astype(np.int64)
+    relpaths = [relpath(int(i)) for i in idx]
+    files = ImageFiles(ds.data_dir, relpaths, labels, id_prefix=id_prefix, dataset=dataset, data_root=root)
+    g = ds.metadata_fields.index(group_field)
+    groups = ds.metadata_array[torch.as_tensor(idx), g].numpy().astype(np.int64)
+    names = (ds.metadata_map or {}).get(group_field)
+    n_groups = int(ds.metadata_array[:, g].max()) + 1
+    group_names = [str(x) for x in names] if names is not None else [str(i) for i in range(n_groups)]
+    return Split(name, files, labels, groups, group_names, None, WildsEvaluator(ds, idx, aliases))
+
+
+def _official(ds, split: str) -> np.ndarray:
+    return np.flatnonzero(np.asarray(ds.split_array) == ds.split_dict[split])
+
+
+def _ood_val(pool: Split, pool_idx: np.ndarray, n: Optional[int], seed: int, candidates, make) -> tuple[Split, np.ndarray]:
+    chosen = class_balanced_indices(pool.labels, n, seed, candidates)
+    return make(pool_idx[chosen]), chosen
+
+
+def _record(task_name: str, ood_val: Split, chosen: np.ndarray, tests: dict[str, Split], subset_dir, info: dict) -> None:
+    ids = example_ids(ood_val.dataset)
+    check_disjoint(ids, {k: example_ids(s.dataset) for k, s in tests.items()})
+    if subset_dir:
+        path = save_subset(subset_dir, f"ood_val_{task_name}", chosen, ids, info)
+        log.info("OOD-val subset (%d examples) recorded in %s", len(chosen), path)
+
+
+def _malformed(what: str, path: Path, dataset: str, root, e: Exception) -> UserError:
+    return UserError(f"{what} is malformed: {path} ({type(e).__name__}: {e}). Check it with: "
+                     f"{prepare_command(dataset, root)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# iWildCam
+
+def _iwildcam_dataset(root):
+    data_dir = Path(root) / "iwildcam_v2.0"
+    for f in ("RELEASE_v2.0.txt", "metadata.csv", "categories.csv"):
+        require(data_dir / f, "iwildcam", root, "iWildCam v2.0")
+    from wilds.datasets.iwildcam_dataset import IWildCamDataset
+
+    try:
+        return IWildCamDataset(root_dir=str(root), download=False)
+    except (KeyError, ValueError, AssertionError, pd.errors.ParserError) as e:
+        raise _malformed("iWildCam metadata", data_dir / "metadata.csv", "iwildcam", root, e) from None
+
+
+def iwildcam_classnames(categories_csv, n_classes: int) -> list[str]:
+    """Class names from iWildCam's categories.csv (columns y, category_id, name; y = 99999 marks
+    categories absent from the WILDS release)."""
+    df = pd.read_csv(categories_csv)
+    if not {"y", "name"} <= set(df.columns):
+        raise UserError(f"{categories_csv}: expected columns 'y' and 'name', found {list(df.columns)}")
+    df = df[(df["y"] >= 0) & (df["y"] < n_classes)].sort_values("y")
+    if df["y"].tolist() != list(range(n_classes)):
+        raise UserError(f"{categories_csv}: expected one row for each label 0..{n_classes - 1}, found {len(df)} "
+                        f"rows with labels in that range")
+    return [str(n).strip() for n in df["name"]]
+
+
+def _iwildcam_maker(ds, root):
+    aliases = {"macro_f1": "F1-macro_all", "accuracy": "acc_avg"}
+    inputs = ds._input_array  # filenames under iwildcam_v2.0/train (what IWildCamDataset.get_input reads)
+
+    def make(name, idx):
+        return _split(ds, name, idx, lambda i: f"train/{inputs[i]}", "iwildcam", "iwildcam", root, "location", aliases)
+
+    return make
+
+
+def iwildcam(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, subset_dir=None,
+             templates: Optional[Sequence[str]] = None, metric: str = "macro_f1", higher_is_better: bool = True) -> Task:
+    """iWildCam v2.0 (182 classes). OOD-val: `ood_val_size` class-balanced examples of the OOD val
+    split (seeded by `subset_seed`), recorded in `subset_dir` when given."""
+    ds = _iwildcam_dataset(root)
+    classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)
+    make = _iwildcam_maker(ds, root)
+    val_idx = _official(ds, "val")
+    pool = make("ood_val_pool", val_idx)
+    ood_val, chosen = _ood_val(pool, val_idx, ood_val_size, subset_seed, None, lambda idx: make("ood_val", idx))
+    tests = {"id_test": make("id_test", _official(ds, "id_test")), "ood_test": make("ood_test", _official(ds, "test"))}
+    _record("iwildcam", ood_val, chosen, tests, subset_dir,
+            {"dataset": "iwildcam", "pool": "wilds split 'val' (OOD)", "n": ood_val_size, "seed": subset_seed})
+    return Task(name="iwildcam", classnames=classnames, templates=list(templates or IWILDCAM_TEMPLATES),
+                train=make("train", _official(ds, "train")), id_val=make("id_val", _official(ds, "id_val")),
+                ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better)
+
+
+# ------------------------------------------------------------------------------------------------
+# FMoW
+
+def _fmow_dataset(root):
+    data_dir = Path(root) / "fmow_v1.1"
+    for f in ("RELEASE_v1.1.txt", "rgb_metadata.csv", "country_code_mapping.csv"):
+        require(data_dir / f, "fmow", root, "FMoW v1.1")
+    from wilds.datasets.fmow_dataset import FMoWDataset
+
+    try:
+        with wilds_compat.fmow_iso8601():
+            return FMoWDataset(root_dir=str(root), download=False)
+    except (KeyError, ValueError, AssertionError, pd.errors.ParserError) as e:
+        raise _malformed("FMoW metadata", data_dir / "rgb_metadata.csv", "fmow", root, e) from None
+
+
+def fmow_classnames() -> list[str]:
+    from wilds.datasets.fmow_dataset import categories
+
+    return [c.replace("_", " ") for c in categories]
+
+
+def _fmow_maker(ds, root):
+    full_idxs = ds.full_idxs  # dataset index -> metadata row (sequestered rows are dropped)
+    aliases = {"worst_group_accuracy": "acc_worst_region", "accuracy": "acc_avg"}
+
+    def make(name, idx):
+        return _split(ds, name, idx, lambda i: f"images/rgb_img_{full_idxs[i]}.png", "fmow", "fmow", root,
+                      "region", aliases)
+
+    return make
+
+
+def fmow(root, ood_val_size: Optional[int] = 620, subset_seed: int = 0, subset_dir=None,
+         templates: Optional[Sequence[str]] = None, metric: str = "worst_group_accuracy",
+         higher_is_better: bool = True) -> Task:
+    """FMoW v1.1 (62 classes; groups = region). OOD-val: `ood_val_size` class-balanced examples of
+    the OOD val split outside the 'Other' region (10 per class by default)."""
+    ds = _fmow_dataset(root)
+    make = _fmow_maker(ds, root)
+    val_idx = _official(ds, "val")
+    pool = make("ood_val_pool", val_idx)
+    other = [k for k, n in enumerate(pool.group_names) if n == "Other"]
+    candidates = np.flatnonzero(~np.isin(pool.groups, other))
+    ood_val, chosen = _ood_val(pool, val_idx, ood_val_size, subset_seed, candidates, lambda idx: make("ood_val", idx))
+    tests = {"id_test": make("id_test", _official(ds, "id_test")), "ood_test": make("ood_test", _official(ds, "test"))}
+    _record("fmow", ood_val, chosen, tests, subset_dir,
+            {"dataset": "fmow", "pool": "wilds split 'val' (OOD) without region 'Other'", "n": ood_val_size,
+             "seed": subset_seed})
+    return Task(name="fmow", classnames=fmow_classnames(), templates=list(templates or FMOW_TEMPLATES),
+                train=make("train", _official(ds, "train")), id_val=make("id_val", _official(ds, "id_val")),
+                ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better)
+
+
+# ------------------------------------------------------------------------------------------------
+# preparing and checking
+
+def download(name: str, root) -> None:
+    """Download a WILDS dataset with the package's own downloader (skipped when present)."""
+    import wilds
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    if name == "fmow":
+        with wilds_compat.fmow_iso8601():
+            wilds.get_dataset(dataset="fmow", root_dir=str(root), download=True)
+    else:
+        wilds.get_dataset(dataset=name, root_dir=str(root), download=True)
+
+
+def _manual(name: str, root) -> list[str]:
+    folder = {"iwildcam": "iwildcam_v2.0", "fmow": "fmow_v1.1"}[name]
+    return [f"{prepare_command(name, root)} --download   (the wilds downloader; {_DOWNLOAD_NOTE[name]})",
+            f"or download the {name} archive from https://wilds.stanford.edu/downloads and extract it so that "
+            f"{Path(root) / folder} holds its files"]
+
+
+def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[int] = None,
+          verify_images: bool = False) -> CheckReport:
+    """Check a WILDS dataset on disk: metadata, split sizes, classes, and every image file."""
+    report = CheckReport(name, str(root))
+    expected = expected if expected is not None else (IWILDCAM_COUNTS if name == "iwildcam" else FMOW_COUNTS)
+    n_classes = n_classes if n_classes is not None else (IWILDCAM_CLASSES if name == "iwildcam" else FMOW_CLASSES)
+    try:
+        if name == "iwildcam":
+            ds = _iwildcam_dataset(root)
+            classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)
+            make = _iwildcam_maker(ds, root)
+        else:
+            ds = _fmow_dataset(root)
+            classnames = fmow_classnames()
+            make = _fmow_maker(ds, root)
+    except UserError as e:
+        report.bad(str(e))
+        report.manual += _manual(name, root)
+        return report
+    splits = {split: make(split, _official(ds, split)) for split in ("train", "id_val", "val", "id_test", "test")}
+    for split, s in splits.items():
+        report.count(f"split '{split}'", len(s), expected.get(split))
+    if len(classnames) == n_classes and ds.n_classes == n_classes:
+        report.good(f"{n_classes} classes with names")
+    else:
+        report.bad(f"{ds.n_classes} classes in the metadata, {len(classnames)} class names; expected {n_classes}")
+    labels = np.concatenate([s.labels for s in splits.values()])
+    if labels.min() < 0 or labels.max() >= len(classnames):
+        report.bad(f"labels outside 0..{len(classnames) - 1}")
+    for split, s in splits.items():
+        report.files([s.dataset.path(i) for i in range(len(s))], f"split '{split}'", verify_images)
+    if not report.complete:
+        report.manual += _manual(name, root)
+    return report

@@ -1,0 +1,229 @@
+"""Miniature datasets in the exact on-disk formats of the real ones (a few dozen tiny images each).
+
+Each `make_*` writes under `root` what the real release puts there and returns a small manifest
+(split sizes, classes) for the tests to compare against.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+RNG_SEED = 1234
+
+
+def _image(rng, size=8) -> Image.Image:
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def _save(path: Path, rng, size=8, fmt=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _image(rng, size).save(path, format=fmt)
+
+
+# ------------------------------------------------------------------------------------------------
+# WILDS
+
+IWILDCAM_NAMES = ["empty", "tayassu pecari", "dasyprocta punctata", "cuniculus paca", "puma concolor"]
+
+
+def make_iwildcam(root) -> dict:
+    """iwildcam_v2.0/{RELEASE_v2.0.txt, metadata.csv, categories.csv, train/*.jpg}.
+
+    Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD)."""
+    rng = np.random.default_rng(RNG_SEED)
+    d = Path(root) / "iwildcam_v2.0"
+    (d / "train").mkdir(parents=True, exist_ok=True)
+    (d / "RELEASE_v2.0.txt").write_text("v2.0 (fabricated for tests)\n")
+    layout = {  # split -> (labels, locations)
+        "train": ([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 1, 1], [0, 1, 2] * 4),
+        "id_val": ([0, 1, 2, 3, 1, 2], [0, 1, 2] * 2),
+        "id_test": ([0, 1, 2, 4, 1, 3], [0, 1, 2] * 2),
+        "val": ([0, 0, 0, 0, 1, 1, 1, 2, 2, 3], [3, 4] * 5),
+        "test": ([0, 1, 2, 3, 4, 0, 1, 2], [5, 6] * 4),
+    }
+    rows, k = [], 0
+    for split, (ys, locs) in layout.items():
+        for y, loc in zip(ys, locs):
+            name = f"{k:04x}a1b2c3d4-{split}.jpg"
+            _save(d / "train" / name, rng)
+            rows.append(f"{split},{loc},loc{loc},{k},seq{k},{y},2013-06-{1 + k % 28:02d} 16:53:{k % 60:02d}.000,{name},img{k}")
+            k += 1
+    (d / "metadata.csv").write_text(
+        "split,location_remapped,location,sequence_remapped,sequence,y,datetime,filename,image_id\n" + "\n".join(rows) + "\n")
+    cats = ["y,category_id,name"] + [f"{y},{100 + y},{n}" for y, n in enumerate(IWILDCAM_NAMES)]
+    cats += ["99999,900,homo sapiens", "99999,901,bos taurus"]  # categories absent from the release
+    (d / "categories.csv").write_text("\n".join(cats) + "\n")
+    return {"counts": {s: len(v[0]) for s, v in layout.items()}, "classes": len(IWILDCAM_NAMES),
+            "labels": {s: v[0] for s, v in layout.items()}}
+
+
+def make_fmow(root) -> dict:
+    """fmow_v1.1/{RELEASE_v1.1.txt, rgb_metadata.csv, country_code_mapping.csv, images/rgb_img_<row>.png}.
+
+    Timestamps mix whole and fractional seconds, as in the real metadata. Split rule of the
+    official scheme: before 2013 ID, 2013-2015 OOD val, from 2016 OOD test; 'seq' rows are
+    sequestered (dropped, leaving a gap in the image numbering)."""
+    rng = np.random.default_rng(RNG_SEED + 1)
+    d = Path(root) / "fmow_v1.1"
+    (d / "images").mkdir(parents=True, exist_ok=True)
+    (d / "RELEASE_v1.1.txt").write_text("v1.1 (fabricated for tests)\n")
+    (d / "country_code_mapping.csv").write_text(
+        "name,alpha-2,alpha-3,country-code,region\n"
+        "United States of America,US,USA,840,Americas\nFrance,FR,FRA,250,Europe\nKenya,KE,KEN,404,Africa\n"
+        "Japan,JP,JPN,392,Asia\n")
+    cats = ["airport", "barn", "dam", "zoo"]
+    countries = ["USA", "FRA", "KEN", "JPN", "XKX"]  # XKX: no region in the mapping -> 'Other'
+    plan = []  # (split column, year, category, country)
+    for i in range(12):
+        plan.append(("train", 2002 + i % 10, cats[i % 4], countries[i % 4]))
+    plan.append(("train", 2014, "dam", "USA"))  # a 'train' row from the OOD years: in no split
+    for i in range(6):
+        plan.append(("val", 2008 + i % 4, cats[i % 4], countries[(i + 1) % 4]))  # id_val
+    plan.append(("seq", 2010, "zoo", "USA"))
+    for i in range(14):
+        plan.append(("val", 2013 + i % 3, cats[i % 4], countries[i % 5]))  # OOD val, 'Other' included
+    for i in range(6):
+        plan.append(("test", 2009 + i % 3, cats[(i + 2) % 4], countries[i % 4]))  # id_test
+    for i in range(10):
+        plan.append(("test", 2016 + i % 2, cats[i % 4], countries[i % 5]))  # OOD test, 'Other' included
+    rows = []
+    for row, (split, year, cat, cc) in enumerate(plan):
+        ts = f"{year}-0{1 + row % 9}-1{row % 10}T10:{row % 60:02d}:11" + (".123Z" if row % 2 else "Z")
+        rows.append(f"{split},{cat}_{row}_0_rgb.jpg,train/{cat}/{cat}_{row},,4326,{cat},True,224,224,{cc},0,{ts},1.0,2.0")
+        if split != "seq":
+            _save(d / "images" / f"rgb_img_{row}.png", rng, fmt="PNG")
+    (d / "rgb_metadata.csv").write_text(
+        "split,img_filename,img_path,spatial_reference,epsg,category,visible,img_width,img_height,country_code,"
+        "cloud_cover,timestamp,lat,lon\n" + "\n".join(rows) + "\n")
+    return {"counts": {"train": 12, "id_val": 6, "val": 14, "id_test": 6, "test": 10}, "classes": 62}
+
+
+# ------------------------------------------------------------------------------------------------
+# ImageNet family
+
+IMAGENET_WNIDS = ["n01440764", "n01443537", "n01498041", "n02086240", "n02708093", "n03196217", "n04254680", "n07753592"]
+LABEL_2012 = ["tench, Tinca tinca", "goldfish, Carassius auratus", "stingray", "Shih-Tzu", "analog clock",
+              "digital clock", "soccer ball", "banana"]
+PYTORCH_TO_2012 = [3, 5, 0, 7, 1, 6, 2, 4]  # a permutation, as in the real mapping file
+R_WNIDS = ["n01443537", "n01498041", "n02086240", "n04254680", "n07753592"]
+A_WNIDS = ["n01498041", "n03196217", "n07753592"]
+C_CORRUPTIONS = ["gaussian_noise", "fog"]
+
+
+def make_imagenet(root, train_per_class=6, val_per_class=3) -> dict:
+    rng = np.random.default_rng(RNG_SEED + 2)
+    root = Path(root)
+    val_names = {}
+    k = 1
+    for w in IMAGENET_WNIDS:
+        for j in range(train_per_class):
+            _save(root / "imagenet" / "train" / w / f"{w}_{j}.JPEG", rng, fmt="JPEG")
+        val_names[w] = []
+        for j in range(val_per_class):
+            name = f"ILSVRC2012_val_{k:08d}.JPEG"
+            k += 1
+            _save(root / "imagenet" / "val" / w / name, rng, fmt="JPEG")
+            val_names[w].append(name)
+    for c in C_CORRUPTIONS:  # ImageNet-C: corrupted val images, same file names, one folder per severity
+        for sev in (3, 5):
+            for w in IMAGENET_WNIDS:
+                for name in val_names[w]:
+                    _save(root / "ImageNet-C" / c / str(sev) / w / name, rng, fmt="JPEG")
+    for i in range(len(IMAGENET_WNIDS)):  # ImageNet-V2: folders named by class index
+        for j in range(2):
+            _save(root / "imagenetv2-matched-frequency-format-val" / str(i) / f"{i:02d}{j}f3e9a.jpeg", rng, fmt="JPEG")
+    for w in R_WNIDS:
+        for j in range(2):
+            _save(root / "imagenet-r" / w / f"art_{j}.jpg", rng, fmt="JPEG")
+    (root / "imagenet-r" / "README.txt").write_text("ImageNet-R (fabricated)\n")
+    for w in A_WNIDS:
+        for j in range(2):
+            _save(root / "imagenet-a" / w / f"0.{j}_{w}.jpg", rng, fmt="JPEG")
+    (root / "imagenet-a" / "README.txt").write_text("ImageNet-A (fabricated)\n")
+    for w in IMAGENET_WNIDS:
+        _save(root / "sketch" / w / "sketch_1.JPEG", rng, fmt="JPEG")
+    # ObjectNet: images with a red border, mapping files of the release
+    on = root / "objectnet-1.0"
+    folders = {"alarm_clock": "Alarm clock", "banana": "Banana", "air_freshener": "Air freshener"}
+    for f in folders:
+        for j in range(3 if f != "air_freshener" else 2):
+            img = np.zeros((12, 12, 3), dtype=np.uint8)
+            img[:, :] = (255, 0, 0)
+            img[2:-2, 2:-2] = rng.integers(0, 200, (8, 8, 3), dtype=np.uint8) // 2 + (0, 60, 60)
+            (on / "images" / f).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(on / "images" / f / f"{j:04x}.png")
+    m = on / "mappings"
+    m.mkdir(parents=True, exist_ok=True)
+    (m / "folder_to_objectnet_label.json").write_text(json.dumps(folders, indent=2))
+    (m / "objectnet_to_imagenet_1k.json").write_text(json.dumps({"Alarm clock": "analog clock; digital clock",
+                                                                 "Banana": "banana"}, indent=2))
+    (m / "pytorch_to_imagenet_2012_id.json").write_text(json.dumps({str(i): v for i, v in enumerate(PYTORCH_TO_2012)}))
+    inverse = {v: i for i, v in enumerate(PYTORCH_TO_2012)}
+    (m / "imagenet_to_label_2012_v2").write_text("\n".join(LABEL_2012[inverse[j]] for j in range(len(LABEL_2012))) + "\n")
+    n = len(IMAGENET_WNIDS)
+    return {"classes": n, "train": n * train_per_class, "val": n * val_per_class, "v2": 2 * n, "r": 2 * len(R_WNIDS),
+            "a": 2 * len(A_WNIDS), "sketch": n, "objectnet": 6, "c_per_corruption": n * val_per_class}
+
+
+# ------------------------------------------------------------------------------------------------
+# CIFAR-10 family
+
+CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR10C = ["gaussian_noise", "fog", "contrast"]
+
+
+def _pickle(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def make_cifar10(root, per_batch=10, n_test=20) -> dict:
+    """cifar-10-batches-py (pickled batches, bytes keys), CIFAR-10.1 v6 (.npy), CIFAR-10.2 (.npz),
+    CIFAR-10-C (one .npy per corruption, 5 severities stacked, labels.npy)."""
+    rng = np.random.default_rng(RNG_SEED + 3)
+    root = Path(root)
+    b = root / "cifar-10-batches-py"
+
+    def batch(n, name):
+        labels = [int(x) for x in rng.integers(0, 10, n)]
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        return {b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+
+    train = [batch(per_batch, f"training batch {i} of 5") for i in range(1, 6)]
+    for i, t in enumerate(train, 1):
+        t[b"labels"][:2] = [(2 * i) % 10, (2 * i + 1) % 10]  # every class present in train
+        _pickle(b / f"data_batch_{i}", t)
+    test = batch(n_test, "testing batch 1 of 1")
+    test[b"labels"][:10] = list(range(10))
+    _pickle(b / "test_batch", test)
+    _pickle(b / "batches.meta", {b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in CIFAR_NAMES],
+                                 b"num_vis": 3072})
+    d101 = root / "CIFAR-10.1"
+    d101.mkdir(parents=True, exist_ok=True)
+    np.save(d101 / "cifar10.1_v6_data.npy", rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    np.save(d101 / "cifar10.1_v6_labels.npy", np.arange(12) % 10)
+    d102 = root / "CIFAR-10.2"
+    d102.mkdir(parents=True, exist_ok=True)
+    np.savez(d102 / "cifar102_train.npz", images=rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), labels=np.arange(30) % 10)
+    np.savez(d102 / "cifar102_test.npz", images=rng.integers(0, 256, (14, 32, 32, 3), dtype=np.uint8), labels=np.arange(14) % 10)
+    dc = root / "CIFAR-10-C"
+    dc.mkdir(parents=True, exist_ok=True)
+    test_images = test[b"data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    for c in CIFAR10C:
+        stack = np.concatenate([np.clip(test_images.astype(int) + 10 * s, 0, 255).astype(np.uint8) for s in range(1, 6)])
+        np.save(dc / f"{c}.npy", stack)
+    np.save(dc / "labels.npy", np.tile(np.asarray(test[b"labels"], dtype=np.uint8), 5))
+    return {"train": 5 * per_batch, "test": n_test, "cifar10.1": 12, "cifar10.2": 14, "cifar10.2_train": 30,
+            "test_labels": list(test[b"labels"])}
+
+
+def corrupt(path) -> None:
+    """Truncate an image file so that decoding fails."""
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: max(20, len(data) // 3)])

@@ -1,0 +1,202 @@
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import fabricate
+from autoft.data import wilds_compat, wilds_tasks
+from autoft.data.base import Task
+from autoft.errors import UserError
+from autoft.metrics import METRICS
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+
+
+@pytest.fixture(scope="module")
+def wilds_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wilds")
+    return root, fabricate.make_iwildcam(root), fabricate.make_fmow(root)
+
+
+# ------------------------------------------------------------------------------------------------
+# compatibility with current libraries
+
+def test_scatter_shim_matches_hand_computation():
+    src = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])
+    index = torch.tensor([0, 0, 2, 2, 2])
+    # group 0: {1, 2}; group 1: empty; group 2: {3, 4, 10}
+    assert wilds_compat.scatter(src, index, dim_size=4, reduce="mean").tolist() == pytest.approx([1.5, 0.0, 17 / 3, 0.0])
+    assert wilds_compat.scatter(src, index, dim_size=3, reduce="sum").tolist() == [3.0, 0.0, 17.0]
+    assert wilds_compat.scatter(src, index, dim_size=3, reduce="max").tolist() == [2.0, 0.0, 10.0]
+    assert wilds_compat.scatter(src, index, reduce="min").tolist() == [1.0, 0.0, 3.0]
+    two_d = wilds_compat.scatter(torch.tensor([[1.0, 2.0], [3.0, 5.0]]), torch.tensor([1, 1]), dim=0, dim_size=2, reduce="mean")
+    assert two_d.tolist() == [[0.0, 0.0], [2.0, 3.5]]
+
+
+def test_wilds_group_average_runs_on_the_shim():
+    wilds_compat.install()
+    assert "torch_scatter" in sys.modules
+    from wilds.common.utils import avg_over_groups
+
+    avgs, counts = avg_over_groups(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 3]), 4)
+    assert avgs.tolist() == [0.5, 1.0, 0.0, 1.0] and counts.tolist() == [2, 1, 0, 1]
+
+
+def test_fmow_timestamps_need_the_iso8601_parse(wilds_root):
+    root = wilds_root[0]
+    from wilds.datasets.fmow_dataset import FMoWDataset
+
+    with pytest.raises(ValueError):  # pandas >= 2 rejects the mixed formats without the fix
+        FMoWDataset(root_dir=str(root), download=False)
+    with wilds_compat.fmow_iso8601():
+        ds = FMoWDataset(root_dir=str(root), download=False)
+    assert len(ds) == 49  # 50 metadata rows minus the sequestered one
+    import wilds.datasets.fmow_dataset as m
+
+    assert not isinstance(m.pd, wilds_compat._PandasISO8601)  # the patch is undone
+
+
+# ------------------------------------------------------------------------------------------------
+# iWildCam
+
+def test_iwildcam_task(wilds_root, tmp_path):
+    root, manifest, _ = wilds_root
+    task = wilds_tasks.iwildcam(root, ood_val_size=6, subset_seed=0, subset_dir=tmp_path)
+    assert isinstance(task, Task) and task.metric == "macro_f1"
+    assert task.classnames == fabricate.IWILDCAM_NAMES  # from categories.csv, y = 99999 rows dropped
+    assert task.templates == ["a photo of {}.", "{} in the wild."]
+    counts = manifest["counts"]
+    assert (len(task.train), len(task.id_val), len(task.tests["id_test"]), len(task.tests["ood_test"])) == \
+        (counts["train"], counts["id_val"], counts["id_test"], counts["test"])
+    assert task.train.labels.tolist() == manifest["labels"]["train"]
+    # OOD-val: 6 class-balanced examples of the 10 OOD val ones (classes 0-3 there: 4, 3, 2, 1):
+    # one per class, the last two to two of the classes that have more
+    counts = np.bincount(task.ood_val.labels, minlength=4)
+    assert len(task.ood_val) == 6 and counts[3] == 1 and sorted(counts[:3].tolist()) == [1, 2, 2]
+    assert set(task.ood_val.groups) <= {3, 4}  # the OOD val camera traps
+    for split in [task.train, task.id_val, task.ood_val, *task.tests.values()]:
+        assert split.labels.dtype == np.int64 and split.labels.min() >= 0 and split.labels.max() < len(task.classnames)
+        image, label = split.dataset[0]
+        assert image.mode == "RGB" and image.size == (8, 8) and label == split.labels[0]
+    record = json.loads((tmp_path / "ood_val_iwildcam.json").read_text())
+    assert record["n"] == 6 and len(record["example_ids"]) == 6
+    again = wilds_tasks.iwildcam(root, ood_val_size=6, subset_seed=0, subset_dir=tmp_path)
+    assert np.array_equal(again.ood_val.labels, task.ood_val.labels)
+
+
+def test_iwildcam_metrics_equal_the_wilds_evaluator(wilds_root):
+    task = wilds_tasks.iwildcam(wilds_root[0], ood_val_size=None)
+    rng = np.random.default_rng(0)
+    for split in [task.ood_val, task.tests["ood_test"], task.train]:
+        y_true = torch.as_tensor(split.labels)
+        y_pred = torch.as_tensor(np.where(rng.random(len(split)) < 0.5, split.labels, rng.integers(0, 5, len(split))))
+        official = split.evaluator(y_pred, y_true)
+        assert METRICS["macro_f1"](y_pred, y_true) == pytest.approx(official["F1-macro_all"], abs=1e-6)
+        assert METRICS["accuracy"](y_pred, y_true) == pytest.approx(official["acc_avg"], abs=1e-6)
+        assert official["macro_f1"] == official["F1-macro_all"]
+        # a subset of the split, addressed by indices into the split
+        sub = np.array([0, 2, 3])
+        official_sub = split.evaluator(y_pred[sub], y_true[sub], sub)
+        assert METRICS["accuracy"](y_pred[sub], y_true[sub]) == pytest.approx(official_sub["acc_avg"])
+
+
+def test_iwildcam_missing_root_names_path_and_command(tmp_path):
+    with pytest.raises(UserError) as err:
+        wilds_tasks.iwildcam(tmp_path / "nowhere")
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "iwildcam_v2.0" / "RELEASE_v2.0.txt") in msg
+    assert f"python scripts/prepare_data.py --dataset iwildcam --root {tmp_path / 'nowhere'}" in msg
+    assert not (tmp_path / "nowhere").exists()  # nothing created on the way
+
+
+def test_iwildcam_corrupt_image_names_the_file(wilds_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(wilds_root[0] / "iwildcam_v2.0", root / "iwildcam_v2.0")
+    task = wilds_tasks.iwildcam(root, ood_val_size=None)
+    bad = task.train.dataset.path(3)
+    fabricate.corrupt(bad)
+    with pytest.raises(UserError, match="corrupt image file: " + bad):
+        task.train.dataset[3]
+    report = wilds_tasks.check("iwildcam", root, expected=wilds_root[1]["counts"], n_classes=5, verify_images=True)
+    assert len(report.problems) == 1 and bad in report.problems[0] and "1 corrupt" in report.problems[0]
+
+
+def test_iwildcam_check_complete_and_incomplete(wilds_root, tmp_path):
+    root, manifest, _ = wilds_root
+    report = wilds_tasks.check("iwildcam", root, expected=manifest["counts"], n_classes=5)
+    assert report.complete, report.render()
+    real = wilds_tasks.check("iwildcam", root)  # against the real release: counts and classes differ
+    assert not real.complete and any("expected 129809" in p for p in real.problems)
+    assert any("--download" in m for m in real.manual)
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "iwildcam_v2.0", copy / "iwildcam_v2.0")
+    gone = next((copy / "iwildcam_v2.0" / "train").iterdir())
+    gone.unlink()
+    missing = wilds_tasks.check("iwildcam", copy, expected=manifest["counts"], n_classes=5)
+    assert any("1 missing" in p and str(gone) in p for p in missing.problems)
+
+
+# ------------------------------------------------------------------------------------------------
+# FMoW
+
+def test_fmow_task_and_regions(wilds_root):
+    root, _, manifest = wilds_root
+    task = wilds_tasks.fmow(root, ood_val_size=8, subset_seed=1)
+    assert len(task.classnames) == 62 and task.classnames[1] == "airport hangar" and len(task.templates) == 16
+    assert all("{}" in t for t in task.templates)
+    counts = manifest["counts"]
+    assert (len(task.train), len(task.id_val), len(task.tests["id_test"]), len(task.tests["ood_test"])) == \
+        (counts["train"], counts["id_val"], counts["id_test"], counts["test"])
+    assert task.ood_val.group_names == ["Americas", "Europe", "Africa", "Asia", "Other"]
+    assert len(task.ood_val) == 8 and 4 not in set(task.ood_val.groups)  # no 'Other' in the search subset
+    assert 4 in set(task.tests["ood_test"].groups)
+    names = {"airport": 0, "barn": 6, "dam": 12, "zoo": 61}
+    assert set(task.train.labels) <= set(names.values())
+    # the sequestered row leaves a gap: dataset index -> image file of its metadata row
+    assert task.tests["ood_test"].dataset.path(0).endswith("rgb_img_40.png")
+
+
+def test_fmow_worst_region_equals_the_wilds_evaluator(wilds_root):
+    task = wilds_tasks.fmow(wilds_root[0], ood_val_size=8, subset_seed=1)
+    rng = np.random.default_rng(1)
+    for split in [task.ood_val, task.tests["ood_test"], task.id_val]:
+        y_true = torch.as_tensor(split.labels)
+        y_pred = torch.as_tensor(np.where(rng.random(len(split)) < 0.6, split.labels, 12))
+        official = split.evaluator(y_pred, y_true)
+        groups = torch.as_tensor(split.groups)
+        keep = groups != split.group_names.index("Other")  # the evaluator ignores the 'Other' region
+        ours = METRICS["worst_group_accuracy"](y_pred[keep], y_true[keep], groups[keep])
+        assert ours == pytest.approx(official["acc_worst_region"], abs=1e-6)
+        assert official["worst_group_accuracy"] == official["acc_worst_region"]  # the objective's key is official
+        assert METRICS["accuracy"](y_pred, y_true) == pytest.approx(official["acc_avg"], abs=1e-6)
+    # on the search subset (no 'Other') the plain metric is the official one
+    s = task.ood_val
+    y_pred = torch.zeros(len(s), dtype=torch.long)
+    assert METRICS["worst_group_accuracy"](y_pred, torch.as_tensor(s.labels), torch.as_tensor(s.groups)) == \
+        pytest.approx(s.evaluator(y_pred, torch.as_tensor(s.labels))["acc_worst_region"])
+
+
+def test_fmow_missing_root(tmp_path):
+    with pytest.raises(UserError, match=r"fmow_v1.1/RELEASE_v1.1.txt.*--dataset fmow"):
+        wilds_tasks.fmow(tmp_path)
+
+
+def test_dataset_configs_build_their_tasks(wilds_root):
+    root = wilds_root[0]
+    for name, metric in (("iwildcam", "macro_f1"), ("fmow", "worst_group_accuracy")):
+        cfg = OmegaConf.merge({"data_root": str(root)}, {"dataset": OmegaConf.load(CONF / f"{name}.yaml")})
+        ds = cfg.dataset
+        assert ds.metric == metric and ds.metric in METRICS and ds.higher_is_better is True
+        assert (ds.n_trials, ds.inner_steps, ds.batch_size, ds.final_epochs, ds.base_lr, ds.clip_grad_norm) == \
+            (500, 100, 256, 20, 1e-5, 1.0)
+        task = instantiate(ds.task, _convert_="all", ood_val_size=4)
+        assert task.name == name and len(task.ood_val) == 4
+    assert OmegaConf.load(CONF / "iwildcam.yaml").task.ood_val_size == 1000
+    assert OmegaConf.load(CONF / "fmow.yaml").task.ood_val_size == 620
+    assert OmegaConf.load(CONF / "fmow.yaml").weight_decay == 0.1
