@@ -19,9 +19,10 @@ from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import FinetuneSettings
 from autoft.errors import UserError
 from autoft.losses import validate_weights
-from autoft.metrics import METRICS
+from autoft.metrics import METRICS, bootstrap_interval
 from autoft.models.clip import load_clip
 from autoft.pipeline import Workspace, final_run, search_trial
+from autoft.reporting import wandb_logger
 from autoft.reporting.io import write_json
 
 log = logging.getLogger("autoft")
@@ -111,12 +112,22 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     weights = validate_weights(weights)
     if not lr_scale > 0:
         raise UserError(f"trainer.lr_scale must be > 0, got {lr_scale}")
-    lr = float(cfg.trainer.base_lr) * lr_scale
+    # method presets may scale the lr: a linear probe's head (weights ~ logit_scale) needs larger steps
+    lr_mult = float(cfg.method.get("lr_mult", 1.0))
+    if not lr_mult > 0:
+        raise UserError(f"method.lr_mult must be > 0, got {lr_mult}")
+    lr = float(cfg.trainer.base_lr) * lr_scale * lr_mult
     if not lr > 0:
         raise UserError(f"trainer.base_lr must be > 0, got {cfg.trainer.base_lr}")
     if not 0 <= wd:
         raise UserError(f"trainer.weight_decay must be >= 0, got {wd}")
-    return {"loss_weights": weights, "lr": lr, "lr_scale": lr_scale, "weight_decay": wd, "source": source}
+    hp = {"loss_weights": weights, "lr": lr, "lr_scale": lr_scale, "weight_decay": wd, "source": source}
+    if lr_mult != 1.0:
+        hp["lr_mult"] = lr_mult
+    if int(cfg.method.get("lp_epochs", 0) or 0) > 0:  # LP-FT: the head-only stage's lr
+        hp["lp_epochs"] = int(cfg.method.lp_epochs)
+        hp["lp_lr"] = float(cfg.trainer.base_lr) * lr_scale * float(cfg.method.get("lp_lr_mult", 1.0))
+    return hp
 
 
 def output_dir() -> Path:
@@ -138,12 +149,22 @@ def run(cfg: DictConfig) -> Optional[float]:
     out = output_dir()
     t = cfg.trainer
     if cfg.phase == "search":
-        return run_search(cfg, ws, hp, out)
+        wb = wandb_logger.for_run(cfg, hp, out, job_type="trial")  # a no-op unless logger=wandb
+        with wb.closing():
+            objective = run_search(cfg, ws, hp, out)
+            wb.summary(wandb_logger.trial_summary(out / "trial.json", objective))
+        return objective
 
     env = distributed_env(cfg)
-    res = final_run(ws, hp["loss_weights"], hp["lr"], hp["weight_decay"], int(t.epochs), int(t.batch_size),
-                    cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
-                    t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True, dist_env=env)
+    wb = wandb_logger.for_run(cfg, hp, out, job_type="final")  # rank 0 only
+    with wb.closing():
+        res = final_run(ws, hp["loss_weights"], hp["lr"], hp["weight_decay"], int(t.epochs), int(t.batch_size),
+                        cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
+                        t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True, dist_env=env,
+                        on_epoch_end=wb.log_epoch, lp_epochs=int(hp.get("lp_epochs", 0)), lp_lr=hp.get("lp_lr"),
+                        refresh_head=bool(cfg.method.get("refresh_head", False)))
+        if env.is_main:
+            wb.summary(wandb_logger.summary_of(res))
     if not env.is_main:
         return None
     record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
@@ -157,21 +178,47 @@ def run(cfg: DictConfig) -> Optional[float]:
 
 
 def run_search(cfg: DictConfig, ws: Workspace, hp: dict, out: Path) -> float:
-    t = cfg.trainer
+    """One trial: `search.seeds_per_trial` inner runs (seeds seed, seed+1, ...) scored by their mean,
+    with a bootstrap interval over the OOD-val examples; per-seed scores go to the study too."""
+    t, task = cfg.trainer, ws.task
+    search = cfg.get("search") or {}
     steps = int(t.inner_steps)
-    settings = FinetuneSettings(steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                warmup_steps=int(round(float(t.warmup_fraction) * steps)),
-                                clip_grad_norm=t.clip_grad_norm, accum_steps=int(t.accum_steps),
-                                precision=ws.precision, max_loss=float(t.max_loss), seed=int(cfg.seed))
-    search = cfg.get("search", {})
+    k = int(search.get("seeds_per_trial", 1))
+    if k < 1:
+        raise UserError(f"search.seeds_per_trial must be >= 1, got {k}")
     reporter = None
     if search.get("trial_id") is not None:
         from autoft.search.trial import TrialReporter
         reporter = TrialReporter.from_config(search)
-    pool = pool_indices(len(ws.task.train), steps * int(t.batch_size), int(search.get("pool_seed", 0)))
-    result = search_trial(ws, hp["loss_weights"], settings, cfg.method.trainable, pool, int(t.batch_size),
-                          eval_every=int(search.get("eval_every", 0) or 0),
-                          report=reporter.report if reporter is not None else None)
-    write_json(out / "trial.json", {"hparams": hp, **result})
-    log.info("trial objective (%s on OOD-val): %.4f  [%.1fs]", ws.task.metric, result["objective"], result["seconds"])
-    return float(result["objective"])
+    pool = pool_indices(len(task.train), steps * int(t.batch_size), int(search.get("pool_seed", 0)))
+    runs = []
+    for i in range(k):
+        settings = FinetuneSettings(steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"],
+                                    warmup_steps=int(round(float(t.warmup_fraction) * steps)),
+                                    clip_grad_norm=t.clip_grad_norm, accum_steps=int(t.accum_steps),
+                                    precision=ws.precision, max_loss=float(t.max_loss), seed=int(cfg.seed) + i)
+        seed_everything(settings.seed)
+        # intermediate reports (pruning) come from the first seed's run only
+        report = reporter.report if reporter is not None and i == 0 else None
+        runs.append(search_trial(ws, hp["loss_weights"], settings, cfg.method.trainable, pool, int(t.batch_size),
+                                 eval_every=int(search.get("eval_every", 0) or 0), report=report))
+    per_seed = [r["objective"] for r in runs]
+    objective = float(np.mean(per_seed))
+    record = {"objective": objective, "metric": task.metric, "seeds": [int(cfg.seed) + i for i in range(k)],
+              "per_seed": per_seed, "hparams": hp, "runs": [{k2: v for k2, v in r.items() if k2 != "ood_val_pred"} for r in runs]}
+    n_boot = int(search.get("bootstrap", 1000) or 0)
+    if n_boot:
+        split = task.ood_val
+        groups = torch.as_tensor(split.groups, dtype=torch.long) if split.groups is not None else None
+        record["ci"] = list(bootstrap_interval(task.metric, [r["ood_val_pred"] for r in runs],
+                                               torch.as_tensor(split.labels, dtype=torch.long), groups, n_boot))
+    write_json(out / "trial.json", record)
+    if reporter is not None:
+        attrs = {"per_seed": per_seed, "seeds": record["seeds"], "peak_lr": runs[0]["peak_lr"]}
+        if "ci" in record:
+            attrs.update(ci_low=record["ci"][0], ci_high=record["ci"][1])
+        reporter.set_user_attrs(**attrs)
+    ci = f"  95% CI [{record['ci'][0]:.4f}, {record['ci'][1]:.4f}]" if "ci" in record else ""
+    log.info("trial objective (%s on OOD-val, %d seed%s): %.4f%s  [%.1fs]", task.metric, k, "s" if k > 1 else "",
+             objective, ci, sum(r["seconds"] for r in runs))
+    return objective

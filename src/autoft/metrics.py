@@ -46,3 +46,27 @@ METRICS: dict[str, Callable[..., float]] = {
     "macro_f1": macro_f1,
     "worst_group_accuracy": worst_group_accuracy,
 }
+
+
+def bootstrap_interval(metric: str, y_preds: list[torch.Tensor], y_true: torch.Tensor,
+                       groups: Optional[torch.Tensor] = None, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of a metric over the evaluation examples.
+
+    `y_preds` holds one prediction vector per seed of the same trial; each resample draws example
+    indices with replacement once and scores every seed's predictions on them, so the interval is
+    for the seed-averaged objective the search actually uses. Resamples that lose a whole group are
+    still scored on the groups present (as the metric itself does)."""
+    fn = METRICS[metric]
+    n = len(y_true)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(n, (n_boot, n), generator=g)
+    if metric == "accuracy":  # vectorised: the mean of a 0/1 vector under resampling
+        correct = torch.stack([(p == y_true).double() for p in y_preds]).mean(0)
+        stats = correct[idx].mean(dim=1)
+    else:
+        stats = torch.tensor([
+            sum(fn(p[i], y_true[i], None if groups is None else groups[i]) for p in y_preds) / len(y_preds)
+            for i in idx])
+    lo, hi = torch.quantile(stats.double(), torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.double))
+    return lo.item(), hi.item()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from autoft.data.base import Split, Task, format_prompt
+from autoft.data.base import Split, Task, format_prompt, project_logits
 from torch.utils.data import DistributedSampler
 
 from autoft.data.cache import Normalizer, TensorBatches, UInt8View, loader, materialize
@@ -121,9 +121,11 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
             tuner.train_mode()
 
     history = tuner.run(batches, settings.steps, on_step)
-    metrics = ws.evaluate(task.ood_val)
+    logits = ws.logits(task.ood_val)
+    metrics = split_metrics(logits, task.ood_val)
     # what the optimiser really used, so tests and users can check the sampled values arrived
     return {"objective": metrics[task.metric], "ood_val": metrics, "final_loss": history[-1]["loss"],
+            "ood_val_pred": project_logits(logits, task.ood_val.class_map).argmax(dim=1),
             "peak_lr": max(h["lr"] for h in history), "weight_decay": tuner.optimizer.param_groups[0]["weight_decay"],
             "loss_terms": {k: v for k, v in history[-1].items() if k not in ("step", "loss", "lr", "grad_norm")},
             "seconds": time.perf_counter() - t0}
@@ -169,12 +171,18 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
               trainable: str, train: bool, output_dir: Path, seed: int, warmup_fraction: float = 0.1,
               clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
               wise_alphas=ALPHAS, progress: bool = True, dist_env: DistEnv = SINGLE,
-              on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+              on_epoch_end: Optional[Callable[[int, dict], None]] = None, lp_epochs: int = 0,
+              lp_lr: Optional[float] = None, refresh_head: bool = False) -> dict:
     """Fine-tune on all of ID train for `epochs`, select the epoch on ID val, evaluate everything.
 
     After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
     rerun with the same output dir resumes from it and ends with the same weights as an uninterrupted
-    run. Returns the results dict (what results.json holds); the selected weights go to model.pt."""
+    run. Returns the results dict (what results.json holds); the selected weights go to model.pt.
+
+    lp_epochs > 0 (LP-FT): first train the head alone with cross-entropy for that many epochs at
+    `lp_lr`, then fine-tune as usual from there (epoch selection covers the second stage).
+    refresh_head (FLYP): before each evaluation, rebuild the head as the zero-shot classifier of the
+    current text tower, since a contrastive-only objective trains the towers but not the head."""
     task = ws.task
     ws.reset()
     t0 = time.perf_counter()
@@ -202,10 +210,16 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
             best_score, best_state, results = state["best_score"], state["best_state"], state["results"]
             first_epoch = state["epoch"] + 1
             log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+        if lp_epochs > 0 and first_epoch == 1:  # a resumed run's checkpoint already holds the probed head
+            results["lp_epochs"] = linear_probe(ws, source, lp_epochs, lp_lr or lr, weight_decay, warmup_fraction,
+                                                clip_grad_norm, accum_steps, max_loss, seed, dist_env)
+            trainable_parameters(ws.classifier, trainable)  # the probe froze all but the head
         bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({epochs} epochs)",
                    disable=not progress or not dist_env.is_main, leave=False)
         for epoch in range(first_epoch, epochs + 1):
             hist = tuner.run(source.epoch(epoch), source.steps, lambda s, info: bar.update(1))
+            if refresh_head:
+                refresh_zeroshot_head(ws)
             val = ws.evaluate(task.id_val)  # every rank evaluates the same set: same selection everywhere
             score = sign * val[task.metric]
             results["epochs"].append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
@@ -229,6 +243,35 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
         results["wise"] = wise_curve(ws, wise_alphas)
     results["seconds"] = time.perf_counter() - t0
     return results
+
+
+def linear_probe(ws: Workspace, source: "EpochSource", epochs: int, lr: float, weight_decay: float,
+                 warmup_fraction: float, clip_grad_norm: Optional[float], accum_steps: int, max_loss: float,
+                 seed: int, dist_env: DistEnv = SINGLE) -> list[dict]:
+    """The LP stage of LP-FT: the head alone, cross-entropy, its own warm-up and cosine schedule."""
+    params, objective = ws.objective({"ce": 1.0}, "head")
+    total = source.steps * epochs
+    settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
+                                warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
+                                accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
+    tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
+    history = []
+    for epoch in range(1, epochs + 1):
+        hist = tuner.run(source.epoch(epoch), source.steps)
+        val = ws.evaluate(ws.task.id_val)
+        history.append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
+        log.info("LP epoch %d/%d  loss %.4f  id_val %s %.4f", epoch, epochs, history[-1]["loss"], ws.task.metric,
+                 val[ws.task.metric])
+    return history
+
+
+@torch.no_grad()
+def refresh_zeroshot_head(ws: Workspace) -> None:
+    """Head = logit_scale.exp() x the zero-shot class embeddings of the current text tower (bias kept)."""
+    clip = ws.classifier.clip
+    clip.eval()  # the fine-tuning loop puts the model back in train mode (BN frozen) itself
+    emb = zeroshot_weights(clip, ws.bundle.tokenizer, ws.task.classnames, ws.task.templates, ws.device)
+    ws.classifier.head.weight.copy_(emb * clip.logit_scale.exp())
 
 
 def wise_curve(ws: Workspace, alphas) -> dict[str, dict]:
