@@ -1,0 +1,127 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import fabricate
+from autoft.data import cifar
+from autoft.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf" / "dataset"
+C = fabricate.CIFAR10C
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    return root, fabricate.make_cifar10(root)
+
+
+def test_cifar10_task(cifar_root, tmp_path):
+    root, m = cifar_root
+    t = cifar.cifar10(root, ood_val_size=10, subset_seed=0, subset_dir=tmp_path, id_val_fraction=0.2, corruptions=C)
+    assert t.classnames == fabricate.CIFAR_NAMES and t.templates == ["a photo of a {}."]
+    assert len(t.train) + len(t.id_val) == m["train"]
+    assert not set(t.train.dataset.example_ids()) & set(t.id_val.dataset.example_ids())
+    assert {k: len(s) for k, s in t.tests.items()} == {"cifar10": m["test"] - 10, "cifar10.1": m["cifar10.1"],
+                                                       "cifar10.2": m["cifar10.2"]}
+    for split in [t.train, t.id_val, t.ood_val, *t.tests.values()]:
+        assert split.labels.dtype == np.int64 and 0 <= split.labels.min() and split.labels.max() <= 9
+        image, label = split.dataset[0]
+        assert image.size == (32, 32) and image.mode == "RGB" and label == split.labels[0]
+    # OOD-val: one image per class from CIFAR-10-C severity 5, each the corruption of a test image
+    ood = t.ood_val
+    assert sorted(ood.labels.tolist()) == list(range(10)) and set(ood.groups) <= {0, 1, 2}
+    test_labels = np.array(m["test_labels"])
+    x_test = cifar.load_cifar10(root)["test"][0]
+    for i, ident in enumerate(ood.dataset.example_ids()):
+        src = int(ident.split(":")[1])
+        assert test_labels[src] == ood.labels[i]
+        # severity 5 of the fabricated corruptions adds 50 to the source pixels (clipped)
+        expected = np.clip(x_test[src].astype(int) + 50, 0, 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(ood.dataset[i][0]), expected)
+    assert not set(ood.dataset.example_ids()) & set(t.tests["cifar10"].dataset.example_ids())
+    record = json.loads((tmp_path / "ood_val_cifar10.json").read_text())
+    assert sorted(record["example_ids"]) == sorted(ood.dataset.example_ids())
+
+
+def test_cifar10c_rows_are_the_chosen_severity(cifar_root):
+    root, m = cifar_root
+    data = cifar.load_cifar10(root)
+    arrays, labels, source, corr = cifar.cifar10c_pool(root, ["fog"], 5, data["test"][1])
+    x_test = data["test"][0]
+    assert np.array_equal(arrays["fog"][source[3]], np.clip(x_test[3].astype(int) + 50, 0, 255).astype(np.uint8))
+    arrays, *_ = cifar.cifar10c_pool(root, ["fog"], 2, data["test"][1])
+    assert np.array_equal(arrays["fog"][3], np.clip(x_test[3].astype(int) + 20, 0, 255).astype(np.uint8))
+    with pytest.raises(UserError, match="severity must be in 1..5"):
+        cifar.cifar10c_pool(root, ["fog"], 6, None)
+    with pytest.raises(UserError, match="do not belong together"):
+        cifar.cifar10c_pool(root, ["fog"], 5, np.roll(data["test"][1], 1))
+
+
+def test_cifar102_swapped_files_are_refused(cifar_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(cifar_root[0], root)
+    d = root / "CIFAR-10.2"
+    os.replace(d / "cifar102_train.npz", d / "tmp.npz")
+    os.replace(d / "cifar102_test.npz", d / "cifar102_train.npz")
+    os.replace(d / "tmp.npz", d / "cifar102_test.npz")
+    with pytest.raises(UserError, match="look swapped"):
+        cifar.cifar10(root, corruptions=C)
+
+
+def test_missing_root_and_corrupt_files(tmp_path, cifar_root):
+    with pytest.raises(UserError) as err:
+        cifar.cifar10(tmp_path / "none")
+    assert str(tmp_path / "none" / "cifar-10-batches-py") in str(err.value)
+    assert f"python scripts/prepare_data.py --dataset cifar10 --root {tmp_path / 'none'}" in str(err.value)
+    root = tmp_path / "copy"
+    shutil.copytree(cifar_root[0], root)
+    bad = root / "cifar-10-batches-py" / "data_batch_3"
+    fabricate.corrupt(bad)
+    with pytest.raises(UserError, match=f"corrupt CIFAR-10 file: {bad}"):
+        cifar.cifar10(root, corruptions=C)
+    shutil.copy(cifar_root[0] / "cifar-10-batches-py" / "data_batch_3", bad)
+    (root / "CIFAR-10-C" / "fog.npy").unlink()
+    with pytest.raises(UserError, match=r"CIFAR-10-C 'fog' not found: looked for .*CIFAR-10-C/fog.npy"):
+        cifar.cifar10(root, corruptions=C)
+
+
+def test_check_report(cifar_root):
+    root, m = cifar_root
+    expected = {"train": m["train"], "test": m["test"], "cifar10.1": m["cifar10.1"], "cifar10.2": m["cifar10.2"],
+                "cifar10c": 5 * m["test"]}
+    report = cifar.check(root, expected=expected, corruptions=C)
+    assert report.complete, report.render()
+    real = cifar.check(root, corruptions=C)
+    assert not real.complete and any("expected 50000" in p for p in real.problems)
+
+
+def test_prepare_data_script(cifar_root, tmp_path):
+    """The script checks, names what is missing and prints the command that fetches it."""
+    root = tmp_path / "copy"
+    shutil.copytree(cifar_root[0], root)
+    shutil.rmtree(root / "CIFAR-10.1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--dataset", "cifar10",
+                          "--root", str(root)], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert "INCOMPLETE" in out.stdout and str(root / "CIFAR-10.1" / "cifar10.1_v6_data.npy") in out.stdout
+    assert f"python scripts/prepare_data.py --dataset cifar10 --root {root} --download" in out.stdout
+
+
+def test_dataset_config(cifar_root):
+    cfg = OmegaConf.merge({"data_root": str(cifar_root[0])}, {"dataset": OmegaConf.load(CONF / "cifar10.yaml")})
+    ds = cfg.dataset
+    assert (ds.metric, ds.n_trials, ds.inner_steps, ds.batch_size, ds.final_epochs, ds.base_lr, ds.weight_decay,
+            ds.clip_grad_norm, ds.task.ood_val_size) == ("accuracy", 100, 10, 256, 20, 1e-5, 0.2, None, 100)
+    t = instantiate(ds.task, _convert_="all", ood_val_size=10, corruptions=list(C))
+    assert t.name == "cifar10" and len(t.ood_val) == 10 and sorted(t.tests) == ["cifar10", "cifar10.1", "cifar10.2"]
