@@ -192,3 +192,20 @@ def test_dataset_config(inet_root, tmp_path):
     t = instantiate(ds.task, _convert_="all", ood_val_size=8, corruptions=list(C), id_val_fraction=0.2)
     assert t.name == "imagenet" and len(t.ood_val) == 8 and len(t.tests) == 6
     assert list((tmp_path / "listings").glob("listing-*.npz"))  # folder listings cached under cache_dir
+
+
+def test_incomplete_r_release_is_refused_with_full_imagenet(tmp_path, inet_root):
+    """With all 1000 train classes, ImageNet-R/A must have exactly the 200 folders of the release."""
+    root = tmp_path / "copy"
+    for part in ("imagenet", "ImageNet-C", "imagenet-r", "imagenet-a"):
+        shutil.copytree(inet_root[0] / part, root / part)
+    for w in IMAGENET_WNIDS:
+        (root / "imagenet" / "train" / w).mkdir(exist_ok=True)
+    with pytest.raises(UserError, match="ImageNet-R at .* has 5 class folders, not the 200 of the release"):
+        inet.imagenet(root, corruptions=C, tests=["imagenet_r"], ood_val_size=4)
+    for w in IMAGENET_R_WNIDS:
+        (root / "imagenet-r" / w).mkdir(exist_ok=True)
+    t = inet.imagenet(root, corruptions=C, tests=["imagenet_r"], ood_val_size=4)
+    r = t.tests["imagenet_r"]
+    assert len(t.classnames) == 1000 and len(r.class_map) == 200
+    assert r.class_map[0] == [1]  # goldfish, the first ImageNet-R class, is ImageNet class 1

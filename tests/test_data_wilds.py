@@ -1,5 +1,6 @@
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def test_wilds_group_average_runs_on_the_shim():
 
     avgs, counts = avg_over_groups(torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 3]), 4)
     assert avgs.tolist() == [0.5, 1.0, 0.0, 1.0] and counts.tolist() == [2, 1, 0, 1]
+
+
+def test_wilds_is_imported_without_its_network_version_check():
+    code = ("import sys; from autoft.data import wilds_tasks; import wilds.version as v; "
+            "print(v.check_outdated is None, sys.modules.get('outdated', 'absent') is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr
 
 
 def test_fmow_timestamps_need_the_iso8601_parse(wilds_root):

@@ -7,6 +7,9 @@
 2. FMoW's metadata mixes timestamps with and without fractional seconds; pandas >= 2 infers one
    format from the first row and rejects the others. `fmow_iso8601()` makes the FMoW module's
    `pd.to_datetime` parse ISO 8601 while the dataset is constructed.
+3. `import wilds` starts a PyPI version check (package `outdated`) in a non-daemon thread, with no
+   timeout: on an offline compute node it can hold the process open at exit. `import_wilds()`
+   imports the package with that check disabled.
 """
 from __future__ import annotations
 
@@ -84,6 +87,23 @@ def install() -> None:
         return
     if importlib.util.find_spec("torch_scatter") is None:
         sys.modules["torch_scatter"] = _shim()
+
+
+def import_wilds():
+    """Import `wilds` without its background PyPI version check (a network call at import)."""
+    if "wilds" in sys.modules:
+        return sys.modules["wilds"]
+    missing = object()
+    saved = sys.modules.get("outdated", missing)
+    sys.modules["outdated"] = None  # `from outdated import ...` raises ImportError: wilds skips the check
+    try:
+        import wilds
+    finally:
+        if saved is missing:
+            del sys.modules["outdated"]
+        else:
+            sys.modules["outdated"] = saved
+    return wilds
 
 
 class _PandasISO8601:

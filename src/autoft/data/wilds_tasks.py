@@ -33,6 +33,7 @@ from autoft.errors import UserError
 log = logging.getLogger(__name__)
 
 wilds_compat.install()
+wilds_compat.import_wilds()
 
 IWILDCAM_TEMPLATES = ["a photo of {}.", "{} in the wild."]
 
