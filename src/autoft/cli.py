@@ -47,6 +47,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def resolve_channels_last(value, device: torch.device) -> bool:
+    """auto: on CUDA only (on CPU the NCHW kernels are as fast or faster)."""
+    return device.type == "cuda" if value == "auto" else bool(value)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -81,7 +86,9 @@ def workspace(cfg: DictConfig) -> Workspace:
         workers = min(int(cfg.trainer.num_workers), os.cpu_count() or 1)
         _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=workers,
                                            eval_batch_size=cfg.trainer.eval_batch_size,
-                                           precision=resolve_precision(cfg.trainer.precision, device))
+                                           precision=resolve_precision(cfg.trainer.precision, device),
+                                           compile=bool(cfg.trainer.get("compile", False)),
+                                           channels_last=resolve_channels_last(cfg.trainer.get("channels_last", "auto"), device))
     return _WORKSPACES[key]
 
 

@@ -55,18 +55,29 @@ class Workspace:
     eval_batch_size: int = 512
     precision: str = "fp32"
     tensors: dict = field(default_factory=dict)  # decoded splits, by key
+    # what runs forward passes: the classifier itself, or its torch.compile'd wrapper (which shares
+    # its parameters, so the in-place reset to theta0 never invalidates the compiled graph)
+    net: Optional[torch.nn.Module] = None
+
+    def __post_init__(self):
+        if self.net is None:
+            self.net = self.classifier
 
     @classmethod
     def build(cls, task: Task, bundle: ClipBundle, device: torch.device, num_workers: int = 0,
-              eval_batch_size: int = 512, precision: str = "fp32") -> "Workspace":
+              eval_batch_size: int = 512, precision: str = "fp32", compile: bool = False,
+              channels_last: bool = False) -> "Workspace":
         clip = bundle.model.to(device)
         clip.eval()
         head = zeroshot_weights(clip, bundle.tokenizer, task.classnames, task.templates, device)
         classifier = CLIPClassifier(clip, head).to(device)
+        if channels_last:  # faster convolutions on GPUs for conv backbones
+            classifier = classifier.to(memory_format=torch.channels_last)
         theta0 = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
         captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.classnames])
-        return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device), device, captions,
-                   num_workers, eval_batch_size, precision)
+        return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device, channels_last), device,
+                   captions, num_workers, eval_batch_size, precision,
+                   net=torch.compile(classifier) if compile else classifier)
 
     def reset(self) -> None:
         """Put the working model back to theta0 (in place: parameters keep their identity)."""
@@ -97,7 +108,7 @@ class Workspace:
             batches = tensor_batches(images, self.eval_batch_size)
         else:
             batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers, indices=indices)
-        return predict(self.classifier, batches, self.normalizer, self.device, self.precision)
+        return predict(self.net, batches, self.normalizer, self.device, self.precision)
 
     def evaluate(self, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
         return split_metrics(self.logits(split, indices), split, indices)
@@ -113,7 +124,7 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
     params, objective = ws.objective(weights, trainable)
     images, labels = ws.split_tensors(task.train, pool_indices)
     batches = iter(TensorBatches(images, labels, batch_size, seed=settings.seed))
-    tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
+    tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
 
     def on_step(step: int, info: dict) -> None:
         if report is not None and eval_every and step % eval_every == 0 and step < settings.steps:
@@ -196,7 +207,7 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
         settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
                                     warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
                                     accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
-        tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens,
+        tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens,
                           dist_env)
         best_score, best_state, first_epoch = -math.inf, None, 1
         checkpoint = output_dir / "last.pt"
@@ -254,7 +265,7 @@ def linear_probe(ws: Workspace, source: "EpochSource", epochs: int, lr: float, w
     settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
                                 warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
                                 accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
-    tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
+    tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
     history = []
     for epoch in range(1, epochs + 1):
         hist = tuner.run(source.epoch(epoch), source.steps)

@@ -96,14 +96,15 @@ def cache_key(*parts) -> str:
 class Normalizer:
     """uint8 batches -> float, normalised on the device (one fused op instead of a CPU transform)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device, channels_last: bool = False):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255)
         self.device = device
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        return (images.float() - self.mean) * self.inv_std
+        return ((images.float() - self.mean) * self.inv_std).contiguous(memory_format=self.format)
 
 
 class TensorBatches:
