@@ -11,6 +11,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -62,7 +63,13 @@ def build_task(cfg: DictConfig) -> Task:
     ds = cfg.dataset
     if ds.metric not in METRICS:
         raise UserError(f"dataset.metric '{ds.metric}' is not a metric; valid: {', '.join(sorted(METRICS))}")
-    task = instantiate(ds.task, _convert_="all")
+    task_cfg = ds.task
+    if "subset_dir" in task_cfg and task_cfg.subset_dir is None and HydraConfig.initialized():
+        # record the OOD-val subset beside the study (multirun) or the run
+        hc = HydraConfig.get()
+        where = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir
+        task_cfg = OmegaConf.merge(task_cfg, {"subset_dir": str(where)})
+    task = instantiate(task_cfg, _convert_="all")
     task.metric, task.higher_is_better = ds.metric, bool(ds.higher_is_better)
     return task
 
