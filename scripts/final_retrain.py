@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""The final phase: every method on several seeds through train.py's final run, then the tables.
+
+    python scripts/final_retrain.py                                   # embedded task, all methods, seeds 0,1,2
+    python scripts/final_retrain.py --dataset iwildcam --model vit_b16 --seeds 0,1,2 device=cuda
+    python scripts/final_retrain.py --methods ft,autoft --hparams my_best.yaml
+    python scripts/final_retrain.py --methods autoft --study sqlite:///outputs/x/optuna.db --study-name s1
+
+For each method it runs `python train.py -m method=<m> seed=<seeds> [hparams=<file>] <overrides>` (one
+process per method, so the model and data are loaded once per method): the run fine-tunes on ID
+train, selects the epoch on ID val, saves the weights atomically, evaluates ID test and every OOD
+test set and the WiSE-FT curve (a = 0, 0.1, ..., 1), and writes
+<out>/<method>/seed<N>/results.json. Then scripts/make_tables.py builds the tables and plots.
+
+AutoFT's hyperparameters: --hparams <yaml>, else --study <storage URL> (its best trial), else the
+search's <out>/search-autoft/best_hparams.yaml. Zero-shot is evaluated once (it has no seed).
+--skip-existing keeps runs whose results.json is complete (rerun the command to finish a killed run).
+Extra arguments are Hydra overrides for every train.py call (device=cuda, logger=wandb, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_METHODS = ("zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "autoft")
+NO_SEED = ("zeroshot",)  # evaluation only: every seed would give the same numbers
+
+
+def existing_ok(out: Path, method: str, seed: int) -> bool:
+    from autoft.reporting.results import ResultsError, read_result
+
+    try:
+        read_result(out / method / f"seed{seed}" / "results.json")
+        return True
+    except ResultsError:
+        return False
+
+
+def autoft_hparams(args, out: Path) -> Path:
+    """The hyperparameters file AutoFT's final runs read (written from the study when asked)."""
+    from autoft.errors import UserError
+    from autoft.reporting.io import atomic_write_text
+    from autoft.reporting.results import best_hparams_from_study
+
+    if args.hparams:
+        path = Path(args.hparams)
+        if not path.is_file():
+            raise UserError(f"--hparams file not found: {path}")
+        return path
+    if args.study:
+        import yaml
+
+        hp = best_hparams_from_study(args.study, args.study_name)
+        path = out / "autoft" / "hparams_from_study.yaml"
+        atomic_write_text(path, f"# best trial of study {hp['study']} in {args.study}\n" + yaml.safe_dump(hp, sort_keys=False))
+        print(f"AutoFT hyperparameters from trial {hp['trial']} of study {hp['study']} -> {path}")
+        return path
+    path = out / "search-autoft" / "best_hparams.yaml"
+    if not path.is_file():
+        raise UserError(f"AutoFT needs its searched hyperparameters: none at {path}. Run the search first "
+                        f"(python train.py -m search=autoft dataset={args.dataset} model={args.model}), "
+                        "or pass --hparams <file> or --study <storage URL>")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="shapes")
+    ap.add_argument("--model", default="shapes_rn10t")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method configs")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
+    ap.add_argument("--study", help="Optuna storage URL: AutoFT uses the best trial of its study")
+    ap.add_argument("--study-name", help="which study of --study (needed when it holds several)")
+    ap.add_argument("--out", help="results directory (default outputs/<dataset>/<model>)")
+    ap.add_argument("--config-dir", help="extra Hydra config directory (train.py --config-dir)")
+    ap.add_argument("--skip-existing", action="store_true", help="keep complete runs, run only the missing ones")
+    ap.add_argument("--no-tables", action="store_true")
+    ap.add_argument("--wise", default="ft,autoft", help="make_tables --wise")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every train.py call")
+    args = ap.parse_args(argv)
+
+    from autoft.errors import UserError
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if not (ROOT / "conf" / "method" / f"{m}.yaml").is_file()
+               and not (args.config_dir and (Path(args.config_dir) / "method" / f"{m}.yaml").is_file())]
+    if unknown:
+        print(f"error: unknown method(s) {', '.join(unknown)}; valid: "
+              f"{', '.join(sorted(p.stem for p in (ROOT / 'conf' / 'method').glob('*.yaml')))}", file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        print(f"error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else ROOT / "outputs" / args.dataset / args.model
+    base = [sys.executable, str(ROOT / "train.py"), "-m"]
+    if args.config_dir:
+        base += ["--config-dir", str(Path(args.config_dir).resolve())]
+    # the config's sweep subdir puts each run at <out>/<method>/seed<N>
+    common = [f"dataset={args.dataset}", f"model={args.model}", "phase=final", f"hydra.sweep.dir={out}",
+              *args.overrides]
+    t0 = time.time()
+    try:
+        hp_file = autoft_hparams(args, out) if "autoft" in methods else None
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = []
+    for m in methods:
+        todo = seeds[:1] if m in NO_SEED else seeds
+        if args.skip_existing:
+            todo = [s for s in todo if not existing_ok(out, m, s)]
+        if not todo:
+            print(f"{m}: all seeds done, skipped")
+            continue
+        cmd = base + [f"method={m}", "seed=" + ",".join(map(str, todo)), *common]
+        if m == "autoft":
+            cmd.append(f"hparams={hp_file}")
+        print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            failed.append(m)  # the other methods still run; the table reports what is missing
+    if failed:
+        print(f"\nfailed: {', '.join(failed)} (see their train.log under {out})", file=sys.stderr)
+    if not args.no_tables:
+        cmd = [sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(out), "--wise", args.wise]
+        print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+        if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            failed.append("make_tables")
+    print(f"\nfinal retrain finished in {time.time() - t0:.0f}s; results under {out}/", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Plots written next to the results (PNG, matplotlib's Agg backend: no display needed).
+
+- id_vs_ood: ID vs OOD-mean per method (mean +- std over seeds) with each fine-tuned method's
+  WiSE-FT curve: the effective-robustness view (a method above the line through zero-shot and its
+  fine-tuned model is more robust than interpolation alone).
+- wise_curves: ID and OOD mean as functions of the mixing coefficient a.
+- search_history / search_importances: an Optuna study's objective per trial with the best so far,
+  and fANOVA hyperparameter importances.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; also safe in worker processes without a display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from autoft.reporting.results import ID_TEST, RunResult
+from autoft.reporting.tables import SCALE, Table, method_label
+
+log = logging.getLogger(__name__)
+
+
+def _save(fig, path: Path) -> Path:
+    """Write atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def wise_points(runs: Sequence[RunResult]) -> dict[str, dict[float, tuple[float, float]]]:
+    """method -> alpha -> (ID, OOD mean), averaged over the method's seeds (trained methods only)."""
+    by_method: dict[str, list[RunResult]] = {}
+    for r in runs:
+        if r.trained:
+            by_method.setdefault(r.method, []).append(r)
+    out = {}
+    for m, rs in by_method.items():
+        alphas = sorted(set.intersection(*(set(r.wise_alphas()) for r in rs)))
+        out[m] = {a: (float(np.mean([r.value(ID_TEST, r.wise_metrics(a)) for r in rs])),
+                      float(np.mean([r.ood_mean(r.wise_metrics(a)) for r in rs]))) for a in alphas}
+    return out
+
+
+def plot_id_vs_ood(table: Table, runs: Sequence[RunResult], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    curves = wise_points(runs)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (m, pts) in enumerate(sorted(curves.items())):
+        a = sorted(pts)
+        xs, ys = [SCALE * pts[k][0] for k in a], [SCALE * pts[k][1] for k in a]
+        ax.plot(xs, ys, "--", color=colors[i % len(colors)], alpha=0.6, lw=1.2,
+                label=f"WiSE-FT of {method_label(m, 0)} (α 0→1)")
+    for i, row in enumerate(r for r in table.rows if "id" in r.cells):
+        idc, oodc = row.cells["id"], row.cells["ood_mean"]
+        ax.errorbar(SCALE * idc.mean, SCALE * oodc.mean,
+                    xerr=SCALE * idc.std if idc.std else None, yerr=SCALE * oodc.std if oodc.std else None,
+                    fmt="o" if not row.key.startswith("wise-") else "s", ms=7, capsize=3, label=row.label)
+    lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+    hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+    ax.plot([lo, hi], [lo, hi], ":", color="grey", lw=0.8, label="OOD = ID")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel(f"ID test {table.metric} (x100)")
+    ax.set_ylabel(f"OOD mean {table.metric} (x100)")
+    ax.set_title(f"{table.dataset} / {table.model}: ID vs OOD")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def plot_wise_curves(runs: Sequence[RunResult], path: Path, metric: str) -> Optional[Path]:
+    curves = wise_points(runs)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for m, pts in sorted(curves.items()):
+        a = sorted(pts)
+        for ax, k in zip(axes, (0, 1)):
+            ax.plot(a, [SCALE * pts[x][k] for x in a], "o-", ms=3, label=method_label(m, 0))
+    for ax, name in zip(axes, ("ID test", "OOD mean")):
+        ax.set_xlabel("α  (0 = zero-shot, 1 = fine-tuned)")
+        ax.set_ylabel(f"{name} {metric} (x100)")
+        ax.set_title(f"WiSE-FT: {name}")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# the search
+
+def study_frame(study) -> list[dict]:
+    """Finished trials of a study as plain rows: number, value, state, params."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append({"number": t.number, "value": t.value if t.values else None, "state": t.state.name,
+                     "params": dict(t.params)})
+    return rows
+
+
+def plot_search_history(study, path: Path, higher_is_better: Optional[bool] = None) -> Optional[Path]:
+    import optuna
+
+    rows = [r for r in study_frame(study) if r["state"] == "COMPLETE" and r["value"] is not None]
+    if not rows:
+        return None
+    if higher_is_better is None:
+        higher_is_better = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    nums = [r["number"] for r in rows]
+    vals = [r["value"] for r in rows]
+    best = np.maximum.accumulate(vals) if higher_is_better else np.minimum.accumulate(vals)
+    failed = [r["number"] for r in study_frame(study) if r["state"] in ("FAIL", "PRUNED")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(nums, vals, s=14, alpha=0.7, label="trial objective (OOD-val)")
+    ax.step(nums, best, where="post", color="C3", label="best so far")
+    if failed:
+        y0 = min(vals)
+        ax.scatter(failed, [y0] * len(failed), marker="x", color="grey", s=18, label="failed / pruned")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title(f"search history: {study.study_name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def param_importances(study) -> dict[str, float]:
+    """fANOVA importances of the searched hyperparameters; {} when the study is too small for it."""
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if len(complete) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+    except (RuntimeError, ValueError) as err:  # e.g. every trial had the same params
+        log.warning("hyperparameter importances unavailable for study %s: %s", study.study_name, err)
+        return {}
+
+
+def plot_importances(study, path: Path) -> Optional[Path]:
+    imp = param_importances(study)
+    if not imp:
+        return None
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    ax.barh(names, [imp[n] for n in names], color="C0")
+    ax.set_xlabel("importance (fANOVA)")
+    ax.set_title(f"hyperparameter importances: {study.study_name}")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def plot_studies(storage: str, out_dir: Path) -> list[Path]:
+    """History and importance plots of every study in an Optuna storage URL."""
+    import optuna
+
+    written = []
+    for summary in optuna.study.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in summary.study_name)
+        for fn, name in ((plot_search_history, "history"), (plot_importances, "importances")):
+            p = fn(study, Path(out_dir) / f"search_{name}_{safe}.png")
+            if p is not None:
+                written.append(p)
+    return written

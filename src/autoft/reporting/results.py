@@ -1,0 +1,209 @@
+"""Loading and validating the results files that final runs write.
+
+Layout (train.py phase=final): `<root>/<dataset>/<model>/<method>/seed<N>/results.json`. A run
+directory without a readable, complete results.json is a *problem* that is reported by path: a table
+that silently drops a seed would report a mean over fewer runs than the reader thinks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from autoft.errors import UserError
+
+RESULTS_FILE = "results.json"
+REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
+ID_TEST = "id_test"
+# splits in `metrics` that are not test sets (selection and search data, never reported as tests)
+NON_TEST_SPLITS = ("id_val", "ood_val")
+_RUN_DIR = re.compile(r"seed\d+$")
+
+
+class ResultsError(UserError):
+    """One or more results files are missing, unreadable or incomplete (the message names each)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    path: Path
+    data: dict
+
+    @property
+    def method(self) -> str:
+        return str(self.data["method"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.data["seed"])
+
+    @property
+    def metric(self) -> str:
+        return str(self.data["objective_metric"])
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return str(self.data["dataset"]), str(self.data["model"])
+
+    @property
+    def test_splits(self) -> list[str]:
+        """Test splits in the order the task lists them: ID test first, then the OOD tests."""
+        tests = [s for s in self.data["metrics"] if s not in NON_TEST_SPLITS]
+        return [ID_TEST] + [s for s in tests if s != ID_TEST]
+
+    @property
+    def ood_splits(self) -> list[str]:
+        return self.test_splits[1:]
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.data.get("wise"))
+
+    def value(self, split: str, metrics: Optional[dict] = None) -> float:
+        """The objective metric on `split` (from `metrics`, default the selected model's)."""
+        return float((metrics or self.data["metrics"])[split][self.metric])
+
+    def ood_mean(self, metrics: Optional[dict] = None) -> float:
+        return sum(self.value(s, metrics) for s in self.ood_splits) / len(self.ood_splits)
+
+    def wise_alphas(self) -> list[float]:
+        return sorted(float(a) for a in self.data.get("wise", {}))
+
+    def wise_metrics(self, alpha: float) -> dict:
+        """The metrics block of theta(alpha) = (1 - alpha) zero-shot + alpha fine-tuned."""
+        wise = self.data.get("wise") or {}
+        key = f"{alpha:.1f}"
+        if key not in wise:
+            raise ResultsError(f"{self.path}: no WiSE-FT evaluation at alpha={key} (has: {', '.join(wise) or 'none'})")
+        return wise[key]
+
+
+def problems_of(data: object) -> list[str]:
+    """What makes a parsed results file unusable (empty list: it is fine)."""
+    if not isinstance(data, dict):
+        return ["not a JSON object"]
+    out = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in data]
+    if out:
+        return out
+    metrics, metric = data["metrics"], data["objective_metric"]
+    if not isinstance(metrics, dict) or ID_TEST not in metrics:
+        return [f"metrics has no '{ID_TEST}' split"]
+    if not [s for s in metrics if s not in NON_TEST_SPLITS and s != ID_TEST]:
+        out.append("metrics has no OOD test split")
+    blocks = {"metrics": metrics, **{f"wise[{a}]": m for a, m in (data.get("wise") or {}).items()}}
+    for where, block in blocks.items():
+        for split, values in block.items():
+            v = values.get(metric) if isinstance(values, dict) else None
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                out.append(f"{where}['{split}'] has no finite '{metric}'")
+    return out
+
+
+def read_result(path: Path) -> RunResult:
+    """One results file; raises ResultsError naming the file and what is wrong with it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: corrupt JSON ({err})") from None
+    bad = problems_of(data)
+    if bad:
+        raise ResultsError(f"{path}: {'; '.join(bad)}")
+    return RunResult(Path(path), data)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every final-run directory under root: those named seed<N> and those holding a results file."""
+    root = Path(root)
+    found = {p.parent for p in root.rglob(RESULTS_FILE)}
+    found |= {p for p in root.rglob("seed*") if p.is_dir() and _RUN_DIR.match(p.name)}
+    return sorted(found)
+
+
+def load_results(root: str | Path, strict: bool = True) -> tuple[list[RunResult], list[str]]:
+    """All final runs under `root`, plus one line per problem found.
+
+    strict: raise ResultsError listing every problem (the default: a table must not quietly lose a
+    run). Not strict: return the usable runs and the problems, for the caller to print."""
+    root = Path(root)
+    if not root.exists():
+        raise ResultsError(f"results directory not found: {root}")
+    runs, problems = [], []
+    for d in run_dirs(root):
+        path = d / RESULTS_FILE
+        if not path.is_file():
+            problems.append(f"{path}: missing (the run did not finish: rerun it, or delete {d})")
+            continue
+        try:
+            runs.append(read_result(path))
+        except ResultsError as err:
+            problems.append(str(err))
+    problems += consistency_problems(runs)
+    if not runs and not problems:
+        problems.append(f"{root}: no {RESULTS_FILE} found (final runs write <dataset>/<model>/<method>/seed<N>/{RESULTS_FILE})")
+    if strict and problems:
+        raise ResultsError("unusable results:\n  " + "\n  ".join(problems))
+    return runs, problems
+
+
+def consistency_problems(runs: Iterable[RunResult]) -> list[str]:
+    """Runs compared in one table must share the metric and the test sets; one run per (method, seed)."""
+    out = []
+    for group, members in group_runs(runs).items():
+        first = members[0]
+        seen: dict[tuple[str, int], Path] = {}
+        for r in members:
+            if r.metric != first.metric:
+                out.append(f"{r.path}: objective_metric '{r.metric}' differs from '{first.metric}' of {first.path}")
+            if r.test_splits != first.test_splits:
+                out.append(f"{r.path}: test splits {r.test_splits} differ from {first.test_splits} of {first.path}")
+            key = (r.method, r.seed)
+            if key in seen:
+                out.append(f"{r.path}: a second result for method {r.method} seed {r.seed} (also {seen[key]})")
+            seen[key] = r.path
+    return out
+
+
+def group_runs(runs: Iterable[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    """Runs by (dataset, model): one table per group."""
+    out: dict[tuple[str, str], list[RunResult]] = {}
+    for r in runs:
+        out.setdefault(r.group, []).append(r)
+    return out
+
+
+def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> dict:
+    """The best trial of an Optuna study as a hyperparameters mapping that `train.py hparams=<file>`
+    reads: {loss_weights: {...}, lr_scale, weight_decay} (the search's parameters are Hydra override
+    paths such as method.loss_weights.hinge, trainer.lr_scale, trainer.weight_decay)."""
+    import optuna
+
+    try:
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as err:
+        raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise UserError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                            "name one with --study-name")
+        study_name = names[0]
+    elif study_name not in names:
+        raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise UserError(f"study '{study_name}' has no completed trial yet") from None
+    out: dict = {"loss_weights": {}, "study": study_name, "trial": best.number, "objective": best.value}
+    for key, value in best.params.items():
+        if key.startswith("method.loss_weights."):
+            out["loss_weights"][key.rsplit(".", 1)[1]] = float(value)
+        elif key == "trainer.lr_scale":
+            out["lr_scale"] = float(value)
+        elif key == "trainer.weight_decay":
+            out["weight_decay"] = float(value)
+    return out
