@@ -1,0 +1,244 @@
+"""Study storage: URLs, opening, the claim lock, and trial heartbeats.
+
+Storages (any Optuna storage the URL names):
+- `sqlite:///<path>` (default: `<sweep dir>/optuna.db`): one machine, any number of processes;
+- `postgresql://user@host/db` (or mysql, ...): many nodes; put passwords in ~/.pgpass or PGPASSWORD
+  rather than in the URL (URLs are written into trial configs; outputs mask the password);
+- `journal:///<path>` (or a path ending in .log/.journal): an append-only file for shared file
+  systems without a database server.
+
+Liveness: RDB storages use Optuna's heartbeat (`RDBStorage(heartbeat_interval, grace_period)`,
+written by a thread while the trial runs, judged on the database's clock). Journal storages have
+none, so the same thread writes a `autoft:heartbeat` system attribute (the workers' clocks). Either
+way, a trial also gets `autoft:alive` once its heartbeat runs, so a worker killed between asking
+for a trial and starting its heartbeat is detected too (`datetime_start` older than twice the
+grace period).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from autoft.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_ATTR = "autoft:heartbeat"
+ALIVE_ATTR = "autoft:alive"
+_JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+
+
+def quiet_optuna() -> None:
+    """Silence Optuna's per-trial logging and its 'experimental' warnings (we print our own lines)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+
+
+def default_storage_url(sweep_dir: str | Path) -> str:
+    return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
+
+
+def storage_kind(url: str) -> str:
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme == "journal" or (not scheme and url.endswith(_JOURNAL_SUFFIXES)):
+        return "journal"
+    if scheme in ("sqlite", "postgresql", "postgres", "mysql"):
+        return "postgresql" if scheme == "postgres" else scheme
+    if scheme:
+        return "rdb"
+    raise UserError(f"hydra.sweeper.storage '{url}' is not a storage URL; use sqlite:///<path>, "
+                    "postgresql://user@host/db or journal:///<path>")
+
+
+def journal_path(url: str) -> Path:
+    return Path(url[len("journal://"):] if url.startswith("journal://") else url)
+
+
+def sqlite_path(url: str) -> Optional[Path]:
+    m = re.match(r"sqlite(\+\w+)?:///(.*)", url)
+    return Path(m.group(2)) if m and m.group(2) and m.group(2) != ":memory:" else None
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` means psycopg (v3) to SQLAlchemy 2.1; use psycopg2 when only it is installed."""
+    import importlib.util
+
+    if url.startswith(("postgresql://", "postgres://")) and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password hidden, for logs and output files."""
+    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", url)
+
+
+def open_storage(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
+                 stale_callback: Optional[Callable] = None):
+    """Open (creating when needed) the storage a URL names; UserError when it cannot be reached."""
+    import optuna
+
+    kind = storage_kind(url)
+    url = normalize_url(url)
+    try:
+        if kind == "journal":
+            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+            path = journal_path(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # the open(O_EXCL) lock works on NFS, where flock-style locks may not
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        engine_kwargs: dict[str, Any] = {}
+        if kind == "sqlite":
+            path = sqlite_path(url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            # several worker processes write to one file: wait for the lock instead of failing
+            engine_kwargs["connect_args"] = {"timeout": 120}
+        else:
+            engine_kwargs["pool_pre_ping"] = True
+        for attempt in range(6):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                                  heartbeat_stale_trial_callback=stale_callback)
+            except Exception as err:
+                # workers starting together on a fresh database race to create its tables: the
+                # loser sees 'already exists' / a unique violation, and succeeds once they exist
+                text = f"{err} {err.__cause__}".lower()
+                racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
+                                                 "database is locked"))
+                if not racing or attempt == 5:
+                    raise
+                time.sleep(0.2 + random.random() * (attempt + 1))
+    except UserError:
+        raise
+    except Exception as err:  # driver missing, server down, bad credentials, unwritable path
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        if isinstance(err, ImportError) or isinstance(err.__cause__, ImportError):
+            first += f" ({err.__cause__ or err})"
+        raise UserError(f"cannot open the study storage {mask_url(url)}: {first}. Check that the server is "
+                        "running and reachable (or the path is writable), or choose another storage with "
+                        "hydra.sweeper.storage=<url>.") from None
+
+
+_REPORT_STORAGES: dict[str, Any] = {}
+_REPORT_LOCK = threading.Lock()
+
+
+def cached_storage(url: str):
+    """One storage per URL and process (trials report through it; no heartbeat of its own)."""
+    with _REPORT_LOCK:
+        if url not in _REPORT_STORAGES:
+            _REPORT_STORAGES[url] = open_storage(url)
+        return _REPORT_STORAGES[url]
+
+
+def uses_rdb_heartbeat(storage) -> bool:
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+@contextlib.contextmanager
+def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
+    """Serialise 'count the study, then ask for a trial' across all workers of a study.
+
+    Without it two workers could both see room for the last trial and overshoot n_trials. SQLite:
+    an flock on a file beside the database (one machine); PostgreSQL: a transaction-scoped advisory
+    lock; journal: Optuna's O_EXCL lock file. A dead holder releases it (process exit, closed
+    connection, or the lock file's 30 s grace period). Other storages fall back to the sweeper's
+    after-ask surplus check.
+    """
+    kind = storage_kind(url)
+    if kind == "sqlite" and sqlite_path(url) is not None:
+        lock_file = sqlite_path(url).with_name(sqlite_path(url).name + ".claim.lock")
+        with open(lock_file, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    if kind == "postgresql":
+        import sqlalchemy
+
+        engine = getattr(storage, "engine", None) or getattr(getattr(storage, "_backend", None), "engine", None)
+        if engine is not None:
+            key = int.from_bytes(hashlib.sha256(f"autoft-claim:{study_name}".encode()).digest()[:8], "big",
+                                 signed=True)
+            with engine.begin() as conn:  # released at commit, or when a dead worker's connection drops
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                yield
+            return
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileOpenLock
+
+        lock = JournalFileOpenLock(str(journal_path(url)) + ".claim", grace_period=30)
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    yield
+
+
+def has_claim_lock(url: str) -> bool:
+    kind = storage_kind(url)
+    return kind in ("postgresql", "journal") or (kind == "sqlite" and sqlite_path(url) is not None)
+
+
+class Heartbeat:
+    """Keeps one RUNNING trial alive in the storage from a daemon thread until `stop()`."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, max(float(interval), 0.1)
+        self.rdb = uses_rdb_heartbeat(storage)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def beat(self) -> None:
+        if self.rdb:
+            self.storage.record_heartbeat(self.trial_id)
+        else:
+            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+
+    def start(self) -> "Heartbeat":
+        self.beat()
+        self.storage.set_trial_system_attr(self.trial_id, ALIVE_ATTR, True)
+        self._thread = threading.Thread(target=self._run, name=f"autoft-heartbeat-{self.trial_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as err:  # a finished trial or a storage hiccup: try again next time
+                log.debug("heartbeat of trial id %s failed: %s", self.trial_id, err)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+
+def pid_tag() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"

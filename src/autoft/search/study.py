@@ -1,0 +1,439 @@
+"""Study helpers: naming, creation/resume, counting toward n_trials, lost trials, warm starts.
+
+Counting: `n_trials` is the study's total of *finished* trials, COMPLETE plus PRUNED (a pruned
+trial was evaluated and judged by the pruner: its budget is spent as the user asked; set
+`count_pruned: false` to count COMPLETE only). FAILED trials never count: a lost trial (dead
+worker) is retried with the same parameters, a trial that raised or diverged is replaced by a new
+one (and `max_failures` stops a search that keeps failing).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+from autoft.errors import UserError
+from autoft.search.space import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY, SearchSpace
+from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR
+
+log = logging.getLogger(__name__)
+
+# user attributes the sweeper writes on trials (visible in optuna-dashboard and trials.csv)
+FAIL_REASON = "fail_reason"
+FAIL_KIND = "fail_kind"  # error | diverged | nan | lost | interrupted | surplus | user_error
+RETRY_OF = "retry_of"  # number of the trial whose parameters this one retries
+RETRIES_ATTR = "autoft:retries"  # system attribute: how often these parameters were retried
+WARM_START_ATTR = "warm_start"
+FINGERPRINT_ATTR = "autoft_fingerprint"
+COUNTED_FAILURES = ("error", "diverged", "nan")
+
+
+# ----------------------------------------------------------------------------- naming
+
+def _drop(tree: Any, dotted: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node, dict) or p not in node:
+            return
+        node = node[p]
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def fingerprint(config, *, space: SearchSpace, direction: str, sampler: Mapping, pruner: Any,
+                exclude: Iterable[str]) -> str:
+    """A short hash of everything a trial's objective depends on.
+
+    The config is taken unresolved (`${data_root}` stays a reference, so the same command on
+    another machine finds the same study); `exclude` drops keys that never change a trial
+    (device, paths, n_trials, final-run settings).
+    """
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(config, resolve=False) if config is not None else {}
+    for key in exclude:
+        _drop(tree, key)
+    for key in space.distributions:  # searched keys take their values from the trial
+        _drop(tree, key)
+    payload = {"config": tree, "space": space.describe(), "direction": direction,
+               "sampler": dict(sampler or {}), "pruner": pruner}
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def study_name_for(config, fp: str) -> str:
+    from omegaconf import OmegaConf
+
+    parts = [str(OmegaConf.select(config, k, default="") or "") for k in ("dataset.name", "model.name", "method.name")]
+    stem = "-".join(p for p in parts if p) or "study"
+    return f"{stem}-{fp}"
+
+
+def direction_for(direction: Optional[str], config) -> str:
+    if direction is not None:
+        d = str(direction).lower()
+        if d not in ("maximize", "minimize"):
+            raise UserError(f"hydra.sweeper.direction must be maximize or minimize (or null), got '{direction}'")
+        return d
+    from omegaconf import OmegaConf
+
+    hib = OmegaConf.select(config, "dataset.higher_is_better", default=None)
+    if hib is None:
+        raise UserError("hydra.sweeper.direction is null and the config has no dataset.higher_is_better; "
+                        "set one of them")
+    return "maximize" if bool(hib) else "minimize"
+
+
+def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, Any], sampler=None,
+               pruner=None) -> tuple[Any, bool]:
+    """Create the study, or load it when it exists; (study, created_here).
+
+    A study with the same name but another fingerprint or direction was made by another config:
+    stop rather than mix its trials in.
+    """
+    import optuna
+    from optuna.study import StudyDirection
+
+    created = False
+    try:
+        storage.create_new_study([StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE],
+                                 study_name=name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if created:
+        for k, v in {FINGERPRINT_ATTR: fp, **attrs}.items():
+            study.set_user_attr(k, v)
+    else:
+        have = study.direction.name.lower()
+        old = study.user_attrs.get(FINGERPRINT_ATTR)
+        if have != direction or (old is not None and old != fp):
+            what = f"direction {have}" if have != direction else f"fingerprint {old}"
+            raise UserError(f"study '{name}' already exists in this storage with another configuration ({what}; "
+                            f"this run: direction {direction}, fingerprint {fp}). Choose another "
+                            "hydra.sweeper.study_name, or leave it null to derive one from the config.")
+    return study, created
+
+
+# ----------------------------------------------------------------------------- counting
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    running: int = 0
+    waiting: int = 0
+    failed: int = 0
+    counted_failures: int = 0
+
+    def done(self, count_pruned: bool) -> int:
+        return self.complete + (self.pruned if count_pruned else 0)
+
+
+def count(trials: Sequence) -> Counts:
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            c.complete += 1
+        elif t.state == TrialState.PRUNED:
+            c.pruned += 1
+        elif t.state == TrialState.RUNNING:
+            c.running += 1
+        elif t.state == TrialState.WAITING:
+            c.waiting += 1
+        elif t.state == TrialState.FAIL:
+            c.failed += 1
+            if t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES:
+                c.counted_failures += 1
+    return c
+
+
+def fail_reason(trial) -> Optional[str]:
+    """Why a FAILED trial failed; a trial failed by a heartbeat check carries no attribute."""
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.FAIL:
+        return None
+    return trial.user_attrs.get(FAIL_REASON) or "lost: its worker stopped sending heartbeats (killed or crashed)"
+
+
+# ----------------------------------------------------------------------------- retries
+
+def requeue(study, trial, *, max_retries: int, why: str, count_retry: bool = True) -> bool:
+    """Enqueue a failed trial's parameters again (at most `max_retries` retries per origin; an
+    interruption or a surplus give-back does not use up a retry)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    retries = int(trial.system_attrs.get(RETRIES_ATTR, 0))
+    origin = trial.user_attrs.get(RETRY_OF, trial.number)
+    if count_retry and retries >= max_retries:
+        log.warning("trial %d (%s) is not retried: its parameters were retried %d times already", trial.number,
+                    why, retries)
+        return False
+    params = dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    user_attrs = {RETRY_OF: origin}
+    if WARM_START_ATTR in trial.user_attrs:
+        user_attrs[WARM_START_ATTR] = trial.user_attrs[WARM_START_ATTR]
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING,
+        system_attrs={"fixed_params": params, RETRIES_ATTR: retries + (1 if count_retry else 0)},
+        user_attrs=user_attrs))
+    log.info("trial %d (%s): parameters re-queued%s", trial.number, why,
+             f" (retry {retries + 1} of {max_retries})" if count_retry else "")
+    return True
+
+
+class RetryLost:
+    """Heartbeat-stale callback: re-queue the parameters of a trial whose worker was lost."""
+
+    def __init__(self, max_retries: int):
+        self.max_retries = max_retries
+
+    def __call__(self, study, trial) -> None:
+        log.warning("trial %d was lost (no heartbeat): marked FAIL", trial.number)
+        requeue(study, trial, max_retries=self.max_retries, why="lost worker")
+
+
+def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
+    """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    fail_stale_trials(study)  # RDB heartbeat (database clock); runs `retry` on each trial it fails
+    n = len({t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
+    now = time.time()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(HEARTBEAT_ATTR)
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if beat is not None:
+            stale = now - float(beat) > grace_period  # journal storages: our own heartbeat
+        else:
+            # never got a heartbeat: its worker died between ask and heartbeat start
+            stale = not t.system_attrs.get(ALIVE_ATTR) and now - started > 2 * grace_period
+        if not stale:
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "lost: its worker stopped sending heartbeats "
+                                                                  "(killed or crashed)")
+            storage.set_trial_user_attr(t._trial_id, FAIL_KIND, "lost")
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first, or it just finished
+        n += 1
+        retry(study, storage.get_trial(t._trial_id))
+    return n
+
+
+# ----------------------------------------------------------------------------- samplers and pruners
+
+def _seed_for(seed: int, number: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(number)]).generate_state(1)[0])
+
+
+def make_sampler(spec: Optional[Mapping]):
+    """The sampler the config names. A seeded sampler is re-seeded for every trial from
+    (seed, trial number): reproducible in one worker, and concurrent or resumed workers never
+    replay each other's random draws (which one shared seed would do)."""
+    import optuna
+    from hydra.utils import instantiate
+
+    spec = dict(spec or {"_target_": "optuna.samplers.TPESampler"})
+    seed = spec.pop("seed", None)
+    try:
+        if seed is None:
+            return instantiate(spec)
+        first = instantiate(spec, seed=_seed_for(seed, 0))
+    except Exception as err:
+        raise UserError(f"hydra.sweeper.sampler cannot be built ({spec.get('_target_')}): {err}") from None
+    if not isinstance(first, optuna.samplers.BaseSampler):
+        raise UserError(f"hydra.sweeper.sampler._target_ {spec.get('_target_')} is not an Optuna sampler")
+    return TrialSeededSampler(lambda s: instantiate(spec, seed=s), int(seed), first)
+
+
+def _trial_seeded_sampler_class():
+    import optuna
+
+    class _TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self, factory: Callable[[int], Any], seed: int, first):
+            self._factory, self._seed, self._inner = factory, seed, first
+
+        def before_trial(self, study, trial):
+            self._inner = self._factory(_seed_for(self._seed, trial.number))
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self._inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self._inner.reseed_rng()
+
+    return _TrialSeeded
+
+
+def TrialSeededSampler(factory, seed, first):  # noqa: N802 (a class built lazily: optuna is imported late)
+    return _trial_seeded_sampler_class()(factory, seed, first)
+
+
+PRUNERS = {
+    "median": ("optuna.pruners.MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 0}),
+    "successive_halving": ("optuna.pruners.SuccessiveHalvingPruner", {}),
+    "hyperband": ("optuna.pruners.HyperbandPruner", {}),
+}
+
+
+def make_pruner(spec: Any):
+    """None/'none' -> no pruning; a name in PRUNERS; or a {_target_: ...} mapping."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig, OmegaConf
+    import optuna
+
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if spec is None or (isinstance(spec, str) and spec.lower() in ("none", "null", "")):
+        return optuna.pruners.NopPruner()
+    if isinstance(spec, str):
+        if spec not in PRUNERS:
+            raise UserError(f"search.pruner '{spec}' is not a pruner; valid: none, {', '.join(PRUNERS)}, "
+                            "or {_target_: optuna.pruners.<Pruner>, ...}")
+        target, kwargs = PRUNERS[spec]
+        spec = {"_target_": target, **kwargs}
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise UserError(f"search.pruner must be a name or a mapping with _target_, got {spec!r}")
+    try:
+        pruner = instantiate(dict(spec))
+    except Exception as err:
+        raise UserError(f"search.pruner cannot be built ({spec.get('_target_')}): {err}") from None
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise UserError(f"search.pruner._target_ {spec.get('_target_')} is not an Optuna pruner")
+    return pruner
+
+
+# ----------------------------------------------------------------------------- warm starts
+
+def _entries(obj: Any, origin: str) -> list[tuple[str, dict]]:
+    """A hyperparameter mapping (best_hparams.yaml schema), or a mapping of name -> such mapping."""
+    if not isinstance(obj, Mapping):
+        raise UserError(f"warm start {origin}: expected a mapping of hyperparameters, got {type(obj).__name__}")
+    keys = {"loss_weights", "lr", "lr_scale", "weight_decay", "params", "seed"}
+    if keys & set(obj):
+        return [(origin, dict(obj))]
+    out = []
+    for name, entry in obj.items():
+        if not isinstance(entry, Mapping) or not keys & set(entry):
+            raise UserError(f"warm start {origin}: entry '{name}' holds none of {sorted(keys)}")
+        out.append((f"{origin}:{name}", dict(entry)))
+    return out
+
+
+def load_warm_starts(files: Sequence[str], inline: Optional[Mapping]) -> list[tuple[str, dict]]:
+    from omegaconf import OmegaConf
+
+    out: list[tuple[str, dict]] = []
+    if inline:
+        out += _entries(OmegaConf.to_container(inline, resolve=True) if OmegaConf.is_config(inline) else inline,
+                        "search.warm_start")
+    for f in files or []:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"hydra.sweeper.warm_start: file not found: {path}")
+        try:
+            data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except Exception as err:
+            raise UserError(f"hydra.sweeper.warm_start: cannot read {path}: {err}") from None
+        out += _entries(data, str(path))
+    return out
+
+
+def warm_start_params(entry: Mapping, space: SearchSpace, base_lr: Optional[float], origin: str) -> dict:
+    """Map one hyperparameter entry onto the searched keys (values outside the space are skipped)."""
+    from optuna.distributions import IntDistribution
+
+    values: dict[str, Any] = {}
+    for name, w in (entry.get("loss_weights") or {}).items():
+        values[LOSS_PREFIX + str(name)] = w
+    if entry.get("lr_scale") is not None:
+        values[LR_SCALE_KEY] = float(entry["lr_scale"])
+    elif entry.get("lr") is not None:
+        ref = entry.get("base_lr", base_lr)
+        if ref:
+            values[LR_SCALE_KEY] = float(f"{float(entry['lr']) / float(ref):.12g}")  # 2.52e-5/1e-5 -> 2.52
+    if entry.get("weight_decay") is not None:
+        values[WEIGHT_DECAY_KEY] = entry["weight_decay"]
+    if entry.get("seed") is not None:
+        values[SEED_KEY] = entry["seed"]
+    values.update(entry.get("params") or {})
+    params = {}
+    for key, value in values.items():
+        if key not in space.distributions:
+            continue
+        if isinstance(value, float) and value.is_integer() and isinstance(space.distributions[key], IntDistribution):
+            value = int(value)
+        if space.contains(key, value):
+            params[key] = value
+        else:
+            log.warning("warm start %s: %s=%r is outside the search space (%s); the sampler chooses it",
+                        origin, key, value, space.sources[key])
+    return params
+
+
+def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: SearchSpace,
+                        base_lr: Optional[float]) -> int:
+    """Enqueue each entry once per study (a rerun does not add them again)."""
+    n = 0
+    for origin, entry in entries:
+        params = warm_start_params(entry, space, base_lr, origin)
+        if not params:
+            log.warning("warm start %s: no value falls in the search space; skipped", origin)
+            continue
+        known = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(WARM_START_ATTR) == origin]
+        if known:
+            continue
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: origin})
+        n += 1
+        log.info("warm start %s enqueued", origin)
+    return n
+
+
+def format_eta(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(seconds, 0)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def duration_s(trial) -> Optional[float]:
+    if trial.datetime_start and trial.datetime_complete:
+        return (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return None
+
+
+def now_iso() -> str:
+    return datetime.now().isoformat(timespec="seconds")

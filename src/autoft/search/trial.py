@@ -1,0 +1,108 @@
+"""The running trial, seen from inside the task: intermediate reports, pruning, extra scores.
+
+    reporter = TrialReporter.from_config(cfg.search)   # a no-op outside a search
+    reporter.report(step, ood_val_objective)           # raises optuna.TrialPruned when pruned
+    reporter.set_user_attrs(id_val_accuracy=0.91)      # shown in trials.csv and optuna-dashboard
+
+The sweeper passes the trial's identity as overrides (search.trial_id, search.study_name,
+search.storage); the reporter reopens the trial from the storage, so it works the same in the
+sweeper's process, in another process, or on another node (submitit). The pruner comes from
+`search.pruner`, the same config the sweeper validated.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+
+class TrialReporter:
+    def __init__(self, study_name: Optional[str] = None, storage: Optional[str] = None,
+                 trial_id: Optional[int] = None, pruner: Any = None):
+        self.study_name, self.storage_url, self.trial_id = study_name, storage, trial_id
+        self._pruner_spec = pruner
+        self._trial = None
+        self._lost = False
+
+    @classmethod
+    def from_config(cls, search: Optional[Mapping]) -> "TrialReporter":
+        search = search or {}
+        get = search.get
+        if get("trial_id") is None or get("storage") is None or get("study_name") is None:
+            return cls()  # not inside a search: every call is a no-op
+        return cls(str(get("study_name")), str(get("storage")), int(get("trial_id")), get("pruner"))
+
+    @property
+    def active(self) -> bool:
+        return self.trial_id is not None
+
+    @property
+    def pruning(self) -> bool:
+        """Whether intermediate reports can stop this trial (worth evaluating for)."""
+        spec = self._pruner_spec
+        return self.active and spec is not None and not (isinstance(spec, str) and spec.lower() in ("none", "null"))
+
+    def _get_trial(self):
+        if self._trial is None:
+            import optuna
+
+            from autoft.search.storage import cached_storage, quiet_optuna
+            from autoft.search.study import make_pruner
+
+            quiet_optuna()
+            storage = cached_storage(self.storage_url)
+            study = optuna.load_study(study_name=self.study_name, storage=storage,
+                                      sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self._pruner_spec))
+            self._trial = optuna.trial.Trial(study, self.trial_id)
+        return self._trial
+
+    def _running(self) -> bool:
+        from optuna.trial import TrialState
+
+        trial = self._get_trial()
+        state = trial.storage.get_trial(self.trial_id).state
+        if state != TrialState.RUNNING and not self._lost:
+            self._lost = True
+            log.warning("trial %s is %s in its study (declared lost by another worker?): stopping it",
+                        trial.number, state.name)
+        return state == TrialState.RUNNING
+
+    def report(self, step: int, value: float) -> None:
+        """Record the objective at an inner step; raise optuna.TrialPruned when the pruner says stop."""
+        if not self.active:
+            return
+        import optuna
+
+        if not self._running():
+            raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
+        if value is not None and math.isfinite(float(value)):
+            self._get_trial().report(float(value), int(step))
+        if self.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (objective {value:.4g})")
+
+    def should_prune(self) -> bool:
+        if not self.active:
+            return False
+        if not self._running():
+            return True
+        return bool(self._get_trial().should_prune())
+
+    def set_user_attrs(self, attrs: Optional[Mapping[str, Any]] = None, **more: Any) -> None:
+        """Attach extra per-trial scores or notes (JSON-able values) to the trial."""
+        if not self.active:
+            return
+        import optuna
+
+        trial = self._get_trial()
+        for key, value in {**(attrs or {}), **more}.items():
+            try:
+                trial.set_user_attr(str(key), value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+
+
+def record_scores(search: Optional[Mapping], **scores: Any) -> None:
+    """Shortcut: write per-trial scores as user attributes (no-op outside a search)."""
+    TrialReporter.from_config(search).set_user_attrs(scores)

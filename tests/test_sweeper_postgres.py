@@ -1,0 +1,63 @@
+"""Concurrent workers sharing one study through PostgreSQL (127.0.0.1:5432, trust auth).
+
+Each test creates a fresh database and drops it afterwards.
+"""
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autoft.search.storage import normalize_url
+
+pytestmark = pytest.mark.postgres
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "tests" / "apps" / "toy_app.py"
+
+
+@pytest.fixture
+def pg_url():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=5)
+    except psycopg2.OperationalError as err:
+        pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432: {err}")
+    admin.autocommit = True
+    name = f"autoft_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def test_two_concurrent_workers_share_one_study(tmp_path, pg_url):
+    n = 8
+    cmd = [sys.executable, str(APP), "-m", "search=autoft", "hydra.sweeper.plots=false",
+           "hydra.sweeper.poll_interval=0.2", f"hydra.sweeper.storage={pg_url}", f"dataset.n_trials={n}",
+           "toy.sleep=0.1"]
+    # separate working directories: the workers share nothing but the database
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    for d in dirs:
+        d.mkdir()
+    workers = [subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for d in dirs]
+    outs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs
+
+    url = normalize_url(pg_url)
+    names = optuna.get_all_study_names(url)
+    assert len(names) == 1
+    trials = optuna.load_study(study_name=names[0], storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * n  # exactly n, none surplus, none lost
+    assert len({t.number for t in trials}) == n
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n  # no duplicated parameters
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers trained
+    for out in outs:
+        assert f"{n}/{n} finished" in out
