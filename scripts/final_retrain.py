@@ -6,11 +6,11 @@
     python scripts/final_retrain.py --methods ft,autoft --hparams my_best.yaml
     python scripts/final_retrain.py --methods autoft --study sqlite:///outputs/x/optuna.db --study-name s1
 
-For each method it runs `python train.py -m method=<m> seed=<seeds> [hparams=<file>] <overrides>` (one
-process per method, so the model and data are loaded once per method): the run fine-tunes on ID
-train, selects the epoch on ID val, saves the weights atomically, evaluates ID test and every OOD
-test set and the WiSE-FT curve (a = 0, 0.1, ..., 1), and writes
-<out>/<method>/seed<N>/results.json. Then scripts/make_tables.py builds the tables and plots.
+It runs `python train.py -m method=<m1>,<m2>,... seed=<seeds> [hparams=<file>] <overrides>`: one
+process for the methods that need the same seeds and one for AutoFT, so the model and the data load
+once per process. Each run fine-tunes on ID train, selects the epoch on ID val, saves the weights
+atomically, evaluates ID test, every OOD test set and the WiSE-FT curve (a = 0, 0.1, ..., 1), and
+writes <out>/<method>/seed<N>/results.json. Then scripts/make_tables.py builds the tables and plots.
 
 AutoFT's hyperparameters: --hparams <yaml>, else --study <storage URL> (its best trial), else the
 search's <out>/search-autoft/best_hparams.yaml. Zero-shot is evaluated once (it has no seed).
@@ -112,20 +112,26 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    failed = []
+    # one train.py process per group of methods that need the same seeds (and no hparams file), so
+    # the model and the decoded data are loaded once per group; AutoFT runs on its own
+    todo: dict[str, list[int]] = {}
     for m in methods:
-        todo = seeds[:1] if m in NO_SEED else seeds
-        if args.skip_existing:
-            todo = [s for s in todo if not existing_ok(out, m, s)]
-        if not todo:
+        want = seeds[:1] if m in NO_SEED else seeds
+        todo[m] = [s for s in want if not (args.skip_existing and existing_ok(out, m, s))]
+        if not todo[m]:
             print(f"{m}: all seeds done, skipped")
-            continue
-        cmd = base + [f"method={m}", "seed=" + ",".join(map(str, todo)), *common]
-        if m == "autoft":
+    calls: dict[tuple, list[str]] = {}
+    for m, ss in todo.items():
+        if ss:
+            calls.setdefault((m == "autoft", tuple(ss)), []).append(m)
+    failed = []
+    for (is_autoft, ss), ms in calls.items():
+        cmd = base + ["method=" + ",".join(ms), "seed=" + ",".join(map(str, ss)), *common]
+        if is_autoft:
             cmd.append(f"hparams={hp_file}")
         print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            failed.append(m)  # the other methods still run; the table reports what is missing
+            failed += ms  # the other methods still run; the table names the missing results
     if failed:
         print(f"\nfailed: {', '.join(failed)} (see their train.log under {out})", file=sys.stderr)
     if not args.no_tables:
