@@ -1,4 +1,7 @@
-"""Plots written next to the results (PNG, matplotlib's Agg backend: no display needed).
+"""Plots written next to the results (PNG).
+
+Figures are built with matplotlib's object API (no pyplot state), so they work in worker processes
+without a display and leave a notebook's inline backend alone.
 
 - id_vs_ood: ID vs OOD-mean per method (mean +- std over seeds) with each fine-tuned method's
   WiSE-FT curve: the effective-robustness view (a method above the line through zero-shot and its
@@ -14,10 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; also safe in worker processes without a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no display, no global backend switch (notebooks keep theirs)
 
 from autoft.reporting.results import ID_TEST, RunResult
 from autoft.reporting.tables import SCALE, Table, method_label
@@ -31,7 +32,6 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    plt.close(fig)
     tmp.replace(path)
     return path
 
@@ -51,9 +51,10 @@ def wise_points(runs: Sequence[RunResult]) -> dict[str, dict[float, tuple[float,
 
 
 def plot_id_vs_ood(table: Table, runs: Sequence[RunResult], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    fig = Figure(figsize=(6.4, 5.0))
+    ax = fig.subplots()
     curves = wise_points(runs)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (m, pts) in enumerate(sorted(curves.items())):
         a = sorted(pts)
         xs, ys = [SCALE * pts[k][0] for k in a], [SCALE * pts[k][1] for k in a]
@@ -81,7 +82,8 @@ def plot_wise_curves(runs: Sequence[RunResult], path: Path, metric: str) -> Opti
     curves = wise_points(runs)
     if not curves:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2, sharex=True)
     for m, pts in sorted(curves.items()):
         a = sorted(pts)
         for ax, k in zip(axes, (0, 1)):
@@ -119,7 +121,8 @@ def plot_search_history(study, path: Path, higher_is_better: Optional[bool] = No
     vals = [r["value"] for r in rows]
     best = np.maximum.accumulate(vals) if higher_is_better else np.minimum.accumulate(vals)
     failed = [r["number"] for r in study_frame(study) if r["state"] in ("FAIL", "PRUNED")]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.scatter(nums, vals, s=14, alpha=0.7, label="trial objective (OOD-val)")
     ax.step(nums, best, where="post", color="C3", label="best so far")
     if failed:
@@ -153,7 +156,8 @@ def plot_importances(study, path: Path) -> Optional[Path]:
     if not imp:
         return None
     names = list(imp)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    fig = Figure(figsize=(6, 0.35 * len(names) + 1.2))
+    ax = fig.subplots()
     ax.barh(names, [imp[n] for n in names], color="C0")
     ax.set_xlabel("importance (fANOVA)")
     ax.set_title(f"hyperparameter importances: {study.study_name}")
