@@ -44,11 +44,9 @@ def main() -> None:
     if args.model == "shapes_rn10t":
         sh([py, "scripts/build_foundation.py"])
     sh([py, "train.py", "-m", "search=autoft", *extra])
-    best = out / "search-autoft" / "best_hparams.yaml"
-    sh([py, "train.py", "-m", "method=autoft", f"hparams={best}", f"seed={args.seeds}", *extra])
-    sh([py, "train.py", "-m", "method=ft", f"seed={args.seeds}", *extra])
-    sh([py, "train.py", "-m", "method=zeroshot", "seed=0", *extra])
-    sh([py, "scripts/make_tables.py", str(out)])
+    # final retrain of AutoFT with the search's best_hparams.yaml, the baselines, then the tables
+    sh([py, "scripts/final_retrain.py", "--dataset", args.dataset, "--model", args.model,
+        "--methods", "zeroshot,ft,autoft", "--seeds", args.seeds, *args.overrides])
     print(f"\ndemo finished in {time.time() - t0:.0f}s; results under {out}/", flush=True)
 
 
