@@ -103,25 +103,29 @@ def open_storage(url: str, *, heartbeat_interval: Optional[int] = None, grace_pe
             # the open(O_EXCL) lock works on NFS, where flock-style locks may not
             return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
         engine_kwargs: dict[str, Any] = {}
+        guard: Any = contextlib.nullcontext()
         if kind == "sqlite":
             path = sqlite_path(url)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                guard = _flock(path.with_name(path.name + ".claim.lock"))  # one creator of the tables
             # several worker processes write to one file: wait for the lock instead of failing
             engine_kwargs["connect_args"] = {"timeout": 120}
         else:
             engine_kwargs["pool_pre_ping"] = True
         for attempt in range(6):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                                  heartbeat_stale_trial_callback=stale_callback)
+                with guard if attempt == 0 else contextlib.nullcontext():
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                      heartbeat_interval=heartbeat_interval,
+                                                      grace_period=grace_period,
+                                                      heartbeat_stale_trial_callback=stale_callback)
             except Exception as err:
                 # workers starting together on a fresh database race to create its tables: the
                 # loser sees 'already exists' / a unique violation, and succeeds once they exist
                 text = f"{err} {err.__cause__}".lower()
                 racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
-                                                 "database is locked"))
+                                                 "unique constraint", "database is locked"))
                 if not racing or attempt == 5:
                     raise
                 time.sleep(0.2 + random.random() * (attempt + 1))
@@ -155,6 +159,16 @@ def uses_rdb_heartbeat(storage) -> bool:
 
 
 @contextlib.contextmanager
+def _flock(lock_file: Path) -> Iterator[None]:
+    with open(lock_file, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
     """Serialise 'count the study, then ask for a trial' across all workers of a study.
 
@@ -166,13 +180,8 @@ def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
     """
     kind = storage_kind(url)
     if kind == "sqlite" and sqlite_path(url) is not None:
-        lock_file = sqlite_path(url).with_name(sqlite_path(url).name + ".claim.lock")
-        with open(lock_file, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _flock(sqlite_path(url).with_name(sqlite_path(url).name + ".claim.lock")):
+            yield
         return
     if kind == "postgresql":
         import sqlalchemy

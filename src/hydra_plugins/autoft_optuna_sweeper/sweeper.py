@@ -140,7 +140,7 @@ class AutoFTOptunaSweeper(Sweeper):
         self.fingerprint = su.fingerprint(cfg, space=self.space, direction=self.direction, sampler=self.sampler_cfg,
                                           pruner=self.pruner_spec, exclude=self.fingerprint_exclude)
         self.study_name = self.study_name_cfg or su.study_name_for(cfg, self.fingerprint)
-        self.study_dir = self.sweep_dir / self.study_name
+        self.study_dir = self.sweep_dir / self.study_name.replace("/", "_")
         self._check_composes()
         self.warm_entries = su.load_warm_starts(self.warm_start, search.get("warm_start") if search else None)
 
@@ -214,13 +214,13 @@ class AutoFTOptunaSweeper(Sweeper):
                            for i in range(self.n_jobs)]
                 for t in threads:
                     t.start()
-                for t in threads:
-                    while t.is_alive():
-                        t.join(timeout=0.5)
+                while any(t.is_alive() for t in threads) and not errors:
+                    self._changed.wait(0.5)
+                if errors:  # stop at once: trials still out are given back (FAIL, parameters re-queued)
+                    self._abandon_inflight()
         except KeyboardInterrupt:
             self._stop.set()
-            for trial in list(self._inflight.values()):
-                self._interrupted(self.study, trial)
+            self._abandon_inflight()
             raise
         finally:
             self._write_outputs(final=True)
@@ -228,6 +228,13 @@ class AutoFTOptunaSweeper(Sweeper):
             raise errors[0]
         self._summary()
         return self._returns
+
+    def _abandon_inflight(self) -> None:
+        with self._lock:
+            trials = list(self._inflight.values())
+            self._inflight.clear()
+        for trial in trials:
+            self._interrupted(self.study, trial)
 
     # ------------------------------------------------------------------ one slot
 
@@ -319,9 +326,9 @@ class AutoFTOptunaSweeper(Sweeper):
         ahead = running.index(trial.number) if trial.number in running else 0
         if su.count(trials).done(self.count_pruned) + ahead + 1 <= self.n_trials:
             return False
-        self._fail(study, trial, "surplus", "surplus: other workers already run the study's last trials")
-        if trial.system_attrs.get("fixed_params"):
-            su.requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries + 1,
+        if self._fail(study, trial, "surplus", "surplus: other workers already run the study's last trials") \
+                and study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params"):
+            su.requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
                        why="surplus", count_retry=False)
         return True
 
@@ -342,11 +349,11 @@ class AutoFTOptunaSweeper(Sweeper):
             raise
         except BaseException as err:
             if _is_lost_job(err):
-                self._fail(study, trial, "lost", f"lost: the cluster job ended without a result ({err})".strip())
                 from autoft.search.study import requeue
 
-                requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
-                        why="lost job")
+                if self._fail(study, trial, "lost", f"lost: the cluster job ended without a result ({err})"):
+                    requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
+                            why="lost job")
                 self._progress(study, trial)
                 return
             self._fail(study, trial, "error", f"launcher: {type(err).__name__}: {err}")
@@ -395,29 +402,34 @@ class AutoFTOptunaSweeper(Sweeper):
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
 
-    def _tell(self, study, trial, **kwargs) -> None:
+    def _tell(self, study, trial, **kwargs) -> bool:
         try:
             study.tell(trial, **kwargs)
+            return True
         except (ValueError, RuntimeError) as err:
             # another worker declared it lost (heartbeat older than the grace period) and re-queued it
             log.warning("trial %d could not be recorded (%s): it was declared lost meanwhile; its parameters "
                         "were re-queued", trial.number, err)
+            return False
 
-    def _fail(self, study, trial, kind: str, reason: str) -> None:
+    def _fail(self, study, trial, kind: str, reason: str) -> bool:
+        """Record the trial FAILED with its reason; False when it had already finished elsewhere."""
         import optuna
 
         from autoft.search.study import FAIL_KIND, FAIL_REASON
 
         if self._set_attrs(study, trial, {FAIL_REASON: reason[:2000], FAIL_KIND: kind}):
-            self._tell(study, trial, state=optuna.trial.TrialState.FAIL)
+            return self._tell(study, trial, state=optuna.trial.TrialState.FAIL)
+        return False
 
     def _interrupted(self, study, trial) -> None:
+        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued."""
         from autoft.search.study import requeue
 
         try:
-            self._fail(study, trial, "interrupted", "interrupted (Ctrl-C); parameters re-queued")
-            requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries + 1,
-                    why="interrupted", count_retry=False)
+            if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
+                requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
+                        why="interrupted", count_retry=False)
         except Exception as err:  # never mask the interrupt
             log.warning("could not record interrupted trial %d: %s", trial.number, err)
 

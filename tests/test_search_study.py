@@ -1,0 +1,57 @@
+"""Lost trials: heartbeats, stale detection and retries, on real Optuna storages (in-process)."""
+import time
+
+import optuna
+import pytest
+
+from autoft.search.storage import ALIVE_ATTR, Heartbeat, claim_lock, open_storage, quiet_optuna
+from autoft.search.study import RETRY_OF, RetryLost, count, fail_reason, fail_stale, requeue
+
+quiet_optuna()
+
+
+def make(url, grace=2):
+    retry = RetryLost(max_retries=1)
+    storage = open_storage(url, heartbeat_interval=1, grace_period=grace, stale_callback=retry)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    return study, retry
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_silent_trial_is_failed_and_its_parameters_retried_once(tmp_path, kind):
+    url = f"sqlite:///{tmp_path}/s.db" if kind == "sqlite" else f"journal:///{tmp_path}/s.log"
+    study, retry = make(url)
+    alive, dead = study.ask(), study.ask()
+    for t in (alive, dead):
+        t.suggest_float("x", 0, 1)
+    hb_alive = Heartbeat(study._storage, alive._trial_id, 0.5).start()
+    hb_dead = Heartbeat(study._storage, dead._trial_id, 0.5).start()
+    hb_dead.stop()  # its worker dies: no more heartbeats
+    try:
+        assert fail_stale(study, grace_period=2, retry=retry) == 0  # within the grace period
+        time.sleep(3.5)
+        with claim_lock(url, study._storage, "s"):
+            assert fail_stale(study, grace_period=2, retry=retry) == 1
+            assert fail_stale(study, grace_period=2, retry=retry) == 0  # only once
+    finally:
+        hb_alive.stop()
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["RUNNING", "FAIL", "WAITING"]
+    assert "lost" in fail_reason(trials[1])
+    retried = study.ask()  # the queued parameters come first
+    assert retried.number == 2 and retried.suggest_float("x", 0, 1) == dead.params["x"]
+    assert study._storage.get_trial(retried._trial_id).user_attrs[RETRY_OF] == dead.number
+    # a retry is retried at most max_retries times in all
+    study.tell(retried, state=optuna.trial.TrialState.FAIL)
+    assert not requeue(study, study._storage.get_trial(retried._trial_id), max_retries=1, why="test")
+
+
+def test_a_worker_killed_before_its_first_heartbeat_is_detected(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    study, retry = make(url, grace=1)
+    orphan = study.ask()  # RUNNING, but no heartbeat ever started
+    orphan.suggest_float("x", 0, 1)
+    assert not study._storage.get_trial(orphan._trial_id).system_attrs.get(ALIVE_ATTR)
+    time.sleep(2.5)  # twice the grace period, on the trial's own start time
+    assert fail_stale(study, grace_period=1, retry=retry) == 1
+    assert count(study.get_trials()).waiting == 1
