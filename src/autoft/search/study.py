@@ -60,7 +60,8 @@ def fingerprint(config, *, space: SearchSpace, direction: str, sampler: Mapping,
     tree = OmegaConf.to_container(config, resolve=False) if config is not None else {}
     for key in exclude:
         _drop(tree, key)
-    for key in space.distributions:  # searched keys take their values from the trial
+    # searched and fixed keys take their values from the trial's overrides (in `space`)
+    for key in [*space.distributions, *(k.lstrip("+") for k in space.fixed)]:
         _drop(tree, key)
     payload = {"config": tree, "space": space.describe(), "direction": direction,
                "sampler": dict(sampler or {}), "pruner": pruner}

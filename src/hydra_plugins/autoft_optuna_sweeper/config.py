@@ -23,8 +23,8 @@ def _fingerprint_exclude() -> List[str]:
     # keys that never change a trial's objective: changing them must resume the same study
     return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams",
             "dataset.n_trials", "dataset.final_epochs", "trainer.epochs", "trainer.num_workers",
-            "trainer.eval_batch_size", "search.trial_id", "search.trial_number", "search.storage",
-            "search.study_name", "search.warm_start"]
+            "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "search.trial_id",
+            "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap"]
 
 
 @dataclass
