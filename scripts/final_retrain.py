@@ -131,11 +131,18 @@ def main(argv=None) -> int:
             cmd.append(f"hparams={hp_file}")
         print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            failed += ms  # the other methods still run; the table names the missing results
+            # Hydra runs the remaining jobs of a multirun after a failed one: name the runs that failed
+            failed += [f"{m}/seed{x}" for m in ms for x in ss if not existing_ok(out, m, x)] or ms
     if failed:
-        print(f"\nfailed: {', '.join(failed)} (see their train.log under {out})", file=sys.stderr)
+        print(f"\nfailed: {', '.join(failed)} (see train.log in their run directories under {out})", file=sys.stderr)
     if not args.no_tables:
         cmd = [sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(out), "--wise", args.wise]
+        opts = dict(o.split("=", 1) for o in args.overrides if "=" in o)
+        if opts.get("logger") == "wandb":  # the tables and plots join the runs in W&B
+            cmd += ["--wandb", "--wandb-project", opts.get("logger.project", "autoft"),
+                    "--wandb-mode", opts.get("logger.mode", "auto")]
+            if opts.get("logger.entity"):
+                cmd += ["--wandb-entity", opts["logger.entity"]]
         print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
             failed.append("make_tables")

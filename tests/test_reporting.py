@@ -214,3 +214,15 @@ def test_search_plots_and_best_hparams_from_a_real_study(tmp_path, results):
     with pytest.raises(UserError, match="holds 2 studies"):
         optuna.create_study(study_name="s2", storage=storage)
         best_hparams_from_study(storage)
+
+
+def test_one_table_per_dataset_and_model_next_to_its_results(tmp_path):
+    for ds in ("shapes", "iwildcam"):
+        for seed in (0, 1):
+            write_run(tmp_path, "ft", seed, dataset=ds)
+    report = make_report(tmp_path, plots=False)
+    assert sorted((g.dataset, g.out_dir) for g in report.groups) == [
+        ("iwildcam", tmp_path / "iwildcam" / "rn"), ("shapes", tmp_path / "shapes" / "rn")]
+    for g in report.groups:
+        assert (g.out_dir / "results_table.md").is_file()
+        assert all(r.group == (g.dataset, "rn") for r in g.runs)
