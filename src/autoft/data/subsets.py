@@ -8,14 +8,13 @@ same examples) and (3) disjoint from every test set (checked by example identity
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
 
 from autoft.errors import UserError
+from autoft.reporting.io import atomic_write_text
 
 
 def _grouped_permutation(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,18 +74,6 @@ def stratified_holdout(labels, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_subset(directory, name: str, indices, example_ids, info: Optional[Mapping] = None) -> Path:
     """Write `<directory>/<name>.json` (atomically) with the chosen indices and their example ids.
 
@@ -106,7 +93,7 @@ def save_subset(directory, name: str, indices, example_ids, info: Optional[Mappi
                             f"the subset settings changed since this study started). Keep the settings of the study, "
                             f"or start a new study directory.")
         return path
-    _atomic_write_text(path, json.dumps(record, indent=1))
+    atomic_write_text(path, json.dumps(record, indent=1))
     return path
 
 
