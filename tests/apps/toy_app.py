@@ -2,18 +2,24 @@
 
 Its objective is a cheap, smooth function of the sampled hyperparameters (best near loss weights
 1e-2, lr_scale 3, weight decay 0.3), so a search takes milliseconds per trial; knobs make trials
-sleep, diverge, return NaN, raise, or raise a UserError (see toy_conf/toy.yaml).
+sleep, diverge, return NaN, raise, or raise a UserError (see toy_conf/toy.yaml). Like train.py it
+runs `search.seeds_per_trial` seeds (seed, seed+1, ...) and scores their mean, writes trial.json
+(per-seed scores, a 95% interval) and reports them to the study; `toy.seed_noise` and `toy.lucky_*`
+make a seed's score differ from the hyperparameters' true score (selection noise).
 
     python tests/apps/toy_app.py -m search=autoft dataset.n_trials=5
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +34,19 @@ def score(cfg: DictConfig) -> float:
     return s
 
 
+def seed_term(cfg: DictConfig, seed: int) -> float:
+    """What one seed adds to the true score: noise in [-seed_noise, seed_noise] from (seed, weight
+    decay), plus lucky_bonus when the seed is lucky_seed and the weight decay is lucky_weight_decay."""
+    t = cfg.toy
+    wd = float(cfg.trainer.weight_decay)
+    digest = hashlib.sha256(f"{int(seed)}:{wd:.9g}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64 * 2 - 1
+    out = float(t.seed_noise) * u
+    if t.lucky_weight_decay is not None and int(seed) == int(t.lucky_seed) and abs(wd - float(t.lucky_weight_decay)) < 1e-9:
+        out += float(t.lucky_bonus)
+    return out
+
+
 @hydra.main(config_path="toy_conf", config_name="toy", version_base="1.3")
 def main(cfg: DictConfig):
     from autoft.errors import TrialDiverged, UserError
@@ -37,14 +56,21 @@ def main(cfg: DictConfig):
         return None
     search = cfg.search
     number = search.get("trial_number")
+    again = search.get("reevaluation_of")
     if cfg.toy.started_dir:
         Path(cfg.toy.started_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.toy.started_dir) / f"trial_{number}.started").write_text(str(dict(search.items())))
+        name = f"trial_{number}.started" if again is None else f"reevaluation_{again}.started"
+        with open(Path(cfg.toy.started_dir) / name, "a") as fh:  # one line per start (a rerun appends)
+            fh.write(str(dict(search.items())) + "\n")
     fail_on = list(cfg.toy.fail_on)
     kinds = cfg.toy.failure if not isinstance(cfg.toy.failure, str) else [cfg.toy.failure] * len(fail_on)
     failure = dict(zip(fail_on, kinds)).get(number, "none")
+    if again is not None:  # a re-evaluation: its own failure knobs
+        failure = dict(zip(list(cfg.toy.fail_reevaluation_of), list(cfg.toy.reevaluation_failure))).get(again, "none")
     reporter = TrialReporter.from_config(search)
-    target = score(cfg)
+    seeds = [int(cfg.seed) + i for i in range(int(search.get("seeds_per_trial", 1) or 1))]
+    per_seed = [score(cfg) + seed_term(cfg, s) for s in seeds]
+    target = sum(per_seed) / len(per_seed)
     steps = int(cfg.toy.steps)
     every = int(search.get("eval_every", 0) or 0)
     for step in range(1, steps + 1):
@@ -59,7 +85,13 @@ def main(cfg: DictConfig):
         raise RuntimeError("toy trial crashed on purpose")
     if failure == "user_error":
         raise UserError("toy.failure=user_error: dataset.root does not exist (a user's mistake)")
-    reporter.set_user_attrs(id_val_accuracy=round(target / 2, 6))
+    half = float(cfg.toy.ci_half_width)
+    record = {"objective": target, "seeds": seeds, "per_seed": per_seed, "ci": [target - half, target + half]}
+    out = Path(HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trial.json").write_text(json.dumps(record))
+    reporter.set_user_attrs(id_val_accuracy=round(target / 2, 6), per_seed=per_seed, seeds=seeds,
+                            ci_low=target - half, ci_high=target + half)
     return target
 
 

@@ -1,5 +1,8 @@
 """What a study leaves beside it: best_hparams.yaml (read by the final retrain), trials.csv, plots.
 
+With top-k re-evaluation (autoft.search.reevaluation) each of them shows both scores: the trial's
+search score (with its bootstrap interval and per-seed scores) and its re-evaluated score.
+
 All files are written atomically (temp file, then rename): several workers may rewrite them at
 the same time, and a kill never leaves half a file. The storage itself stays readable by
 optuna-dashboard (`optuna-dashboard sqlite:///<sweep dir>/optuna.db`).
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -36,12 +40,16 @@ def _select(config, key: str, default=None):
         return default
 
 
-def best_hparams(config, trial, *, study_name: str, storage: str, direction: str, n_complete: int) -> dict:
-    """The best trial as the hyperparameters of a final run (plus where they came from).
+def best_hparams(config, trial, *, study_name: str, storage: str, direction: str, n_complete: int,
+                 selection=None) -> dict:
+    """The chosen trial as the hyperparameters of a final run (plus where they came from).
 
     Unsearched values come from the composed config, so the file is complete on its own: all nine
     loss weights (ce 1.0), lr_scale, the absolute lr (base_lr x lr_scale), weight_decay, and seed
-    when it was searched.
+    when it was searched. `objective` is the trial's search score; its bootstrap interval and
+    per-seed scores follow when the trial recorded them. With a re-evaluation `selection`
+    (autoft.search.reevaluation.Selection), the re-evaluated score and every candidate's two scores
+    are added, and `selected_by` says which score chose the trial.
     """
     from omegaconf import OmegaConf
 
@@ -67,16 +75,45 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
         out["seed"] = int(params[SEED_KEY])
     out.update({"objective": float(trial.value), "metric": _select(config, "dataset.metric"),
                 "direction": direction, "trial_number": int(trial.number), "study_name": study_name,
-                "storage": storage, "n_complete": int(n_complete), "params": params})
+                "storage": storage, "n_complete": int(n_complete), "params": params,
+                "dataset": _select(config, "dataset.name"), "model": _select(config, "model.name")})
+    attrs = trial.user_attrs
+    if finite(attrs.get("ci_low")) and finite(attrs.get("ci_high")):
+        out["search_ci"] = [float(attrs["ci_low"]), float(attrs["ci_high"])]
+    if isinstance(attrs.get("per_seed"), list):
+        out["search_per_seed"] = [float(x) for x in attrs["per_seed"]]
+    if isinstance(attrs.get("seeds"), list):
+        out["search_seeds"] = [int(x) for x in attrs["seeds"]]
+    if selection is not None:
+        out["selected_by"] = selection.selected_by
+        out["search_best_trial"] = int(selection.search_best.number)
+        rec = selection.winner_record
+        if rec is not None and rec.get("state") == "complete":
+            out["reevaluated_objective"] = float(rec["value"])
+            out["reevaluated_seeds"] = [int(x) for x in rec["seeds"]]
+            if rec.get("per_seed") is not None:
+                out["reevaluated_per_seed"] = [float(x) for x in rec["per_seed"]]
+            if "ci_low" in rec:
+                out["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
+        out["reevaluation"] = selection.summary()
     return out
 
 
 def write_best_hparams(path: str | Path, hparams: Mapping[str, Any]) -> None:
     from omegaconf import OmegaConf
 
+    metric = hparams.get('metric') or 'objective'
     header = (f"# Best hyperparameters of study {hparams.get('study_name')} (trial {hparams.get('trial_number')}, "
-              f"{hparams.get('metric') or 'objective'} {hparams.get('objective'):.6g} on OOD-val).\n"
-              "# Final retrain: python train.py method=autoft hparams=<this file> seed=0\n")
+              f"{metric} {hparams.get('objective'):.6g} on OOD-val).\n")
+    if hparams.get("reevaluated_objective") is not None:
+        header = (f"# Hyperparameters chosen by top-k re-evaluation in study {hparams.get('study_name')}: trial "
+                  f"{hparams.get('trial_number')}, {metric} on OOD-val {hparams['reevaluated_objective']:.6g} "
+                  f"re-evaluated with seeds {hparams.get('reevaluated_seeds')} ({hparams.get('objective'):.6g} in "
+                  "the search).\n")
+    elif hparams.get("reevaluation") is not None:
+        note = hparams["reevaluation"].get("note") or "re-evaluation not complete"
+        header += f"# {note}\n"
+    header += "# Final retrain: python train.py method=autoft hparams=<this file> seed=0\n"
     atomic_write_text(path, header + OmegaConf.to_yaml(OmegaConf.create(dict(hparams))))
 
 
@@ -121,28 +158,62 @@ def load_best_hparams(path: str | Path) -> dict:
     return out
 
 
-def trials_table(trials) -> tuple[list[str], list[dict]]:
+# the noise guards, right after the objective: its interval and per-seed scores, then the re-evaluation
+NOISE_COLUMNS = ("ci_low", "ci_high", "per_seed", "seeds")
+REEVAL_COLUMNS = ("reevaluated_objective", "reevaluated_ci_low", "reevaluated_ci_high", "reevaluated_per_seed",
+                  "reevaluated_seeds", "reevaluation_state", "chosen")
+
+
+def _cell(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def _reeval_cells(record: Optional[Mapping]) -> dict:
+    if not record:
+        return {}
+    out = {"reevaluation_state": record.get("state", ""), "reevaluated_seeds": _cell(record.get("seeds", ""))}
+    if record.get("state") == "complete":
+        out["reevaluated_objective"] = record.get("value", "")
+        out["reevaluated_ci_low"] = record.get("ci_low", "")
+        out["reevaluated_ci_high"] = record.get("ci_high", "")
+        out["reevaluated_per_seed"] = _cell(record.get("per_seed", ""))
+    elif record.get("state") == "failed":
+        out["reevaluation_state"] = f"failed ({record.get('fail_reason', '')})"
+    return out
+
+
+def trials_table(trials, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                 chosen: Optional[int] = None) -> tuple[list[str], list[dict]]:
+    """One row per trial. `reevaluations`: trial number -> re-evaluation record (adds the re-evaluated
+    columns); `chosen`: the trial best_hparams.yaml holds (marked 1 in the `chosen` column)."""
     params = sorted({k for t in trials for k in t.params})
-    attrs = sorted({k for t in trials for k in t.user_attrs} - _INTERNAL_ATTRS)
-    columns = ["number", "state", "objective", "duration_s", "datetime_start", "datetime_complete",
-               "fail_reason", "retry_of", "warm_start", *params, *attrs]
+    attrs = sorted({k for t in trials for k in t.user_attrs} - _INTERNAL_ATTRS - set(NOISE_COLUMNS))
+    reeval = list(REEVAL_COLUMNS) if reevaluations is not None else []
+    columns = ["number", "state", "objective", *NOISE_COLUMNS, *reeval, "duration_s", "datetime_start",
+               "datetime_complete", "fail_reason", "retry_of", "warm_start", *params, *attrs]
     rows = []
     for t in trials:
         d = duration_s(t)
         row = {"number": t.number, "state": t.state.name, "objective": t.value if t.value is not None else "",
+               **{k: _cell(t.user_attrs.get(k, "")) for k in NOISE_COLUMNS},
                "duration_s": f"{d:.2f}" if d is not None else "",
                "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else "",
                "datetime_complete": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else "",
                "fail_reason": fail_reason(t) or "", "retry_of": t.user_attrs.get(RETRY_OF, ""),
                "warm_start": t.user_attrs.get(WARM_START_ATTR, "")}
+        if reeval:
+            row.update({k: "" for k in reeval})
+            row.update(_reeval_cells((reevaluations or {}).get(t.number)))
+            row["chosen"] = 1 if chosen == t.number else ""
         row.update({k: t.params.get(k, "") for k in params})
-        row.update({k: t.user_attrs.get(k, "") for k in attrs})
+        row.update({k: _cell(t.user_attrs.get(k, "")) for k in attrs})
         rows.append(row)
     return columns, rows
 
 
-def write_trials_csv(path: str | Path, trials) -> None:
-    columns, rows = trials_table(trials)
+def write_trials_csv(path: str | Path, trials, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                     chosen: Optional[int] = None) -> None:
+    columns, rows = trials_table(trials, reevaluations, chosen)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
@@ -156,8 +227,75 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(study, out_dir: str | Path) -> list[Path]:
-    """Optimisation history, hyperparameter importances, parallel coordinates (PNG)."""
+def plot_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                 chosen: Optional[int] = None) -> Optional[Path]:
+    """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
+    the best so far, failed/pruned trials, and the re-evaluated candidates (fresh seeds, with their
+    interval) joined to their search score, so a lucky winner shows as a long drop."""
+    from matplotlib.figure import Figure
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value)]
+    if not done:
+        return None
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    x = [t.number for t in done]
+    y = [float(t.value) for t in done]
+
+    def err(values, lows, highs):
+        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
+        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
+        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
+
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
+    has_ci = any(a or b for a, b in zip(*yerr))
+    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
+                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
+    best, run = [], None
+    for v in y:
+        run = v if run is None else (max(run, v) if maximize else min(run, v))
+        best.append(run)
+    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
+    bad = [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    if bad:
+        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
+    by_number = {t.number: t for t in done}
+    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
+          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
+    if re:
+        rx = [n + 0.25 for n, _ in re]
+        ry = [float(r["value"]) for _, r in re]
+        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
+        for (n, _), yy in zip(re, ry):
+            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
+        seeds = re[0][1].get("seeds") or []
+        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
+                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
+    if chosen is not None and chosen in by_number:
+        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
+                   label=f"chosen: trial {chosen}", zorder=5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title(f"search history: {study.study_name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    return path
+
+
+def write_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                chosen: Optional[int] = None) -> list[Path]:
+    """Optimisation history (with intervals and re-evaluations), hyperparameter importances, parallel
+    coordinates (PNG)."""
     import matplotlib
 
     if "matplotlib.pyplot" not in __import__("sys").modules:
@@ -171,12 +309,17 @@ def write_plots(study, out_dir: str | Path) -> list[Path]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
-    plots = {"optimization_history": ovm.plot_optimization_history,
-             "parallel_coordinate": ovm.plot_parallel_coordinate}
+    written = []
+    try:
+        p = plot_history(study, out_dir / "optimization_history.png", reevaluations, chosen)
+        if p is not None:
+            written.append(p)
+    except Exception as err:  # a plot must never fail a search
+        log.warning("plot optimization_history not written: %s", err)
+    plots = {"parallel_coordinate": ovm.plot_parallel_coordinate}
     varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
     if len(complete) >= 2 and varied:
         plots["param_importances"] = ovm.plot_param_importances
-    written = []
     for name, fn in plots.items():
         try:
             ax = fn(study)

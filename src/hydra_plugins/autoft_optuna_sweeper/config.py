@@ -24,7 +24,10 @@ def _fingerprint_exclude() -> List[str]:
     return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams",
             "dataset.n_trials", "dataset.final_epochs", "trainer.epochs", "trainer.num_workers",
             "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "search.trial_id",
-            "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap"]
+            "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap",
+            # re-evaluation happens after the search: changing it must resume the same study
+            "search.reevaluate_top_k", "search.reevaluate_seeds", "search.reevaluate_seed_offset",
+            "search.reevaluation_of"]
 
 
 @dataclass

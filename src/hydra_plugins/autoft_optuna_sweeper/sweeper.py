@@ -12,7 +12,10 @@ What it does differently from the published hydra-optuna-sweeper:
   parameters retried;
 - a trial that raises or diverges is FAILED with its reason and the search goes on; a UserError
   (the user's config) stops everything at once with its message;
-- the study name derives from the config, so another config never mixes into a study.
+- the study name derives from the config, so another config never mixes into a study;
+- top-k re-evaluation (`search.reevaluate_top_k`): once the study is complete, the k best trials are
+  re-run with fresh seeds and the winner is chosen on the re-evaluated mean (autoft.search.reevaluation
+  explains where the records live and how a killed re-evaluation resumes).
 
 Trials run through the configured Hydra launcher; trial directories are
 <sweep dir>/<study name>/trial_<trial number>. The heavy imports happen inside methods: Hydra
@@ -75,6 +78,7 @@ class AutoFTOptunaSweeper(Sweeper):
         self._changed = threading.Event()  # a slot finished a trial: waiting slots look again
         self._lock = threading.Lock()
         self._inflight: dict[int, Any] = {}  # trial number -> trial, across slots
+        self._inflight_reeval: dict[int, tuple] = {}  # trial number -> (claim, heartbeat) of this process
         self._returns: list = []
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -119,6 +123,7 @@ class AutoFTOptunaSweeper(Sweeper):
             raise UserError(f"search.pruner={self.pruner_spec} needs intermediate reports: set search.eval_every "
                             "to the number of inner steps between OOD-val evaluations (e.g. search.eval_every=10)")
         self.direction = su.direction_for(self.direction_cfg, cfg)
+        self._prepare_reevaluation(cfg, search)
         for name, value, low in (("n_trials", self.n_trials, 1), ("n_jobs", self.n_jobs, 1),
                                  ("heartbeat_interval", self.heartbeat_interval, 1), ("max_retries", self.max_retries, 0)):
             if not isinstance(value, int) or value < low:
@@ -170,6 +175,22 @@ class AutoFTOptunaSweeper(Sweeper):
                  c.done(self.count_pruned), self.n_trials, c.running, c.failed, self.direction,
                  len(self.space.distributions), self.study_dir)
 
+    def _prepare_reevaluation(self, cfg, search) -> None:
+        """Top-k re-evaluation settings and its fresh seeds (new to the search: checked here)."""
+        from autoft.search import reevaluation as rv
+        from autoft.search.space import SEED_KEY
+
+        self.reeval = rv.settings_from(search)
+        fixed = {k.lstrip("+"): v for k, v in self.space.fixed.items()}
+        try:
+            base = int(fixed.get(SEED_KEY, OmegaConf.select(cfg, "seed", default=0) or 0))
+            k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1) if search else 1) or 1)
+        except (TypeError, ValueError):
+            base, k = 0, 1  # not integers: train.py itself reports that
+        self.reeval_seeds = rv.fresh_seeds(base, self.reeval)
+        if self.reeval.enabled:
+            rv.check_fresh(self.reeval_seeds, rv.search_seeds(base, k, self.space.distributions.get(SEED_KEY)))
+
     def _check_composes(self) -> None:
         """Compose one trial's config (mid-space values) so a bad key fails before any training."""
         from hydra.errors import HydraException
@@ -177,9 +198,11 @@ class AutoFTOptunaSweeper(Sweeper):
         from autoft.search.space import midpoint
 
         point = {k: midpoint(d) for k, d in self.space.distributions.items()}
-        overrides = self._overrides(point, trial_id=0, number=0)
+        batch = [self._overrides(point, trial_id=0, number=0)]
+        if self.reeval.enabled:
+            batch.append(self._reeval_overrides(point, number=0))
         try:
-            self.validate_batch_is_legal([overrides])
+            self.validate_batch_is_legal(batch)
         except HydraException as err:
             raise UserError(f"a trial's config does not compose: {err}") from None
 
@@ -191,6 +214,19 @@ class AutoFTOptunaSweeper(Sweeper):
                 f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
                 f"++search.study_name={format_value(self.study_name)}",
                 f"++search.storage={format_value(self.storage_url)}"]
+
+    def _reeval_overrides(self, params: dict, *, number: int) -> list[str]:
+        """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
+        (it is not a search trial: nothing reports to the study from inside it)."""
+        from autoft.search.space import SEED_KEY, format_value
+
+        replaced = {SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
+        keep = [o for o in [*self.passthrough, *self.space.overrides({k: v for k, v in params.items()
+                                                                      if k != SEED_KEY})]
+                if o.split("=", 1)[0].lstrip("+~") not in replaced]
+        return [*keep, f"hydra.sweep.dir={format_value(str(self.study_dir))}",
+                f"hydra.sweep.subdir=reevaluation/trial_{number}", f"++seed={self.reeval_seeds[0]}",
+                f"++search.seeds_per_trial={len(self.reeval_seeds)}", f"++search.reevaluation_of={number}"]
 
     def _run(self) -> Any:
         self._t0 = time.time()
@@ -233,8 +269,14 @@ class AutoFTOptunaSweeper(Sweeper):
         with self._lock:
             trials = list(self._inflight.values())
             self._inflight.clear()
+            claims = dict(self._inflight_reeval)
+            self._inflight_reeval.clear()
         for trial in trials:
             self._interrupted(self.study, trial)
+        from autoft.search import reevaluation as rv
+
+        for number, (claim, heartbeat) in claims.items():  # a rerun takes them up at once, no grace period
+            self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
 
     # ------------------------------------------------------------------ one slot
 
@@ -252,7 +294,7 @@ class AutoFTOptunaSweeper(Sweeper):
         while not self._stop.is_set():
             claimed = self._claim(study)
             if claimed is None:
-                return
+                break
             trial, heartbeat = claimed
             with self._lock:
                 self._inflight[trial.number] = trial
@@ -262,6 +304,8 @@ class AutoFTOptunaSweeper(Sweeper):
                 heartbeat.stop()
                 with self._lock:
                     self._inflight.pop(trial.number, None)
+        if self.reeval.enabled and not self._stop.is_set():
+            self._reevaluate(study)
 
     def _claim(self, study):
         from optuna.trial import TrialState
@@ -433,6 +477,154 @@ class AutoFTOptunaSweeper(Sweeper):
         except Exception as err:  # never mask the interrupt
             log.warning("could not record interrupted trial %d: %s", trial.number, err)
 
+    # ------------------------------------------------------------------ top-k re-evaluation
+
+    def _reevaluate(self, study) -> None:
+        """Claim and run missing re-evaluations of the top-k trials until none is left here; then
+        wait for those running elsewhere (a lost one is taken over after the grace period)."""
+        from autoft.search import reevaluation as rv
+        from autoft.search import storage as st
+
+        announced = False
+        while not self._stop.is_set():
+            with st.claim_lock(self.storage_url, study._storage, self.study_name):
+                trials = study.get_trials(deepcopy=False)
+                recs = rv.records(study)
+                trial, live, stale = rv.next_claim(trials, recs, self.direction, self.reeval, self.reeval_seeds,
+                                                   self.max_retries, self.grace_period)
+                if trial is not None:
+                    claim = rv.claim_record(trial, self.reeval_seeds, st.pid_tag(), recs.get(trial.number))
+                    rv.write_record(study, trial.number, claim)
+            if trial is None:
+                if not live:
+                    return
+                if not announced:
+                    log.info("re-evaluation: %d running elsewhere: waiting for them (a lost one is taken over %ds "
+                             "after its last heartbeat)", live, self.grace_period)
+                    announced = True
+                self._changed.wait(self.poll_interval)
+                self._changed.clear()
+                continue
+            if stale:
+                log.warning("re-evaluation of trial %d was lost (no heartbeat): running it again", trial.number)
+            log.info("re-evaluating trial %d (search %.6g) with seeds %s", trial.number, trial.value,
+                     ", ".join(map(str, self.reeval_seeds)))
+            heartbeat = rv.ClaimHeartbeat(study, trial.number, claim, self.heartbeat_interval).start()
+            with self._lock:
+                self._inflight_reeval[trial.number] = (claim, heartbeat)
+            try:
+                self._run_reevaluation(study, trial, claim, heartbeat)
+            finally:
+                heartbeat.stop()
+                with self._lock:
+                    self._inflight_reeval.pop(trial.number, None)
+
+    def _run_reevaluation(self, study, trial, claim: dict, heartbeat) -> None:
+        import json
+
+        import optuna
+        from hydra.core.utils import JobStatus
+
+        from autoft.errors import TrialDiverged
+        from autoft.search import reevaluation as rv
+        from autoft.search.outputs import finite
+
+        n = trial.number
+        job_dir = self.study_dir / "reevaluation" / f"trial_{n}"
+        t0 = time.time()
+        try:
+            ret = self.launcher.launch([self._reeval_overrides(trial.params, number=n)], initial_job_idx=n)[0]
+        except KeyboardInterrupt:  # give the claim back: a rerun takes it up at once
+            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
+            raise
+        except BaseException as err:
+            if _is_lost_job(err):  # retried like a failed run (at most max_retries times)
+                record = rv.failed_record(claim, "lost", f"lost: the cluster job ended without a result ({err})")
+                self._finish_reeval(study, n, claim, record, heartbeat)
+                self._reeval_progress(study, trial, record)
+                return
+            self._finish_reeval(study, n, claim, rv.failed_record(claim, "error", f"launcher: {type(err).__name__}: {err}"),
+                                heartbeat)
+            raise
+        with self._lock:
+            self._returns.append(ret)
+        if ret.status == JobStatus.COMPLETED:
+            value = ret._return_value
+            if isinstance(value, dict):
+                value = value.get("objective")
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
+                self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
+                raise UserError(f"the task function returned {value!r} instead of the objective (a float) in the "
+                                f"re-evaluation of trial {n}")
+            value = float(value)
+            if not finite(value):
+                record = rv.failed_record(claim, "nan", f"objective is {value}")
+            else:
+                info = None
+                path = job_dir / "trial.json"
+                if path.is_file() and path.stat().st_mtime >= t0 - 1:  # this run's, not a killed run's
+                    try:
+                        info = json.loads(path.read_text())
+                    except (OSError, ValueError):
+                        info = None
+                record = rv.result_record(claim, value, info, time.time() - t0)
+        else:
+            exc = ret._return_value
+            if isinstance(exc, UserError):
+                self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
+                self._stop.set()
+                raise exc
+            if isinstance(exc, TrialDiverged):
+                record = rv.failed_record(claim, "diverged", f"diverged: {exc}")
+            else:
+                if not isinstance(exc, optuna.TrialPruned):
+                    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                    log.warning("re-evaluation of trial %d raised:\n%s", n, tb.rstrip())
+                record = rv.failed_record(claim, "error", f"{type(exc).__name__}: {exc}")
+        self._finish_reeval(study, n, claim, record, heartbeat)
+        self._reeval_progress(study, trial, record)
+
+    def _finish_reeval(self, study, number: int, claim: dict, record: dict, heartbeat=None) -> None:
+        """Write a re-evaluation's outcome, unless another worker took the claim over meanwhile."""
+        from autoft.search import reevaluation as rv
+        from autoft.search import storage as st
+
+        if heartbeat is not None:
+            heartbeat.stop()  # joined first: a late heartbeat must not turn the outcome back into 'running'
+        try:
+            with st.claim_lock(self.storage_url, study._storage, self.study_name):
+                current = rv.records(study).get(number)
+                if current is not None and current.get("token") not in (None, claim["token"]) \
+                        and current.get("state") == rv.RUNNING:
+                    log.warning("re-evaluation of trial %d was taken over by %s meanwhile: its result stays theirs",
+                                number, current.get("worker"))
+                    return
+                if current is not None and current.get("state") == rv.COMPLETE and record["state"] != rv.COMPLETE \
+                        and rv.same_seeds(current, claim["seeds"]):
+                    return  # a result already there wins over a release or a failure
+                rv.write_record(study, number, record)
+        except Exception as err:  # never mask the error that brought us here
+            log.warning("could not record the re-evaluation of trial %d: %s", number, err)
+
+    def _reeval_progress(self, study, trial, record: dict) -> None:
+        from autoft.search import reevaluation as rv
+
+        recs = rv.records(study)
+        cands = rv.candidates(study.get_trials(deepcopy=False), self.direction, self.reeval.top_k)
+        done = sum(rv.is_done(recs.get(t.number), self.reeval_seeds, self.max_retries) for t in cands)
+        if record["state"] == rv.COMPLETE:
+            what = f"{record['value']:.6g}"
+            if record.get("per_seed") and len(record["per_seed"]) > 1:
+                what += " (per seed " + ", ".join(f"{x:.4g}" for x in record["per_seed"]) + ")"
+            if "ci_low" in record:
+                what += f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]"
+        else:
+            what = f"FAIL ({record.get('fail_reason')})"
+        log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
+                 trial.value, what, done, len(cands))
+        self._write_outputs(final=False)
+        self._changed.set()
+
     # ------------------------------------------------------------------ reporting
 
     def _progress(self, study, trial) -> None:
@@ -472,20 +664,34 @@ class AutoFTOptunaSweeper(Sweeper):
             return
         try:
             trials = study.get_trials(deepcopy=False)
-            out.write_trials_csv(self.study_dir / "trials.csv", trials)
+            sel, recs = self._selection(study, trials)
+            chosen = sel.winner.number if sel.winner is not None else None
+            out.write_trials_csv(self.study_dir / "trials.csv", trials, reevaluations=recs, chosen=chosen)
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            if complete:
-                best = study.best_trial
-                hp = out.best_hparams(self.config, best, study_name=self.study_name,
+            if complete and sel.winner is not None:
+                hp = out.best_hparams(self.config, sel.winner, study_name=self.study_name,
                                       storage=mask_url(self.storage_url), direction=self.direction,
-                                      n_complete=len(complete))
+                                      n_complete=len(complete), selection=sel if self.reeval.enabled else None)
                 out.write_best_hparams(self.study_dir / "best_hparams.yaml", hp)
                 # the study last run in this sweep dir: what `hparams=<sweep dir>/best_hparams.yaml` reads
                 out.write_best_hparams(self.sweep_dir / "best_hparams.yaml", hp)
+                if self.reeval.enabled:  # readers of the storage: autoft.search.reevaluation.chosen_trial_number
+                    from autoft.search.reevaluation import WINNER_ATTR
+
+                    winner = {"trial_number": int(sel.winner.number), **sel.summary()} if sel.complete else None
+                    if study.user_attrs.get(WINNER_ATTR) != winner:
+                        study.set_user_attr(WINNER_ATTR, winner)
             if final and self.plots:
-                out.write_plots(study, self.study_dir / "plots")
+                out.write_plots(study, self.study_dir / "plots", reevaluations=recs, chosen=chosen)
         except Exception as err:  # outputs are derived from the storage: never fail the search for them
             log.warning("study outputs not fully written: %s", err)
+
+    def _selection(self, study, trials):
+        """The trial best_hparams.yaml holds (re-evaluated winner, or the search's best) and the records."""
+        from autoft.search import reevaluation as rv
+
+        recs = rv.records(study) if self.reeval.enabled else None  # None: no re-evaluation columns
+        return rv.select(trials, recs or {}, self.direction, self.reeval, self.reeval_seeds, self.max_retries), recs
 
     def _summary(self) -> None:
         from autoft.search.study import count
@@ -500,4 +706,15 @@ class AutoFTOptunaSweeper(Sweeper):
         log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
                  self.study_name, c.done(self.count_pruned), self.n_trials, c.complete, c.pruned, c.failed,
                  best.value, best.number)
+        if self.reeval.enabled:
+            sel, _ = self._selection(self.study, self.study.get_trials(deepcopy=False))
+            log.info("top-%d re-evaluation with seeds %s (trial: search score -> re-evaluated mean):",
+                     self.reeval.top_k, ", ".join(map(str, self.reeval_seeds)))
+            for e in sel.summary()["candidates"]:
+                after = (f"{e['reevaluated_objective']:.6g}" if "reevaluated_objective" in e
+                         else f"{e['state']}" + (f" ({e['fail_reason']})" if e.get("fail_reason") else ""))
+                mark = "  <- chosen" if sel.winner is not None and e["trial_number"] == sel.winner.number else ""
+                log.info("  trial %d: %.6g -> %s%s", e["trial_number"], e["search_objective"], after, mark)
+            if sel.note:
+                log.info("%s", sel.note)
         log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")
