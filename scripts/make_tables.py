@@ -8,7 +8,9 @@
 Rows = methods (zero-shot, LP, FT, LP-FT, L2-SP, FLYP, AutoFT, and WiSE-FT rows from the fine-tuned
 runs' `wise` blocks); columns = ID test, each OOD test set, OOD mean; cells = mean ± std over seeds of
 the dataset's objective metric (x100). Writes results_table.{md,tex,csv,json} and plots/*.png next to
-the results of each <dataset>/<model>, and prints the Markdown table.
+the results of each <dataset>/<model>, and prints the Markdown table. When a search lies there too
+(its best_hparams.yaml), selection_report.{md,json} puts side by side the chosen hyperparameters'
+trial score, re-evaluated score, final OOD-val score and OOD test scores (autoft.reporting.selection).
 
 A run directory whose results.json is missing, corrupt or incomplete stops the script with a message
 naming each such file; --skip-bad builds the tables from the usable runs and lists the others in the
@@ -56,9 +58,16 @@ def main(argv=None) -> int:
         if "unusable results" in str(err):
             print("(fix or delete those runs, or pass --skip-bad to tabulate the rest)", file=sys.stderr)
         return 2
+    from autoft.reporting.selection import write_selection_report
+
     for g in report.groups:
         print(f"\n## {g.dataset} / {g.model}  ({g.table.metric} x100, mean ± std over seeds)\n")
         print(g.markdown)
+        # a search under this group: the chosen hyperparameters' trial, re-evaluated, final and test scores
+        selection_md, selection_files = write_selection_report(g.out_dir, g.runs)
+        if selection_md:
+            print(selection_md)
+            g.files += selection_files
         print("written:", *[str(f) for f in g.files], sep="\n  ")
     for p in report.problems:
         print(f"warning: not included: {p}", file=sys.stderr)
