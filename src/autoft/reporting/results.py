@@ -183,7 +183,9 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> d
     import optuna
 
     try:
-        names = [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+        from autoft.search.storage import normalize_url
+
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(normalize_url(storage), include_best_trial=False)]
     except Exception as err:
         raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
     if study_name is None:
@@ -193,12 +195,17 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> d
         study_name = names[0]
     elif study_name not in names:
         raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    from autoft.search.reevaluation import chosen_trial_number
+    from autoft.search.storage import normalize_url
+
+    study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
+    chosen = chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
     try:
-        best = study.best_trial
+        best = study.trials[chosen] if chosen is not None else study.best_trial
     except ValueError:
         raise UserError(f"study '{study_name}' has no completed trial yet") from None
-    out: dict = {"loss_weights": {}, "study": study_name, "trial": best.number, "objective": best.value}
+    out: dict = {"loss_weights": {}, "study": study_name, "trial": best.number, "objective": best.value,
+                 "selected_by": "reevaluation" if chosen is not None else "search"}
     for key, value in best.params.items():
         if key.startswith("method.loss_weights."):
             out["loss_weights"][key.rsplit(".", 1)[1]] = float(value)
