@@ -12,6 +12,40 @@ as a function of the learning rate peaks above zero-shot at an intermediate rate
 
 Fine-tuning goes through the library's own final run (`autoft.pipeline.final_run`: epochs over ID
 train, epoch selected on ID val, WiSE-FT from the same weights), exactly what `train.py` runs.
+
+How the defaults were chosen (2 CPU cores, accuracy %):
+
+1. Pretraining. With every domain in every batch, colour and domain words alone told the captions
+   apart: after 1000 steps 18-way zero-shot accuracy was about 12% (the image tower never learned
+   the shapes). Batches of two domains each (`domains_per_batch`), shapes drawn nearly upright and
+   larger, and colour named in half the captions fixed it. The share of downstream captions that
+   name the shape sets the zero-shot level: 0.3 -> studio 59% (domain prompt), 0.5 -> 67%,
+   0.7 -> 80% (77% with the 9-prompt ensemble): 0.7 is the default (1000 steps, about 3.5 min).
+2. Domains. Fine-tuning on studio helps the scenes with new backgrounds or contrast (garden, snow,
+   fog) at moderate lr and hurts the drawing styles (sketch, outline, texture) at every lr; night
+   and clutter are hurt too. The OOD-val domain (garden) and the tests (snow, night, fog, clutter)
+   are the scene family; the styles stay pretraining-only (add them via dataset.task.test_domains).
+3. Budget (`--epochs 2`, batch 64, 2000 ID images: 62 steps; the inner runs are as long), mean of
+   seeds 0 and 1 unless n=1; tests = snow, night, fog, clutter:
+
+   | method (lr)     | n | ID   | garden (OOD-val) | snow | night | fog  | clutter | test mean |
+   |-----------------|---|------|------------------|------|-------|------|---------|-----------|
+   | zero-shot       | - | 76.6 | 70.8             | 73.6 | 65.2  | 44.0 | 43.7    | 56.6      |
+   | FT 1e-5         | 1 | 81.1 | 73.9             | 74.5 | 64.9  | 47.5 | 41.0    | 57.0      |
+   | FT 3e-5         | 1 | 83.3 | 75.3             | 74.0 | 62.4  | 48.4 | 40.6    | 56.4      |
+   | FT 1e-4         | 2 | 87.0 | 77.1             | 75.8 | 59.1  | 50.2 | 41.2    | 56.6      |
+   | FT 3e-4         | 1 | 90.6 | 71.1             | 73.8 | 53.9  | 50.9 | 41.2    | 54.9      |
+   | FT 1e-3 (base)  | 2 | 93.3 | 59.8             | 72.3 | 56.2  | 42.5 | 37.6    | 52.2      |
+   | FT 3e-3         | 1 | 92.3 | 54.3             | 74.5 | 51.6  | 41.6 | 34.7    | 50.6      |
+   | WiSE 0.5 of 1e-4| 2 | 84.1 | 78.5             | 75.9 | 63.4  | 49.3 | 44.4    | 58.3      |
+   | WiSE 0.5 of 1e-3| 2 | 89.9 | 79.2             | 73.1 | 63.7  | 46.6 | 43.3    | 56.7      |
+
+   base_lr = 1e-3 is the ID-best lr; OOD-val peaks above zero-shot at 0.1 x base. A background
+   cue of 0.5 instead of 0.75 lowered FT's ID gain (87.6% at 1e-3) without helping night or clutter.
+   With 4 epochs (124 steps) the picture was the same at a 3x lower lr.
+
+Commands: `--lrs 3e-5 1e-4 3e-4 1e-3 3e-3 --seeds 0 --epochs 2`, `--lrs 1e-5 1e-4 1e-3 --seeds 1
+--epochs 2`, `--lrs 1e-4 1e-3 --seeds 0 --epochs 2 --cue 0.5`, each with the default checkpoint.
 """
 from __future__ import annotations
 
