@@ -66,9 +66,9 @@ from autoft.pipeline import Workspace, evaluate_all, final_run
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3])
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--clip-grad-norm", type=float, default=1.0)
