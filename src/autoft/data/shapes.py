@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -38,6 +36,7 @@ from torch.utils.data import Dataset
 
 from autoft.data.base import Split, Task
 from autoft.errors import UserError
+from autoft.models.clip import atomic_torch_save
 
 IMAGE_SIZE = 32
 _DRAW = 64  # drawing resolution; box-downsampled by 2
@@ -472,13 +471,5 @@ def _cached(settings: dict, build: Callable[[], dict[str, Split]], cache_dir: Op
     splits = build()
     payload = {name: {"name": s.name, "images": s.dataset.images, "labels": torch.from_numpy(s.labels)}
                for name, s in splits.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(payload, path)
     return splits
