@@ -308,8 +308,6 @@ class AutoFTOptunaSweeper(Sweeper):
             self._reevaluate(study)
 
     def _claim(self, study):
-        from optuna.trial import TrialState
-
         from autoft.search import storage as st
         from autoft.search import study as su
 
@@ -657,7 +655,6 @@ class AutoFTOptunaSweeper(Sweeper):
 
         from autoft.search import outputs as out
         from autoft.search.storage import mask_url
-        from autoft.search.study import count
 
         study = getattr(self, "study", None)
         if study is None:
