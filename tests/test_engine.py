@@ -7,10 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoft.data.cache import Normalizer, TensorBatches, materialize
+from autoft.data.cache import TensorBatches, materialize
 from autoft.engine import Finetuner, FinetuneSettings, warmup_cosine
 from autoft.errors import TrialDiverged, UserError
-from autoft.losses import AutoFTObjective
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats, zeroshot_weights
 from autoft.pipeline import Workspace, final_run, search_trial
 from autoft.wise import interpolate

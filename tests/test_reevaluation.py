@@ -20,10 +20,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "tests" / "apps" / "toy_app.py"
-SWEEP = Path("outputs/toy/toy/search-autoft")
-FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2"]
+from sweep_helpers import APP, FAST, REPO, SWEEP, TINY, run_app, train
 WEIGHTS = {k: 0.01 for k in ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")}
 GOOD = {"loss_weights": WEIGHTS, "lr_scale": 10 ** 0.5, "weight_decay": 0.3}  # the toy's optimum: 1.0
 LUCKY = {"loss_weights": WEIGHTS, "lr_scale": 10 ** 0.5, "weight_decay": 0.9}  # true 0.64, +1 with seed 0
@@ -41,14 +38,6 @@ def warm_starts(tmp_path):
     path = tmp_path / "warm.yaml"
     path.write_text(yaml.safe_dump({"good": GOOD, "lucky": LUCKY}))
     return f"hydra.sweeper.warm_start=[{path}]"
-
-
-def run_app(cwd, *args, check=True, timeout=180):
-    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, *args]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
 
 
 def the_study(cwd):
@@ -242,16 +231,6 @@ def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
 
 # ------------------------------------------------------------------------------------------ train.py
 
-TINY = ["dataset=synthetic", "model=tiny_vit", "device=cpu", "dataset.inner_steps=2", "dataset.batch_size=8",
-        "dataset.final_epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",
-        "dataset.task.n_test=16", "dataset.task.image_size=32", "trainer.num_workers=0", "trainer.eval_batch_size=16"]
-
-
-def train(cwd, *args):
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def test_train_py_reevaluates_with_fresh_seeds(tmp_path):

@@ -1,6 +1,5 @@
 """Results files -> tables, plots and error reports (fabricated results in the real on-disk layout)."""
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -16,18 +16,7 @@ import optuna
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "tests" / "apps" / "toy_app.py"
-SWEEP = Path("outputs/toy/toy/search-autoft")
-FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2"]
-
-
-def run_app(cwd, *args, check=True, timeout=180):
-    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, *args]
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode != 0:
-        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
-    return done
+from sweep_helpers import APP, FAST, SWEEP, run_app
 
 
 def storage_url(cwd):

@@ -1,25 +1,12 @@
 """End to end through the real entry point: `train.py -m search=autoft`, then the final retrain
 reading the search's best_hparams.yaml. Tiny budget on the synthetic task and the tiny CLIP."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["dataset=synthetic", "model=tiny_vit", "device=cpu", "dataset.inner_steps=2", "dataset.batch_size=8",
-        "dataset.final_epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",
-        "dataset.task.n_test=16", "dataset.task.image_size=32", "trainer.num_workers=0", "trainer.eval_batch_size=16"]
-
-
-def train(cwd, *args):
-    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+from sweep_helpers import TINY, train
 
 
 def test_train_py_search_then_final_retrain(tmp_path):

@@ -1,0 +1,28 @@
+"""Shared by the sweeper tests: run the toy Hydra app or train.py as real processes."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "tests" / "apps" / "toy_app.py"
+SWEEP = Path("outputs/toy/toy/search-autoft")
+FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2"]
+# the smallest train.py search that still trains: synthetic images, the tiny CLIP, CPU
+TINY = ["dataset=synthetic", "model=tiny_vit", "device=cpu", "dataset.inner_steps=2", "dataset.batch_size=8",
+        "dataset.final_epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",
+        "dataset.task.n_test=16", "dataset.task.image_size=32", "trainer.num_workers=0", "trainer.eval_batch_size=16"]
+
+
+def run_app(cwd, *args, check=True, timeout=180):
+    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, *args]
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def train(cwd, *args):
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
