@@ -103,25 +103,24 @@ class Finetuner:
         s, obj = self.settings, self.objective
         self.optimizer.zero_grad(set_to_none=True)
         labels = labels.to(self.device, non_blocking=True)
-        totals: dict[str, float] = {}
-        loss_value = 0.0
+        # term values stay on the device and come back in one transfer per step (one GPU sync, not
+        # one per term and micro-batch)
+        parts: dict[str, torch.Tensor] = {}
         for x, y in zip(images.chunk(s.accum_steps), labels.chunk(s.accum_steps)):
             share = len(y) / len(labels)
             with autocast(self.device, s.precision):
                 logits, feats = self.model(self.normalize(x))
                 text = self.model.text_features(self._caption_batch(y)) if obj.uses_text else None
                 terms = obj.data_terms(logits, y, feats, text, self.model.logit_scale, self.gather)
-            loss = obj.combine(terms) * share
-            loss.backward()
-            loss_value += loss.item()
+            (obj.combine(terms) * share).backward()
             for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + v.item() * share
+                parts[k] = parts.get(k, 0.0) + v.detach() * share
         pterms = obj.param_terms()  # once per step: parameters do not change between micro-batches
         if pterms:
-            ploss = obj.combine(pterms)
-            ploss.backward()
-            loss_value += ploss.item()
-            totals.update({k: v.item() for k, v in pterms.items()})
+            obj.combine(pterms).backward()
+            parts.update({k: v.detach() for k, v in pterms.items()})
+        totals = dict(zip(parts, torch.stack([v.float() for v in parts.values()]).tolist()))
+        loss_value = sum(obj.weights[k] * v for k, v in totals.items())
         if not math.isfinite(loss_value) or abs(loss_value) > s.max_loss:
             raise TrialDiverged(f"loss {loss_value:.4g} at step {self.step + 1} (limit trainer.max_loss={s.max_loss:g})")
         info = {"step": self.step + 1, "loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"], **totals}

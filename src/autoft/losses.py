@@ -86,6 +86,8 @@ class AutoFTObjective:
                  theta0: Optional[Sequence[torch.Tensor]] = None):
         self.weights = validate_weights(weights)
         self.active = {k: w for k, w in self.weights.items() if w != 0.0}
+        if not self.active:
+            raise UserError("method.loss_weights: every weight is 0, so there is nothing to train on")
         self.params = list(params)
         self.numel = sum(p.numel() for p in self.params)
         needs_theta0 = any(k in self.active for k in ("l1init", "l2init"))
