@@ -68,10 +68,19 @@ def autoft_hparams(args, out: Path) -> Path:
     return path
 
 
+def default_model(dataset: str, config_dir=None) -> str:
+    """The model `train.py dataset=<dataset>` composes (each paper benchmark names the paper's backbone)."""
+    from hydra import compose, initialize_config_dir
+
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return str(compose("config", overrides=[f"dataset={dataset}", *extra]).model.name)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes")
-    ap.add_argument("--model", default="shapes_rn10t")
+    ap.add_argument("--model", help="model config (default: the dataset's own, e.g. vit_b16 for the paper's benchmarks)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method configs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
@@ -99,6 +108,8 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
         return 2
+    if args.model is None:
+        args.model = default_model(args.dataset, args.config_dir)
     out = Path(args.out) if args.out else ROOT / "outputs" / args.dataset / args.model
     base = [sys.executable, str(ROOT / "train.py"), "-m"]
     if args.config_dir:

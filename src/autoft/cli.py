@@ -69,9 +69,26 @@ def build_task(cfg: DictConfig) -> Task:
         hc = HydraConfig.get()
         where = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir
         task_cfg = OmegaConf.merge(task_cfg, {"subset_dir": str(where)})
+    id_metrics = list(ds.get("id_test_metrics") or [ds.metric])
+    unknown = [m for m in id_metrics if m not in METRICS]
+    if unknown:
+        raise UserError(f"dataset.id_test_metrics: {unknown} are not metrics; valid: {', '.join(sorted(METRICS))}")
     task = instantiate(task_cfg, _convert_="all")
     task.metric, task.higher_is_better = ds.metric, bool(ds.higher_is_better)
+    task.id_test_metrics = id_metrics
     return task
+
+
+def check_model_fits_dataset(cfg: DictConfig) -> None:
+    """A model built for one task family (model.for_tasks: task builder targets) refuses the others:
+    the embedded shapes model knows 48 words and 32-px images, and would score any real dataset
+    without complaint, only meaninglessly."""
+    allowed = cfg.model.get("for_tasks")
+    target = cfg.dataset.task.get("_target_")
+    if allowed and target not in allowed:
+        raise UserError(f"model={cfg.model.name} was built for {', '.join(allowed)} only, but dataset={cfg.dataset.name} "
+                        f"is built by {target}. Pick a backbone for it, e.g. model=vit_b16 (the paper's CLIP ViT-B/16) "
+                        f"or model=tiny_vit (tiny, random weights, for smoke runs)")
 
 
 def workspace(cfg: DictConfig) -> Workspace:
@@ -88,7 +105,8 @@ def workspace(cfg: DictConfig) -> Workspace:
             raise UserError(f"model.checkpoint not found: {m.checkpoint}. Build it with: {hint}")
         bundle = load_clip(arch=m.get("arch"), pretrained=m.get("pretrained"),
                            custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
-                           checkpoint=m.get("checkpoint"), cache_dir=m.get("cache_dir"))
+                           checkpoint=m.get("checkpoint"), cache_dir=m.get("cache_dir"),
+                           quick_gelu=m.get("quick_gelu"))
         _WORKSPACES.clear()  # one model per process: a new config replaces the old one
         workers = min(int(cfg.trainer.num_workers), os.cpu_count() or 1)
         _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=workers,
@@ -157,6 +175,7 @@ def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
 def run(cfg: DictConfig) -> Optional[float]:
     if cfg.phase not in ("search", "final"):
         raise UserError(f"phase must be 'search' or 'final', got '{cfg.phase}'")
+    check_model_fits_dataset(cfg)
     hp = hyperparameters(cfg)  # validate before building anything
     seed_everything(int(cfg.seed))
     ws = workspace(cfg)
@@ -183,6 +202,7 @@ def run(cfg: DictConfig) -> Optional[float]:
         return None
     record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
               "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
+              "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
               "hparams": {**hp, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
     write_json(out / "results.json", record)
     log.info("results written to %s", out / "results.json")

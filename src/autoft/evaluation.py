@@ -9,18 +9,20 @@ import torch
 
 from autoft.data.base import Split, project_logits
 from autoft.data.cache import Normalizer
-from autoft.engine import autocast
 from autoft.metrics import METRICS
 
 
 @torch.no_grad()
-def predict(model, batches: Iterable, normalizer: Normalizer, device: torch.device, precision: str = "fp32") -> torch.Tensor:
-    """Logits [N, C] (float32, CPU) for uint8 image batches in the given order."""
+def predict(model, batches: Iterable, normalizer: Normalizer, device: torch.device) -> torch.Tensor:
+    """Logits [N, C] (float32, CPU) for uint8 image batches in the given order.
+
+    Always in fp32, whatever precision training uses: CLIP logits are about 100 x cosine, and bf16
+    rounds values near 100 to steps of 0.5 (near 30, of 0.125), which flips near-ties between
+    classes and so moves every metric, the search's objective included."""
     model.eval()
     out = []
     for images, *_ in batches:
-        with autocast(device, precision):
-            logits, _ = model(normalizer(images))
+        logits, _ = model(normalizer(images))
         out.append(logits.float().cpu())
     return torch.cat(out)
 

@@ -53,7 +53,7 @@ class Workspace:
     caption_tokens: torch.Tensor  # [classes, templates, context]
     num_workers: int = 0
     eval_batch_size: int = 512
-    precision: str = "fp32"
+    precision: str = "fp32"  # training only: evaluation always runs in fp32
     tensors: dict = field(default_factory=dict)  # decoded splits, by key
     # what runs forward passes: the classifier itself, or its torch.compile'd wrapper (which shares
     # its parameters, so the in-place reset to theta0 never invalidates the compiled graph)
@@ -108,7 +108,7 @@ class Workspace:
             batches = tensor_batches(images, self.eval_batch_size)
         else:
             batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers, indices=indices)
-        return predict(self.net, batches, self.normalizer, self.device, self.precision)
+        return predict(self.net, batches, self.normalizer, self.device)  # fp32 (see predict)
 
     def evaluate(self, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
         return split_metrics(self.logits(split, indices), split, indices)

@@ -1,7 +1,7 @@
 """The image path shared by training, search and evaluation.
 
 Every split is turned into uint8 CHW tensors at the model's resolution by one deterministic
-transform (shorter side resized with bicubic antialiasing, then centre-cropped); normalisation to
+transform (OpenAI's: shorter side resized with PIL's bicubic filter, then centre-cropped); normalisation to
 the model's mean/std happens on the device. The search touches the same few thousand examples in
 every trial, so `materialize` decodes them once per study into one uint8 tensor (kept on the device
 when it fits) instead of decoding JPEGs hundreds of times. Fine-tuning uses no data augmentation, so
@@ -26,17 +26,18 @@ from autoft.models.clip import atomic_torch_save
 
 
 def to_uint8(image, size: int) -> torch.Tensor:
-    """PIL image or uint8 CHW tensor -> uint8 [3, size, size]."""
-    if isinstance(image, Image.Image):
-        image = TF.pil_to_tensor(image.convert("RGB"))
-    if image.ndim == 2:
-        image = image[None]
-    if image.shape[0] == 1:
-        image = image.expand(3, -1, -1)
-    if tuple(image.shape[-2:]) != (size, size):
-        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    """PIL image or uint8 CHW tensor -> uint8 [3, size, size], exactly as OpenAI's CLIP preprocessing
+    (open_clip's eval transform for the `openai` tags) up to its final normalisation: PIL bicubic
+    resize of the shorter side to `size`, centre crop, then RGB. PIL's bicubic kernel differs from
+    torch's tensor kernel, so tensors go through PIL too (tests/test_models.py checks the equality)."""
+    if not isinstance(image, Image.Image):
+        if tuple(image.shape[-2:]) == (size, size):
+            return (image[None] if image.ndim == 2 else image).expand(3, -1, -1).contiguous()
+        image = TF.to_pil_image(image)
+    if image.size != (size, size):
+        image = TF.resize(image, size, interpolation=TF.InterpolationMode.BICUBIC)
         image = TF.center_crop(image, [size, size])
-    return image.contiguous()
+    return TF.pil_to_tensor(image.convert("RGB")).contiguous()
 
 
 class UInt8View(Dataset):

@@ -183,7 +183,8 @@ def cifar10(root, ood_val_size: Optional[int] = 100, subset_seed: int = 0, subse
                     {"dataset": "cifar10", "pool": f"CIFAR-10-C severity {severity}: {list(corruptions)}",
                      "n": ood_val_size, "seed": subset_seed})
     return Task(name="cifar10", classnames=list(data["classnames"]), templates=list(templates or CIFAR10_TEMPLATES),
-                train=train, id_val=id_val, ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better)
+                train=train, id_val=id_val, ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better,
+                id_test="cifar10")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -247,7 +247,7 @@ def imagenet(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, sub
                      "n": ood_val_size, "seed": subset_seed})
     return Task(name="imagenet", classnames=imagenet_classnames(wnids),
                 templates=list(templates or imagenet_templates()), train=train, id_val=id_val, ood_val=ood_val,
-                tests=test_splits, metric=metric, higher_is_better=higher_is_better)
+                tests=test_splits, metric=metric, higher_is_better=higher_is_better, id_test="imagenet")
 
 
 # ------------------------------------------------------------------------------------------------

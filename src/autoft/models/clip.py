@@ -73,8 +73,15 @@ def load_checkpoint(path: str | Path) -> ClipBundle:
     return ClipBundle(model, tokenizer, payload["image_size"], tuple(payload["mean"]), tuple(payload["std"]))
 
 
+def pretrained_quick_gelu(arch: str, pretrained: Optional[str]) -> Optional[bool]:
+    """Whether open_clip's pretrained tag was trained with QuickGELU (None: not a known tag)."""
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    return bool(cfg.get("quick_gelu", False)) if cfg else None
+
+
 def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, custom: Optional[dict] = None,
-              checkpoint: Optional[str] = None, cache_dir: Optional[str] = None) -> ClipBundle:
+              checkpoint: Optional[str] = None, cache_dir: Optional[str] = None,
+              quick_gelu: Optional[bool] = None) -> ClipBundle:
     """Build a CLIP model from exactly one source.
 
     - checkpoint: a file written by `save_checkpoint` (our embedded foundation model, or a
@@ -82,6 +89,11 @@ def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, cust
     - arch (+ pretrained): an open_clip registry name such as 'ViT-B-16' with a tag such as 'openai';
       arch alone gives random weights (benchmarks);
     - custom: an open_clip config dict for architectures outside the registry (tests, tiny models).
+
+    quick_gelu: the MLP activation of a registry architecture. None = what the pretrained tag was
+    trained with. open_clip 3.x builds `ViT-B-16` with nn.GELU even for `pretrained=openai` (it only
+    warns), but OpenAI's weights were trained with QuickGELU: every zero-shot number would be off. A
+    setting that contradicts the tag is refused.
     """
     if checkpoint:
         return load_checkpoint(checkpoint)
@@ -100,8 +112,14 @@ def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, cust
         tags = [t for a, t in open_clip.list_pretrained() if a == arch]
         if pretrained not in tags and not Path(pretrained).is_file():
             raise UserError(f"unknown model.pretrained '{pretrained}' for {arch}; valid tags: {', '.join(tags)}")
+    tag_gelu = pretrained_quick_gelu(arch, pretrained)
+    if quick_gelu is None:
+        quick_gelu = bool(tag_gelu)
+    elif tag_gelu is not None and bool(quick_gelu) != tag_gelu:
+        raise UserError(f"model.quick_gelu={quick_gelu} but the {arch}/{pretrained} weights were trained with "
+                        f"quick_gelu={tag_gelu}; remove model.quick_gelu or set it to {tag_gelu}")
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir)
+        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=bool(quick_gelu))
     except Exception as err:  # offline hub, missing file, bad cache
         if not pretrained:
             raise

@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no display, no global backend switch (notebooks keep theirs)
 
-from autoft.reporting.results import ID_TEST, RunResult
+from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Table, method_label
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def wise_points(runs: Sequence[RunResult]) -> dict[str, dict[float, tuple[float,
     out = {}
     for m, rs in by_method.items():
         alphas = sorted(set.intersection(*(set(r.wise_alphas()) for r in rs)))
-        out[m] = {a: (float(np.mean([r.value(ID_TEST, r.wise_metrics(a)) for r in rs])),
+        out[m] = {a: (float(np.mean([r.id_value(r.wise_metrics(a)) for r in rs])),
                       float(np.mean([r.ood_mean(r.wise_metrics(a)) for r in rs]))) for a in alphas}
     return out
 

@@ -17,7 +17,7 @@ from autoft.errors import UserError
 
 RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
-ID_TEST = "id_test"
+ID_TEST = "id_test"  # the ID test split's name when a results file does not say (`id_test_split`)
 # splits in `metrics` that are not test sets (selection and search data, never reported as tests)
 NON_TEST_SPLITS = ("id_val", "ood_val")
 _RUN_DIR = re.compile(r"seed\d+$")
@@ -49,10 +49,20 @@ class RunResult:
         return str(self.data["dataset"]), str(self.data["model"])
 
     @property
+    def id_test(self) -> str:
+        """The ID test split's name (ImageNet's is `imagenet`, CIFAR-10's `cifar10`)."""
+        return str(self.data.get("id_test_split", ID_TEST))
+
+    @property
+    def id_metrics(self) -> list[str]:
+        """Metrics reported on the ID test, the table's ID column first (default: the objective)."""
+        return [str(m) for m in self.data.get("id_test_metrics") or [self.metric]]
+
+    @property
     def test_splits(self) -> list[str]:
         """Test splits in the order the task lists them: ID test first, then the OOD tests."""
         tests = [s for s in self.data["metrics"] if s not in NON_TEST_SPLITS]
-        return [ID_TEST] + [s for s in tests if s != ID_TEST]
+        return [self.id_test] + [s for s in tests if s != self.id_test]
 
     @property
     def ood_splits(self) -> list[str]:
@@ -62,9 +72,13 @@ class RunResult:
     def trained(self) -> bool:
         return bool(self.data.get("wise"))
 
-    def value(self, split: str, metrics: Optional[dict] = None) -> float:
-        """The objective metric on `split` (from `metrics`, default the selected model's)."""
-        return float((metrics or self.data["metrics"])[split][self.metric])
+    def value(self, split: str, metrics: Optional[dict] = None, metric: Optional[str] = None) -> float:
+        """`metric` (default the objective) on `split` (from `metrics`, default the selected model's)."""
+        return float((metrics or self.data["metrics"])[split][metric or self.metric])
+
+    def id_value(self, metrics: Optional[dict] = None) -> float:
+        """The ID column's number: the first ID metric on the ID test split."""
+        return self.value(self.id_test, metrics, self.id_metrics[0])
 
     def ood_mean(self, metrics: Optional[dict] = None) -> float:
         return sum(self.value(s, metrics) for s in self.ood_splits) / len(self.ood_splits)
@@ -89,16 +103,19 @@ def problems_of(data: object) -> list[str]:
     if out:
         return out
     metrics, metric = data["metrics"], data["objective_metric"]
-    if not isinstance(metrics, dict) or ID_TEST not in metrics:
-        return [f"metrics has no '{ID_TEST}' split"]
-    if not [s for s in metrics if s not in NON_TEST_SPLITS and s != ID_TEST]:
+    id_test = data.get("id_test_split", ID_TEST)
+    if not isinstance(metrics, dict) or id_test not in metrics:
+        return [f"metrics has no '{id_test}' split (the ID test, id_test_split)"]
+    if not [s for s in metrics if s not in NON_TEST_SPLITS and s != id_test]:
         out.append("metrics has no OOD test split")
+    id_metrics = data.get("id_test_metrics") or [metric]
     blocks = {"metrics": metrics, **{f"wise[{a}]": m for a, m in (data.get("wise") or {}).items()}}
     for where, block in blocks.items():
         for split, values in block.items():
-            v = values.get(metric) if isinstance(values, dict) else None
-            if not isinstance(v, (int, float)) or not math.isfinite(v):
-                out.append(f"{where}['{split}'] has no finite '{metric}'")
+            for m in (id_metrics if split == id_test else [metric]):
+                v = values.get(m) if isinstance(values, dict) else None
+                if not isinstance(v, (int, float)) or not math.isfinite(v):
+                    out.append(f"{where}['{split}'] has no finite '{m}'")
     return out
 
 
@@ -161,6 +178,8 @@ def consistency_problems(runs: Iterable[RunResult]) -> list[str]:
                 out.append(f"{r.path}: objective_metric '{r.metric}' differs from '{first.metric}' of {first.path}")
             if r.test_splits != first.test_splits:
                 out.append(f"{r.path}: test splits {r.test_splits} differ from {first.test_splits} of {first.path}")
+            if r.id_metrics != first.id_metrics:
+                out.append(f"{r.path}: ID test metrics {r.id_metrics} differ from {first.id_metrics} of {first.path}")
             key = (r.method, r.seed)
             if key in seen:
                 out.append(f"{r.path}: a second result for method {r.method} seed {r.seed} (also {seen[key]})")

@@ -1,7 +1,10 @@
 """Paper-style tables: rows = methods, columns = ID test, each OOD test, OOD mean; mean +- std over
 seeds, in Markdown and LaTeX, with optional reference columns (published numbers).
 
-Numbers are the dataset's objective metric (`objective_metric` of the results), shown x100. The
+OOD numbers are the dataset's objective metric (`objective_metric` of the results), shown x100. The
+ID test is the split the results name (`id_test_split`: ImageNet's `imagenet`, CIFAR-10's `cifar10`)
+and its columns show `id_test_metrics` (default the objective): FMoW's ID column is the average
+accuracy, as WILDS reports it, followed by the ID worst-region accuracy (column `id_worst_group_accuracy`). The
 standard deviation is the sample one (ddof=1) over seeds, omitted for a single seed. The OOD mean is
 computed per seed first (mean over the OOD tests), then averaged over seeds, so its std is the spread
 of the per-seed OOD means.
@@ -26,7 +29,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from autoft.reporting.results import ID_TEST, ResultsError, RunResult
+from autoft.reporting.results import ResultsError, RunResult
 
 # display order and names of the methods we ship (others follow, by name)
 METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "wise-ft", "autoft", "wise-autoft")
@@ -34,6 +37,12 @@ DISPLAY = {"zeroshot": "Zero-shot", "lp": "LP", "ft": "FT", "lpft": "LP-FT", "l2
            "autoft": "AutoFT"}
 WISE_PREFIX = "wise-"
 SCALE = 100.0
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "worst_group_accuracy": "worst-group accuracy"}
+
+
+def id_column(i: int, metric: str) -> str:
+    """Column key of the i-th ID-test metric: 'id' for the first (reference files use it)."""
+    return "id" if i == 0 else f"id_{metric}"
 
 
 @dataclass
@@ -72,14 +81,23 @@ class Table:
     model: str
     metric: str
     higher_is_better: bool
-    columns: list[str]  # "id", OOD test names, "ood_mean"
+    columns: list[str]  # "id" (+ "id_<metric>"), OOD test names, "ood_mean"
     rows: list[Row]
     reference_columns: list[str] = field(default_factory=list)
     reference_source: Optional[str] = None
     wise_alpha: float = 0.5
+    id_test: str = "id_test"
+    id_metrics: list[str] = field(default_factory=list)  # default [metric]
+
+    def __post_init__(self):
+        self.id_metrics = list(self.id_metrics or [self.metric])
 
     def header(self, col: str) -> str:
-        return {"id": "ID", "ood_mean": "OOD mean"}.get(col, col)
+        ids = {id_column(i, m): m for i, m in enumerate(self.id_metrics)}
+        if col in ids:  # name the metric where the ID column does not show the objective
+            plain = self.id_metrics == [self.metric]
+            return "ID" if plain else f"ID {METRIC_LABELS.get(ids[col], ids[col])}"
+        return {"ood_mean": "OOD mean"}.get(col, col)
 
     def best(self, col: str) -> Optional[float]:
         means = [r.cells[col].mean for r in self.rows if col in r.cells]
@@ -91,6 +109,8 @@ class Table:
         """Machine-readable: every cell's per-seed values, mean and std (unscaled)."""
         return {"dataset": self.dataset, "model": self.model, "metric": self.metric,
                 "higher_is_better": self.higher_is_better, "columns": self.columns, "wise_alpha": self.wise_alpha,
+                "id_test": self.id_test, "id_metrics": self.id_metrics,
+                "headers": {c: self.header(c) for c in self.columns},
                 "reference_source": self.reference_source, "reference_columns": self.reference_columns,
                 "rows": [{"key": r.key, "label": r.label, "seeds": r.seeds, "reference": r.reference,
                           "cells": {c: {"values": v.values, "mean": v.mean, "std": v.std, "n": v.n}
@@ -121,7 +141,8 @@ def _row(key: str, runs: Sequence[RunResult], alpha: Optional[float]) -> Row:
     cells: dict[str, list[float]] = {}
     for r in runs:
         m = r.wise_metrics(alpha) if alpha is not None else None
-        cells.setdefault("id", []).append(r.value(ID_TEST, m))
+        for i, metric in enumerate(r.id_metrics):
+            cells.setdefault(id_column(i, metric), []).append(r.value(r.id_test, m, metric))
         for s in r.ood_splits:
             cells.setdefault(s, []).append(r.value(s, m))
         cells.setdefault("ood_mean", []).append(r.ood_mean(m))
@@ -145,9 +166,10 @@ def build_table(runs: Sequence[RunResult], wise_of: Iterable[str] = ("ft",), wis
     for m in wise_of:
         if m in by_method and all(r.trained for r in by_method[m]):
             rows.append(_row(WISE_PREFIX + m, by_method[m], wise_alpha))
-    columns = ["id", *first.ood_splits, "ood_mean"]
+    columns = [*(id_column(i, m) for i, m in enumerate(first.id_metrics)), *first.ood_splits, "ood_mean"]
     table = Table(str(first.data["dataset"]), str(first.data["model"]), first.metric,
-                  bool(first.data["higher_is_better"]), columns, rows, wise_alpha=wise_alpha)
+                  bool(first.data["higher_is_better"]), columns, rows, wise_alpha=wise_alpha,
+                  id_test=first.id_test, id_metrics=first.id_metrics)
     if reference:
         add_reference(table, reference)
     table.rows.sort(key=lambda r: _order(r.key))
@@ -221,8 +243,10 @@ def to_markdown(table: Table, digits: int = 1) -> str:
 
 def caption(table: Table) -> str:
     direction = "higher is better" if table.higher_is_better else "lower is better"
+    id_part = " and ".join(METRIC_LABELS.get(m, m) for m in table.id_metrics)
     text = (f"{table.dataset} ({table.model}): {table.metric} x100 ({direction}), mean ± std over seeds; "
-            f"ID = id_test, OOD mean = mean over the OOD test sets; WiSE-FT rows at α={table.wise_alpha:.1f}.")
+            f"ID = {id_part} on {table.id_test}; OOD columns = {METRIC_LABELS.get(table.metric, table.metric)}, "
+            f"OOD mean = mean over the OOD test sets; WiSE-FT rows at α={table.wise_alpha:.1f}.")
     if table.reference_columns:
         text += f" (ref.) columns: {table.reference_source or 'reference file'}; empty where it gives no number."
     return text
