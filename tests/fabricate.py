@@ -5,12 +5,15 @@ Each `make_*` writes under `root` what the real release puts there and returns a
 """
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+import autoft.data
 
 RNG_SEED = 1234
 
@@ -27,7 +30,16 @@ def _save(path: Path, rng, size=8, fmt=None) -> None:
 # ------------------------------------------------------------------------------------------------
 # WILDS
 
-IWILDCAM_NAMES = ["empty", "tayassu pecari", "dasyprocta punctata", "cuniculus paca", "puma concolor"]
+def _iwildcam_classes(n: int) -> list[dict]:
+    """The first n rows (y = 0..n-1) of the shipped iWildCam class table: real category ids and names."""
+    path = Path(autoft.data.__file__).resolve().parent / "iwildcam_classes.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))[:n]
+
+
+IWILDCAM_CLASSES = _iwildcam_classes(5)  # y, category_id, english, latin
+IWILDCAM_NAMES = [r["latin"] for r in IWILDCAM_CLASSES]  # categories.csv's `name` column (Latin)
+IWILDCAM_ENGLISH = [r["english"] for r in IWILDCAM_CLASSES]  # the zero-shot head's names
 
 
 def make_iwildcam(root) -> dict:
@@ -54,11 +66,13 @@ def make_iwildcam(root) -> dict:
             k += 1
     (d / "metadata.csv").write_text(
         "split,location_remapped,location,sequence_remapped,sequence,y,datetime,filename,image_id\n" + "\n".join(rows) + "\n")
-    cats = ["y,category_id,name"] + [f"{y},{100 + y},{n}" for y, n in enumerate(IWILDCAM_NAMES)]
+    # as the release: columns y, category_id, name (Latin); the real category ids of labels 0..4
+    cats = ["y,category_id,name"] + [f"{r['y']},{r['category_id']},{r['latin']}" for r in IWILDCAM_CLASSES]
     cats += ["99999,900,homo sapiens", "99999,901,bos taurus"]  # categories absent from the release
     (d / "categories.csv").write_text("\n".join(cats) + "\n")
     return {"counts": {s: len(v[0]) for s, v in layout.items()}, "classes": len(IWILDCAM_NAMES),
-            "labels": {s: v[0] for s, v in layout.items()}}
+            "labels": {s: v[0] for s, v in layout.items()}, "classnames": list(IWILDCAM_ENGLISH),
+            "latin": list(IWILDCAM_NAMES)}
 
 
 def make_fmow(root) -> dict:

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 import fabricate
 from autoft.data import wilds_compat, wilds_tasks
-from autoft.data.base import Task
+from autoft.data.base import Task, format_prompt
 from autoft.errors import UserError
 from autoft.metrics import METRICS
 
@@ -77,7 +77,11 @@ def test_iwildcam_task(wilds_root, tmp_path):
     root, manifest, _ = wilds_root
     task = wilds_tasks.iwildcam(root, ood_val_size=6, subset_seed=0, subset_dir=tmp_path)
     assert isinstance(task, Task) and task.metric == "macro_f1"
-    assert task.classnames == fabricate.IWILDCAM_NAMES  # from categories.csv, y = 99999 rows dropped
+    # the head: English names of the shipped table, checked against categories.csv (y = 99999 rows ignored)
+    assert task.classnames == manifest["classnames"] == \
+        ["empty", "white-lipped peccary", "central american agouti", "lowland paca", "cougar"]
+    assert task.caption_classnames == manifest["latin"] == \
+        ["empty", "tayassu pecari", "dasyprocta punctata", "cuniculus paca", "puma concolor"]
     assert task.templates == ["a photo of {}.", "{} in the wild."]
     counts = manifest["counts"]
     assert (len(task.train), len(task.id_val), len(task.tests["id_test"]), len(task.tests["ood_test"])) == \
@@ -96,6 +100,52 @@ def test_iwildcam_task(wilds_root, tmp_path):
     assert record["n"] == 6 and len(record["example_ids"]) == 6
     again = wilds_tasks.iwildcam(root, ood_val_size=6, subset_seed=0, subset_dir=tmp_path)
     assert np.array_equal(again.ood_val.labels, task.ood_val.labels)
+
+
+def test_shipped_iwildcam_class_table():
+    table = wilds_tasks.iwildcam_class_table()
+    assert list(table.columns) == ["y", "category_id", "english", "latin"]
+    assert len(table) == 182 and table["y"].tolist() == list(range(182))
+    assert table["category_id"].is_unique
+    assert all(e == e.lower() and e.strip() == e and e for e in table["english"])
+    # pairs of wise-ft's src/datasets/iwildcam_metadata/labels.csv (y, category_id, Latin, English lower-cased)
+    rows = {int(r.y): (int(r.category_id), r.latin, r.english) for r in table.itertuples()}
+    assert rows[0] == (0, "empty", "empty")
+    assert rows[1] == (2, "tayassu pecari", "white-lipped peccary")
+    assert rows[24] == (71, "bos taurus", "cattle cow bull")
+    assert rows[52] == (115, "madoqua guentheri", "günther's dik-dik")
+    assert rows[115] == (316, "cercopithecus lhoesti", "l'hoest's monkey")
+    assert rows[153] == (380, "mazama temama", "central american red brocket")
+    assert rows[172] == (558, "motorcycle", "motorcycle")
+    assert rows[181] == (571, "mazama temama", "central american red brocket")  # duplicates as in the reference
+
+
+def test_iwildcam_caption_names_option(wilds_root):
+    root = wilds_root[0]
+    latin = wilds_tasks.iwildcam(root, ood_val_size=4)  # the reference's caption file uses the Latin names
+    assert latin.caption_classnames == fabricate.IWILDCAM_NAMES and latin.classnames == fabricate.IWILDCAM_ENGLISH
+    assert [format_prompt(t, latin.caption_classnames[1]) for t in latin.templates] == \
+        ["a photo of tayassu pecari.", "tayassu pecari in the wild."]
+    english = wilds_tasks.iwildcam(root, ood_val_size=4, caption_names="english")
+    assert english.caption_classnames == english.classnames == fabricate.IWILDCAM_ENGLISH
+    with pytest.raises(UserError, match="caption_names must be one of latin, english, not 'german'"):
+        wilds_tasks.iwildcam(root, caption_names="german")
+
+
+def test_iwildcam_category_ids_must_agree_with_the_class_table(wilds_root, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(wilds_root[0] / "iwildcam_v2.0", root / "iwildcam_v2.0")
+    cats = root / "iwildcam_v2.0" / "categories.csv"
+    text = cats.read_text()
+    assert "\n3,4,cuniculus paca\n" in text
+    cats.write_text(text.replace("\n3,4,cuniculus paca\n", "\n3,5,cuniculus paca\n"))
+    with pytest.raises(UserError) as err:
+        wilds_tasks.iwildcam(root, ood_val_size=None)
+    msg = str(err.value)
+    assert str(cats) in msg and str(wilds_tasks.IWILDCAM_CLASSES_FILE) in msg
+    assert "y=3" in msg and "category_id 4 (cuniculus paca)" in msg and "but 5" in msg
+    report = wilds_tasks.check("iwildcam", root, expected=wilds_root[1]["counts"], n_classes=5)
+    assert not report.complete and any(str(cats) in p for p in report.problems)
 
 
 def test_iwildcam_metrics_equal_the_wilds_evaluator(wilds_root):
@@ -156,8 +206,8 @@ def test_iwildcam_check_complete_and_incomplete(wilds_root, tmp_path):
 def test_fmow_task_and_regions(wilds_root):
     root, _, manifest = wilds_root
     task = wilds_tasks.fmow(root, ood_val_size=8, subset_seed=1)
-    assert len(task.classnames) == 62 and task.classnames[1] == "airport hangar" and len(task.templates) == 16
-    assert all("{}" in t for t in task.templates)
+    assert len(task.classnames) == 62 and task.classnames[1] == "airport_hangar" and len(task.templates) == 16
+    assert task.caption_classnames == task.classnames
     counts = manifest["counts"]
     assert (len(task.train), len(task.id_val), len(task.tests["id_test"]), len(task.tests["ood_test"])) == \
         (counts["train"], counts["id_val"], counts["id_test"], counts["test"])
@@ -168,6 +218,57 @@ def test_fmow_task_and_regions(wilds_root):
     assert set(task.train.labels) <= set(names.values())
     # the sequestered row leaves a gap: dataset index -> image file of its metadata row
     assert task.tests["ood_test"].dataset.path(0).endswith("rgb_img_40.png")
+
+
+def fmow_prompts(name):
+    """The prompts the zero-shot head embeds for one FMoW class (Task.prompts does the same)."""
+    return [format_prompt(t, name) for t in wilds_tasks.FMOW_TEMPLATES]
+
+
+def test_fmow_prompts_are_the_reference_strings():
+    # wise-ft src/templates/fmow_template.py with WILDS' spelling of the classes (underscores kept,
+    # except in the two a/an templates, whose article rule turns them into spaces)
+    assert wilds_tasks.fmow_classnames()[:3] == ["airport", "airport_hangar", "airport_terminal"]
+    assert wilds_tasks.fmow_classnames()[30] == "multi-unit_residential"
+    assert fmow_prompts("airport_hangar") == [
+        "satellite photo of a airport_hangar.",
+        "aerial photo of a airport_hangar.",
+        "satellite photo of an airport hangar.",
+        "aerial photo of an airport hangar.",
+        "satellite photo of a airport_hangar in asia.",
+        "aerial photo of a airport_hangar in asia.",
+        "satellite photo of a airport_hangar in africa.",
+        "aerial photo of a airport_hangar in africa.",
+        "satellite photo of a airport_hangar in the americas.",
+        "aerial photo of a airport_hangar in the americas.",
+        "satellite photo of a airport_hangar in europe.",
+        "aerial photo of a airport_hangar in europe.",
+        "satellite photo of a airport_hangar in oceania.",
+        "aerial photo of a airport_hangar in oceania.",
+        "a photo of a airport_hangar.",
+        "airport_hangar.",
+    ]
+    assert fmow_prompts("swimming_pool") == [
+        "satellite photo of a swimming_pool.",
+        "aerial photo of a swimming_pool.",
+        "satellite photo of a swimming pool.",
+        "aerial photo of a swimming pool.",
+        "satellite photo of a swimming_pool in asia.",
+        "aerial photo of a swimming_pool in asia.",
+        "satellite photo of a swimming_pool in africa.",
+        "aerial photo of a swimming_pool in africa.",
+        "satellite photo of a swimming_pool in the americas.",
+        "aerial photo of a swimming_pool in the americas.",
+        "satellite photo of a swimming_pool in europe.",
+        "aerial photo of a swimming_pool in europe.",
+        "satellite photo of a swimming_pool in oceania.",
+        "aerial photo of a swimming_pool in oceania.",
+        "a photo of a swimming_pool.",
+        "swimming_pool.",
+    ]
+    # the zero-shot head fills the templates with format_prompt, as Task.prompts does
+    assert format_prompt("aerial photo of {a_c}.", "interchange") == "aerial photo of an interchange."
+    assert format_prompt("aerial photo of {a_c}.", "Oil_or_gas_facility") == "aerial photo of a Oil or gas facility."
 
 
 def test_fmow_worst_region_equals_the_wilds_evaluator(wilds_root):

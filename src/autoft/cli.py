@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -73,7 +74,12 @@ def build_task(cfg: DictConfig) -> Task:
     unknown = [m for m in id_metrics if m not in METRICS]
     if unknown:
         raise UserError(f"dataset.id_test_metrics: {unknown} are not metrics; valid: {', '.join(sorted(METRICS))}")
-    task = instantiate(task_cfg, _convert_="all")
+    try:
+        task = instantiate(task_cfg, _convert_="all")
+    except InstantiationException as err:  # Hydra wraps the builder's UserError: unwrap it, so that a
+        if isinstance(err.__cause__, UserError):  # search stops at once instead of failing every trial
+            raise err.__cause__ from None
+        raise
     task.metric, task.higher_is_better = ds.metric, bool(ds.higher_is_better)
     task.id_test_metrics = id_metrics
     return task

@@ -74,7 +74,7 @@ class Workspace:
         if channels_last:  # faster convolutions on GPUs for conv backbones
             classifier = classifier.to(memory_format=torch.channels_last)
         theta0 = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
-        captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.classnames])
+        captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.caption_classnames])
         return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device, channels_last), device,
                    captions, num_workers, eval_batch_size, precision,
                    net=torch.compile(classifier) if compile else classifier)

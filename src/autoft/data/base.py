@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from autoft.errors import UserError
+
 
 @dataclass
 class Split:
@@ -57,17 +59,56 @@ class Task:
 
     name: str
     classnames: list[str]
-    templates: list[str]  # prompt templates with one '{}' (or '{c}') for the class name
+    templates: list[str]  # prompt templates: '{}' (or '{c}') or '{a_c}' for the class name (see format_prompt)
     train: Split  # ID train
     id_val: Split  # selects the final epoch; never a test set
     ood_val: Split  # the search's objective; disjoint from every test set
     tests: dict[str, Split] = field(default_factory=dict)  # ID test and every OOD test
     metric: str = "accuracy"  # objective metric name (see autoft.evaluation.METRICS)
     higher_is_better: bool = True
+    # which of `tests` is the ID test (ImageNet's is `imagenet`, CIFAR-10's `cifar10`); every other
+    # test is an OOD test. Results and tables carry it, so a renamed split is never counted as OOD.
+    id_test: str = "id_test"
+    # metrics the tables report on the ID test (default: the objective); FMoW reports its ID column
+    # as average accuracy, as WILDS does, beside the worst-region objective
+    id_test_metrics: Optional[list[str]] = None
+    # class names the flyp term's captions use (one per class, in label order); None = `classnames`.
+    # iWildCam's zero-shot head uses English names while the reference's captions use Latin ones.
+    caption_classnames: Optional[list[str]] = None
+
+    def __post_init__(self):
+        if self.id_test not in self.tests:
+            raise ValueError(f"task {self.name}: id_test '{self.id_test}' is not one of its tests {list(self.tests)}")
+        splits = {"train": self.train, "id_val": self.id_val, "ood_val": self.ood_val, **self.tests}
+        empty = [k for k, s in splits.items() if len(s) == 0]
+        if empty:  # e.g. an OOD-val subset whose source images are the whole ID test set
+            raise UserError(f"task {self.name}: split(s) {empty} hold no examples; check the dataset folder and the "
+                            f"subset sizes (dataset.task.ood_val_size, id_val_fraction)")
+        if self.caption_classnames is None:
+            self.caption_classnames = list(self.classnames)
+        elif len(self.caption_classnames) != len(self.classnames):
+            raise ValueError(f"task {self.name}: {len(self.caption_classnames)} caption class names for "
+                             f"{len(self.classnames)} classes")
+
+    @property
+    def ood_tests(self) -> list[str]:
+        return [k for k in self.tests if k != self.id_test]
 
     def prompts(self, classname: str) -> list[str]:
         return [format_prompt(t, classname) for t in self.templates]
 
 
+def with_article(classname: str) -> str:
+    """'a <name>' or 'an <name>', underscores turned into spaces: the article rule of the reference's
+    templates (wise-ft `append_proper_article`: 'an' exactly when the name starts with a lower-case
+    vowel), e.g. 'airport_hangar' -> 'an airport hangar', 'barn' -> 'a barn'."""
+    name = classname.replace("_", " ")
+    return ("an " if name[:1] in tuple("aeiou") else "a ") + name
+
+
 def format_prompt(template: str, classname: str) -> str:
+    """Fill a template: '{}' and '{c}' take the class name as it is; '{a_c}' takes it with its
+    indefinite article and underscores turned into spaces (`with_article`)."""
+    if "{a_c}" in template:
+        template = template.replace("{a_c}", with_article(classname))
     return template.replace("{c}", classname).replace("{}", classname)

@@ -13,6 +13,31 @@ examples, where they could not move the objective anyway.
 
 Images are read from the paths the wilds classes use (`iwildcam_v2.0/train/<filename>`,
 `fmow_v1.1/images/rgb_img_<row>.png`) with our decoder, so a corrupt file is named.
+
+Class names and prompts follow the reference (AutoFT's code, which takes its datasets and templates
+from wise-ft):
+
+* iWildCam's zero-shot head uses English common names, lower-cased ("white-lipped peccary"), not
+  the Latin `name` column of WILDS' categories.csv ("tayassu pecari"). The reference reads them from
+  wise-ft's `src/datasets/iwildcam_metadata/labels.csv` (columns y, category_id, name, english):
+  rows with y < 99999, in file order (= y order), column `english`, lower-cased. We ship those 182
+  rows as `iwildcam_classes.csv` beside this module (columns y, category_id, english, latin; english
+  already lower-cased) and check them against the dataset's categories.csv on every load (y ->
+  category_id must agree). English names are not unique (e.g. y 153 and 181 are both "central
+  american red brocket"); the reference's head has the same duplicates.
+* iWildCam's flyp captions: the reference's caption file (auto-ft
+  `autoft/datacreation_scripts/iwildcam.py`, FLYP-style tab-separated csv with columns title,
+  filepath, label) fills the two iWildCam templates with the Latin `name` column of labels.csv
+  ("a photo of tayassu pecari.", "tayassu pecari in the wild."), so `caption_names="latin"` is the
+  default; `caption_names="english"` uses the head's names instead (FLYP's own script,
+  locuslab/FLYP `datacreation_scripts/iwildcam.py`, uses the English column, not lower-cased). The
+  choice reaches the captions through `Task.caption_classnames`.
+* FMoW's class names are WILDS' `categories` as spelled there ("airport_hangar", underscores
+  kept), as in wise-ft's FMOW dataset; its 16 templates are wise-ft's `fmow_template`. Two of them
+  use the article rule of wise-ft's `append_proper_article` (underscores to spaces, then "an" before
+  a lower-case vowel, else "a"), written here as the placeholder '{a_c}' (see
+  `autoft.data.base.format_prompt`): "satellite photo of an airport hangar." beside "satellite photo
+  of a airport_hangar.", exactly as the reference's head and captions read.
 """
 from __future__ import annotations
 
@@ -37,23 +62,24 @@ wilds_compat.import_wilds()
 
 IWILDCAM_TEMPLATES = ["a photo of {}.", "{} in the wild."]
 
+# wise-ft's fmow_template, in its order; '{a_c}' = the class name with its article (format_prompt)
 FMOW_TEMPLATES = [
     "satellite photo of a {}.",
     "aerial photo of a {}.",
-    "satellite photo of the {}.",
-    "aerial photo of the {}.",
-    "satellite image of a {}.",
-    "aerial image of a {}.",
-    "satellite view of a {}.",
-    "aerial view of a {}.",
-    "overhead view of a {}.",
-    "top-down view of a {}.",
-    "satellite imagery of a {}.",
-    "aerial imagery of a {}.",
-    "a high-resolution satellite photo of a {}.",
-    "a low-resolution satellite photo of a {}.",
-    "a remote sensing image of a {}.",
-    "a bird's-eye view of a {}.",
+    "satellite photo of {a_c}.",
+    "aerial photo of {a_c}.",
+    "satellite photo of a {} in asia.",
+    "aerial photo of a {} in asia.",
+    "satellite photo of a {} in africa.",
+    "aerial photo of a {} in africa.",
+    "satellite photo of a {} in the americas.",
+    "aerial photo of a {} in the americas.",
+    "satellite photo of a {} in europe.",
+    "aerial photo of a {} in europe.",
+    "satellite photo of a {} in oceania.",
+    "aerial photo of a {} in oceania.",
+    "a photo of a {}.",
+    "{}.",
 ]
 
 # official split sizes (WILDS paper, table of dataset statistics)
@@ -137,17 +163,45 @@ def _iwildcam_dataset(root):
         raise _malformed("iWildCam metadata", data_dir / "metadata.csv", "iwildcam", root, e) from None
 
 
-def iwildcam_classnames(categories_csv, n_classes: int) -> list[str]:
-    """Class names from iWildCam's categories.csv (columns y, category_id, name; y = 99999 marks
-    categories absent from the WILDS release)."""
-    df = pd.read_csv(categories_csv)
-    if not {"y", "name"} <= set(df.columns):
-        raise UserError(f"{categories_csv}: expected columns 'y' and 'name', found {list(df.columns)}")
+IWILDCAM_CLASSES_FILE = Path(__file__).resolve().parent / "iwildcam_classes.csv"
+IWILDCAM_CAPTION_NAMES = ("latin", "english")
+
+
+def iwildcam_class_table(path=IWILDCAM_CLASSES_FILE) -> pd.DataFrame:
+    """The shipped iWildCam class table (columns y, category_id, english, latin; one row per label
+    0..181 in y order; english lower-cased as the reference's head uses it)."""
+    df = pd.read_csv(path, encoding="utf-8", keep_default_na=False)
+    if list(df.columns) != ["y", "category_id", "english", "latin"] or df["y"].tolist() != list(range(len(df))):
+        raise UserError(f"{path}: expected columns y, category_id, english, latin with y = 0..n-1 in order")
+    return df
+
+
+def iwildcam_classnames(categories_csv, n_classes: int, table_csv=IWILDCAM_CLASSES_FILE) -> dict[str, list[str]]:
+    """English and Latin names of labels 0..n_classes-1 from the shipped table, after checking it
+    against the dataset's categories.csv (columns y, category_id, name; y = 99999 marks categories
+    absent from the WILDS release): every label must stand for the same category_id in both."""
+    table = iwildcam_class_table(table_csv)
+    try:
+        df = pd.read_csv(categories_csv)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise UserError(f"{categories_csv} is unreadable ({type(e).__name__}: {e})") from None
+    if not {"y", "category_id"} <= set(df.columns):
+        raise UserError(f"{categories_csv}: expected columns 'y' and 'category_id', found {list(df.columns)}")
     df = df[(df["y"] >= 0) & (df["y"] < n_classes)].sort_values("y")
     if df["y"].tolist() != list(range(n_classes)):
         raise UserError(f"{categories_csv}: expected one row for each label 0..{n_classes - 1}, found {len(df)} "
                         f"rows with labels in that range")
-    return [str(n).strip() for n in df["name"]]
+    if n_classes > len(table):
+        raise UserError(f"{categories_csv} has {n_classes} labels, the class table {table_csv} only {len(table)}")
+    for (_, row), ours in zip(df.iterrows(), table.itertuples()):
+        theirs = pd.to_numeric(row["category_id"], errors="coerce")
+        if pd.isna(theirs) or int(theirs) != int(ours.category_id):
+            raise UserError(
+                f"iWildCam class table {table_csv} disagrees with the dataset's {categories_csv}: label y={ours.y} is "
+                f"category_id {ours.category_id} ({ours.latin}) in the table but {row['category_id']} "
+                f"({row.get('name', '?')}) in categories.csv. Is this the WILDS iWildCam v2.0 release?")
+    table = table.iloc[:n_classes]
+    return {"english": table["english"].tolist(), "latin": table["latin"].tolist()}
 
 
 def _iwildcam_maker(ds, root):
@@ -161,11 +215,17 @@ def _iwildcam_maker(ds, root):
 
 
 def iwildcam(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, subset_dir=None,
-             templates: Optional[Sequence[str]] = None, metric: str = "macro_f1", higher_is_better: bool = True) -> Task:
+             templates: Optional[Sequence[str]] = None, metric: str = "macro_f1", higher_is_better: bool = True,
+             caption_names: str = "latin") -> Task:
     """iWildCam v2.0 (182 classes). OOD-val: `ood_val_size` class-balanced examples of the OOD val
-    split (seeded by `subset_seed`), recorded in `subset_dir` when given."""
+    split (seeded by `subset_seed`), recorded in `subset_dir` when given. The zero-shot head uses
+    the English names; the flyp captions the `caption_names` ones ('latin', the reference's, or
+    'english')."""
+    if caption_names not in IWILDCAM_CAPTION_NAMES:
+        raise UserError(f"iwildcam: caption_names must be one of {', '.join(IWILDCAM_CAPTION_NAMES)}, "
+                        f"not {caption_names!r}")
     ds = _iwildcam_dataset(root)
-    classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)
+    names = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)
     make = _iwildcam_maker(ds, root)
     val_idx = _official(ds, "val")
     pool = make("ood_val_pool", val_idx)
@@ -173,9 +233,10 @@ def iwildcam(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, sub
     tests = {"id_test": make("id_test", _official(ds, "id_test")), "ood_test": make("ood_test", _official(ds, "test"))}
     _record("iwildcam", ood_val, chosen, tests, subset_dir,
             {"dataset": "iwildcam", "pool": "wilds split 'val' (OOD)", "n": ood_val_size, "seed": subset_seed})
-    return Task(name="iwildcam", classnames=classnames, templates=list(templates or IWILDCAM_TEMPLATES),
+    return Task(name="iwildcam", classnames=names["english"], templates=list(templates or IWILDCAM_TEMPLATES),
                 train=make("train", _official(ds, "train")), id_val=make("id_val", _official(ds, "id_val")),
-                ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better)
+                ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better,
+                caption_classnames=names[caption_names])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,9 +256,10 @@ def _fmow_dataset(root):
 
 
 def fmow_classnames() -> list[str]:
+    """WILDS' FMoW categories as spelled there ('airport_hangar'): the reference's class names."""
     from wilds.datasets.fmow_dataset import categories
 
-    return [c.replace("_", " ") for c in categories]
+    return list(categories)
 
 
 def _fmow_maker(ds, root):
@@ -263,7 +325,7 @@ def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[
     try:
         if name == "iwildcam":
             ds = _iwildcam_dataset(root)
-            classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)
+            classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)["english"]
             make = _iwildcam_maker(ds, root)
         else:
             ds = _fmow_dataset(root)
