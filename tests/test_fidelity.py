@@ -179,3 +179,36 @@ def test_embedded_model_refuses_a_paper_dataset(tmp_path):
     assert done.returncode == 2, out
     assert "model=shapes_rn10t was built for autoft.data.shapes.shapes_task only" in out
     assert "Traceback" not in out and not (tmp_path / "run" / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# item 6: the final run's length in images seen, as the reference's caption-file epochs
+
+@pytest.mark.parametrize("dataset, train_images, reference_images_seen", [
+    ("iwildcam", 129809, 20 * 2 * 129809),  # 20 epochs over 2 caption rows per image
+    ("fmow", 76863, 20 * 16 * 76863),  # 20 epochs over 16 caption rows per image
+])
+def test_final_run_length_matches_the_reference_in_images_seen(dataset, train_images, reference_images_seen):
+    from autoft.data import wilds_tasks
+
+    counts = {"iwildcam": wilds_tasks.IWILDCAM_COUNTS, "fmow": wilds_tasks.FMOW_COUNTS}[dataset]
+    assert counts["train"] == train_images
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"dataset={dataset}"])
+    assert cfg.trainer.epochs * cfg.dataset.passes_per_epoch * train_images == reference_images_seen
+
+
+def test_an_epoch_of_several_passes_sees_every_image_that_many_times():
+    from autoft.pipeline import EpochSource
+
+    task = tiny_task_value()  # 48 training images
+    ws = Workspace.build(task, load_clip(custom=TINY_CLIP), torch.device("cpu"))
+    one, three = EpochSource(ws, task.train, 8, seed=0), EpochSource(ws, task.train, 8, seed=0, passes=3)
+    assert (one.steps, three.steps) == (6, 18)
+    batches = list(three.epoch(1))
+    assert len(batches) == 18
+    images = torch.cat([x for x, _ in batches]).flatten(1)
+    counts = torch.unique(images, dim=0, return_counts=True)[1]
+    assert len(counts) == 48 and counts.tolist() == [3] * 48
+    # passes=1 keeps the epoch order of before (resumed runs depend on it)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(one.epoch(2), one.tensors.epoch(2)))

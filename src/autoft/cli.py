@@ -201,7 +201,8 @@ def run(cfg: DictConfig) -> Optional[float]:
                         cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
                         t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True, dist_env=env,
                         on_epoch_end=wb.log_epoch, lp_epochs=int(hp.get("lp_epochs", 0)), lp_lr=hp.get("lp_lr"),
-                        refresh_head=bool(cfg.method.get("refresh_head", False)))
+                        refresh_head=bool(cfg.method.get("refresh_head", False)),
+                        passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)))
         if env.is_main:
             wb.summary(wandb_logger.summary_of(res))
     if not env.is_main:

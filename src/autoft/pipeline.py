@@ -152,10 +152,18 @@ def evaluate_all(ws: Workspace) -> dict[str, dict[str, float]]:
 
 class EpochSource:
     """The final run's training batches, epoch by epoch: in-memory tensors when the split fits,
-    else DataLoader workers; sharded across ranks; epoch e's order depends only on (seed, e)."""
+    else DataLoader workers; sharded across ranks; epoch e's order depends only on (seed, e).
 
-    def __init__(self, ws: Workspace, split: Split, batch_size: int, seed: int, dist_env: DistEnv = SINGLE):
-        self.steps = len(split) // batch_size
+    An epoch is `passes` shuffled passes over the images: the reference's epochs run over caption
+    files that hold one row per image and prompt template (iWildCam 2, FMoW 16; docs/fidelity.md),
+    and `passes` reproduces their length, their schedule and where epochs are selected."""
+
+    def __init__(self, ws: Workspace, split: Split, batch_size: int, seed: int, dist_env: DistEnv = SINGLE,
+                 passes: int = 1):
+        if passes < 1:
+            raise UserError(f"dataset.passes_per_epoch must be >= 1, got {passes}")
+        self.passes = passes
+        self.steps = len(split) // batch_size * passes
         if self.steps < 1:
             raise UserError(f"{split.name}: {len(split)} examples cannot fill trainer.batch_size={batch_size}")
         if batch_size % dist_env.world_size:
@@ -172,10 +180,12 @@ class EpochSource:
                                  num_workers=ws.num_workers, drop_last=True, sampler=self.sampler)
 
     def epoch(self, e: int) -> Iterator:
-        if self.tensors is not None:
-            return self.tensors.epoch(e)
-        self.sampler.set_epoch(e)
-        return iter(self.loader)
+        for k in range(e * self.passes, (e + 1) * self.passes):  # passes=1: pass k = epoch e
+            if self.tensors is not None:
+                yield from self.tensors.epoch(k)
+            else:
+                self.sampler.set_epoch(k)
+                yield from self.loader
 
 
 def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epochs: int, batch_size: int,
@@ -183,7 +193,7 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
               clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
               wise_alphas=ALPHAS, progress: bool = True, dist_env: DistEnv = SINGLE,
               on_epoch_end: Optional[Callable[[int, dict], None]] = None, lp_epochs: int = 0,
-              lp_lr: Optional[float] = None, refresh_head: bool = False) -> dict:
+              lp_lr: Optional[float] = None, refresh_head: bool = False, passes_per_epoch: int = 1) -> dict:
     """Fine-tune on all of ID train for `epochs`, select the epoch on ID val, evaluate everything.
 
     After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
@@ -202,8 +212,9 @@ def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epoc
     if train:
         torch.manual_seed(seed)
         params, objective = ws.objective(weights, trainable)
-        source = EpochSource(ws, task.train, batch_size, seed, dist_env)
+        source = EpochSource(ws, task.train, batch_size, seed, dist_env, passes_per_epoch)
         total = source.steps * epochs
+        results["images_seen"] = total * batch_size
         settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
                                     warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
                                     accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
