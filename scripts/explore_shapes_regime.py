@@ -6,7 +6,7 @@ For a foundation checkpoint (scripts/build_foundation.py) it measures, on every 
 shapes world: the zero-shot classifier; fine-tuning with cross-entropy at each learning rate (batch
 norm statistics frozen, AdamW, cosine schedule with warm-up, as the engine does); and WiSE-FT
 (a = 0.5) of each fine-tuned model. It prints one table per setting and appends JSON lines to
---out. The point is to check the regime DESIGN.md section 8 asks for before any search: fine-tuning
+--out. The point is to check the regime docs/design.md section 8 asks for before any search: fine-tuning
 beats zero-shot on ID, loses to zero-shot or WiSE-FT on the held-out domains, and OOD-val accuracy
 as a function of the learning rate peaks above zero-shot at an intermediate rate.
 

@@ -24,7 +24,7 @@ PAPER_DATASETS = ("iwildcam", "fmow", "imagenet", "cifar10")
 
 
 # ------------------------------------------------------------------------------------------------
-# item 7: OpenAI weights need QuickGELU; OpenAI's preprocessing
+# OpenAI weights need QuickGELU; OpenAI's preprocessing (docs/fidelity.md, common settings)
 
 def fake_hub_weights(cache: Path, model) -> dict:
     """Write `model`'s weights where open_clip's hub download of ViT-B-16/openai looks for them
@@ -91,7 +91,7 @@ def test_preprocessing_equals_openai_clip(source):
 
 
 # ------------------------------------------------------------------------------------------------
-# item 4: evaluation in fp32 whatever the training precision
+# evaluation in fp32 whatever the training precision
 
 def test_evaluation_is_fp32_when_training_in_bf16():
     task = tiny_task_value()
@@ -106,7 +106,7 @@ def test_evaluation_is_fp32_when_training_in_bf16():
 
 
 # ------------------------------------------------------------------------------------------------
-# items 3 and 5: the ID test split and FMoW's ID columns
+# the ID test split (ImageNet val, CIFAR-10 test) and FMoW's ID columns
 
 def result(path, method, seed, metrics, id_test="id_test", id_metrics=None, objective="accuracy") -> RunResult:
     data = {"dataset": "d", "model": "m", "method": method, "seed": seed, "objective_metric": objective,
@@ -158,7 +158,7 @@ def test_fmow_config_reports_both_id_metrics():
 
 
 # ------------------------------------------------------------------------------------------------
-# item 8: each paper benchmark defaults to the paper's backbone; the embedded model refuses them
+# each paper benchmark defaults to the paper's backbone; the embedded model refuses them
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
 def test_paper_benchmarks_default_to_vit_b16_openai(dataset):
@@ -182,7 +182,7 @@ def test_embedded_model_refuses_a_paper_dataset(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# item 6: the final run's length in images seen, as the reference's caption-file epochs
+# the final run's length in images seen, as the reference's caption-file epochs
 
 @pytest.mark.parametrize("dataset, train_images, reference_images_seen", [
     ("iwildcam", 129809, 20 * 2 * 129809),  # 20 epochs over 2 caption rows per image

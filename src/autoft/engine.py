@@ -1,6 +1,6 @@
 """One fine-tuning loop for both the search's short inner runs and the final runs.
 
-Defects of the reference implementation this loop is written against (DESIGN.md section 3): the
+Defects of the reference implementation this loop is written against (docs/design.md section 3): the
 peak learning rate is the run's own (searched) lr, never overwritten; the warm-up is a fraction of
 the run's own length, so even a 10-step trial reaches its lr; one persistent data iterator; no model
 copies per trial (the caller resets one working model from theta0).

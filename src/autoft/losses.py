@@ -1,4 +1,4 @@
-"""The nine AutoFT loss terms and their weighted sum (DESIGN.md section 3).
+"""The nine AutoFT loss terms and their weighted sum (docs/design.md section 3).
 
 Data terms use the head's logits (and, for flyp, normalised image and caption features); parameter
 terms compare the trainable parameters with theta0, a separate copy of their initial values (never a

@@ -1,4 +1,4 @@
-"""CIFAR-10 and its distribution shifts (DESIGN.md section 4).
+"""CIFAR-10 and its distribution shifts (docs/design.md section 4).
 
 On disk, relative to `root`:
 - `cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`: the python pickles of the

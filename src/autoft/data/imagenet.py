@@ -1,4 +1,4 @@
-"""ImageNet and its distribution shifts (DESIGN.md section 4).
+"""ImageNet and its distribution shifts (docs/design.md section 4).
 
 On disk, relative to `root` (each path can be overridden through `paths`):
 

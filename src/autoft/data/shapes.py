@@ -10,7 +10,7 @@ serves two purposes:
   share of the captions of the *downstream* shapes the shape word is replaced by the generic word
   "shape" (the extra shapes are always named). The image tower still learns to tell shapes apart
   (the extra shapes force it), but the downstream class names are only weakly grounded in the text
-  tower, so zero-shot accuracy sits in the middle regime (DESIGN.md section 8) where fine-tuning has
+  tower, so zero-shot accuracy sits in the middle regime (docs/design.md section 8) where fine-tuning has
   something to teach.
 - `shapes_task`: the downstream `Task` over the first 10 shapes. ID train / ID val / ID test come
   from one domain ("studio": solid shapes on plain backgrounds) in which the background colour

@@ -1,6 +1,6 @@
 """WILDS tasks (iWildCam v2.0, FMoW v1.1) through the `wilds` package: official splits and evaluators.
 
-Splits (DESIGN.md section 4): ID train = `train`, ID val = `id_val`, the search's OOD-val = a
+Splits (docs/design.md section 4): ID train = `train`, ID val = `id_val`, the search's OOD-val = a
 class-balanced subset of the official OOD `val`, tests = `id_test` and the OOD `test`. Each split
 carries the official evaluator (`dataset.eval`, the leaderboard rule); its result also fills the
 objective's key (iWildCam `macro_f1` <- `F1-macro_all`, FMoW `worst_group_accuracy` <-

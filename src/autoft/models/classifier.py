@@ -56,7 +56,7 @@ def freeze_batchnorm_stats(model: nn.Module) -> None:
     """Keep batch-norm running statistics fixed while training (call after model.train()).
 
     Updating them on the ID domain let a spurious cue in and cost OOD accuracy in every measurement
-    we made (DESIGN.md section 8). Affine parameters still train."""
+    we made (docs/design.md section 8). Affine parameters still train."""
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from autoft.errors import UserError
 
 LOSS_PREFIX = "method.loss_weights."
-# The eight searched loss terms; ce is fixed to 1 and never searched (DESIGN.md section 3).
+# The eight searched loss terms; ce is fixed to 1 and never searched (docs/design.md section 3).
 SEARCHED_LOSSES = ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")
 LR_SCALE_KEY = "trainer.lr_scale"
 WEIGHT_DECAY_KEY = "trainer.weight_decay"
