@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo foundation test test-slow test-all clean-outputs
+.PHONY: install demo foundation test test-slow test-all gpu-check clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-slow: install  ## longer end-to-end checks
 
 test-all: install
 	$(PY) -m pytest -q
+
+OUT ?= gpu_check_report
+GPU_CHECK_ARGS ?=
+gpu-check: install  ## GPU readiness check (issue 13): the CUDA path once, report in $(OUT)/gpu_check.{md,json}
+	$(PY) scripts/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
 
 clean-outputs:
 	rm -rf outputs multirun

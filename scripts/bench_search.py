@@ -16,7 +16,13 @@ Printed, per trial and per step:
 - data: the share of a trial spent drawing and normalising batches;
 - reference-style: a new DataLoader iterator every step, two deep copies of the model per trial,
   fp32, OOD-val decoded through a DataLoader every trial (the reference implementation's habits);
-- peak memory (CUDA: max allocated; CPU: the process's max RSS).
+- throughput: images per second of each loop (training images, OOD-val images, and both per trial
+  second), and its fixed per-trial cost (reset or deep copies, loader set-up), so that the cost of
+  another budget (trials x inner steps x batch + OOD-val) can be projected (scripts/gpu_check.py);
+- peak memory of each loop (CUDA: max allocated, reset before each loop; CPU: the process's max RSS,
+  which only grows).
+
+`--json PATH` (or `--out PATH`) writes every number as JSON; `main(argv)` returns the same dict.
 """
 from __future__ import annotations
 
@@ -53,12 +59,26 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def main() -> None:
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def loop_numbers(trial_s: float, train_s: float, eval_s: float, train_images: int, eval_images: int,
+                 peak_mb: float) -> dict:
+    """One loop's throughput: trial = fixed per-trial cost + training + OOD-val pass."""
+    return {"seconds_per_trial": trial_s, "train_seconds": train_s, "eval_seconds": eval_s,
+            "overhead_seconds": max(0.0, trial_s - train_s - eval_s),
+            "train_images_per_s": train_images / train_s, "eval_images_per_s": eval_images / eval_s,
+            "images_per_s": (train_images + eval_images) / trial_s, "peak_memory_mb": peak_mb}
+
+
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=3, help="timed trials per loop (after one warm-up trial)")
-    ap.add_argument("--out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--out", "--json", dest="out", default=None, help="write the numbers as JSON here")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from hydra import compose, initialize_config_dir
 
@@ -84,11 +104,17 @@ def main() -> None:
           f"inner_steps={steps} batch={batch} pool={len(pool)} ood_val={len(task.ood_val)} "
           f"losses={[k for k, w in weights.items() if w]}", flush=True)
 
+    n_train, n_eval = steps * batch, len(task.ood_val)
+
     # 1. ours, as the search runs it
     first, _ = timed(lambda: search_trial(ws, weights, settings, trainable, pool, batch), device)
+    reset_peak_memory(device)
     ours = [timed(lambda: search_trial(ws, weights, settings, trainable, pool, batch), device)[0] for _ in range(args.trials)]
     ours_s = sum(ours) / len(ours)
     mem_ours = peak_memory_mb(device)
+    # its parts: the OOD-val pass (fp32, as the trial runs it) and the per-trial reset from theta0
+    eval_ours = min(timed(lambda: ws.logits(task.ood_val), device)[0] for _ in range(args.trials))
+    reset_ours = min(timed(ws.reset, device)[0] for _ in range(args.trials))
 
     # data: drawing and normalising the same number of batches, no model
     images, labels = ws.split_tensors(task.train, pool)
@@ -106,6 +132,9 @@ def main() -> None:
     from autoft.engine import autocast
 
     def bare(with_step: bool):
+        """-> (training seconds, OOD-val seconds)"""
+        sync(device)
+        t0 = time.perf_counter()
         tuner.train_mode()
         opt = make_optimizer(params, 1e-9, 0.0, device)
         for x, y in xs:
@@ -118,18 +147,28 @@ def main() -> None:
             if with_step:
                 opt.step()
             opt.zero_grad(set_to_none=True)
+        sync(device)
+        t1 = time.perf_counter()
         ws.classifier.eval()
         with torch.no_grad():
             for x in ood_x:
-                with autocast(device, ws.precision):
-                    ws.classifier(x)
+                ws.classifier(x)  # fp32, as the search evaluates
+        sync(device)
+        return t1 - t0, time.perf_counter() - t1
 
     bare(False)  # warm-up
-    floor_s = min(timed(lambda: bare(False), device)[0] for _ in range(args.trials))
-    floor_step_s = min(timed(lambda: bare(True), device)[0] for _ in range(args.trials))
+    reset_peak_memory(device)
+    floor_parts = min((bare(False) for _ in range(args.trials)), key=sum)
+    floor_s = sum(floor_parts)
+    floor_step_parts = min((bare(True) for _ in range(args.trials)), key=sum)
+    floor_step_s = sum(floor_step_parts)
+    mem_floor = peak_memory_mb(device)
 
     # 3. reference-style loop
     def reference_trial():
+        """-> (trial seconds, training seconds, OOD-val seconds)"""
+        sync(device)
+        t0 = time.perf_counter()
         model = copy.deepcopy(ws.classifier)  # the reference deep-copied the model twice per trial
         init = copy.deepcopy(model)
         model.load_state_dict(ws.theta0)
@@ -137,19 +176,28 @@ def main() -> None:
         opt = torch.optim.AdamW(ps, lr=hp["lr"], weight_decay=hp["weight_decay"])
         dl = loader(task.train, ws.bundle.image_size, batch, shuffle=True, num_workers=ws.num_workers, indices=pool)
         model.train()
+        sync(device)
+        t1 = time.perf_counter()
         for _ in range(steps):
             x, y = next(iter(dl))  # a new iterator every step
             logits, _ = model(ws.normalizer(x))
             F.cross_entropy(logits, y.to(device)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+        sync(device)
+        t2 = time.perf_counter()
         eval_dl = loader(task.ood_val, ws.bundle.image_size, ws.eval_batch_size, num_workers=ws.num_workers)
-        predict(model, eval_dl, ws.normalizer, device, "fp32")
+        predict(model, eval_dl, ws.normalizer, device)  # fp32
+        sync(device)
+        t3 = time.perf_counter()
         del init
+        return t3 - t0, t2 - t1, t3 - t2
 
-    reference = [timed(reference_trial, device)[0] for _ in range(max(1, args.trials - 1))]
-    ref_s = sum(reference) / len(reference)
-    mem_all = peak_memory_mb(device)
+    reset_peak_memory(device)
+    reference = [reference_trial() for _ in range(max(1, args.trials - 1))]
+    ref_s, ref_train, ref_eval = (sum(r[i] for r in reference) / len(reference) for i in range(3))
+    mem_ref = peak_memory_mb(device)
+    mem_all = mem_ref if device.type != "cuda" else max(mem_ours, mem_floor, mem_ref)
 
     rows = {
         "seconds_per_trial": ours_s, "first_trial_seconds": first, "floor_seconds": floor_s,
@@ -159,17 +207,35 @@ def main() -> None:
         "peak_memory_mb_ours": mem_ours, "peak_memory_mb_all": mem_all,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "inner_steps": steps, "batch_size": batch,
+        "dataset": cfg.dataset.name, "model": cfg.model.name, "image_size": ws.bundle.image_size,
+        "precision": ws.precision, "ood_val": n_eval, "trials": args.trials,
+        "peak_memory": "torch.cuda.max_memory_allocated per loop" if device.type == "cuda"
+        else "process max RSS (cumulative over the loops)",
+        "loops": {
+            "ours": loop_numbers(ours_s, max(1e-9, ours_s - eval_ours - reset_ours), eval_ours, n_train, n_eval, mem_ours),
+            "floor": loop_numbers(floor_s, *floor_parts, n_train, n_eval, mem_floor),
+            "floor_with_adamw": loop_numbers(floor_step_s, *floor_step_parts, n_train, n_eval, mem_floor),
+            "reference": loop_numbers(ref_s, ref_train, ref_eval, n_train, n_eval, mem_ref),
+        },
     }
+    loops = rows["loops"]
     print(f"  ours            {ours_s:8.3f} s/trial  ({1000 * ours_s / steps:.1f} ms/step; first trial {first:.2f} s incl. decoding)")
     print(f"  floor fwd+bwd   {floor_s:8.3f} s/trial  -> overhead ratio {rows['overhead_ratio']:.3f}")
     print(f"  floor +AdamW    {floor_step_s:8.3f} s/trial  -> overhead ratio {rows['overhead_ratio_vs_floor_with_adamw']:.3f}")
     print(f"  data share      {100 * rows['data_share']:7.1f} %")
     print(f"  reference-style {ref_s:8.3f} s/trial  -> ours is {rows['speedup_vs_reference']:.2f}x faster")
+    for name in ("ours", "floor", "reference"):
+        n = loops[name]
+        print(f"  {name:<15} {n['images_per_s']:8.1f} images/s per trial (train {n['train_images_per_s']:.1f}, "
+              f"OOD-val {n['eval_images_per_s']:.1f}; fixed {n['overhead_seconds']:.3f} s/trial), "
+              f"peak memory {n['peak_memory_mb']:.0f} MB")
     print(f"  peak memory     {mem_ours:8.0f} MB (ours), {mem_all:.0f} MB (after all loops)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
+    sys.exit(0)

@@ -123,7 +123,7 @@ def test_missing_root_and_missing_parts(tmp_path, inet_root):
     with pytest.raises(UserError, match="unknown ImageNet test"):
         inet.imagenet(inet_root[0], corruptions=C, tests=["imagenet_x"])
     # without ObjectNet in `tests`, its absence does not matter
-    t = inet.imagenet(inet_root[0], corruptions=C, tests=["imagenet_r"], ood_val_size=4,
+    t = inet.imagenet(inet_root[0], corruptions=C, tests=["imagenet_r"], ood_val_size=4, id_val_fraction=0.2,
                       paths={"objectnet": "objectnet-elsewhere"})
     assert sorted(t.tests) == ["imagenet", "imagenet_r"]
 
@@ -147,7 +147,7 @@ def test_unsorted_val_and_foreign_folders(tmp_path, inet_root):
 def test_corrupt_image_names_the_file(tmp_path, inet_root):
     root = tmp_path / "copy"
     shutil.copytree(inet_root[0], root)
-    t = inet.imagenet(root, corruptions=C, ood_val_size=4)
+    t = inet.imagenet(root, corruptions=C, ood_val_size=4, id_val_fraction=0.2)
     bad = t.tests["imagenet_r"].dataset.path(1)
     fabricate.corrupt(bad)
     with pytest.raises(UserError, match="corrupt image file: " + bad):
@@ -205,7 +205,7 @@ def test_incomplete_r_release_is_refused_with_full_imagenet(tmp_path, inet_root)
         inet.imagenet(root, corruptions=C, tests=["imagenet_r"], ood_val_size=4)
     for w in IMAGENET_R_WNIDS:
         (root / "imagenet-r" / w).mkdir(exist_ok=True)
-    t = inet.imagenet(root, corruptions=C, tests=["imagenet_r"], ood_val_size=4)
+    t = inet.imagenet(root, corruptions=C, tests=["imagenet_r"], ood_val_size=4, id_val_fraction=0.2)
     r = t.tests["imagenet_r"]
     assert len(t.classnames) == 1000 and len(r.class_map) == 200
     assert r.class_map[0] == [1]  # goldfish, the first ImageNet-R class, is ImageNet class 1
