@@ -53,3 +53,27 @@ def tiny_task_value():
     return Task(name="tiny", classnames=classes, templates=["a photo of a {}.", "a {} in the wild."],
                 train=random_split("train", 48, 3, 0), id_val=random_split("id_val", 12, 3, 1),
                 ood_val=random_split("ood_val", 12, 3, 2), tests={"id_test": random_split("id_test", 12, 3, 3)})
+
+
+# ------------------------------------------------------------------------------------------------
+# shared helpers for tests that compose the config or run train.py / the scripts as subprocesses
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TEST_CONF = ROOT / "tests" / "conf"
+
+
+def offline_env(**extra) -> dict:
+    """The environment of a subprocess under test: no hub downloads, W&B off, no API key."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+    env.pop("WANDB_API_KEY", None)
+    env.update(extra)
+    return env
+
+
+def compose_config(*overrides, return_hydra_config: bool = False):
+    """conf/config.yaml composed as train.py does (the test conf dir, tests/conf, is on the search path)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"hydra.searchpath=[file://{TEST_CONF}]", *overrides],
+                       return_hydra_config=return_hydra_config)

@@ -1,16 +1,15 @@
 """Every method config, end to end through scripts/final_retrain.py -> train.py -> results.json ->
 make_tables, on a few dozen images of the embedded shapes world with a tiny random CLIP."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from autoft import cli
+from conftest import compose_config, offline_env
 from autoft.models.classifier import zeroshot_weights
 from autoft.reporting.results import read_result
 
@@ -23,9 +22,7 @@ HPARAMS = {"loss_weights": {"ce": 1.0, "hinge": 0.01, "entropy": 0.001, "dcm": 0
 
 
 def env():
-    e = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
-    e.pop("WANDB_API_KEY", None)
-    return e
+    return offline_env()
 
 
 def retrain(out, hp_file, *args):
@@ -51,9 +48,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def theta0():
     """The zero-shot weights the runs started from, rebuilt through the same code path as train.py."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=tinyshapes", "model=tiny_vit", *OVERRIDES,
-                                           f"hydra.searchpath=[file://{TEST_CONF}]"])
+    cfg = compose_config("dataset=tinyshapes", "model=tiny_vit", *OVERRIDES)
     cli.seed_everything(0)
     ws = cli.workspace(cfg)
     return ws

@@ -5,7 +5,6 @@ are the fabricated miniatures of tests/fabricate.py and the model the tiny rando
 numbers are meaningless; what is checked is that every stage runs and that the table has the
 paper's columns, metrics and ID split."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import fabricate
+from conftest import offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=16",
@@ -40,8 +40,8 @@ ROWS = ["Zero-shot", "FT", "WiSE-FT (α=0.5)", "AutoFT", "AutoFT + WiSE-FT (α=0
 
 
 def run(cmd, cwd):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, *cmd], cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, *cmd], cwd=cwd, capture_output=True, text=True,
+                          env=offline_env(OMP_NUM_THREADS="1"), timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done
 
@@ -83,13 +83,18 @@ def test_dataset_folder_to_paper_table(tmp_path, dataset):
 
 
 def test_search_on_a_missing_dataset_stops_before_any_trial(tmp_path):
-    """The builder's UserError reaches the sweeper unwrapped (Hydra's instantiate wraps it): the
-    search stops at its first trial with one message, instead of failing trial after trial."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
+    """The search's pre-flight check (hydra.sweeper.preflight: autoft.cli.preflight) builds the
+    dataset once before any trial: one message, no trial, no study row, instead of failing trial
+    after trial (the builder's UserError, wrapped by Hydra's instantiate, is recognised as such)."""
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "search=autoft", "dataset=iwildcam",
                            f"data_root={tmp_path / 'empty'}", *COMMON], cwd=tmp_path, capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=offline_env(), timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode != 0 and "iwildcam_v2.0" in out and "prepare_data.py" in out, out
     assert "Traceback" not in out and "trial 1" not in out
-    assert len(list(tmp_path.glob("outputs/**/trial_*"))) == 1
+    assert not list(tmp_path.glob("outputs/**/trial_*"))
+    for db in tmp_path.glob("outputs/**/optuna.db"):  # a study may be created, but holds no trial
+        import optuna
+
+        url = f"sqlite:///{db}"
+        assert all(not optuna.load_study(study_name=n, storage=url).trials for n in optuna.get_all_study_names(url))

@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from autoft import config as schema
 from autoft.data.base import Task
 from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import FinetuneSettings
@@ -23,7 +24,7 @@ from autoft.errors import UserError
 from autoft.losses import validate_weights
 from autoft.metrics import METRICS, bootstrap_interval
 from autoft.models.clip import load_clip
-from autoft.pipeline import Workspace, final_run, search_trial
+from autoft.pipeline import FinalSpec, Workspace, run_final, search_trial
 from autoft.reporting import wandb_logger
 from autoft.reporting.io import write_json
 
@@ -89,12 +90,9 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
     """A model built for one task family (model.for_tasks: task builder targets) refuses the others:
     the embedded shapes model knows 48 words and 32-px images, and would score any real dataset
     without complaint, only meaninglessly."""
-    allowed = cfg.model.get("for_tasks")
-    target = cfg.dataset.task.get("_target_")
-    if allowed and target not in allowed:
-        raise UserError(f"model={cfg.model.name} was built for {', '.join(allowed)} only, but dataset={cfg.dataset.name} "
-                        f"is built by {target}. Pick a backbone for it, e.g. model=vit_b16 (the paper's CLIP ViT-B/16) "
-                        f"or model=tiny_vit (tiny, random weights, for smoke runs)")
+    problem = schema.model_fit_problem(cfg)
+    if problem:
+        raise UserError(problem)
 
 
 def workspace(cfg: DictConfig) -> Workspace:
@@ -104,15 +102,16 @@ def workspace(cfg: DictConfig) -> Workspace:
         device = resolve_device(cfg.device, distributed_env(cfg).local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        task = build_task(cfg)
         m = cfg.model
         if m.get("checkpoint") and not Path(m.checkpoint).is_file():
             hint = m.get("build_command") or "point model.checkpoint at an existing file"
             raise UserError(f"model.checkpoint not found: {m.checkpoint}. Build it with: {hint}")
+        # the model first: a bad checkpoint is refused before any data is read or cached
         bundle = load_clip(arch=m.get("arch"), pretrained=m.get("pretrained"),
                            custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
                            checkpoint=m.get("checkpoint"), cache_dir=m.get("cache_dir"),
                            quick_gelu=m.get("quick_gelu"))
+        task = build_task(cfg)
         _WORKSPACES.clear()  # one model per process: a new config replaces the old one
         workers = min(int(cfg.trainer.num_workers), os.cpu_count() or 1)
         _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=workers,
@@ -121,6 +120,50 @@ def workspace(cfg: DictConfig) -> Workspace:
                                            compile=bool(cfg.trainer.get("compile", False)),
                                            channels_last=resolve_channels_last(cfg.trainer.get("channels_last", "auto"), device))
     return _WORKSPACES[key]
+
+
+def check_weights(model_cfg) -> None:
+    """The model's weights can be loaded here, without downloading anything: a checkpoint is read and
+    matched to its architecture; an open_clip name and tag must be known, and with HF_HUB_OFFLINE=1
+    the tag's weights must already be in the hub cache."""
+    import open_clip
+
+    m = model_cfg
+    if m.get("checkpoint") or m.get("custom"):
+        load_clip(custom=OmegaConf.to_container(m.custom) if m.get("custom") else None, checkpoint=m.get("checkpoint"))
+        return
+    arch, tag = m.get("arch"), m.get("pretrained")
+    if arch not in open_clip.list_models():
+        raise UserError(f"model.arch={arch}: not an open_clip model; e.g. ViT-B-16, ViT-L-14 (open_clip.list_models())")
+    if not tag or Path(tag).is_file():
+        return
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    if tag not in tags:
+        raise UserError(f"model.pretrained={tag}: not a tag of {arch}; valid tags: {', '.join(tags)}")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
+    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub")
+    if offline and hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, name = os.path.split(hub)  # 'org/model/' (default file name) or 'org/model/file.bin'
+        name = name or "open_clip_pytorch_model.bin"
+        names = (name[:-4] + ".safetensors", name) if name.endswith(".bin") else (name,)
+        if not any(isinstance(try_to_load_from_cache(repo, n, cache_dir=m.get("cache_dir")), str) for n in names):
+            raise UserError(f"model={m.name}: the {arch}/{tag} weights (hub repo {repo}) are not in the Hugging Face "
+                            f"cache and HF_HUB_OFFLINE=1 forbids downloading them; download them once on a machine with "
+                            f"network access, or pass model.pretrained=/path/to/weights")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What every trial of a search needs, checked once before the first trial (the sweeper calls it
+    when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values and files, the
+    model/dataset fit, the dataset builds, the model's weights load. Raises UserError; builds nothing
+    on the accelerator and downloads nothing."""
+    schema.validate(cfg)
+    check_model_fits_dataset(cfg)
+    hyperparameters(cfg)
+    check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
+    build_task(cfg)
 
 
 def distributed_env(cfg: DictConfig) -> DistEnv:
@@ -138,9 +181,7 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     source = "config"
     if cfg.get("hparams"):
         path = Path(cfg.hparams)
-        if not path.is_file():
-            raise UserError(f"hparams file not found: {path} (a search writes best_hparams.yaml beside its study)")
-        best = OmegaConf.to_container(OmegaConf.load(path))
+        best = schema.read_hparams(path)  # one message naming the file when it is missing or unreadable
         weights.update(best.get("loss_weights", {}))
         lr_scale = float(best.get("lr_scale", lr_scale))
         wd = float(best.get("weight_decay", wd))
@@ -179,9 +220,7 @@ def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def run(cfg: DictConfig) -> Optional[float]:
-    if cfg.phase not in ("search", "final"):
-        raise UserError(f"phase must be 'search' or 'final', got '{cfg.phase}'")
-    check_model_fits_dataset(cfg)
+    schema.validate(cfg)  # every key, range and file first: nothing is built before this passes
     hp = hyperparameters(cfg)  # validate before building anything
     seed_everything(int(cfg.seed))
     ws = workspace(cfg)
@@ -197,12 +236,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     env = distributed_env(cfg)
     wb = wandb_logger.for_run(cfg, hp, out, job_type="final")  # rank 0 only
     with wb.closing():
-        res = final_run(ws, hp["loss_weights"], hp["lr"], hp["weight_decay"], int(t.epochs), int(t.batch_size),
-                        cfg.method.trainable, bool(cfg.method.train), out, int(cfg.seed), float(t.warmup_fraction),
-                        t.clip_grad_norm, int(t.accum_steps), float(t.max_loss), progress=True, dist_env=env,
-                        on_epoch_end=wb.log_epoch, lp_epochs=int(hp.get("lp_epochs", 0)), lp_lr=hp.get("lp_lr"),
-                        refresh_head=bool(cfg.method.get("refresh_head", False)),
-                        passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)))
+        res = run_final(ws, final_spec(cfg, hp), out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch)
         if env.is_main:
             wb.summary(wandb_logger.summary_of(res))
     if not env.is_main:
@@ -216,6 +250,26 @@ def run(cfg: DictConfig) -> Optional[float]:
     for split, m in res["metrics"].items():
         log.info("  %-16s %s %.4f", split, ws.task.metric, m[ws.task.metric])
     return res["metrics"]["id_val"][ws.task.metric]
+
+
+def final_spec(cfg: DictConfig, hp: dict) -> FinalSpec:
+    """The final run's spec: the config's method, trainer and dataset settings with this run's
+    hyperparameters (the only place a final run's settings are read from the config)."""
+    t, m = cfg.trainer, cfg.method
+    return FinalSpec(weights=hp["loss_weights"], lr=hp["lr"], weight_decay=hp["weight_decay"], epochs=int(t.epochs),
+                     batch_size=int(t.batch_size), trainable=str(m.trainable), train=bool(m.train), seed=int(cfg.seed),
+                     warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
+                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
+                     lp_epochs=int(hp.get("lp_epochs", 0)), lp_lr=hp.get("lp_lr"),
+                     refresh_head=bool(m.get("refresh_head", False)),
+                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)))
+
+
+def trial_settings(cfg: DictConfig, hp: dict, precision: str, seed: int) -> FinetuneSettings:
+    """One search trial's inner run: trainer.inner_steps steps with this trial's hyperparameters."""
+    t = cfg.trainer
+    return FinetuneSettings.for_run(int(t.inner_steps), hp["lr"], hp["weight_decay"], float(t.warmup_fraction),
+                                    t.clip_grad_norm, int(t.accum_steps), precision, float(t.max_loss), seed)
 
 
 def run_search(cfg: DictConfig, ws: Workspace, hp: dict, out: Path) -> float:
@@ -234,15 +288,13 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: dict, out: Path) -> float:
     pool = pool_indices(len(task.train), steps * int(t.batch_size), int(search.get("pool_seed", 0)))
     runs = []
     for i in range(k):
-        settings = FinetuneSettings(steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                    warmup_steps=int(round(float(t.warmup_fraction) * steps)),
-                                    clip_grad_norm=t.clip_grad_norm, accum_steps=int(t.accum_steps),
-                                    precision=ws.precision, max_loss=float(t.max_loss), seed=int(cfg.seed) + i)
+        settings = trial_settings(cfg, hp, ws.precision, int(cfg.seed) + i)
         seed_everything(settings.seed)
         # intermediate reports (pruning) come from the first seed's run only
         report = reporter.report if reporter is not None and i == 0 else None
         runs.append(search_trial(ws, hp["loss_weights"], settings, cfg.method.trainable, pool, int(t.batch_size),
-                                 eval_every=int(search.get("eval_every", 0) or 0), report=report))
+                                 eval_every=int(search.get("eval_every", 0) or 0), report=report,
+                                 progress=reporter.progress if reporter is not None else None))
     per_seed = [r["objective"] for r in runs]
     objective = float(np.mean(per_seed))
     record = {"objective": objective, "metric": task.metric, "seeds": [int(cfg.seed) + i for i in range(k)],

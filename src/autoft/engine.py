@@ -34,6 +34,16 @@ class FinetuneSettings:
     max_loss: float = 1e4
     seed: int = 0
 
+    @classmethod
+    def for_run(cls, steps: int, lr: float, weight_decay: float, warmup_fraction: float = 0.1,
+                clip_grad_norm: Optional[float] = None, accum_steps: int = 1, precision: str = "fp32",
+                max_loss: float = 1e4, seed: int = 0) -> "FinetuneSettings":
+        """The settings of a run of `steps` steps whose warm-up is `warmup_fraction` of them (every run
+        is built here: search trials, final runs and the LP stage)."""
+        return cls(steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=int(round(warmup_fraction * steps)),
+                   clip_grad_norm=clip_grad_norm, accum_steps=accum_steps, precision=precision,
+                   max_loss=max_loss, seed=seed)
+
     def __post_init__(self):
         if self.steps < 1:
             raise UserError(f"the run needs at least 1 step, got {self.steps} (trainer.inner_steps / trainer.epochs)")

@@ -2,7 +2,7 @@
 
 - `search_trial`: reset the working model to theta0, fine-tune for the inner budget on the cached ID
   pool with the trial's objective, score the cached OOD-val subset.
-- `final_run`: fine-tune for whole epochs on ID train, keep the epoch with the best ID-val objective,
+- `run_final` (a `FinalSpec`; `final_run` takes its fields as arguments): fine-tune for whole epochs on ID train, keep the epoch with the best ID-val objective,
   evaluate ID test and every OOD test, and the WiSE-FT curve.
 
 A `Workspace` holds what is built once per process and reused by every trial in it: the task, the
@@ -116,8 +116,10 @@ class Workspace:
 
 def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, trainable: str,
                  pool_indices: np.ndarray, batch_size: int, eval_every: int = 0,
-                 report: Optional[Callable[[int, float], None]] = None) -> dict:
-    """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning)."""
+                 report: Optional[Callable[[int, float], None]] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning);
+    `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck)."""
     task = ws.task
     t0 = time.perf_counter()
     ws.reset()
@@ -127,6 +129,8 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
 
     def on_step(step: int, info: dict) -> None:
+        if progress is not None:
+            progress(step, settings.steps)
         if report is not None and eval_every and step % eval_every == 0 and step < settings.steps:
             report(step, ws.evaluate(task.ood_val)[task.metric])
             tuner.train_mode()
@@ -188,83 +192,137 @@ class EpochSource:
                 yield from self.loader
 
 
+@dataclass(frozen=True)
+class FinalSpec:
+    """Everything a final run depends on, beside the workspace and the output directory (autoft.cli
+    builds it from the config in one place: `final_spec`)."""
+    weights: dict                        # loss term -> weight (autoft.losses.LOSS_NAMES)
+    lr: float                            # peak lr of the fine-tuning stage
+    weight_decay: float
+    epochs: int                          # epochs of the fine-tuning stage (after the LP stage, if any)
+    batch_size: int
+    trainable: str = "all"               # all | head
+    train: bool = True                   # false: evaluate the zero-shot model as it is
+    seed: int = 0
+    warmup_fraction: float = 0.1
+    clip_grad_norm: Optional[float] = None
+    accum_steps: int = 1
+    max_loss: float = 1e4
+    wise_alphas: tuple = tuple(ALPHAS)   # the WiSE-FT curve's mixing weights (empty: none)
+    lp_epochs: int = 0                   # LP-FT: head-only epochs first, at lp_lr
+    lp_lr: Optional[float] = None
+    refresh_head: bool = False           # FLYP: rebuild the zero-shot head before each evaluation
+    passes_per_epoch: int = 1
+
+    def settings(self, steps: int, precision: str, lr: Optional[float] = None) -> FinetuneSettings:
+        return FinetuneSettings.for_run(steps, self.lr if lr is None else lr, self.weight_decay, self.warmup_fraction,
+                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, self.seed)
+
+
+def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
+              on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+    """Fine-tune on all of ID train for `spec.epochs`, select the epoch on ID val, evaluate everything.
+
+    After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
+    rerun with the same output dir resumes from it and ends with the same weights as an uninterrupted
+    run. Returns the results dict (what results.json holds); the selected weights go to model.pt.
+    The stages, in order: resume from last.pt; the LP stage of LP-FT (lp_epochs > 0: the head alone
+    with cross-entropy at lp_lr, then fine-tuning from there); the epochs, each followed by the FLYP
+    head refresh (refresh_head) and the ID-val evaluation that selects the epoch; the evaluation of
+    every split; the WiSE-FT curve."""
+    ws.reset()
+    t0 = time.perf_counter()
+    results: dict = {"selected_epoch": 0, "epochs": []}
+    if spec.train:
+        results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results)
+    results["metrics"] = evaluate_all(ws)
+    if spec.train and spec.wise_alphas:
+        results["wise"] = wise_curve(ws, spec.wise_alphas)
+    results["seconds"] = time.perf_counter() - t0
+    return results
+
+
+def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool, dist_env: DistEnv,
+               on_epoch_end, results: dict) -> dict:
+    task = ws.task
+    torch.manual_seed(spec.seed)
+    params, objective = ws.objective(spec.weights, spec.trainable)
+    source = EpochSource(ws, task.train, spec.batch_size, spec.seed, dist_env, spec.passes_per_epoch)
+    total = source.steps * spec.epochs
+    results["images_seen"] = total * spec.batch_size
+    settings = spec.settings(total, ws.precision)
+    tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens, dist_env)
+    checkpoint = output_dir / "last.pt"
+    best_score, best_state, first_epoch = -math.inf, None, 1
+    state = _resume_state(checkpoint, settings)
+    if state is not None:
+        ws.classifier.load_state_dict(state["model"])
+        tuner.load_state_dict(state["tuner"])
+        best_score, best_state, results = state["best_score"], state["best_state"], state["results"]
+        first_epoch = state["epoch"] + 1
+        log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+    if spec.lp_epochs > 0 and first_epoch == 1:  # a resumed run's checkpoint already holds the probed head
+        results["lp_epochs"] = linear_probe(ws, source, spec.lp_epochs, spec.lp_lr or spec.lr, spec.weight_decay,
+                                            spec.warmup_fraction, spec.clip_grad_norm, spec.accum_steps,
+                                            spec.max_loss, spec.seed, dist_env)
+        trainable_parameters(ws.classifier, spec.trainable)  # the probe froze all but the head
+    sign = 1.0 if task.higher_is_better else -1.0
+    bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({spec.epochs} epochs)",
+               disable=not progress or not dist_env.is_main, leave=False)
+    for epoch in range(first_epoch, spec.epochs + 1):
+        hist = tuner.run(source.epoch(epoch), source.steps, lambda s, info: bar.update(1))
+        if spec.refresh_head:
+            refresh_zeroshot_head(ws)
+        val = ws.evaluate(task.id_val)  # every rank evaluates the same set: same selection everywhere
+        score = sign * val[task.metric]
+        results["epochs"].append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
+        log.info("epoch %d/%d  loss %.4f  id_val %s %.4f", epoch, spec.epochs, results["epochs"][-1]["loss"],
+                 task.metric, val[task.metric])
+        if score > best_score:
+            best_score, results["selected_epoch"] = score, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
+        if dist_env.is_main:
+            atomic_torch_save({"epoch": epoch, "settings": asdict(settings), "model": ws.classifier.state_dict(),
+                               "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
+                               "results": results}, checkpoint)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, results)
+    bar.close()
+    ws.classifier.load_state_dict(best_state)
+    if dist_env.is_main:
+        atomic_torch_save(best_state, output_dir / "model.pt")
+        checkpoint.unlink()  # the run is complete: model.pt and results.json are its record
+    return results
+
+
+def _resume_state(checkpoint: Path, settings: FinetuneSettings) -> Optional[dict]:
+    """The state saved in last.pt by an interrupted run with these settings, else None."""
+    if not checkpoint.is_file():
+        return None
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as err:  # cut short (a full disk) or overwritten: say which file, never guess
+        raise UserError(f"cannot resume from {checkpoint} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+                        f"delete it to restart this run from epoch 1") from None
+    if not isinstance(state, dict) or state.get("settings") != asdict(settings):
+        log.warning("ignoring %s: it belongs to a run with other settings", checkpoint)
+        return None
+    return state
+
+
 def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epochs: int, batch_size: int,
               trainable: str, train: bool, output_dir: Path, seed: int, warmup_fraction: float = 0.1,
               clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
               wise_alphas=ALPHAS, progress: bool = True, dist_env: DistEnv = SINGLE,
               on_epoch_end: Optional[Callable[[int, dict], None]] = None, lp_epochs: int = 0,
               lp_lr: Optional[float] = None, refresh_head: bool = False, passes_per_epoch: int = 1) -> dict:
-    """Fine-tune on all of ID train for `epochs`, select the epoch on ID val, evaluate everything.
-
-    After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
-    rerun with the same output dir resumes from it and ends with the same weights as an uninterrupted
-    run. Returns the results dict (what results.json holds); the selected weights go to model.pt.
-
-    lp_epochs > 0 (LP-FT): first train the head alone with cross-entropy for that many epochs at
-    `lp_lr`, then fine-tune as usual from there (epoch selection covers the second stage).
-    refresh_head (FLYP): before each evaluation, rebuild the head as the zero-shot classifier of the
-    current text tower, since a contrastive-only objective trains the towers but not the head."""
-    task = ws.task
-    ws.reset()
-    t0 = time.perf_counter()
-    results: dict = {"selected_epoch": 0, "epochs": []}
-    sign = 1.0 if task.higher_is_better else -1.0
-    if train:
-        torch.manual_seed(seed)
-        params, objective = ws.objective(weights, trainable)
-        source = EpochSource(ws, task.train, batch_size, seed, dist_env, passes_per_epoch)
-        total = source.steps * epochs
-        results["images_seen"] = total * batch_size
-        settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
-                                    warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
-                                    accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
-        tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens,
-                          dist_env)
-        best_score, best_state, first_epoch = -math.inf, None, 1
-        checkpoint = output_dir / "last.pt"
-        if checkpoint.is_file():
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if checkpoint.is_file() and state["settings"] != asdict(settings):
-            log.warning("ignoring %s: it belongs to a run with other settings", checkpoint)
-        elif checkpoint.is_file():
-            ws.classifier.load_state_dict(state["model"])
-            tuner.load_state_dict(state["tuner"])
-            best_score, best_state, results = state["best_score"], state["best_state"], state["results"]
-            first_epoch = state["epoch"] + 1
-            log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
-        if lp_epochs > 0 and first_epoch == 1:  # a resumed run's checkpoint already holds the probed head
-            results["lp_epochs"] = linear_probe(ws, source, lp_epochs, lp_lr or lr, weight_decay, warmup_fraction,
-                                                clip_grad_norm, accum_steps, max_loss, seed, dist_env)
-            trainable_parameters(ws.classifier, trainable)  # the probe froze all but the head
-        bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({epochs} epochs)",
-                   disable=not progress or not dist_env.is_main, leave=False)
-        for epoch in range(first_epoch, epochs + 1):
-            hist = tuner.run(source.epoch(epoch), source.steps, lambda s, info: bar.update(1))
-            if refresh_head:
-                refresh_zeroshot_head(ws)
-            val = ws.evaluate(task.id_val)  # every rank evaluates the same set: same selection everywhere
-            score = sign * val[task.metric]
-            results["epochs"].append({"epoch": epoch, "loss": float(np.mean([h["loss"] for h in hist])), "id_val": val})
-            log.info("epoch %d/%d  loss %.4f  id_val %s %.4f", epoch, epochs, results["epochs"][-1]["loss"], task.metric, val[task.metric])
-            if score > best_score:
-                best_score, results["selected_epoch"] = score, epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
-            if dist_env.is_main:
-                atomic_torch_save({"epoch": epoch, "settings": asdict(settings), "model": ws.classifier.state_dict(),
-                                   "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
-                                   "results": results}, checkpoint)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, results)
-        bar.close()
-        ws.classifier.load_state_dict(best_state)
-        if dist_env.is_main:
-            atomic_torch_save(best_state, output_dir / "model.pt")
-            checkpoint.unlink()  # the run is complete: model.pt and results.json are its record
-    results["metrics"] = evaluate_all(ws)
-    if train and wise_alphas:
-        results["wise"] = wise_curve(ws, wise_alphas)
-    results["seconds"] = time.perf_counter() - t0
-    return results
+    """`run_final` with the spec's fields as arguments (for scripts and older callers)."""
+    spec = FinalSpec(weights=weights, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
+                     trainable=trainable, train=train, seed=seed, warmup_fraction=warmup_fraction,
+                     clip_grad_norm=clip_grad_norm, accum_steps=accum_steps, max_loss=max_loss,
+                     wise_alphas=tuple(wise_alphas or ()), lp_epochs=lp_epochs, lp_lr=lp_lr, refresh_head=refresh_head,
+                     passes_per_epoch=passes_per_epoch)
+    return run_final(ws, spec, output_dir, progress=progress, dist_env=dist_env, on_epoch_end=on_epoch_end)
 
 
 def linear_probe(ws: Workspace, source: "EpochSource", epochs: int, lr: float, weight_decay: float,
@@ -273,9 +331,8 @@ def linear_probe(ws: Workspace, source: "EpochSource", epochs: int, lr: float, w
     """The LP stage of LP-FT: the head alone, cross-entropy, its own warm-up and cosine schedule."""
     params, objective = ws.objective({"ce": 1.0}, "head")
     total = source.steps * epochs
-    settings = FinetuneSettings(steps=total, lr=lr, weight_decay=weight_decay,
-                                warmup_steps=int(round(warmup_fraction * total)), clip_grad_norm=clip_grad_norm,
-                                accum_steps=accum_steps, precision=ws.precision, max_loss=max_loss, seed=seed)
+    settings = FinetuneSettings.for_run(total, lr, weight_decay, warmup_fraction, clip_grad_norm, accum_steps,
+                                        ws.precision, max_loss, seed)
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
     history = []
     for epoch in range(1, epochs + 1):

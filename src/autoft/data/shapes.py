@@ -426,6 +426,13 @@ def shapes_task(seed: int = 0, n_train: int = 2000, n_val: int = 500, n_test: in
     test_cue: the same for the OOD domains (None: backgrounds independent of the class).
     root: ignored (the world needs no files); accepted so the dataset config schema stays uniform.
     """
+    for k, v in dict(n_train=n_train, n_val=n_val, n_test=n_test, ood_val_size=ood_val_size).items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"dataset.task.{k}={v}: must be an integer >= 1")
+    for k, v in dict(cue=cue, test_cue=test_cue).items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+            raise UserError(f"dataset.task.{k}={v}: must be a probability in [0, 1]"
+                            + (" or null" if k == "test_cue" else ""))
     for d in [id_domain, ood_val_domain, *test_domains]:
         if d not in DOMAINS:
             raise UserError(f"dataset.task: unknown shapes domain '{d}'; valid: {', '.join(DOMAINS)}")

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from autoft.data.base import Split, Task
+from autoft.errors import UserError
 
 
 class RandomImages(Dataset):
@@ -26,6 +27,11 @@ class RandomImages(Dataset):
 
 def synthetic_task(num_classes: int = 10, image_size: int = 224, n_train: int = 2560, n_val: int = 256,
                    n_ood_val: int = 512, n_test: int = 256, seed: int = 0) -> Task:
+    sizes = dict(image_size=image_size, n_train=n_train, n_val=n_val, n_ood_val=n_ood_val, n_test=n_test)
+    for k, v in {**sizes, "num_classes": num_classes}.items():
+        low = 2 if k == "num_classes" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise UserError(f"dataset.task.{k}={v}: must be an integer >= {low}")
     def split(name: str, n: int, stream: int) -> Split:
         data = RandomImages(n, image_size, num_classes, seed * 10 + stream)
         return Split(name, data, data.labels)

@@ -64,9 +64,23 @@ def load_checkpoint(path: str | Path) -> ClipBundle:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_custom_clip(payload["config"])
-    model.load_state_dict(payload["state_dict"])
+    fix = ("point model.checkpoint at a CLIP checkpoint written by autoft.models.clip.save_checkpoint (e.g. by "
+           "scripts/build_foundation.py), or rebuild it; a final run's model.pt holds a classifier, not a CLIP checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, corrupt or not a torch file at all
+        raise UserError(f"model checkpoint {path} cannot be read ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:160]}); {fix}") from None
+    if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
+        raise UserError(f"model checkpoint {path} is not an autoft CLIP checkpoint (it lacks 'config' and "
+                        f"'state_dict'); {fix}")
+    try:
+        model = build_custom_clip(payload["config"])
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:  # another architecture's weights
+        first = " ".join(str(err).split())[:200]
+        raise UserError(f"model checkpoint {path} does not match the architecture its config describes "
+                        f"({type(err).__name__}: {first}); {fix}") from None
     ctx = payload["config"]["text_cfg"].get("context_length", 77)
     tokenizer = (WordTokenizer(payload["vocab"], ctx) if payload.get("vocab") is not None
                  else open_clip.get_tokenizer("ViT-B-32", context_length=ctx))

@@ -119,6 +119,10 @@ def problems_of(data: object) -> list[str]:
     return out
 
 
+_RERUN = ("rerun the final run that wrote it (same dataset, model, method and seed) to rewrite it, or move its "
+          "directory out of the results folder")
+
+
 def read_result(path: Path) -> RunResult:
     """One results file; raises ResultsError naming the file and what is wrong with it."""
     try:
@@ -126,10 +130,10 @@ def read_result(path: Path) -> RunResult:
     except FileNotFoundError:
         raise ResultsError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ResultsError(f"{path}: corrupt JSON ({err})") from None
+        raise ResultsError(f"{path}: corrupt JSON ({err}); {_RERUN}") from None
     bad = problems_of(data)
     if bad:
-        raise ResultsError(f"{path}: {'; '.join(bad)}")
+        raise ResultsError(f"{path}: {'; '.join(bad)}; {_RERUN}")
     return RunResult(Path(path), data)
 
 

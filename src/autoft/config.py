@@ -1,0 +1,632 @@
+"""The config schema: one dataclass per config group, registered in Hydra's ConfigStore, and the one
+function that checks values, ranges and cross-field rules before any work (`validate`).
+
+Types and key names are checked by Hydra when the config is composed (conf/config.yaml lists
+`base_config` first, so every group is merged into its schema: a misspelt key or a string for a
+number stops composition). Ranges and rules that span keys are checked by `validate(cfg)`, which
+`autoft.cli.run` (and train.py, before its heavy imports) calls first. Every value's allowed range
+is written once, in the comment beside its field below.
+
+This module imports only the standard library, OmegaConf and Hydra's ConfigStore: a bad config is
+refused in a second, before torch is imported.
+"""
+import ast
+import importlib
+import importlib.util
+import inspect
+import math
+import re
+import sys
+from dataclasses import dataclass, field, fields, is_dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from autoft.errors import UserError
+
+# names the schema checks against; tests/test_configs.py proves they equal the library's own lists
+METRIC_NAMES = ("accuracy", "macro_f1", "worst_group_accuracy")            # = autoft.metrics.METRICS
+SHAPES_DOMAINS = ("studio", "garden", "snow", "night", "fog", "clutter",   # = autoft.data.shapes.DOMAINS
+                  "sketch", "outline", "texture")
+CAPTION_NAMES = ("latin", "english")                                        # = wilds_tasks.IWILDCAM_CAPTION_NAMES
+IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")  # = imagenet.IMAGENET_TESTS
+WANDB_MODES = ("auto", "online", "offline", "disabled")                     # = wandb_logger.MODES
+
+
+# ----------------------------------------------------------------------------------------------
+# the schema
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LossWeightsConf:
+    """Weights of the nine loss terms (docs/design.md section 3): each a finite number >= 0."""
+    ce: float = 1.0        # fixed, never searched (the final run always uses the config's ce)
+    hinge: float = 0.0
+    entropy: float = 0.0
+    dcm: float = 0.0
+    flyp: float = 0.0
+    l1init: float = 0.0
+    l2init: float = 0.0
+    l1zero: float = 0.0
+    l2zero: float = 0.0
+
+
+LOSS_TERMS = tuple(f.name for f in fields(LossWeightsConf))  # = autoft.losses.LOSS_NAMES
+
+
+@dataclass
+class MethodConf:
+    name: str = MISSING                  # the method's name in results and tables
+    loss_weights: LossWeightsConf = field(default_factory=LossWeightsConf)
+    trainable: str = "all"               # all (both towers, head, logit scale) | head (linear probe)
+    train: bool = True                   # false: evaluate the zero-shot model as it is
+    lr_mult: float = 1.0                 # > 0: the lr is trainer.base_lr x trainer.lr_scale x lr_mult
+    lp_epochs: int = 0                   # >= 0: LP-FT's head-only epochs before full fine-tuning
+    lp_lr_mult: float = 1.0              # > 0: the probe stage's lr multiplier (LP-FT)
+    refresh_head: bool = False           # rebuild the zero-shot head from the text tower before each evaluation (FLYP)
+    search_losses: Optional[List[str]] = None  # null, or a subset of the eight searchable terms (all but ce)
+
+
+@dataclass
+class TrainerConf:
+    batch_size: int = MISSING            # >= 1: the total batch of one optimiser step; accum_steps must divide it
+    eval_batch_size: int = 512           # >= 1
+    inner_steps: int = MISSING           # >= 1: optimiser steps of one search trial
+    epochs: int = MISSING                # >= 1 for a final run that trains (>= 0 otherwise)
+    base_lr: float = MISSING             # > 0, finite
+    lr_scale: float = 1.0                # > 0, finite: peak lr = base_lr x lr_scale
+    weight_decay: float = MISSING        # >= 0, finite
+    warmup_fraction: float = 0.1         # in [0, 1): linear warm-up over this share of the run's steps
+    clip_grad_norm: Optional[float] = None  # null (no clipping) or > 0
+    accum_steps: int = 1                 # >= 1 and divides batch_size: micro-batches per optimiser step
+    precision: str = "auto"              # auto | fp32 | bf16
+    num_workers: int = 4                 # >= 0: DataLoader workers
+    max_loss: float = 1.0e4              # > 0: a loss above this (or NaN/inf) fails the run as diverged
+    compile: bool = False                # torch.compile the classifier once per process
+    channels_last: Any = "auto"          # auto | true | false
+
+
+@dataclass
+class DatasetConf:
+    name: str = MISSING                  # the dataset's name in results, tables and output paths
+    # arguments of the task builder named by task._target_; their keys are checked against the
+    # builder's signature, their values by the per-argument rules in TASK_ARGUMENT_RULES below
+    task: Dict[str, Any] = MISSING
+    metric: str = MISSING                # one of METRIC_NAMES: the search objective and the OOD columns
+    id_test_metrics: Optional[List[str]] = None  # null (= [metric]) or metric names: the tables' ID columns
+    higher_is_better: bool = True
+    base_lr: float = MISSING             # > 0, finite
+    weight_decay: float = MISSING        # >= 0, finite
+    clip_grad_norm: Optional[float] = None  # null or > 0
+    batch_size: int = MISSING            # >= 1
+    inner_steps: int = MISSING           # >= 1
+    final_epochs: int = MISSING          # >= 0
+    passes_per_epoch: int = 1            # >= 1: passes over the images in one final-run epoch
+    n_trials: int = MISSING              # >= 1: the search's total number of trials
+
+
+@dataclass
+class ModelConf:
+    # exactly one source: arch (+ pretrained), custom, or checkpoint
+    name: str = MISSING                  # the model's name in results, tables and output paths
+    arch: Optional[str] = None           # an open_clip registry name, e.g. ViT-B-16
+    pretrained: Optional[str] = None     # an open_clip tag of arch (e.g. openai) or a weights file; needs arch
+    custom: Optional[Dict[str, Any]] = None  # an open_clip CLIP config (embed_dim, vision_cfg, text_cfg)
+    checkpoint: Optional[str] = None     # a file written by autoft.models.clip.save_checkpoint (must exist)
+    cache_dir: Optional[str] = None      # where open_clip caches downloaded weights (null: the hub's default)
+    quick_gelu: Optional[bool] = None    # null: what the pretrained tag was trained with
+    for_tasks: Optional[List[str]] = None  # null, or the task builder targets this model may be used with
+    build_command: Optional[str] = None  # how to build the checkpoint (shown when it is missing)
+    build: Optional[Dict[str, Any]] = None  # settings of build_command (scripts/build_foundation.py)
+
+
+@dataclass
+class LoggerConf:
+    wandb: bool = False                  # true: one W&B run per trial and per final run
+    project: str = "autoft"
+    entity: Optional[str] = None
+    mode: str = "auto"                   # one of WANDB_MODES
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None            # parent of the wandb/ folder; null: the run's output directory
+
+
+@dataclass
+class RootConf:
+    model: ModelConf = MISSING
+    dataset: DatasetConf = MISSING
+    method: MethodConf = MISSING
+    trainer: TrainerConf = MISSING
+    logger: LoggerConf = MISSING
+    search: Any = None                   # the search group (conf/search): checked by the sweeper
+    phase: str = "final"                 # search | final
+    seed: int = 0                        # >= 0
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N with N < the number of GPUs
+    data_root: str = "data"
+    cache_dir: str = MISSING
+    hparams: Optional[str] = None        # null, or a readable best_hparams.yaml (final phase)
+
+
+GROUP_SCHEMAS = {"model": ModelConf, "dataset": DatasetConf, "method": MethodConf, "trainer": TrainerConf,
+                 "logger": LoggerConf}
+PHASES = ("search", "final")
+TRAINABLE = ("all", "head")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def register() -> None:
+    """Register the schemas in Hydra's ConfigStore: `base_config` (the primary config's schema) and
+    `<group>/base_<group>` (usable as `defaults: [base_<group>, _self_]` in a group's YAML)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RootConf)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=group, name=f"base_{group}", node=schema)
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset.task: keys from the builder's signature, values from per-argument rules
+# ----------------------------------------------------------------------------------------------
+def _check_positive_int(v) -> Optional[str]:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else "an integer >= 1"
+
+
+def _check_optional_positive_int(v) -> Optional[str]:
+    return None if v is None or _check_positive_int(v) is None else "null or an integer >= 1"
+
+
+def _check_seed(v) -> Optional[str]:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "an integer >= 0"
+
+
+def _check_probability(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= float(v) <= 1.0
+    return None if ok else "a probability in [0, 1]"
+
+
+def _check_optional_probability(v) -> Optional[str]:
+    return None if v is None or _check_probability(v) is None else "null or a probability in [0, 1]"
+
+
+def _check_open_fraction(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0
+    return None if ok else "a fraction in (0, 1)"
+
+
+def _check_severity(v) -> Optional[str]:
+    return None if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5 else "an integer in 1..5"
+
+
+def _one_of(valid):
+    def check(v) -> Optional[str]:
+        return None if v in valid else f"one of {', '.join(valid)}"
+    return check
+
+
+def _subset_of(valid):
+    def check(v) -> Optional[str]:
+        ok = isinstance(v, (list, tuple)) and all(x in valid for x in v)
+        return None if ok else f"a list of {', '.join(valid)}"
+    return check
+
+
+# Allowed values of the task builders' arguments, by argument name (the same name means the same
+# thing in every builder). Keys not listed are checked by the builder itself.
+TASK_ARGUMENT_RULES = {
+    "n_train": _check_positive_int, "n_val": _check_positive_int, "n_test": _check_positive_int,
+    "n_ood_val": _check_positive_int, "image_size": _check_positive_int,
+    "num_classes": lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 2 else "an integer >= 2",
+    "ood_val_size": _check_optional_positive_int,
+    "seed": _check_seed, "subset_seed": _check_seed, "split_seed": _check_seed,
+    "cue": _check_probability,                     # P(background colour = the class's own) in the ID domain
+    "test_cue": _check_optional_probability,       # the same in the OOD domains (null: independent)
+    "id_val_fraction": _check_open_fraction,
+    "severity": _check_severity,
+    "caption_names": _one_of(CAPTION_NAMES),
+    "metric": _one_of(METRIC_NAMES),
+}
+SHAPES_TARGET = "autoft.data.shapes.shapes_task"
+IMAGENET_TARGET = "autoft.data.imagenet.imagenet"
+
+
+@dataclass(frozen=True)
+class BuilderSignature:
+    params: tuple        # every named parameter
+    required: tuple      # parameters without a default
+    var_keyword: bool    # accepts **kwargs
+
+
+def _signature_from_ast(path: str, name: str) -> Optional[BuilderSignature]:
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            a = node.args
+            positional = [*a.posonlyargs, *a.args]
+            n_req = len(positional) - len(a.defaults)
+            required = [p.arg for p in positional[:n_req]]
+            required += [p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
+            return BuilderSignature(tuple(p.arg for p in [*positional, *a.kwonlyargs]), tuple(required),
+                                    a.kwarg is not None)
+    return None
+
+
+@lru_cache(maxsize=None)
+def builder_signature(target: str) -> BuilderSignature:
+    """The parameters of a `_target_` (module.function). Read from the module's source when it is
+    not imported yet (no heavy imports); otherwise, or for classes and re-exports, from
+    inspect.signature."""
+    module_name, _, attr = target.rpartition(".")
+    if not module_name:
+        raise UserError(f"dataset.task._target_={target}: not a dotted path module.function")
+    if module_name not in sys.modules:
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise UserError(f"dataset.task._target_={target}: no module named {module_name}; "
+                            f"it must name a task builder, e.g. {SHAPES_TARGET}")
+        if spec.origin and spec.origin.endswith(".py"):
+            sig = _signature_from_ast(spec.origin, attr)
+            if sig is not None:
+                return sig
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"dataset.task._target_={target} does not resolve ({type(err).__name__}: {err}); "
+                        f"it must name a task builder, e.g. {SHAPES_TARGET}") from None
+    params = inspect.signature(obj).parameters.values()
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return BuilderSignature(tuple(p.name for p in named), tuple(p.name for p in named if p.default is p.empty),
+                            any(p.kind == p.VAR_KEYWORD for p in params))
+
+
+def _task_problems(task) -> list[str]:
+    if not isinstance(task, (dict, DictConfig)):
+        return [f"dataset.task={task}: must be a mapping with _target_ (a task builder) and its arguments"]
+    target = task.get("_target_")
+    if not isinstance(target, str) or not target:
+        return ["dataset.task._target_ is missing: name the task builder, e.g. _target_: " + SHAPES_TARGET]
+    sig = builder_signature(target)
+    keys = [k for k in task.keys() if not str(k).startswith("_")]
+    problems = []
+    unknown = [k for k in keys if k not in sig.params]
+    if unknown and not sig.var_keyword:
+        problems.append(f"dataset.task: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(str, unknown))} "
+                        f"for {target}; valid keys: {', '.join(sig.params)}")
+    missing = [p for p in sig.required if p not in keys]
+    if missing:
+        problems.append(f"dataset.task: {target} needs {', '.join(missing)}; add dataset.task.{missing[0]}=...")
+    for k in keys:
+        rule = TASK_ARGUMENT_RULES.get(k)
+        value = task.get(k)
+        if rule is not None and k in sig.params:
+            allowed = rule(_plain(value))
+            if allowed:
+                problems.append(f"dataset.task.{k}={_show(value)}: must be {allowed}")
+    if target == SHAPES_TARGET:
+        problems += _shapes_domain_problems(task)
+    if target == IMAGENET_TARGET and "tests" in keys:
+        allowed = _subset_of(IMAGENET_TESTS)(_plain(task.get("tests")))
+        if allowed:
+            problems.append(f"dataset.task.tests={_show(task.get('tests'))}: must be {allowed}")
+    return problems
+
+
+def _shapes_domain_problems(task) -> list[str]:
+    problems = []
+    domains = {}
+    for k, default in (("id_domain", "studio"), ("ood_val_domain", "garden")):
+        domains[k] = _plain(task.get(k, default))
+        if domains[k] not in SHAPES_DOMAINS:
+            problems.append(f"dataset.task.{k}={_show(domains[k])}: not a shapes domain; valid: {', '.join(SHAPES_DOMAINS)}")
+    tests = _plain(task.get("test_domains", ["snow", "night", "fog", "clutter"]))
+    if not isinstance(tests, list) or not tests or any(d not in SHAPES_DOMAINS for d in tests):
+        problems.append(f"dataset.task.test_domains={_show(tests)}: must be a non-empty list of shapes domains; "
+                        f"valid: {', '.join(SHAPES_DOMAINS)}")
+    elif not problems:
+        every = [domains["id_domain"], domains["ood_val_domain"], *tests]
+        if len(set(every)) != len(every):
+            problems.append(f"dataset.task: id_domain={domains['id_domain']}, ood_val_domain={domains['ood_val_domain']} "
+                            f"and test_domains={_show(tests)} must all differ")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# validate
+# ----------------------------------------------------------------------------------------------
+def _plain(value):
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _show(value) -> str:
+    value = _plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+class _Checker:
+    def __init__(self):
+        self.problems: list[str] = []
+
+    def need(self, ok: bool, key: str, value, allowed: str) -> bool:
+        if not ok:
+            self.problems.append(f"{key}={_show(value)}: must be {allowed}")
+        return ok
+
+    def int_at_least(self, node, key: str, prefix: str, low: int) -> None:
+        v = node.get(key)
+        self.need(isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{prefix}.{key}", v,
+                  f"an integer >= {low}")
+
+    def positive(self, node, key: str, prefix: str) -> None:
+        v = node.get(key)
+        self.need(_number(v) and v > 0, f"{prefix}.{key}", v, "a finite number > 0")
+
+    def non_negative(self, node, key: str, prefix: str) -> None:
+        v = node.get(key)
+        self.need(_number(v) and v >= 0, f"{prefix}.{key}", v, "a finite number >= 0")
+
+    def optional_positive(self, node, key: str, prefix: str) -> None:
+        v = node.get(key)
+        self.need(v is None or (_number(v) and v > 0), f"{prefix}.{key}", v, "null (none) or a number > 0")
+
+    def one_of(self, node, key: str, prefix: str, valid) -> None:
+        v = node.get(key)
+        self.need(v in valid, f"{prefix}.{key}", v, f"one of {', '.join(map(str, valid))}")
+
+
+def _device_problem(device) -> Optional[str]:
+    name = str(device)
+    if name in ("auto", "cpu"):
+        return None
+    m = re.fullmatch(r"cuda(?::(\d+))?", name)
+    if not m:
+        return f"device={name}: must be auto, cpu, cuda or cuda:N (N < the number of GPUs)"
+    import torch  # only for a CUDA device: the CPU paths stay free of the import
+
+    if not torch.cuda.is_available():
+        return f"device={name}: CUDA is not available here; use device=cpu or device=auto"
+    n = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        return f"device={name}: this machine has {n} GPU{'s' if n != 1 else ''} (cuda:0..cuda:{n - 1}); use one of them or device=auto"
+    return None
+
+
+HPARAMS_KEYS = ("loss_weights", "lr_scale", "weight_decay")
+
+
+def read_hparams(path) -> dict:
+    """A best_hparams.yaml, checked: a readable YAML mapping whose loss weights are known terms with
+    finite values >= 0, lr_scale > 0 and weight_decay >= 0. Other keys (objective, trial, ...) are
+    records and are ignored."""
+    path = Path(path)
+    fix = "pass the best_hparams.yaml a search wrote (rerunning the search command rewrites it)"
+    if not path.is_file():
+        raise UserError(f"hparams={path}: file not found; {fix}")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as err:  # yaml.YAMLError, UnicodeDecodeError, interpolation errors
+        detail = " ".join(str(err).split())[:200]
+        raise UserError(f"hparams={path}: not a readable YAML file ({type(err).__name__}: {detail}); {fix}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"hparams={path}: holds {type(data).__name__}, not a mapping with "
+                        f"{', '.join(HPARAMS_KEYS)}; {fix}")
+    problems = []
+    weights = data.get("loss_weights", {})
+    if not isinstance(weights, dict):
+        problems.append(f"loss_weights={_show(weights)}: must be a mapping of loss terms to weights")
+    else:
+        for k, w in weights.items():
+            if k not in LOSS_TERMS:
+                problems.append(f"loss_weights.{k}: unknown loss term; valid: {', '.join(LOSS_TERMS)}")
+            elif not (_number(w) and w >= 0):
+                problems.append(f"loss_weights.{k}={_show(w)}: must be a finite number >= 0")
+    if "lr_scale" in data and not (_number(data["lr_scale"]) and data["lr_scale"] > 0):
+        problems.append(f"lr_scale={_show(data['lr_scale'])}: must be a finite number > 0")
+    if "weight_decay" in data and not (_number(data["weight_decay"]) and data["weight_decay"] >= 0):
+        problems.append(f"weight_decay={_show(data['weight_decay'])}: must be a finite number >= 0")
+    if problems:
+        raise UserError(f"hparams={path}: " + "; ".join(problems) + f"; {fix}")
+    return data
+
+
+def model_fit_problem(cfg) -> Optional[str]:
+    """A model built for one task family (model.for_tasks: task builder targets) refuses the others:
+    the embedded shapes model knows 48 words and 32-px images, and would score any real dataset
+    without complaint, only meaninglessly."""
+    allowed = cfg.model.get("for_tasks")
+    target = cfg.dataset.task.get("_target_") if isinstance(cfg.dataset.get("task"), (dict, DictConfig)) else None
+    if allowed and target not in allowed:
+        return (f"model={cfg.model.name} was built for {', '.join(allowed)} only, but dataset={cfg.dataset.name} "
+                f"is built by {target}. Pick a backbone for it, e.g. model=vit_b16 (the paper's CLIP ViT-B/16) "
+                f"or model=tiny_vit (tiny, random weights, for smoke runs)")
+    return None
+
+
+def problems(cfg: DictConfig) -> list[str]:
+    """Every problem of a composed config, as `key=value: must be ...` lines (empty: valid)."""
+    c = _Checker()
+    try:
+        copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as err:
+        return [f"the config does not resolve: {' '.join(str(err).split())}"]
+    for group in ("model", "dataset", "method", "trainer", "logger"):
+        if not isinstance(copy.get(group), DictConfig):
+            c.problems.append(f"{group}: missing; choose one with {group}=<name>")
+    if c.problems:
+        return c.problems
+    # keys added with +key=value bypass Hydra's schema check: refuse them here
+    c.problems += unknown_keys(copy)
+    c.need(copy.phase in PHASES, "phase", copy.phase, "search or final")
+    c.need(isinstance(copy.seed, int) and not isinstance(copy.seed, bool) and copy.seed >= 0, "seed", copy.seed,
+           "an integer >= 0")
+    device = _device_problem(copy.device)
+    if device:
+        c.problems.append(device)
+
+    t, ds, m, mo, lg = copy.trainer, copy.dataset, copy.method, copy.model, copy.logger
+    # trainer
+    for k in ("batch_size", "eval_batch_size", "inner_steps", "accum_steps"):
+        c.int_at_least(t, k, "trainer", 1)
+    final_trains = copy.phase == "final" and bool(m.get("train", True))
+    c.int_at_least(t, "epochs", "trainer", 1 if final_trains else 0)
+    c.int_at_least(t, "num_workers", "trainer", 0)
+    c.positive(t, "base_lr", "trainer")
+    c.positive(t, "lr_scale", "trainer")
+    c.non_negative(t, "weight_decay", "trainer")
+    c.positive(t, "max_loss", "trainer")
+    wf = t.get("warmup_fraction")
+    c.need(_number(wf) and 0 <= wf < 1, "trainer.warmup_fraction", wf, "a number in [0, 1)")
+    c.optional_positive(t, "clip_grad_norm", "trainer")
+    c.one_of(t, "precision", "trainer", PRECISIONS)
+    c.need(t.get("channels_last") in ("auto", True, False), "trainer.channels_last", t.get("channels_last"),
+           "auto, true or false")
+    b, a = t.get("batch_size"), t.get("accum_steps")
+    if isinstance(b, int) and isinstance(a, int) and b >= 1 and a >= 1 and b % a:
+        c.problems.append(f"trainer.accum_steps={a}: must divide trainer.batch_size={b} "
+                          f"(micro-batches of equal size); e.g. trainer.accum_steps={max(d for d in range(1, a + 1) if b % d == 0)}")
+
+    # dataset
+    c.one_of(ds, "metric", "dataset", METRIC_NAMES)
+    idm = ds.get("id_test_metrics")
+    c.need(idm is None or (len(idm) > 0 and all(x in METRIC_NAMES for x in idm)), "dataset.id_test_metrics", idm,
+           f"null or a non-empty list of {', '.join(METRIC_NAMES)}")
+    c.positive(ds, "base_lr", "dataset")
+    c.non_negative(ds, "weight_decay", "dataset")
+    c.optional_positive(ds, "clip_grad_norm", "dataset")
+    for k in ("batch_size", "inner_steps", "passes_per_epoch", "n_trials"):
+        c.int_at_least(ds, k, "dataset", 1)
+    c.int_at_least(ds, "final_epochs", "dataset", 0)
+    c.problems += _task_problems(ds.task)
+
+    # method
+    for k in LOSS_TERMS:
+        w = m.loss_weights.get(k)
+        c.need(_number(w) and w >= 0, f"method.loss_weights.{k}", w, "a finite number >= 0")
+    c.one_of(m, "trainable", "method", TRAINABLE)
+    c.positive(m, "lr_mult", "method")
+    c.positive(m, "lp_lr_mult", "method")
+    c.int_at_least(m, "lp_epochs", "method", 0)
+    sl = m.get("search_losses")
+    searchable = [x for x in LOSS_TERMS if x != "ce"]
+    c.need(sl is None or all(x in searchable for x in sl), "method.search_losses", sl,
+           f"null or a list of {', '.join(searchable)}")
+
+    # model: exactly one source
+    sources = [k for k in ("arch", "custom", "checkpoint") if mo.get(k)]
+    if len(sources) != 1:
+        c.problems.append(f"model={mo.get('name')}: set exactly one of model.arch (open_clip name), model.custom "
+                          f"(open_clip config) or model.checkpoint (a file); set: {', '.join(sources) or 'none'}")
+    if mo.get("pretrained") and not mo.get("arch"):
+        c.problems.append(f"model.pretrained={mo.pretrained}: needs model.arch (the open_clip name it belongs to)")
+    fit = model_fit_problem(copy)
+    if fit:
+        c.problems.append(fit)
+
+    # logger
+    c.one_of(lg, "mode", "logger", WANDB_MODES)
+    return c.problems
+
+
+def check_files(cfg: DictConfig) -> None:
+    """Files named by the config that every run reads: the hparams file and the model checkpoint."""
+    if cfg.get("hparams"):
+        read_hparams(cfg.hparams)
+    ckpt = cfg.model.get("checkpoint")
+    if ckpt and not Path(ckpt).is_file():
+        hint = cfg.model.get("build_command") or "point model.checkpoint at an existing file"
+        raise UserError(f"model.checkpoint={ckpt}: file not found. Build it with: {hint}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every value, range and cross-field rule of a composed config, and the files it names;
+    raise one UserError listing every problem. Runs before any data, model or study is touched."""
+    found = problems(cfg)
+    if found:
+        if len(found) == 1:
+            raise UserError(f"invalid config: {found[0]}")
+        raise UserError("invalid config:\n  - " + "\n  - ".join(found))
+    check_files(cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line keys (train.py): a misspelt key is named with the valid ones before Hydra composes
+# ----------------------------------------------------------------------------------------------
+
+
+def _schema_keys(path: list[str]) -> Optional[tuple[str, tuple]]:
+    """(where, valid keys) for the node a key path lands in, or None when that node is free-form."""
+    schema, where = RootConf, ""
+    for part in path[:-1]:
+        sub = {f.name: f for f in fields(schema)}.get(part)
+        if sub is None:
+            return None
+        if not is_dataclass(sub.type):
+            return None  # a free-form node (dataset.task, model.build, search, ...)
+        schema, where = sub.type, f"{where}.{part}" if where else part
+    return where, tuple(f.name for f in fields(schema))
+
+
+def unknown_keys(cfg) -> list[str]:
+    """`unknown key ...; valid keys of <node>: ...` for every key of a schema node that its
+    dataclass does not declare (free-form nodes such as dataset.task and search are skipped)."""
+    found = []
+
+    def walk(node, schema, where: str) -> None:
+        declared = {f.name: f for f in fields(schema)}
+        extra = [k for k in node.keys() if k not in declared]
+        if extra:
+            found.append(f"unknown config key{'s' if len(extra) > 1 else ''} "
+                         f"{', '.join((where + '.' if where else '') + str(k) for k in extra)}; "
+                         f"valid keys of {where or 'the root config'}: {', '.join(declared)}")
+        for k, f in declared.items():
+            if is_dataclass(f.type) and isinstance(node.get(k), (dict, DictConfig)):
+                walk(node.get(k), f.type, f"{where}.{k}" if where else k)
+
+    walk(cfg, RootConf, "")
+    return found
+
+
+def unknown_override(args: list[str]) -> Optional[str]:
+    """The message for the first command-line override (key=value, +key=value) whose key is not in
+    the schema, or None. Group choices (model=...), hydra.* and free-form nodes are left to Hydra."""
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if "@" in key or not re.fullmatch(r"[A-Za-z_][\w.]*", key) or "." not in key:
+            continue
+        path = key.split(".")
+        if path[0] == "hydra":
+            continue
+        found = _schema_keys(path)
+        if found is None:
+            continue
+        where, valid = found
+        if path[-1] not in valid:
+            close = [v for v in valid if _similar(v, path[-1])]
+            hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+            return f"unknown config key {key}{hint}; valid keys of {where}: {', '.join(valid)}"
+    return None
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
+
+
+register()
