@@ -6,7 +6,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "tests" / "apps" / "toy_app.py"
 SWEEP = Path("outputs/toy/toy/search-autoft")
-FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2"]
+# the toy app is not autoft: it has no use for autoft's pre-flight check (conf/search/autoft.yaml)
+FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2", "hydra.sweeper.preflight=null"]
 # the smallest train.py search that still trains: synthetic images, the tiny CLIP, CPU
 TINY = ["dataset=synthetic", "model=tiny_vit", "device=cpu", "dataset.inner_steps=2", "dataset.batch_size=8",
         "dataset.final_epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",

@@ -152,7 +152,8 @@ def test_worker_killed_mid_trial_then_rerun_finishes_exactly_n_trials(tmp_path):
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 4, "FAIL": 1}
     lost = study.trials[1]
-    assert lost.state.name == "FAIL" and "lost" in lost.user_attrs.get("fail_reason", "lost")
+    assert lost.state.name == "FAIL" and lost.user_attrs["fail_kind"] == "lost"
+    assert lost.user_attrs["fail_reason"].startswith("lost: ")
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     # the lost trial's parameters were retried, exactly once; no duplicated trial
     retried = [t for t in complete if t.user_attrs.get("retry_of") == 1]

@@ -5,17 +5,15 @@ Each test creates a fresh database and drops it afterwards.
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 
 from autoft.search.storage import normalize_url
+from sweep_helpers import APP, FAST
 
 pytestmark = pytest.mark.postgres
 
-REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "tests" / "apps" / "toy_app.py"
 
 
 @pytest.fixture
@@ -39,7 +37,7 @@ def pg_url():
 
 def test_two_concurrent_workers_share_one_study(tmp_path, pg_url):
     n = 8
-    cmd = [sys.executable, str(APP), "-m", "search=autoft", "hydra.sweeper.plots=false",
+    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST,
            "hydra.sweeper.poll_interval=0.2", f"hydra.sweeper.storage={pg_url}", f"dataset.n_trials={n}",
            "toy.sleep=0.1"]
     # separate working directories: the workers share nothing but the database

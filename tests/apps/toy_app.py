@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,15 @@ def seed_term(cfg: DictConfig, seed: int) -> float:
     return out
 
 
+def preflight(cfg: DictConfig) -> None:
+    """hydra.sweeper.preflight=toy_app.preflight: a check on the first trial's config."""
+    from autoft.errors import UserError
+
+    assert cfg.phase == "search" and "hydra" not in cfg
+    if cfg.toy.get("preflight_error"):
+        raise UserError(f"pre-flight: {cfg.toy.preflight_error}")
+
+
 @hydra.main(config_path="toy_conf", config_name="toy", version_base="1.3")
 def main(cfg: DictConfig):
     from autoft.errors import TrialDiverged, UserError
@@ -73,7 +83,10 @@ def main(cfg: DictConfig):
     target = sum(per_seed) / len(per_seed)
     steps = int(cfg.toy.steps)
     every = int(search.get("eval_every", 0) or 0)
+    if reporter.active:  # what the sweeper's thread budget gave this process (torch reads it at import)
+        reporter.set_user_attrs(omp_threads=os.environ.get("OMP_NUM_THREADS"))
     for step in range(1, steps + 1):
+        reporter.progress(step - 1, steps, min_interval=0)
         time.sleep(float(cfg.toy.sleep))
         if failure == "diverge" and step == 2:
             raise TrialDiverged(f"loss is nan at step {step}")
@@ -85,6 +98,16 @@ def main(cfg: DictConfig):
         raise RuntimeError("toy trial crashed on purpose")
     if failure == "user_error":
         raise UserError("toy.failure=user_error: dataset.root does not exist (a user's mistake)")
+    if failure == "wrapped_user_error":  # as a builder's UserError reaches the sweeper through Hydra
+        from hydra.errors import InstantiationException
+
+        try:
+            try:
+                raise UserError("toy.failure=wrapped_user_error: no such dataset split")
+            except UserError as inner:
+                raise InstantiationException("Error in call to target 'toy.Dataset'") from inner
+        except InstantiationException as mid:
+            raise RuntimeError("the trial could not build its data") from mid
     half = float(cfg.toy.ci_half_width)
     record = {"objective": target, "seeds": seeds, "per_seed": per_seed, "ci": [target - half, target + half]}
     out = Path(HydraConfig.get().runtime.output_dir)

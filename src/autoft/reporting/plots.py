@@ -13,8 +13,9 @@ without a display and leave a notebook's inline backend alone.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -177,4 +178,120 @@ def plot_studies(storage: str, out_dir: Path) -> list[Path]:
             p = fn(study, Path(out_dir) / f"search_{name}_{safe}.png")
             if p is not None:
                 written.append(p)
+    return written
+
+
+# ----------------------------------------------------------------------------- a study's own plots
+# (written by the autoft_optuna sweeper next to the study: <study dir>/plots/)
+
+def _save_atomic(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                 chosen: Optional[int] = None) -> Optional[Path]:
+    """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
+    the best so far, failed/pruned trials, and the re-evaluated candidates (fresh seeds, with their
+    interval) joined to their search score, so a lucky winner shows as a long drop."""
+    from matplotlib.figure import Figure
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    from autoft.search.outputs import finite
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value)]
+    if not done:
+        return None
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    x = [t.number for t in done]
+    y = [float(t.value) for t in done]
+
+    def err(values, lows, highs):
+        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
+        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
+        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
+
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
+    has_ci = any(a or b for a, b in zip(*yerr))
+    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
+                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
+    best, run = [], None
+    for v in y:
+        run = v if run is None else (max(run, v) if maximize else min(run, v))
+        best.append(run)
+    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
+    bad = [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    if bad:
+        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
+    by_number = {t.number: t for t in done}
+    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
+          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
+    if re:
+        rx = [n + 0.25 for n, _ in re]
+        ry = [float(r["value"]) for _, r in re]
+        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
+        for (n, _), yy in zip(re, ry):
+            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
+        seeds = re[0][1].get("seeds") or []
+        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
+                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
+    if chosen is not None and chosen in by_number:
+        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
+                   label=f"chosen: trial {chosen}", zorder=5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title(f"search history: {study.study_name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomic(fig, path)
+    return path
+
+
+def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                chosen: Optional[int] = None) -> list[Path]:
+    """Optimisation history (with intervals and re-evaluations), hyperparameter importances, parallel
+    coordinates (PNG)."""
+    if "matplotlib.pyplot" not in __import__("sys").modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    written = []
+    try:
+        p = plot_study_history(study, out_dir / "optimization_history.png", reevaluations, chosen)
+        if p is not None:
+            written.append(p)
+    except Exception as err:  # a plot must never fail a search
+        log.warning("plot optimization_history not written: %s", err)
+    plots = {"parallel_coordinate": ovm.plot_parallel_coordinate}
+    varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
+    if len(complete) >= 2 and varied:
+        plots["param_importances"] = ovm.plot_param_importances
+    for name, fn in plots.items():
+        try:
+            ax = fn(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
+            _save_atomic(fig, out_dir / f"{name}.png")
+            plt.close(fig)
+            written.append(out_dir / f"{name}.png")
+        except Exception as err:  # a plot must never fail a search
+            log.warning("plot %s not written: %s", name, err)
+            plt.close("all")
     return written

@@ -2,8 +2,12 @@
 
     method.loss_weights.hinge: tag(log, interval(1e-4, 10))   -> FloatDistribution(1e-4, 10, log=True)
     trainer.weight_decay: interval(0, 1)                      -> FloatDistribution(0, 1)
-    seed: tag(int, interval(0, 10))  or  range(0, 11)         -> IntDistribution(0, 10)
+    seed: tag(int, interval(0, 10))  or  int(interval(0, 10))  -> IntDistribution(0, 10)
+    seed: range(0, 11)   (stop excluded, as Python's range)   -> IntDistribution(0, 10)
+    x: range(0.5, 5.5, step=1)                                -> FloatDistribution(0.5, 4.5, step=1)
+    n: tag(log, int(interval(1, 100)))                        -> IntDistribution(1, 100, log=True)
     model: choice(a, b)   or   x=1,2,3 on the command line    -> CategoricalDistribution
+    k: shuffle(range(1, 4))                                   -> CategoricalDistribution([1, 2, 3])
     trainer.inner_steps: 50                                   -> fixed: passed to every trial
 
 Every mistake is a UserError naming the key, raised before any trial exists.
@@ -83,6 +87,8 @@ def _distribution(key: str, text: str, override) -> Any:
     log, is_int = "log" in tags, "int" in tags
     if isinstance(value, IntervalSweep):
         lo, hi = value.start, value.end
+        # int(interval(a, b)): Hydra's cast leaves int bounds (a plain interval has float bounds)
+        is_int = is_int or (isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool))
         if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
             raise _bad(key, text, "needs two finite bounds")
         if not lo < hi:
@@ -95,8 +101,16 @@ def _distribution(key: str, text: str, override) -> Any:
             return IntDistribution(int(lo), int(hi), log=log)
         return FloatDistribution(float(lo), float(hi), log=log)
     if isinstance(value, RangeSweep):
-        if value.shuffle:
-            raise _bad(key, text, "uses shuffle, which has no meaning in a search")
+        if value.shuffle:  # shuffle(range(...)): the order has no meaning in a search: its values as a choice
+            if log or is_int:
+                raise _bad(key, text, "is a shuffled range (a choice); tags log/int do not apply to it")
+            choices, x = [], value.start
+            while (value.step > 0 and x < value.stop) or (value.step < 0 and x > value.stop):
+                choices.append(x)
+                x = x + value.step
+            if not choices:
+                raise _bad(key, text, "is an empty range")
+            return CategoricalDistribution(choices)
         start, stop, step = value.start, value.stop, value.step
         if step is None or step <= 0:
             raise _bad(key, text, "needs a positive step")
@@ -212,6 +226,30 @@ def parse_space(params: Optional[Mapping[str, Any]], arguments: Sequence[str] = 
         else:
             space.fixed[key_text] = ov.get_value_element_as_str()
     return space, passthrough
+
+
+def grid_values(space: SearchSpace) -> dict:
+    """The grid a GridSampler walks: every searched key's values; UserError for a continuous one."""
+    from optuna.distributions import CategoricalDistribution
+
+    out = {}
+    for key, d in space.distributions.items():
+        if isinstance(d, CategoricalDistribution):
+            out[key] = list(d.choices)
+        elif getattr(d, "step", None) is not None and not d.log:
+            n = int(round((d.high - d.low) / d.step)) + 1
+            vals = [d.low + i * d.step for i in range(n)]
+            out[key] = [int(v) for v in vals] if isinstance(d.low, int) else [float(round(v, 12)) for v in vals]
+        else:
+            raise _bad(key, space.sources.get(key, "?"), "is continuous; the grid sampler needs a choice or a range")
+    return out
+
+
+def grid_size(space: SearchSpace) -> int:
+    n = 1
+    for values in grid_values(space).values():
+        n *= len(values)
+    return n
 
 
 def midpoint(dist) -> Any:

@@ -212,20 +212,37 @@ def has_claim_lock(url: str) -> bool:
     return kind in ("postgresql", "journal") or (kind == "sqlite" and sqlite_path(url) is not None)
 
 
-class Heartbeat:
-    """Keeps one RUNNING trial alive in the storage from a daemon thread until `stop()`."""
+PROGRESS_ATTR = "autoft:progress"  # trial system attribute: the task's last reported step
 
-    def __init__(self, storage, trial_id: int, interval: float):
+
+class Heartbeat:
+    """Keeps one RUNNING trial alive in the storage from a daemon thread until `stop()`.
+
+    It also watches itself: a beat that comes much later than its interval means the machine is
+    overloaded (too many threads per core), which is logged; and every `progress_interval` seconds
+    it logs how long the trial has run, its last heartbeat and the step the task last reported
+    (`TrialReporter.progress`), so a slow trial and a stuck one can be told apart.
+    """
+
+    def __init__(self, storage, trial_id: int, interval: float, *, label: str = "",
+                 progress_interval: float = 0.0, grace_period: Optional[float] = None):
         self.storage, self.trial_id, self.interval = storage, trial_id, max(float(interval), 0.1)
+        self.label = label or f"trial id {trial_id}"
+        self.progress_interval = float(progress_interval or 0.0)
+        self.grace_period = grace_period
         self.rdb = uses_rdb_heartbeat(storage)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.started = time.time()
+        self.last_beat: Optional[float] = None
+        self._last_log = self.started
 
     def beat(self) -> None:
         if self.rdb:
             self.storage.record_heartbeat(self.trial_id)
         else:
             self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        self.last_beat = time.time()
 
     def start(self) -> "Heartbeat":
         self.beat()
@@ -236,15 +253,62 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            now = time.time()
+            late = now - (self.last_beat or now) - self.interval
+            if self.grace_period and late > 0.5 * (self.grace_period - self.interval):
+                log.warning("%s: heartbeat %.0fs late (the machine is overloaded; lower hydra.sweeper.threads or "
+                            "run fewer workers); other workers declare it lost %ss after its last beat",
+                            self.label, late, self.grace_period)
             try:
                 self.beat()
             except Exception as err:  # a finished trial or a storage hiccup: try again next time
                 log.debug("heartbeat of trial id %s failed: %s", self.trial_id, err)
+            if self.progress_interval and time.time() - self._last_log >= self.progress_interval:
+                self._last_log = time.time()
+                self.log_progress()
+
+    def log_progress(self) -> None:
+        now = time.time()
+        what = ""
+        try:
+            p = self.storage.get_trial_system_attrs(self.trial_id).get(PROGRESS_ATTR)
+            if isinstance(p, dict) and p.get("step") is not None:
+                total = f"/{p['total']}" if p.get("total") else ""
+                what = f", step {p['step']}{total} reported {now - float(p.get('time', now)):.0f}s ago"
+            else:
+                what = ", no step reported yet"
+        except Exception:  # noqa: BLE001 (a log line only)
+            pass
+        beat = f"{now - self.last_beat:.0f}s ago" if self.last_beat else "never"
+        log.info("%s running for %.0fs, last heartbeat %s%s", self.label, now - self.started, beat, what)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+
+def stale_trial_ids(study) -> list[int]:
+    """RUNNING trials whose RDB heartbeat is older than the grace period (database clock)."""
+    storage = study._storage
+    if not uses_rdb_heartbeat(storage):
+        return []
+    return list(storage._get_stale_trial_ids(study._study_id))
+
+
+def worker_alive_here(worker: Optional[str]) -> bool:
+    """Whether a trial's `worker` tag (host:pid) names a process alive on this machine: a
+    starved heartbeat of a live local worker is a slow trial, not a lost one."""
+    import socket
+
+    from autoft.search.workers import pid_alive
+
+    if not worker or ":" not in str(worker):
+        return False
+    host, _, pid = str(worker).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or pid_alive(int(pid))
 
 
 def pid_tag() -> str:

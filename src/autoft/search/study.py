@@ -77,19 +77,32 @@ def study_name_for(config, fp: str) -> str:
     return f"{stem}-{fp}"
 
 
-def direction_for(direction: Optional[str], config) -> str:
+def direction_for(direction: Any, config) -> Any:
+    """'maximize' | 'minimize', or a list of them for a multi-objective study. Null: from
+    dataset.higher_is_better, else 'minimize' (hydra-optuna-sweeper's default)."""
     if direction is not None:
-        d = str(direction).lower()
-        if d not in ("maximize", "minimize"):
-            raise UserError(f"hydra.sweeper.direction must be maximize or minimize (or null), got '{direction}'")
-        return d
+        many = isinstance(direction, (list, tuple)) or type(direction).__name__ == "ListConfig"
+        items = list(direction) if many else [direction]
+        out = []
+        for d in items:
+            d = str(getattr(d, "name", d)).lower()  # a Direction enum too
+            if d not in ("maximize", "minimize"):
+                raise UserError(f"hydra.sweeper.direction must be maximize or minimize (or a list of them, or null), "
+                                f"got '{direction}'")
+            out.append(d)
+        if many and not out:
+            raise UserError("hydra.sweeper.direction is an empty list")
+        return out if many and len(out) > 1 else out[0]
     from omegaconf import OmegaConf
 
     hib = OmegaConf.select(config, "dataset.higher_is_better", default=None)
     if hib is None:
-        raise UserError("hydra.sweeper.direction is null and the config has no dataset.higher_is_better; "
-                        "set one of them")
+        return "minimize"
     return "maximize" if bool(hib) else "minimize"
+
+
+def directions_of(direction: Any) -> list[str]:
+    return list(direction) if isinstance(direction, (list, tuple)) else [direction]
 
 
 def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, Any], sampler=None,
@@ -104,8 +117,8 @@ def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, 
 
     created = False
     try:
-        storage.create_new_study([StudyDirection.MAXIMIZE if direction == "maximize" else StudyDirection.MINIMIZE],
-                                 study_name=name)
+        storage.create_new_study([StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE
+                                  for d in directions_of(direction)], study_name=name)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         pass
@@ -114,7 +127,8 @@ def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, 
         for k, v in {FINGERPRINT_ATTR: fp, **attrs}.items():
             study.set_user_attr(k, v)
     else:
-        have = study.direction.name.lower()
+        have_list = [d.name.lower() for d in study.directions]
+        have = have_list if len(have_list) > 1 else have_list[0]
         old = study.user_attrs.get(FINGERPRINT_ATTR)
         if have != direction or (old is not None and old != fp):
             what = f"direction {have}" if have != direction else f"fingerprint {old}"
@@ -207,16 +221,20 @@ class RetryLost:
 
 
 def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
-    """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many."""
+    """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many.
+
+    Stale means no heartbeat for `grace_period` seconds (RDB: the database's clock; journal: our
+    own heartbeat attribute). A stale trial whose worker is a process still alive on this machine
+    is not failed: its heartbeat thread was starved by an overloaded CPU, the trial is slow, not lost.
+    """
     import optuna
-    from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
+    from autoft.search.storage import stale_trial_ids, worker_alive_here
+
     storage = study._storage
-    before = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    fail_stale_trials(study)  # RDB heartbeat (database clock); runs `retry` on each trial it fails
-    n = len({t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))} - before)
     now = time.time()
+    candidates = list(stale_trial_ids(study))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = t.system_attrs.get(HEARTBEAT_ATTR)
         started = t.datetime_start.timestamp() if t.datetime_start else now
@@ -225,18 +243,28 @@ def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
         else:
             # never got a heartbeat: its worker died between ask and heartbeat start
             stale = not t.system_attrs.get(ALIVE_ATTR) and now - started > 2 * grace_period
-        if not stale:
+        if stale and t._trial_id not in candidates:
+            candidates.append(t._trial_id)
+    n = 0
+    for trial_id in candidates:
+        t = storage.get_trial(trial_id)
+        if t.state != TrialState.RUNNING:
+            continue
+        if worker_alive_here(t.user_attrs.get("worker")):
+            log.warning("trial %d has had no heartbeat for over %ss but its worker %s is alive on this machine: "
+                        "slow (overloaded CPU), not lost; left running", t.number, grace_period,
+                        t.user_attrs.get("worker"))
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "lost: its worker stopped sending heartbeats "
-                                                                  "(killed or crashed)")
-            storage.set_trial_user_attr(t._trial_id, FAIL_KIND, "lost")
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id, FAIL_REASON, "lost: its worker stopped sending heartbeats "
+                                                               "(killed or crashed)")
+            storage.set_trial_user_attr(trial_id, FAIL_KIND, "lost")
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first, or it just finished
         n += 1
-        retry(study, storage.get_trial(t._trial_id))
+        retry(study, storage.get_trial(trial_id))
     return n
 
 
@@ -248,24 +276,52 @@ def _seed_for(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(number)]).generate_state(1)[0])
 
 
-def make_sampler(spec: Optional[Mapping]):
+# samplers whose draws follow from the study's state and one fixed seed: never re-seeded per trial
+_FIXED_SEED = ("GridSampler", "QMCSampler", "BruteForceSampler")
+
+
+def make_sampler(spec: Optional[Mapping], grid_space: Optional[Mapping] = None):
     """The sampler the config names. A seeded sampler is re-seeded for every trial from
     (seed, trial number): reproducible in one worker, and concurrent or resumed workers never
-    replay each other's random draws (which one shared seed would do)."""
+    replay each other's random draws (which one shared seed would do). Grid, QMC and brute-force
+    samplers keep their one seed (their sequence is the point). A grid sampler without
+    `search_space` gets `grid_space` (built from hydra.sweeper.params)."""
     import optuna
     from hydra.utils import instantiate
 
     spec = dict(spec or {"_target_": "optuna.samplers.TPESampler"})
+    target = str(spec.get("_target_", ""))
+    if target.endswith("GridSampler") and spec.get("search_space") is None:
+        if grid_space is None:
+            raise UserError("hydra/sweeper/sampler=grid needs a grid: every searched parameter a choice or a range")
+        spec["search_space"] = {k: list(v) for k, v in grid_space.items()}
+    spec.setdefault("_convert_", "all")
     seed = spec.pop("seed", None)
     try:
-        if seed is None:
-            return instantiate(spec)
+        if seed is None or target.endswith(_FIXED_SEED):
+            sampler = instantiate(spec, seed=seed) if "seed" in _params_of(target) else instantiate(spec)
+            if not isinstance(sampler, optuna.samplers.BaseSampler):
+                raise UserError(f"hydra.sweeper.sampler._target_ {target} is not an Optuna sampler")
+            return TrialSeededSampler(lambda s: sampler, None, sampler)
         first = instantiate(spec, seed=_seed_for(seed, 0))
+    except UserError:
+        raise
     except Exception as err:
         raise UserError(f"hydra.sweeper.sampler cannot be built ({spec.get('_target_')}): {err}") from None
     if not isinstance(first, optuna.samplers.BaseSampler):
         raise UserError(f"hydra.sweeper.sampler._target_ {spec.get('_target_')} is not an Optuna sampler")
     return TrialSeededSampler(lambda s: instantiate(spec, seed=s), int(seed), first)
+
+
+def _params_of(target: str) -> set:
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(target)).parameters)
+    except Exception:  # noqa: BLE001 (instantiate reports the real problem)
+        return {"seed"}
 
 
 def _trial_seeded_sampler_class():
@@ -276,7 +332,8 @@ def _trial_seeded_sampler_class():
             self._factory, self._seed, self._inner = factory, seed, first
 
         def before_trial(self, study, trial):
-            self._inner = self._factory(_seed_for(self._seed, trial.number))
+            if self._seed is not None:
+                self._inner = self._factory(_seed_for(self._seed, trial.number))
             self._inner.before_trial(study, trial)
 
         def infer_relative_search_space(self, study, trial):
@@ -289,7 +346,11 @@ def _trial_seeded_sampler_class():
             return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
         def after_trial(self, study, trial, state, values):
-            self._inner.after_trial(study, trial, state, values)
+            try:
+                self._inner.after_trial(study, trial, state, values)
+            except RuntimeError as err:  # GridSampler calls study.stop() when the grid is done:
+                if "stop" not in str(err):  # only optimize() may stop; the sweeper counts the grid itself
+                    raise
 
         def reseed_rng(self):
             self._inner.reseed_rng()

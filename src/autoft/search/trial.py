@@ -3,9 +3,13 @@
     reporter = TrialReporter.from_config(cfg.search)   # a no-op outside a search
     reporter.report(step, ood_val_objective)           # raises optuna.TrialPruned when pruned
     reporter.set_user_attrs(id_val_accuracy=0.91)      # shown in trials.csv and optuna-dashboard
+    reporter.progress(step, total_steps)               # liveness: the sweeper logs the last step
 
-The sweeper passes the trial's identity as overrides (search.trial_id, search.study_name,
-search.storage); the reporter reopens the trial from the storage, so it works the same in the
+The sweeper passes the trial's identity to every trial as `hydra.sweeper.trial` ({id, number,
+study_name, storage}; read it with `HydraConfig.get().sweeper.trial`), and, when the app's config
+has a `search` block with these keys (autoft's train.py), also as search.trial_id, search.trial_number,
+search.study_name and search.storage; it never adds keys an app's config does not have. The
+reporter reopens the trial from the storage, so it works the same in the
 sweeper's process, in another process, or on another node (submitit). The pruner comes from
 `search.pruner`, the same config the sweeper validated.
 """
@@ -27,11 +31,15 @@ class TrialReporter:
         self._lost = False
 
     @classmethod
-    def from_config(cls, search: Optional[Mapping]) -> "TrialReporter":
+    def from_config(cls, search: Optional[Mapping] = None) -> "TrialReporter":
+        """From the `search` block (autoft), else from `hydra.sweeper.trial` (any Hydra app)."""
         search = search or {}
         get = search.get
         if get("trial_id") is None or get("storage") is None or get("study_name") is None:
-            return cls()  # not inside a search: every call is a no-op
+            ident = hydra_trial_identity()
+            if ident is None:
+                return cls()  # not inside a search: every call is a no-op
+            return cls(str(ident["study_name"]), str(ident["storage"]), int(ident["id"]), get("pruner"))
         return cls(str(get("study_name")), str(get("storage")), int(get("trial_id")), get("pruner"))
 
     @property
@@ -89,6 +97,26 @@ class TrialReporter:
             return True
         return bool(self._get_trial().should_prune())
 
+    def progress(self, step: int, total: Optional[int] = None, min_interval: float = 10.0) -> None:
+        """Record the task's current step (at most every `min_interval` s): the worker's periodic
+        'trial N running for X s, last heartbeat ..., step s/total' line shows it."""
+        if not self.active:
+            return
+        import time
+
+        now = time.time()
+        if now - getattr(self, "_last_progress", 0.0) < min_interval:
+            return
+        self._last_progress = now
+        from autoft.search.storage import PROGRESS_ATTR
+
+        try:
+            self._get_trial().storage.set_trial_system_attr(
+                self.trial_id, PROGRESS_ATTR, {"step": int(step), "total": None if total is None else int(total),
+                                               "time": now})
+        except Exception as err:  # noqa: BLE001 (progress is advisory)
+            log.debug("progress of trial id %s not recorded: %s", self.trial_id, err)
+
     def set_user_attrs(self, attrs: Optional[Mapping[str, Any]] = None, **more: Any) -> None:
         """Attach extra per-trial scores or notes (JSON-able values) to the trial."""
         if not self.active:
@@ -106,3 +134,18 @@ class TrialReporter:
 def record_scores(search: Optional[Mapping], **scores: Any) -> None:
     """Shortcut: write per-trial scores as user attributes (no-op outside a search)."""
     TrialReporter.from_config(search).set_user_attrs(scores)
+
+
+def hydra_trial_identity() -> Optional[dict]:
+    """The running trial's identity from `hydra.sweeper.trial` (None outside an autoft_optuna sweep)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return None
+        ident = HydraConfig.get().sweeper.get("trial")
+    except Exception:  # noqa: BLE001 (another sweeper, no Hydra)
+        return None
+    if not ident or ident.get("id") is None:
+        return None
+    return dict(ident)

@@ -1,8 +1,13 @@
 """Config schema of the `autoft_optuna` sweeper, registered as `hydra/sweeper: autoft_optuna`.
 
-The familiar hydra-optuna-sweeper keys (`direction`, `study_name`, `storage`, `n_trials`,
-`sampler`, `params`) keep their meaning, except that `n_trials` is the study's *total* of finished
-trials (a rerun resumes to it). The other keys are ours; conf/search/autoft.yaml documents them.
+The hydra-optuna-sweeper 1.3 schema works unchanged (switch with `override hydra/sweeper:
+autoft_optuna`): `direction` (one value, or a list for a multi-objective study), `study_name`,
+`storage`, `n_trials`, `n_jobs`, `params`, `max_failure_rate`, `custom_search_space`, and the
+`hydra/sweeper/sampler` group (tpe, random, cmaes, grid, nsgaii, nsgaiii, qmc, gp, bruteforce),
+registered here so that any Hydra app using this sweeper finds it. Differences: `n_trials` is the
+study's *total* of finished trials (a rerun resumes to it); `range(a, b)` excludes b as Python's
+range and Hydra's basic sweeper do; `max_failure_rate` counts failures over the whole study (see
+below). The other keys are ours; conf/search/autoft.yaml documents them.
 Hydra imports this module on every run (plugin discovery, outside sys.modules): keep it free of
 heavy imports and of `from __future__ import annotations` (dataclasses then cannot resolve types).
 """
@@ -19,6 +24,27 @@ def _tpe() -> Dict[str, Any]:
             "multivariate": False, "constant_liar": True}
 
 
+# the hydra/sweeper/sampler group; `seed` is re-derived per trial (autoft.search.study.make_sampler);
+# any other key of the sampler's constructor may be set (hydra.sweeper.sampler.<key>=...)
+SAMPLERS: Dict[str, Dict[str, Any]] = {
+    "tpe": _tpe(),
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None, "x0": None, "sigma0": None,
+              "n_startup_trials": 1, "warn_independent_sampling": True, "consider_pruned_trials": False,
+              "use_separable_cma": False},
+    # search_space null: built from hydra.sweeper.params (each a choice or a range)
+    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": None, "search_space": None},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50,
+               "mutation_prob": None, "crossover_prob": 0.9, "swapping_prob": 0.5},
+    "nsgaiii": {"_target_": "optuna.samplers.NSGAIIISampler", "seed": None, "population_size": 50,
+                "mutation_prob": None, "crossover_prob": 0.9, "swapping_prob": 0.5},
+    "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol", "scramble": True,
+            "warn_independent_sampling": True},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10, "deterministic_objective": False},
+    "bruteforce": {"_target_": "optuna.samplers.BruteForceSampler", "seed": None},
+}
+
+
 def _fingerprint_exclude() -> List[str]:
     # keys that never change a trial's objective: changing them must resume the same study
     return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams",
@@ -33,11 +59,14 @@ def _fingerprint_exclude() -> List[str]:
 @dataclass
 class AutoFTOptunaSweeperConf:
     _target_: str = "hydra_plugins.autoft_optuna_sweeper.sweeper.AutoFTOptunaSweeper"
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     # keep `sampler` a config (not an instance): the sweeper seeds one sampler per trial from it
     _recursive_: bool = False
 
-    # maximize | minimize; null: from the composed config's dataset.higher_is_better
-    direction: Optional[str] = None
+    # maximize | minimize, or a list of them (a multi-objective study: the task returns one value
+    # per direction; the Pareto front is reported); null: from the composed config's
+    # dataset.higher_is_better, else minimize (hydra-optuna-sweeper's default)
+    direction: Any = None
     # null: <dataset>-<model>-<method>-<fingerprint of everything that affects a trial's objective>
     study_name: Optional[str] = None
     # where studies live (null: hydra.sweep.dir). A hydra.sweep.dir=... on the command line wins.
@@ -51,9 +80,13 @@ class AutoFTOptunaSweeperConf:
     # trials this process runs at a time; > 1 needs a launcher that runs jobs in other
     # processes (submitit): each slot asks, launches and tells on its own, with no batch barrier
     n_jobs: int = 1
-    sampler: Dict[str, Any] = field(default_factory=_tpe)
+    # filled from the hydra/sweeper/sampler group (default tpe)
+    sampler: Dict[str, Any] = field(default_factory=dict)
     # key -> override-grammar string; null values are skipped (the key stays unsearched)
     params: Optional[Dict[str, Any]] = None
+    # dotpath of fn(cfg, trial), called after params are sampled: it may suggest more parameters
+    # (trial.suggest_*), which every trial receives as overrides (a name may start with '+')
+    custom_search_space: Optional[str] = None
     # liveness of running trials: a RUNNING trial silent for grace_period s was lost with its
     # worker; it is marked FAIL and its parameters re-queued (at most max_retries times)
     heartbeat_interval: int = 20
@@ -61,6 +94,20 @@ class AutoFTOptunaSweeperConf:
     max_retries: int = 2
     # stop the search once this many trials failed by raising or diverging (null: n_trials)
     max_failures: Optional[int] = None
+    # stop once more than max_failure_rate x n_trials trials failed, counted over the whole study
+    # (so it means the same with n_jobs=1 as with many slots or workers): 0.0 stops at the first
+    # failure, 0.25 with n_trials=20 allows 5; null: off. With max_failures too, the stricter wins.
+    max_failure_rate: Optional[float] = None
+    # CPU threads per worker for torch (torch.set_num_threads and OMP/MKL variables), set before
+    # each trial: auto = cores // live workers of this study on this machine (at least 1); an
+    # integer fixes it; null leaves torch's default (all cores per worker). Applies where trials run
+    # in the sweeper's process (the basic launcher); with submitit/joblib the launcher's resources govern
+    threads: Any = "auto"
+    # seconds between 'trial N running for X s, last heartbeat ...' lines during a trial (0: off)
+    progress_interval: float = 120.0
+    # dotpath of fn(cfg): called once with the first trial's composed config before any study row
+    # or trial exists; a UserError from it stops the search (e.g. autoft.cli.preflight)
+    preflight: Optional[str] = None
     count_pruned: bool = True
     # hyperparameter files (best_hparams.yaml or warm-start files) enqueued as the first trials
     warm_start: List[str] = field(default_factory=list)
@@ -68,7 +115,11 @@ class AutoFTOptunaSweeperConf:
     # seconds between looks at the study while other workers finish its last trials
     poll_interval: float = 5.0
     fingerprint_exclude: List[str] = field(default_factory=_fingerprint_exclude)
+    # set by the sweeper in each trial's config ({id, number, study_name, storage}); empty here
+    trial: Dict[str, Any] = field(default_factory=dict)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="autoft_optuna", node=AutoFTOptunaSweeperConf,
                              provider="autoft")
+for _name, _node in SAMPLERS.items():
+    ConfigStore.instance().store(group="hydra/sweeper/sampler", name=_name, node=dict(_node), provider="autoft")

@@ -17,6 +17,12 @@ What it does differently from the published hydra-optuna-sweeper:
   re-run with fresh seeds and the winner is chosen on the re-evaluated mean (autoft.search.reevaluation
   explains where the records live and how a killed re-evaluation resumes).
 
+Modules: config.py (schema, sampler group), sweeper.py (Hydra glue and the search driver: slots,
+claims, in-flight trials), reevaluate.py (top-k re-evaluation), report.py (progress lines and study
+outputs), util.py; autoft.search.outcome classifies what a job returned (trials and
+re-evaluations alike), autoft.search.workers keeps worker records and thread budgets,
+autoft.search.storage opens storages, locks claims and runs heartbeats.
+
 Trials run through the configured Hydra launcher; trial directories are
 <sweep dir>/<study name>/trial_<trial number>. The heavy imports happen inside methods: Hydra
 imports this module on every run of train.py to discover plugins.
@@ -36,6 +42,11 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from autoft.errors import UserError
+from autoft.search.outcome import classify, find_user_error
+from autoft.search.workers import THREADS_ATTR
+from hydra_plugins.autoft_optuna_sweeper.reevaluate import ReevaluationMixin
+from hydra_plugins.autoft_optuna_sweeper.report import ReportingMixin
+from hydra_plugins.autoft_optuna_sweeper.util import is_lost_job as _is_lost_job, plain as _plain
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +55,37 @@ class SearchStopped(UserError, CompactHydraException):
     """A UserError that Hydra prints as its message alone (no traceback)."""
 
 
-def _plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+def _load_callable(path: str, what: str):
+    """A function from a dotpath. `fn`, `__main__.fn` or `.<script stem>.fn` name one in the app's
+    own script (hydra-optuna-sweeper's examples write `.custom-search-space-objective.configure`)."""
+    import importlib
+    import sys
+
+    module_name, _, name = str(path).lstrip(".").rpartition(".")
+    main = sys.modules.get("__main__")
+    stem = Path(getattr(main, "__file__", "") or "").stem
+    try:
+        if not module_name or module_name in ("__main__", stem):
+            module = main
+        else:
+            module = importlib.import_module(module_name)
+        fn = getattr(module, name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"hydra.sweeper.{what} '{path}' cannot be imported: {err}") from None
+    if not callable(fn):
+        raise UserError(f"hydra.sweeper.{what} '{path}' is not a function")
+    return fn
 
 
-def _is_lost_job(err: BaseException) -> bool:
-    # submitit raises these when the cluster killed, preempted or timed out the job
-    return type(err).__module__.startswith("submitit") and type(err).__name__ in (
-        "UncompletedJobError", "FailedJobError", "FailedSubmissionError")
-
-
-class AutoFTOptunaSweeper(Sweeper):
+class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
     def __init__(self, direction: Optional[str] = None, study_name: Optional[str] = None,
                  sweep_dir: Optional[str] = None, storage: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1, sampler: Any = None,
                  params: Any = None, heartbeat_interval: int = 20, grace_period: int = 60, max_retries: int = 2,
                  max_failures: Optional[int] = None, count_pruned: bool = True, warm_start: Any = None,
-                 plots: bool = True, poll_interval: float = 5.0, fingerprint_exclude: Any = None) -> None:
+                 plots: bool = True, poll_interval: float = 5.0, fingerprint_exclude: Any = None,
+                 custom_search_space: Optional[str] = None, max_failure_rate: Optional[float] = None,
+                 threads: Any = "auto", progress_interval: float = 120.0, preflight: Optional[str] = None,
+                 trial: Any = None) -> None:
         super().__init__()
         self.direction_cfg, self.study_name_cfg, self.storage_cfg = direction, study_name, storage
         self.sweep_dir_cfg = sweep_dir
@@ -71,6 +97,9 @@ class AutoFTOptunaSweeper(Sweeper):
         self.warm_start = list(_plain(warm_start) or [])
         self.plots, self.poll_interval = bool(plots), float(poll_interval)
         self.fingerprint_exclude = list(_plain(fingerprint_exclude) or [])
+        self.custom_search_space, self.max_failure_rate = custom_search_space, max_failure_rate
+        self.threads_cfg, self.progress_interval, self.preflight = _plain(threads), float(progress_interval or 0), preflight
+        self.registry = None
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
@@ -105,6 +134,7 @@ class AutoFTOptunaSweeper(Sweeper):
         from autoft.search import space as sp
         from autoft.search import storage as st
         from autoft.search import study as su
+        from autoft.search import workers as wk
 
         st.quiet_optuna()
         cfg = self.config
@@ -123,7 +153,13 @@ class AutoFTOptunaSweeper(Sweeper):
             raise UserError(f"search.pruner={self.pruner_spec} needs intermediate reports: set search.eval_every "
                             "to the number of inner steps between OOD-val evaluations (e.g. search.eval_every=10)")
         self.direction = su.direction_for(self.direction_cfg, cfg)
+        self.multi = isinstance(self.direction, list)
+        # the trial identity goes into the app's `search` block only when it has one (autoft)
+        self.autoft_app = bool(search) and "trial_id" in search
         self._prepare_reevaluation(cfg, search)
+        if self.multi and self.reeval.enabled:
+            raise UserError("search.reevaluate_top_k needs a single objective; this study has directions "
+                            f"{self.direction}")
         for name, value, low in (("n_trials", self.n_trials, 1), ("n_jobs", self.n_jobs, 1),
                                  ("heartbeat_interval", self.heartbeat_interval, 1), ("max_retries", self.max_retries, 0)):
             if not isinstance(value, int) or value < low:
@@ -131,22 +167,51 @@ class AutoFTOptunaSweeper(Sweeper):
         if not self.grace_period or self.grace_period <= self.heartbeat_interval:
             raise UserError(f"hydra.sweeper.grace_period ({self.grace_period}) must exceed heartbeat_interval "
                             f"({self.heartbeat_interval}); 3x is a safe choice")
+        try:
+            self.threads = wk.parse_threads(self.threads_cfg)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         self.max_failures_n = int(self.max_failures) if self.max_failures is not None else int(self.n_trials)
+        if self.max_failure_rate is not None:
+            rate = self.max_failure_rate
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= float(rate) <= 1.0:
+                raise UserError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1] (or null), got {rate!r}")
+        self.slots = self.n_jobs
+        self.in_process = type(self.launcher).__name__ == "BasicLauncher"  # trials run in this process
         if self.n_jobs > 1 and type(self.launcher).__name__ == "BasicLauncher":
-            raise UserError("hydra.sweeper.n_jobs > 1 needs a launcher that runs trials in other processes "
-                            "(hydra/launcher=slurm or submitit_local). On one machine, start one worker per "
-                            "GPU instead: the same command with device=cuda:0, device=cuda:1, ...")
+            # the basic launcher runs jobs in this process, one at a time (as hydra-optuna-sweeper's batches do)
+            log.warning("hydra.sweeper.n_jobs=%d with the basic launcher runs one trial at a time in this process. "
+                        "For parallel trials use hydra/launcher=joblib, submitit_local or slurm, or start the same "
+                        "command several times (one worker per GPU: device=cuda:0, device=cuda:1, ...)", self.n_jobs)
+            self.slots = 1
+        self.grid_space = None
+        if str(self.sampler_cfg.get("_target_", "")).endswith("GridSampler"):
+            if self.sampler_cfg.get("search_space") is None:
+                self.grid_space = sp.grid_values(self.space)
+            size = 1
+            for values in (self.grid_space or self.sampler_cfg["search_space"]).values():
+                size *= len(values)
+            if size < self.n_trials:
+                log.info("grid sampler: the grid holds %d points, fewer than n_trials=%d: the search ends after %d",
+                         size, self.n_trials, size)
+                self.n_trials = size
+        self.custom_fn = _load_callable(self.custom_search_space, "custom_search_space") \
+            if self.custom_search_space else None
 
         on_cli = any(str(o).startswith("hydra.sweep.dir=") for o in cfg.hydra.overrides.hydra)
         self.sweep_dir = Path(str(cfg.hydra.sweep.dir) if on_cli or not self.sweep_dir_cfg
                               else self.sweep_dir_cfg).absolute()
         self.storage_url = st.normalize_url(self.storage_cfg or st.default_storage_url(self.sweep_dir))
         st.storage_kind(self.storage_url)  # validate the URL's form
-        self.fingerprint = su.fingerprint(cfg, space=self.space, direction=self.direction, sampler=self.sampler_cfg,
+        sampler_fp = dict(self.sampler_cfg)
+        if self.custom_search_space:
+            sampler_fp["custom_search_space"] = str(self.custom_search_space)
+        self.fingerprint = su.fingerprint(cfg, space=self.space, direction=self.direction, sampler=sampler_fp,
                                           pruner=self.pruner_spec, exclude=self.fingerprint_exclude)
         self.study_name = self.study_name_cfg or su.study_name_for(cfg, self.fingerprint)
         self.study_dir = self.sweep_dir / self.study_name.replace("/", "_")
         self._check_composes()
+        self._preflight()
         self.warm_entries = su.load_warm_starts(self.warm_start, search.get("warm_start") if search else None)
 
         self.retry = su.RetryLost(self.max_retries)
@@ -158,7 +223,7 @@ class AutoFTOptunaSweeper(Sweeper):
                  "model": OmegaConf.select(cfg, "model.name", default=None),
                  "method": OmegaConf.select(cfg, "method.name", default=None)}
         self.study, created = su.open_study(self.storage, self.study_name, self.direction, self.fingerprint, attrs,
-                                            sampler=su.make_sampler(self.sampler_cfg),
+                                            sampler=su.make_sampler(self.sampler_cfg, self.grid_space),
                                             pruner=su.make_pruner(self.pruner_spec))
         self.study.set_user_attr("n_trials", int(self.n_trials))
         if self.warm_entries:
@@ -169,6 +234,8 @@ class AutoFTOptunaSweeper(Sweeper):
         from autoft.reporting.io import atomic_write_text
 
         atomic_write_text(self.study_dir / "multirun.yaml", OmegaConf.to_yaml(cfg))
+        self.registry = wk.WorkerRegistry(self.storage, self.study._study_id, self.heartbeat_interval,
+                                          self.grace_period).start()
         c = su.count(self.study.get_trials(deepcopy=False))
         log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
                  self.study_name, "new" if created else "resumed", st.mask_url(self.storage_url),
@@ -206,14 +273,49 @@ class AutoFTOptunaSweeper(Sweeper):
         except HydraException as err:
             raise UserError(f"a trial's config does not compose: {err}") from None
 
+    def _preflight(self) -> None:
+        """hydra.sweeper.preflight: fn(cfg) on the first trial's composed config, before any study
+        row or trial exists; its UserError stops the search."""
+        if not self.preflight:
+            return
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import open_dict
+
+        from autoft.search.space import midpoint
+
+        fn = _load_callable(self.preflight, "preflight")
+        point = {k: midpoint(d) for k, d in self.space.distributions.items()}
+        sweep_cfg = self.hydra_context.config_loader.load_sweep_config(
+            self.config, self._overrides(point, trial_id=0, number=0))
+        HydraConfig.instance().set_config(sweep_cfg)
+        task_cfg = sweep_cfg.copy()
+        with open_dict(task_cfg):
+            del task_cfg["hydra"]
+        try:
+            fn(task_cfg)
+        except BaseException as err:
+            user = find_user_error(err)
+            if user is not None:
+                raise UserError(f"pre-flight check ({self.preflight}) failed, nothing was trained: {user}") from None
+            raise
+        finally:
+            HydraConfig.instance().set_config(self.config)
+
     def _overrides(self, params: dict, *, trial_id: int, number: int) -> list[str]:
+        """One trial's overrides. Its identity always goes to `hydra.sweeper.trial` (any app reads
+        it through HydraConfig; autoft.search.trial.TrialReporter does); into `search.*` only when
+        the app's config has those keys (autoft's train.py). No key the app lacks is added."""
         from autoft.search.space import format_value
 
-        return [*self.passthrough, *self.space.overrides(params),
-                f"hydra.sweep.dir={format_value(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}",
-                f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
-                f"++search.study_name={format_value(self.study_name)}",
-                f"++search.storage={format_value(self.storage_url)}"]
+        ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{format_value(self.study_name)},"
+                 f"storage:{format_value(self.storage_url)}}}")
+        out = [*self.passthrough, *self.space.overrides(params),
+               f"hydra.sweep.dir={format_value(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
+        if self.autoft_app:
+            out += [f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
+                    f"++search.study_name={format_value(self.study_name)}",
+                    f"++search.storage={format_value(self.storage_url)}"]
+        return out
 
     def _reeval_overrides(self, params: dict, *, number: int) -> list[str]:
         """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
@@ -235,7 +337,7 @@ class AutoFTOptunaSweeper(Sweeper):
         self._done0 = count(self.study.get_trials(deepcopy=False)).done(self.count_pruned)
         errors: list[BaseException] = []
         try:
-            if self.n_jobs == 1:
+            if self.slots == 1:
                 self._slot(0)
             else:
                 def body(i: int) -> None:
@@ -247,7 +349,7 @@ class AutoFTOptunaSweeper(Sweeper):
                         self._changed.set()
 
                 threads = [threading.Thread(target=body, args=(i,), name=f"autoft-slot-{i}", daemon=True)
-                           for i in range(self.n_jobs)]
+                           for i in range(self.slots)]
                 for t in threads:
                     t.start()
                 while any(t.is_alive() for t in threads) and not errors:
@@ -260,6 +362,8 @@ class AutoFTOptunaSweeper(Sweeper):
             raise
         finally:
             self._write_outputs(final=True)
+            if self.registry is not None:
+                self.registry.stop()
         if errors:
             raise errors[0]
         self._summary()
@@ -287,7 +391,8 @@ class AutoFTOptunaSweeper(Sweeper):
         from autoft.search.study import make_pruner, make_sampler
 
         return optuna.load_study(study_name=self.study_name, storage=self.study._storage,
-                                 sampler=make_sampler(self.sampler_cfg), pruner=make_pruner(self.pruner_spec))
+                                 sampler=make_sampler(self.sampler_cfg, self.grid_space),
+                                 pruner=make_pruner(self.pruner_spec))
 
     def _slot(self, slot: int) -> None:
         study = self.study if slot == 0 else self._handle()
@@ -320,15 +425,17 @@ class AutoFTOptunaSweeper(Sweeper):
                 done = c.done(self.count_pruned)
                 if done >= self.n_trials:
                     return None
-                if c.counted_failures >= self.max_failures_n:
-                    raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
-                                    f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
-                                    f"Their reasons are in {self.study_dir / 'trials.csv'}.")
+                self._check_failures(c)
                 if done + c.running < self.n_trials:
                     trial = study.ask()
-                    heartbeat = st.Heartbeat(study._storage, trial._trial_id, self.heartbeat_interval).start()
+                    heartbeat = st.Heartbeat(study._storage, trial._trial_id, self.heartbeat_interval,
+                                             label=f"trial {trial.number}", progress_interval=self.progress_interval,
+                                             grace_period=self.grace_period).start()
                     try:
                         trial.set_user_attr("worker", st.pid_tag())
+                        n_threads = self._apply_threads()
+                        if n_threads is not None:
+                            trial.set_user_attr(THREADS_ATTR, n_threads)
                         self._suggest(trial)
                     except BaseException:
                         heartbeat.stop()
@@ -346,6 +453,40 @@ class AutoFTOptunaSweeper(Sweeper):
             self._changed.clear()
         return None
 
+    def _check_failures(self, c) -> None:
+        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials."""
+        if c.counted_failures >= self.max_failures_n:
+            raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
+                            f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
+                            f"Their reasons are in {self.study_dir / 'trials.csv'}.")
+        if self.max_failure_rate is not None:
+            allowed = int(float(self.max_failure_rate) * self.n_trials + 1e-9)
+            if c.counted_failures > allowed:
+                raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
+                                f"returned NaN), more than hydra.sweeper.max_failure_rate={self.max_failure_rate} x "
+                                f"n_trials={self.n_trials} ({allowed} allowed). Their reasons are in "
+                                f"{self.study_dir / 'trials.csv'}.")
+
+    def _apply_threads(self) -> Optional[int]:
+        """The thread budget for the next trial (hydra.sweeper.threads), applied to this process."""
+        from autoft.search import workers as wk
+
+        if self.threads is None or self.registry is None or not self.in_process:
+            return None  # trials in other processes or nodes: their launcher's resources (cpus_per_task) govern
+        try:
+            n = self.registry.budget(self.threads)
+        except Exception as err:  # noqa: BLE001 (the storage hiccuped: keep the last budget)
+            log.debug("thread budget not re-evaluated: %s", err)
+            n = self.registry.threads
+        if n is None:
+            return None
+        if n != self.registry.threads:
+            live = self.registry.live_on_host() if self.threads == "auto" else None
+            log.info("threads per trial: %d%s", n, f" ({wk.cpu_count()} cores, {live} live worker(s) of this study "
+                                                   "on this machine)" if live else " (hydra.sweeper.threads)")
+        self.registry.threads = wk.apply_threads(n)
+        return n
+
     def _suggest(self, trial) -> None:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -356,6 +497,8 @@ class AutoFTOptunaSweeper(Sweeper):
                 trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
             elif isinstance(d, CategoricalDistribution):
                 trial.suggest_categorical(key, d.choices)
+        if self.custom_fn is not None:  # hydra.sweeper.custom_search_space: more parameters, conditional ones
+            self.custom_fn(self.config, trial)
 
     def _surplus(self, study, trial) -> bool:
         """Storages without a claim lock: after asking, the later of two racing trials gives way."""
@@ -377,11 +520,7 @@ class AutoFTOptunaSweeper(Sweeper):
     # ------------------------------------------------------------------ one trial
 
     def _run_trial(self, study, trial) -> None:
-        from hydra.core.utils import JobStatus
         import optuna
-
-        from autoft.errors import TrialDiverged
-        from autoft.search.outputs import finite
 
         overrides = self._overrides(trial.params, trial_id=trial._trial_id, number=trial.number)
         try:
@@ -402,36 +541,28 @@ class AutoFTOptunaSweeper(Sweeper):
             raise
         with self._lock:
             self._returns.append(ret)
-        if ret.status == JobStatus.COMPLETED:
-            value, extra = ret._return_value, {}
-            if isinstance(value, dict):
-                extra = {k: v for k, v in value.items() if k != "objective"}
-                value = value.get("objective")
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
-                self._fail(study, trial, "user_error", f"the task returned {value!r}, not an objective")
-                raise UserError(f"the task function returned {value!r} instead of the objective (a float); with "
-                                "train.py the search needs phase=search (search=autoft sets it)")
-            value = float(value)
-            if extra:
-                self._set_attrs(study, trial, {k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))})
-            if not finite(value):
-                self._fail(study, trial, "nan", f"objective is {value}")
-            else:
-                self._tell(study, trial, values=value)
-        else:
-            exc = ret._return_value
-            if isinstance(exc, optuna.TrialPruned):
-                self._tell(study, trial, state=optuna.trial.TrialState.PRUNED)
-            elif isinstance(exc, UserError):
-                self._fail(study, trial, "user_error", f"{type(exc).__name__}: {exc}")
-                self._stop.set()
-                raise exc
-            elif isinstance(exc, TrialDiverged):
-                self._fail(study, trial, "diverged", f"diverged: {exc}")
-            else:
-                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                log.warning("trial %d raised:\n%s", trial.number, tb.rstrip())
-                self._fail(study, trial, "error", f"{type(exc).__name__}: {exc}")
+        out = classify(ret, len(self.direction) if self.multi else 1)
+        if out.kind == "bad_return":
+            self._fail(study, trial, "user_error", out.reason)
+            want = (f"{len(self.direction)} objectives (a list or tuple of floats, one per direction)"
+                    if self.multi else "the objective (a float)")
+            raise UserError(f"the task function returned {out.returned!r} instead of {want}" +
+                            ("" if self.multi else "; with train.py the search needs phase=search "
+                                                   "(search=autoft sets it)"))
+        if out.extra:
+            self._set_attrs(study, trial, {k: v for k, v in out.extra.items() if isinstance(v, (int, float, str, bool))})
+        if out.kind == "complete":
+            self._tell(study, trial, values=out.values if self.multi else out.values[0])
+        elif out.kind == "pruned":
+            self._tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+        elif out.kind == "user_error":
+            self._fail(study, trial, "user_error", out.reason)
+            self._stop.set()
+            raise out.error
+        else:  # nan | diverged | error: recorded, the search goes on
+            if out.traceback:
+                log.warning("trial %d raised:\n%s", trial.number, out.traceback)
+            self._fail(study, trial, out.kind, out.reason)
         self._progress(study, trial)
 
     def _set_attrs(self, study, trial, attrs: dict) -> bool:
@@ -474,244 +605,3 @@ class AutoFTOptunaSweeper(Sweeper):
                         why="interrupted", count_retry=False)
         except Exception as err:  # never mask the interrupt
             log.warning("could not record interrupted trial %d: %s", trial.number, err)
-
-    # ------------------------------------------------------------------ top-k re-evaluation
-
-    def _reevaluate(self, study) -> None:
-        """Claim and run missing re-evaluations of the top-k trials until none is left here; then
-        wait for those running elsewhere (a lost one is taken over after the grace period)."""
-        from autoft.search import reevaluation as rv
-        from autoft.search import storage as st
-
-        announced = False
-        while not self._stop.is_set():
-            with st.claim_lock(self.storage_url, study._storage, self.study_name):
-                trials = study.get_trials(deepcopy=False)
-                recs = rv.records(study)
-                trial, live, stale = rv.next_claim(trials, recs, self.direction, self.reeval, self.reeval_seeds,
-                                                   self.max_retries, self.grace_period)
-                if trial is not None:
-                    claim = rv.claim_record(trial, self.reeval_seeds, st.pid_tag(), recs.get(trial.number))
-                    rv.write_record(study, trial.number, claim)
-            if trial is None:
-                if not live:
-                    return
-                if not announced:
-                    log.info("re-evaluation: %d running elsewhere: waiting for them (a lost one is taken over %ds "
-                             "after its last heartbeat)", live, self.grace_period)
-                    announced = True
-                self._changed.wait(self.poll_interval)
-                self._changed.clear()
-                continue
-            if stale:
-                log.warning("re-evaluation of trial %d was lost (no heartbeat): running it again", trial.number)
-            log.info("re-evaluating trial %d (search %.6g) with seeds %s", trial.number, trial.value,
-                     ", ".join(map(str, self.reeval_seeds)))
-            heartbeat = rv.ClaimHeartbeat(study, trial.number, claim, self.heartbeat_interval).start()
-            with self._lock:
-                self._inflight_reeval[trial.number] = (claim, heartbeat)
-            try:
-                self._run_reevaluation(study, trial, claim, heartbeat)
-            finally:
-                heartbeat.stop()
-                with self._lock:
-                    self._inflight_reeval.pop(trial.number, None)
-
-    def _run_reevaluation(self, study, trial, claim: dict, heartbeat) -> None:
-        import json
-
-        import optuna
-        from hydra.core.utils import JobStatus
-
-        from autoft.errors import TrialDiverged
-        from autoft.search import reevaluation as rv
-        from autoft.search.outputs import finite
-
-        n = trial.number
-        job_dir = self.study_dir / "reevaluation" / f"trial_{n}"
-        t0 = time.time()
-        try:
-            ret = self.launcher.launch([self._reeval_overrides(trial.params, number=n)], initial_job_idx=n)[0]
-        except KeyboardInterrupt:  # give the claim back: a rerun takes it up at once
-            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
-            raise
-        except BaseException as err:
-            if _is_lost_job(err):  # retried like a failed run (at most max_retries times)
-                record = rv.failed_record(claim, "lost", f"lost: the cluster job ended without a result ({err})")
-                self._finish_reeval(study, n, claim, record, heartbeat)
-                self._reeval_progress(study, trial, record)
-                return
-            self._finish_reeval(study, n, claim, rv.failed_record(claim, "error", f"launcher: {type(err).__name__}: {err}"),
-                                heartbeat)
-            raise
-        with self._lock:
-            self._returns.append(ret)
-        if ret.status == JobStatus.COMPLETED:
-            value = ret._return_value
-            if isinstance(value, dict):
-                value = value.get("objective")
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "item"):
-                self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
-                raise UserError(f"the task function returned {value!r} instead of the objective (a float) in the "
-                                f"re-evaluation of trial {n}")
-            value = float(value)
-            if not finite(value):
-                record = rv.failed_record(claim, "nan", f"objective is {value}")
-            else:
-                info = None
-                path = job_dir / "trial.json"
-                if path.is_file() and path.stat().st_mtime >= t0 - 1:  # this run's, not a killed run's
-                    try:
-                        info = json.loads(path.read_text())
-                    except (OSError, ValueError):
-                        info = None
-                record = rv.result_record(claim, value, info, time.time() - t0)
-        else:
-            exc = ret._return_value
-            if isinstance(exc, UserError):
-                self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
-                self._stop.set()
-                raise exc
-            if isinstance(exc, TrialDiverged):
-                record = rv.failed_record(claim, "diverged", f"diverged: {exc}")
-            else:
-                if not isinstance(exc, optuna.TrialPruned):
-                    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    log.warning("re-evaluation of trial %d raised:\n%s", n, tb.rstrip())
-                record = rv.failed_record(claim, "error", f"{type(exc).__name__}: {exc}")
-        self._finish_reeval(study, n, claim, record, heartbeat)
-        self._reeval_progress(study, trial, record)
-
-    def _finish_reeval(self, study, number: int, claim: dict, record: dict, heartbeat=None) -> None:
-        """Write a re-evaluation's outcome, unless another worker took the claim over meanwhile."""
-        from autoft.search import reevaluation as rv
-        from autoft.search import storage as st
-
-        if heartbeat is not None:
-            heartbeat.stop()  # joined first: a late heartbeat must not turn the outcome back into 'running'
-        try:
-            with st.claim_lock(self.storage_url, study._storage, self.study_name):
-                current = rv.records(study).get(number)
-                if current is not None and current.get("token") not in (None, claim["token"]) \
-                        and current.get("state") == rv.RUNNING:
-                    log.warning("re-evaluation of trial %d was taken over by %s meanwhile: its result stays theirs",
-                                number, current.get("worker"))
-                    return
-                if current is not None and current.get("state") == rv.COMPLETE and record["state"] != rv.COMPLETE \
-                        and rv.same_seeds(current, claim["seeds"]):
-                    return  # a result already there wins over a release or a failure
-                rv.write_record(study, number, record)
-        except Exception as err:  # never mask the error that brought us here
-            log.warning("could not record the re-evaluation of trial %d: %s", number, err)
-
-    def _reeval_progress(self, study, trial, record: dict) -> None:
-        from autoft.search import reevaluation as rv
-
-        recs = rv.records(study)
-        cands = rv.candidates(study.get_trials(deepcopy=False), self.direction, self.reeval.top_k)
-        done = sum(rv.is_done(recs.get(t.number), self.reeval_seeds, self.max_retries) for t in cands)
-        if record["state"] == rv.COMPLETE:
-            what = f"{record['value']:.6g}"
-            if record.get("per_seed") and len(record["per_seed"]) > 1:
-                what += " (per seed " + ", ".join(f"{x:.4g}" for x in record["per_seed"]) + ")"
-            if "ci_low" in record:
-                what += f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]"
-        else:
-            what = f"FAIL ({record.get('fail_reason')})"
-        log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
-                 trial.value, what, done, len(cands))
-        self._write_outputs(final=False)
-        self._changed.set()
-
-    # ------------------------------------------------------------------ reporting
-
-    def _progress(self, study, trial) -> None:
-        from autoft.search.study import count, fail_reason, format_eta
-
-        trials = study.get_trials(deepcopy=False)
-        c = count(trials)
-        done = c.done(self.count_pruned)
-        t = study._storage.get_trial(trial._trial_id)
-        what = f"{t.value:.6g}" if t.state.name == "COMPLETE" else t.state.name
-        if t.state.name == "FAIL":
-            what += f" ({fail_reason(t)})"
-        elif t.state.name == "PRUNED":
-            what += f" at step {t.last_step}" if t.last_step is not None else ""
-        try:
-            best = study.best_trial
-            best_txt = f"best {best.value:.6g} (trial {best.number})"
-        except ValueError:
-            best_txt = "no complete trial yet"
-        finished = done - self._done0
-        elapsed = time.time() - self._t0
-        eta = (self.n_trials - done) * elapsed / finished if finished > 0 else None
-        log.info("trial %d: %s | %s | %d/%d finished, %d running, %d failed | ETA %s", t.number, what, best_txt,
-                 done, self.n_trials, c.running, c.failed, format_eta(eta) if done < self.n_trials else "0:00:00")
-        self._write_outputs(final=False)
-        self._changed.set()
-
-    def _write_outputs(self, final: bool) -> None:
-        from optuna.trial import TrialState
-
-        from autoft.search import outputs as out
-        from autoft.search.storage import mask_url
-
-        study = getattr(self, "study", None)
-        if study is None:
-            return
-        try:
-            trials = study.get_trials(deepcopy=False)
-            sel, recs = self._selection(study, trials)
-            chosen = sel.winner.number if sel.winner is not None else None
-            out.write_trials_csv(self.study_dir / "trials.csv", trials, reevaluations=recs, chosen=chosen)
-            complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            if complete and sel.winner is not None:
-                hp = out.best_hparams(self.config, sel.winner, study_name=self.study_name,
-                                      storage=mask_url(self.storage_url), direction=self.direction,
-                                      n_complete=len(complete), selection=sel if self.reeval.enabled else None)
-                out.write_best_hparams(self.study_dir / "best_hparams.yaml", hp)
-                # the study last run in this sweep dir: what `hparams=<sweep dir>/best_hparams.yaml` reads
-                out.write_best_hparams(self.sweep_dir / "best_hparams.yaml", hp)
-                if self.reeval.enabled:  # readers of the storage: autoft.search.reevaluation.chosen_trial_number
-                    from autoft.search.reevaluation import WINNER_ATTR
-
-                    winner = {"trial_number": int(sel.winner.number), **sel.summary()} if sel.complete else None
-                    if study.user_attrs.get(WINNER_ATTR) != winner:
-                        study.set_user_attr(WINNER_ATTR, winner)
-            if final and self.plots:
-                out.write_plots(study, self.study_dir / "plots", reevaluations=recs, chosen=chosen)
-        except Exception as err:  # outputs are derived from the storage: never fail the search for them
-            log.warning("study outputs not fully written: %s", err)
-
-    def _selection(self, study, trials):
-        """The trial best_hparams.yaml holds (re-evaluated winner, or the search's best) and the records."""
-        from autoft.search import reevaluation as rv
-
-        recs = rv.records(study) if self.reeval.enabled else None  # None: no re-evaluation columns
-        return rv.select(trials, recs or {}, self.direction, self.reeval, self.reeval_seeds, self.max_retries), recs
-
-    def _summary(self) -> None:
-        from autoft.search.study import count
-
-        c = count(self.study.get_trials(deepcopy=False))
-        try:
-            best = self.study.best_trial
-        except ValueError:
-            log.info("study %s: %d/%d finished, no complete trial", self.study_name, c.done(self.count_pruned),
-                     self.n_trials)
-            return
-        log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
-                 self.study_name, c.done(self.count_pruned), self.n_trials, c.complete, c.pruned, c.failed,
-                 best.value, best.number)
-        if self.reeval.enabled:
-            sel, _ = self._selection(self.study, self.study.get_trials(deepcopy=False))
-            log.info("top-%d re-evaluation with seeds %s (trial: search score -> re-evaluated mean):",
-                     self.reeval.top_k, ", ".join(map(str, self.reeval_seeds)))
-            for e in sel.summary()["candidates"]:
-                after = (f"{e['reevaluated_objective']:.6g}" if "reevaluated_objective" in e
-                         else f"{e['state']}" + (f" ({e['fail_reason']})" if e.get("fail_reason") else ""))
-                mark = "  <- chosen" if sel.winner is not None and e["trial_number"] == sel.winner.number else ""
-                log.info("  trial %d: %.6g -> %s%s", e["trial_number"], e["search_objective"], after, mark)
-            if sel.note:
-                log.info("%s", sel.note)
-        log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")

@@ -1,0 +1,101 @@
+"""One classifier for what a launched job came back with, shared by search trials and top-k
+re-evaluations (the sweeper records each kind its own way).
+
+    kind         meaning                                          the search
+    complete     finite objective value(s)                        records them
+    pruned       the task raised optuna.TrialPruned               PRUNED (trials)
+    nan          a non-finite objective                           FAIL, goes on
+    diverged     autoft.errors.TrialDiverged                      FAIL, goes on
+    error        any other exception                              FAIL, goes on (traceback logged)
+    user_error   a UserError anywhere in the exception's chain    stops everything with its message
+    bad_return   not an objective (None, a string, wrong length)  stops: the app is misconfigured
+
+A UserError counts however deeply it is wrapped: the chain of __cause__/__context__ is walked
+(Hydra wraps a builder's UserError in an InstantiationException; apps wrap in RuntimeError).
+"""
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from autoft.errors import UserError
+
+
+def find_user_error(err: Optional[BaseException]) -> Optional[UserError]:
+    """The UserError behind an exception, following __cause__/__context__; else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@dataclass
+class Outcome:
+    kind: str
+    values: Optional[list] = None  # complete: one float per objective
+    reason: str = ""  # nan / diverged / error / user_error / bad_return: why
+    extra: dict = field(default_factory=dict)  # complete: the task's other returned scores
+    error: Optional[BaseException] = None  # the exception (user_error: the UserError itself)
+    returned: Any = None  # bad_return: what came back
+    traceback: str = ""  # error: the formatted traceback
+
+
+def _number(x: Any) -> bool:
+    return x is not None and not isinstance(x, bool) and (isinstance(x, (int, float)) or hasattr(x, "item"))
+
+
+def objectives(value: Any, n_objectives: int) -> Optional[list]:
+    """The task's return value as n floats, or None when it is not that. A dict gives its
+    'objective'; a single objective may come as a 1-element list."""
+    if isinstance(value, dict):
+        value = value.get("objective")
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value)
+    except ImportError:  # pragma: no cover
+        pass
+    if n_objectives > 1:
+        if not isinstance(value, (list, tuple)) or len(value) != n_objectives or not all(_number(v) for v in value):
+            return None
+        return [float(v) for v in value]
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    return [float(value)] if _number(value) else None
+
+
+def classify(ret, n_objectives: int = 1) -> Outcome:
+    """Classify a Hydra JobReturn."""
+    from hydra.core.utils import JobStatus
+
+    if ret.status == JobStatus.COMPLETED:
+        value = ret._return_value
+        extra = {k: v for k, v in value.items() if k != "objective"} if isinstance(value, dict) else {}
+        values = objectives(value, n_objectives)
+        if values is None:
+            returned = value.get("objective") if isinstance(value, dict) else value
+            return Outcome("bad_return", returned=returned, reason=f"the task returned {returned!r}, not an objective")
+        if not all(math.isfinite(v) for v in values):
+            return Outcome("nan", values=values, extra=extra,
+                           reason=f"objective is {values[0] if len(values) == 1 else values}")
+        return Outcome("complete", values=values, extra=extra)
+    exc = ret._return_value
+    import optuna
+
+    from autoft.errors import TrialDiverged
+
+    if isinstance(exc, optuna.TrialPruned):
+        return Outcome("pruned", error=exc, reason=str(exc))
+    user = find_user_error(exc)
+    if user is not None:
+        return Outcome("user_error", error=user, reason=f"{type(user).__name__}: {user}")
+    if isinstance(exc, TrialDiverged):
+        return Outcome("diverged", error=exc, reason=f"diverged: {exc}")
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc is not None else ""
+    return Outcome("error", error=exc, reason=f"{type(exc).__name__}: {exc}", traceback=tb.rstrip())
