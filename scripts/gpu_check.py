@@ -428,26 +428,16 @@ def environment(device: torch.device) -> dict:
 # which a few steps of training learn, so accuracies and logits move and can be compared
 
 
-class _Images(torch.utils.data.Dataset):
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
-
-
 def learnable_task(n_train: int, n_eval: int, size: int, classes: int = 4):
     from autoft.data.base import Split, Task
+    from autoft.data.images import TensorImageDataset
 
     def split(name: str, n: int, stream: int) -> Split:
         g = torch.Generator().manual_seed(1000 + stream)
         labels = torch.arange(n) % classes
         noise = torch.randint(0, 128, (n, 3, size, size), generator=g, dtype=torch.uint8)
         images = noise + (labels * (128 // classes)).view(-1, 1, 1, 1).to(torch.uint8)
-        return Split(name, _Images(images, labels.numpy()), labels.numpy().astype(np.int64))
+        return Split(name, TensorImageDataset(images, labels.numpy()), labels.numpy().astype(np.int64))
 
     names = ["cat", "dog", "bird", "fish", "frog", "horse"][:classes]
     return Task(name="learnable", classnames=names, templates=["a photo of a {}.", "a {} in the wild."],
@@ -817,17 +807,23 @@ def torchrun_cmd(nprocs: int, args: list) -> list:
             "127.0.0.1", "--master_port", str(free_port()), str(SCRIPT), "--ddp-worker", *args]
 
 
-def sec_ddp_nccl(r: Runner, sec: Section, check: Checker, limit: float) -> None:
+def run_ddp_workers(r: Runner, sec: Section, limit: float, nprocs: int, backend: str, wdir: Path) -> float:
+    """torchrun this script's DDP worker on `nprocs` processes; their results land in `wdir`."""
     t = time.monotonic()
-    backend = "nccl" if r.on_cuda else "gloo"
-    wdir = r.work / "ddp_world1"
     args = ["--backend", backend, "--device", "cuda:0" if r.on_cuda else "cpu", "--worker-out", str(wdir)]
     if r.dry:
         args.append("--dry-run")
-    rc, out, secs = r.command(sec, "torchrun", torchrun_cmd(1, args), r.remaining(limit, t), nprocs=1)
+    rc, out, secs = r.command(sec, "torchrun", torchrun_cmd(nprocs, args), r.remaining(limit, t), nprocs=nprocs)
     sec.numbers["torchrun_seconds"] = round(secs, 1)
     if rc != 0:
         raise RuntimeError(f"torchrun exited {rc}\n{out}")
+    return secs
+
+
+def sec_ddp_nccl(r: Runner, sec: Section, check: Checker, limit: float) -> None:
+    backend = "nccl" if r.on_cuda else "gloo"
+    wdir = r.work / "ddp_world1"
+    run_ddp_workers(r, sec, limit, 1, backend, wdir)
     res = json.loads((wdir / "rank0.json").read_text())
     sec.numbers.update({k: v for k, v in res.items() if k not in ("checks",)})
     for c in res["checks"]:
@@ -840,15 +836,8 @@ def sec_ddp_nccl(r: Runner, sec: Section, check: Checker, limit: float) -> None:
 
 
 def sec_ddp_gloo(r: Runner, sec: Section, check: Checker, limit: float) -> None:
-    t = time.monotonic()
     wdir = r.work / "ddp_gloo2"
-    args = ["--backend", "gloo", "--device", "cuda:0" if r.on_cuda else "cpu", "--worker-out", str(wdir)]
-    if r.dry:
-        args.append("--dry-run")
-    rc, out, secs = r.command(sec, "torchrun", torchrun_cmd(2, args), r.remaining(limit, t), nprocs=2)
-    sec.numbers["torchrun_seconds"] = round(secs, 1)
-    if rc != 0:
-        raise RuntimeError(f"torchrun exited {rc}\n{out}")
+    secs = run_ddp_workers(r, sec, limit, 2, "gloo", wdir)
     r0 = torch.load(wdir / "rank0.pt", map_location="cpu")
     r1 = torch.load(wdir / "rank1.pt", map_location="cpu")
     info = [json.loads((wdir / f"rank{i}.json").read_text()) for i in (0, 1)]

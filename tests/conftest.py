@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autoft.data.base import Split, Task
+from autoft.data.images import TensorImageDataset
 from autoft.models.clip import load_clip
 
 TINY_CLIP = {
@@ -17,24 +18,13 @@ TINY_CLIP = {
 }
 
 
-class TensorDataset(torch.utils.data.Dataset):
-    def __init__(self, images, labels):
-        self.images, self.labels = images, labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
-
-
 def random_split(name, n, classes, seed, size=16):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
     # a class-dependent colour shift so that a few steps of training can learn something
     images = (images // 2 + (labels * 40).view(-1, 1, 1, 1).to(torch.uint8)).to(torch.uint8)
-    return Split(name, TensorDataset(images, labels.numpy()), labels.numpy().astype(np.int64))
+    return Split(name, TensorImageDataset(images, labels.numpy()), labels.numpy().astype(np.int64))
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -96,6 +97,22 @@ class ImageFiles(Dataset):
         indices = np.asarray(indices, dtype=np.int64)
         return ImageFiles(self.root, self.relpaths[indices], self.labels[indices], self.id_prefix,
                           None if self._ids is None else self._ids[indices], self.crop_border, self.dataset, self.data_root)
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images (uint8 [N, 3, H, W]) with int labels; returns (uint8 CHW tensor, int)."""
+
+    def __init__(self, images: torch.Tensor, labels: np.ndarray):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError("TensorImageDataset needs uint8 [N, C, H, W] images and N labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
 
 
 class ArrayImages(Dataset):

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from torch.utils.data import Dataset
 
 from autoft.data.base import Split, Task
+from autoft.data.images import TensorImageDataset
 from autoft.errors import UserError
 from autoft.models.clip import atomic_torch_save
 
@@ -378,22 +378,6 @@ def all_texts(templates: Sequence[str] = ()) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # the downstream task
-
-class TensorImageDataset(Dataset):
-    """In-memory images (uint8 [N, 3, H, W]) with int labels; returns (uint8 CHW tensor, int)."""
-
-    def __init__(self, images: torch.Tensor, labels: np.ndarray):
-        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
-            raise ValueError("TensorImageDataset needs uint8 [N, C, H, W] images and N labels")
-        self.images = images
-        self.labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
-
 
 # zero-shot prompts: one per domain phrase, averaged by the zero-shot head (prompt ensembling).
 # Every pretraining caption names a domain, so "a photo of a star." alone is out of the text
