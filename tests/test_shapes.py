@@ -175,3 +175,40 @@ def test_foundation_build_is_reloadable_and_reproducible(tmp_path):
     init = bf.build_custom_clip(config).state_dict()
     moved = [k for k in sa if sa[k].is_floating_point() and not torch.equal(sa[k], init[k])]
     assert len(moved) > len(sa) // 2
+
+
+def test_ood_val_mixture_is_class_balanced_over_its_domains():
+    """A mixture OOD-val (ood_val_domain as a list): every (class, domain) cell holds the same count,
+    each domain's share is drawn in that domain (equal to rendering it alone from its own stream),
+    and the test splits are the same as with a single-domain OOD-val."""
+    mix = ["fog", "sketch", "night"]
+    single = shapes.shapes_task(seed=3, ood_val_domain="fog", test_domains=("snow", "clutter"),
+                                **{**SMALL, "ood_val_size": 60})
+    mixed = shapes.shapes_task(seed=3, ood_val_domain=mix, test_domains=("snow", "clutter"),
+                               **{**SMALL, "ood_val_size": 60})
+    assert mixed.ood_val.name == "mix(fog+sketch+night)"
+    labels = mixed.ood_val.labels
+    assert np.bincount(labels, minlength=10).tolist() == [6] * 10
+    rank = np.zeros(60, dtype=int)
+    for k in range(10):
+        rank[labels == k] = np.arange(6)
+    assigned = (rank + labels) % 3
+    for j, d in enumerate(mix):
+        cells = np.bincount(labels[assigned == j], minlength=10)
+        assert cells.tolist() == [2] * 10, (d, cells)
+        idx = np.flatnonzero(assigned == j)
+        alone, _ = shapes.render(d, labels[idx], np.random.default_rng([3, 4, 1 + list(shapes.DOMAINS).index(d)]))
+        assert torch.equal(mixed.ood_val.dataset.images[torch.from_numpy(idx)], alone)
+    for name in ("snow", "clutter", "id_test"):
+        assert torch.equal(mixed.tests[name].dataset.images, single.tests[name].dataset.images)
+    # a one-element list is the bare domain, bit for bit
+    one = shapes.shapes_task(seed=3, ood_val_domain=["fog"], test_domains=("snow", "clutter"),
+                             **{**SMALL, "ood_val_size": 60})
+    assert one.ood_val.name == "fog" and torch.equal(one.ood_val.dataset.images, single.ood_val.dataset.images)
+
+
+@pytest.mark.parametrize("ood_val, tests", [(["fog", "snow"], ("snow", "clutter")), (["fog", "studio"], ("snow",)),
+                                            ([], ("snow",)), (["fog", "moon"], ("snow",))])
+def test_ood_val_mixture_refuses_overlaps_and_unknown_domains(ood_val, tests):
+    with pytest.raises(UserError, match="differ|unknown shapes domain|name one domain"):
+        shapes.shapes_task(ood_val_domain=ood_val, test_domains=tests, **SMALL)

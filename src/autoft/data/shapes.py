@@ -398,8 +398,36 @@ def _split(name: str, domain: str, n: int, seed: int, stream: int, cue: Optional
     return Split(name, TensorImageDataset(images, labels), labels)
 
 
+def _mixture_split(name: str, domains: Sequence[str], n: int, seed: int, cue: Optional[float]) -> Split:
+    """A class-balanced mixture of several domains: every (class, domain) cell holds n / (10 x len)
+    images (up to rounding), like the paper's ImageNet OOD-val that mixes several corruptions.
+
+    Image i of class k (in draw order) goes to domain (i + k) mod len(domains); each domain then
+    renders its share from its own random stream, so the mixture does not depend on the order of
+    `domains` beyond the assignment.
+    """
+    rng = np.random.default_rng([seed, 4])
+    labels = _balanced_labels(n, N_DOWNSTREAM, rng)
+    rank = np.zeros(n, dtype=np.int64)  # position of each image among those of its class
+    for k in range(N_DOWNSTREAM):
+        where = np.flatnonzero(labels == k)
+        rank[where] = np.arange(len(where))
+    assigned = (rank + labels) % len(domains)
+    images = torch.empty(n, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    for j, d in enumerate(domains):
+        idx = np.flatnonzero(assigned == j)
+        drawn, _ = render(d, labels[idx], np.random.default_rng([seed, 4, 1 + list(DOMAINS).index(d)]), cue=cue)
+        images[torch.from_numpy(idx)] = drawn
+    return Split(name, TensorImageDataset(images, labels), labels)
+
+
+def ood_val_name(ood_val_domain: str | Sequence[str]) -> str:
+    """The OOD-val split's name: the domain, or `mix(a+b+c)` for a mixture."""
+    return ood_val_domain if isinstance(ood_val_domain, str) else f"mix({'+'.join(ood_val_domain)})"
+
+
 def shapes_task(seed: int = 0, n_train: int = 2000, n_val: int = 500, n_test: int = 1000,
-                ood_val_size: int = 1000, id_domain: str = "studio", ood_val_domain: str = "garden",
+                ood_val_size: int = 1000, id_domain: str = "studio", ood_val_domain: str | Sequence[str] = "garden",
                 test_domains: Sequence[str] = ("snow", "night", "fog", "clutter"), cue: float = 0.75,
                 test_cue: Optional[float] = None, cache_dir: Optional[str] = None,
                 root: Optional[str] = None) -> Task:
@@ -408,6 +436,8 @@ def shapes_task(seed: int = 0, n_train: int = 2000, n_val: int = 500, n_test: in
     seed: the data seed (keep it fixed across training seeds: it defines the benchmark).
     cue: probability that an ID image (train, val and test) has its class's background colour.
     test_cue: the same for the OOD domains (None: backgrounds independent of the class).
+    ood_val_domain: one domain, or a list of domains whose class-balanced mixture is the OOD-val
+      set (`_mixture_split`); a one-element list is the same as the bare domain.
     root: ignored (the world needs no files); accepted so the dataset config schema stays uniform.
     """
     for k, v in dict(n_train=n_train, n_val=n_val, n_test=n_test, ood_val_size=ood_val_size).items():
@@ -417,11 +447,19 @@ def shapes_task(seed: int = 0, n_train: int = 2000, n_val: int = 500, n_test: in
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
             raise UserError(f"dataset.task.{k}={v}: must be a probability in [0, 1]"
                             + (" or null" if k == "test_cue" else ""))
-    for d in [id_domain, ood_val_domain, *test_domains]:
+    if not isinstance(ood_val_domain, str):
+        ood_val_domain = [str(d) for d in ood_val_domain]
+        if not ood_val_domain:
+            raise UserError("dataset.task.ood_val_domain=[]: name one domain or a list of domains")
+        if len(ood_val_domain) == 1:
+            ood_val_domain = ood_val_domain[0]
+    val_domains = [ood_val_domain] if isinstance(ood_val_domain, str) else ood_val_domain
+    every = [id_domain, *val_domains, *test_domains]
+    for d in every:
         if d not in DOMAINS:
             raise UserError(f"dataset.task: unknown shapes domain '{d}'; valid: {', '.join(DOMAINS)}")
-    if id_domain in test_domains or ood_val_domain in test_domains or ood_val_domain == id_domain:
-        raise UserError("dataset.task: the ID domain, the OOD-val domain and the test domains must all differ")
+    if len(set(every)) != len(every):
+        raise UserError("dataset.task: the ID domain, the OOD-val domain(s) and the test domains must all differ")
     settings = dict(seed=seed, n_train=n_train, n_val=n_val, n_test=n_test, ood_val_size=ood_val_size,
                     id=id_domain, ood_val=ood_val_domain, tests=list(test_domains), cue=cue, test_cue=test_cue,
                     version=1)
@@ -432,7 +470,9 @@ def shapes_task(seed: int = 0, n_train: int = 2000, n_val: int = 500, n_test: in
             "train": _split("train", id_domain, n_train, seed, 1, cue),
             "id_val": _split("id_val", id_domain, n_val, seed, 2, cue),
             "id_test": _split("id_test", id_domain, n_test, seed, 3, cue),
-            "ood_val": _split(ood_val_domain, ood_val_domain, ood_val_size, seed, 4, test_cue),
+            "ood_val": (_split(ood_val_domain, ood_val_domain, ood_val_size, seed, 4, test_cue)
+                        if isinstance(ood_val_domain, str) else
+                        _mixture_split(ood_val_name(ood_val_domain), ood_val_domain, ood_val_size, seed, test_cue)),
         }
         for k, d in enumerate(test_domains):
             splits[d] = _split(d, d, n_test, seed, 10 + list(DOMAINS).index(d), test_cue)
