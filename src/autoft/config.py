@@ -319,14 +319,19 @@ def _shapes_domain_problems(task) -> list[str]:
     domains = {}
     for k, default in (("id_domain", "studio"), ("ood_val_domain", "garden")):
         domains[k] = _plain(task.get(k, default))
-        if domains[k] not in SHAPES_DOMAINS:
-            problems.append(f"dataset.task.{k}={_show(domains[k])}: not a shapes domain; valid: {', '.join(SHAPES_DOMAINS)}")
+        # ood_val_domain may also be a list: a class-balanced mixture of those domains
+        named = domains[k] if k == "ood_val_domain" and isinstance(domains[k], list) and domains[k] else [domains[k]]
+        if any(d not in SHAPES_DOMAINS for d in named):
+            also = " (or a non-empty list of them)" if k == "ood_val_domain" else ""
+            problems.append(f"dataset.task.{k}={_show(domains[k])}: not a shapes domain{also}; "
+                            f"valid: {', '.join(SHAPES_DOMAINS)}")
     tests = _plain(task.get("test_domains", ["snow", "night", "fog", "clutter"]))
     if not isinstance(tests, list) or not tests or any(d not in SHAPES_DOMAINS for d in tests):
         problems.append(f"dataset.task.test_domains={_show(tests)}: must be a non-empty list of shapes domains; "
                         f"valid: {', '.join(SHAPES_DOMAINS)}")
     elif not problems:
-        every = [domains["id_domain"], domains["ood_val_domain"], *tests]
+        val = domains["ood_val_domain"]
+        every = [domains["id_domain"], *(val if isinstance(val, list) else [val]), *tests]
         if len(set(every)) != len(every):
             problems.append(f"dataset.task: id_domain={domains['id_domain']}, ood_val_domain={domains['ood_val_domain']} "
                             f"and test_domains={_show(tests)} must all differ")
