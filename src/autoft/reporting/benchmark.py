@@ -1,0 +1,208 @@
+"""Collecting a benchmark over domain splits x seeds (scripts/benchmark.py runs it).
+
+A *cell* is one (split, seed s): the AutoFT search ran with seed s, and every method's final run
+(zero-shot, the baselines, AutoFT) trained with the same final seed. Each cell gives one (ID, OOD
+mean) point per row key: every method, and `wise-<method>` (WiSE-FT at alpha = 0.5) for every
+fine-tuned method. From the cells:
+
+- `summarize`: per row key, the mean over cells and a 95% t interval,
+      mean +- t_{0.975, n-1} * s / sqrt(n),   s the sample std (ddof = 1) over the n cells;
+- `paired`: per cell the difference AutoFT - baseline (same split, same final seed), then the same
+  mean and interval over cells. Pairing removes the split's difficulty from the comparison;
+- `per_split`: the OOD mean of each row key on each split, averaged over its seeds.
+
+Cells are treated as independent draws. They are not quite (the splits share the ID data and the
+foundation model; seeds share a split), so the intervals describe the spread over this grid, not a
+population of worlds.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from autoft.reporting.results import RunResult
+from autoft.reporting.tables import SCALE, WISE_PREFIX, _order, method_label
+
+WISE_ALPHA = 0.5
+# results whose `metrics` already are a WiSE-FT mixture get no WiSE-FT row of their own
+NO_WISE_ROW = ("zeroshot", "autoft_alpha")
+
+
+@dataclass(frozen=True)
+class CellRuns:
+    family: str          # the split family: "single" (one OOD-val domain) or "mixture"
+    split: str           # the split's id (its OOD-val name)
+    seed: int            # search seed = final seed of every method in the cell
+    runs: Mapping[str, RunResult]  # method -> its final run (zero-shot: the split's one evaluation)
+
+    def points(self, wise_alpha: float = WISE_ALPHA) -> dict[str, tuple[float, float]]:
+        """Row key -> (ID, OOD mean) in this cell, unscaled."""
+        out = {}
+        for method, run in self.runs.items():
+            out[method] = (run.id_value(), run.ood_mean())
+            if run.trained and method not in NO_WISE_ROW:
+                m = run.wise_metrics(wise_alpha)
+                out[WISE_PREFIX + method] = (run.id_value(m), run.ood_mean(m))
+        return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: Optional[float]   # None when n < 2
+    high: Optional[float]
+    n: int
+
+    def text(self, scale: float = SCALE, digits: int = 1) -> str:
+        if self.low is None:
+            return f"{scale * self.mean:.{digits}f}"
+        return f"{scale * self.mean:.{digits}f} [{scale * self.low:.{digits}f}, {scale * self.high:.{digits}f}]"
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
+    """Mean and Student-t interval: mean +- t_{(1+level)/2, n-1} * s / sqrt(n), s with ddof = 1."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("mean_ci of no values")
+    mean = float(x.mean())
+    if x.size < 2:
+        return Estimate(mean, None, None, 1)
+    half = float(t.ppf((1 + level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return Estimate(mean, mean - half, mean + half, int(x.size))
+
+
+def row_keys(cells: Sequence[CellRuns]) -> list[str]:
+    """Row keys present in every cell, in the tables' method order."""
+    common = set.intersection(*(set(c.points()) for c in cells)) if cells else set()
+    return sorted(common, key=_order)
+
+
+def summarize(cells: Sequence[CellRuns]) -> list[dict]:
+    """Per row key: ID and OOD mean estimates over the cells."""
+    pts = [c.points() for c in cells]
+    return [{"key": k, "label": label(k), "id": mean_ci([p[k][0] for p in pts]),
+             "ood": mean_ci([p[k][1] for p in pts])} for k in row_keys(cells)]
+
+
+def paired(cells: Sequence[CellRuns], of: Iterable[str] = ("autoft", "wise-autoft")) -> list[dict]:
+    """Per (method a, baseline b): estimates of the per-cell differences a - b in ID and OOD mean."""
+    keys = row_keys(cells)
+    pts = [c.points() for c in cells]
+    out = []
+    for a in [k for k in of if k in keys]:
+        for b in [k for k in keys if k != a]:
+            out.append({"a": a, "b": b, "label": f"{label(a)} − {label(b)}",
+                        "id": mean_ci([p[a][0] - p[b][0] for p in pts]),
+                        "ood": mean_ci([p[a][1] - p[b][1] for p in pts]),
+                        "wins": sum(p[a][1] > p[b][1] for p in pts), "n": len(pts)})
+    return out
+
+
+def per_split(cells: Sequence[CellRuns]) -> tuple[list[str], list[dict]]:
+    """Row keys and, per split, the OOD mean of each key averaged over the split's seeds."""
+    keys = row_keys(cells)
+    by_split: dict[str, list[CellRuns]] = {}
+    for c in cells:
+        by_split.setdefault(c.split, []).append(c)
+    rows = []
+    for split, cs in by_split.items():
+        pts = [c.points() for c in cs]
+        rows.append({"split": split, "family": cs[0].family, "seeds": sorted(c.seed for c in cs),
+                     "tests": cs[0].runs[next(iter(cs[0].runs))].ood_splits,
+                     "ood": {k: float(np.mean([p[k][1] for p in pts])) for k in keys}})
+    return keys, rows
+
+
+def label(key: str) -> str:
+    if key == "autoft_alpha":
+        return "AutoFT, α searched"
+    return method_label(key, WISE_ALPHA)
+
+
+def wise_curves(cells: Sequence[CellRuns]) -> dict[str, dict[float, tuple[float, float]]]:
+    """method -> alpha -> (ID, OOD mean) averaged over cells, for methods fine-tuned in every cell."""
+    methods = set.intersection(*(
+        {m for m, r in c.runs.items() if r.trained and m not in NO_WISE_ROW} for c in cells)) if cells else set()
+    out = {}
+    for m in sorted(methods, key=_order):
+        alphas = sorted(set.intersection(*(set(c.runs[m].wise_alphas()) for c in cells)))
+        out[m] = {a: (float(np.mean([c.runs[m].id_value(c.runs[m].wise_metrics(a)) for c in cells])),
+                      float(np.mean([c.runs[m].ood_mean(c.runs[m].wise_metrics(a)) for c in cells])))
+                  for a in alphas}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# output
+# ----------------------------------------------------------------------------------------------
+def summary_markdown(cells: Sequence[CellRuns], title: str) -> str:
+    rows = summarize(cells)
+    n_splits = len({c.split for c in cells})
+    lines = [f"**{title}**: {len(cells)} cells ({n_splits} splits x seeds); mean [95% t interval] over cells, x100.",
+             "", "| Method | ID | OOD mean |", "|---|---|---|"]
+    lines += [f"| {r['label']} | {r['id'].text()} | {r['ood'].text()} |" for r in rows]
+    diffs = paired(cells)
+    if diffs:
+        lines += ["", "Paired differences (same split, same seed), x100:", "",
+                  "| Difference | ID | OOD mean | OOD wins |", "|---|---|---|---|"]
+        lines += [f"| {d['label']} | {d['id'].text()} | {d['ood'].text()} | {d['wins']}/{d['n']} |" for d in diffs]
+    return "\n".join(lines) + "\n"
+
+
+def per_split_markdown(cells: Sequence[CellRuns]) -> str:
+    keys, rows = per_split(cells)
+    head = "| Family | OOD-val | Seeds | " + " | ".join(label(k) for k in keys) + " |"
+    lines = ["OOD mean (x100) per split, averaged over its seeds; tests: every other non-ID domain.", "",
+             head, "|" + "---|" * (3 + len(keys))]
+    for r in rows:
+        best = max(r["ood"].values())
+        cells_txt = [(f"**{SCALE * v:.1f}**" if v == best else f"{SCALE * v:.1f}") for v in (r["ood"][k] for k in keys)]
+        lines.append(f"| {r['family']} | {r['split']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells_txt) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(cells: Sequence[CellRuns]) -> dict:
+    est = lambda e: {"mean": e.mean, "low": e.low, "high": e.high, "n": e.n}  # noqa: E731
+    keys, split_rows = per_split(cells)
+    return {"cells": [{"family": c.family, "split": c.split, "seed": c.seed,
+                       "points": {k: list(v) for k, v in c.points().items()},
+                       "runs": {m: str(r.path) for m, r in c.runs.items()}} for c in cells],
+            "summary": [{"key": r["key"], "label": r["label"], "id": est(r["id"]), "ood": est(r["ood"])}
+                        for r in summarize(cells)],
+            "paired": [{"a": d["a"], "b": d["b"], "id": est(d["id"]), "ood": est(d["ood"]), "wins": d["wins"],
+                        "n": d["n"]} for d in paired(cells)],
+            "per_split": split_rows}
+
+
+def plot_benchmark(cells: Sequence[CellRuns], path: Path, title: str) -> Path:
+    """ID vs OOD mean averaged over cells: one marker per row key (bars: 95% intervals) and the
+    WiSE-FT curve (alpha 0 -> 1) of every fine-tuned method."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from autoft.reporting.plots import _save
+
+    fig = Figure(figsize=(7.0, 5.4))
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    curves = wise_curves(cells)
+    for i, (m, pts) in enumerate(curves.items()):
+        a = sorted(pts)
+        ax.plot([SCALE * pts[k][0] for k in a], [SCALE * pts[k][1] for k in a], "--", color=colors[i % len(colors)],
+                alpha=0.6, lw=1.1, label=f"WiSE-FT of {label(m)} (α 0→1)")
+    for r in summarize(cells):
+        err = lambda e: None if e.low is None else [[SCALE * (e.mean - e.low)], [SCALE * (e.high - e.mean)]]  # noqa: E731
+        ax.errorbar(SCALE * r["id"].mean, SCALE * r["ood"].mean, xerr=err(r["id"]), yerr=err(r["ood"]),
+                    fmt="s" if r["key"].startswith(WISE_PREFIX) else "o", ms=6, capsize=3, label=r["label"])
+    ax.set_xlabel("ID test accuracy (x100)")
+    ax.set_ylabel("OOD mean accuracy (x100)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="best", ncol=2)
+    return _save(fig, path)

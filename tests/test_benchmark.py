@@ -1,0 +1,153 @@
+"""The benchmark's statistics (autoft.reporting.benchmark) on hand-made results with known numbers,
+and scripts/benchmark.py's grid, resume and collection on fabricated run directories."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoft.reporting.benchmark import CellRuns, mean_ci, paired, per_split, summarize
+from autoft.reporting.results import read_result
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ["snow", "night"]
+
+
+def _block(id_acc: float, ood: tuple[float, float]) -> dict:
+    return {"id_val": {"accuracy": id_acc}, "ood_val": {"accuracy": 0.5}, "id_test": {"accuracy": id_acc},
+            TESTS[0]: {"accuracy": ood[0]}, TESTS[1]: {"accuracy": ood[1]}}
+
+
+def write(path: Path, method: str, seed: int, id_acc: float, ood: tuple[float, float],
+          wise_half: tuple[float, tuple[float, float]] | None = None) -> Path:
+    """A results.json whose selected model has these numbers; `wise_half`: (ID, OOD) at alpha 0.5."""
+    rec = {"dataset": "shapes", "model": "m", "method": method, "seed": seed, "objective_metric": "accuracy",
+           "higher_is_better": True, "metrics": _block(id_acc, ood)}
+    if wise_half is not None:
+        rec["wise"] = {"0.0": _block(0.6, (0.4, 0.4)), "0.5": _block(*wise_half), "1.0": _block(id_acc, ood)}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps(rec))
+    return path / "results.json"
+
+
+def test_mean_ci_is_the_student_t_interval():
+    # [0.1, 0.2, 0.3]: mean 0.2, s = 0.1, t_{0.975, 2} = 4.302652729911275
+    e = mean_ci([0.1, 0.2, 0.3])
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)
+    assert e.mean == pytest.approx(0.2) and e.n == 3
+    assert e.low == pytest.approx(0.2 - half) and e.high == pytest.approx(0.2 + half)
+    assert e.text() == f"20.0 [{100 * (0.2 - half):.1f}, {100 * (0.2 + half):.1f}]" == "20.0 [-4.8, 44.8]"
+    one = mean_ci([0.42])
+    assert one.low is None and one.text() == "42.0"
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def cells(tmp_path: Path) -> list[CellRuns]:
+    """Two splits x two seeds; AutoFT's OOD mean beats FT's by 0.10, 0.20, 0.30, 0.40."""
+    out = []
+    for k, split in enumerate(["a", "b"]):
+        zs = read_result(write(tmp_path / split / "zeroshot" / "seed0", "zeroshot", 0, 0.6, (0.5, 0.5)))
+        for s in range(2):
+            gain = 0.1 * (1 + 2 * k + s)
+            ft = read_result(write(tmp_path / split / "ft" / f"seed{s}", "ft", s, 0.9, (0.3, 0.3),
+                                   wise_half=(0.8, (0.55, 0.55))))
+            au = read_result(write(tmp_path / split / "autoft" / f"seed{s}", "autoft", s, 0.85,
+                                   (0.3 + gain, 0.3 + gain), wise_half=(0.8, (0.7, 0.6))))
+            out.append(CellRuns("single", split, s, {"zeroshot": zs, "ft": ft, "autoft": au}))
+    return out
+
+
+def test_summary_paired_differences_and_per_split_rows(tmp_path):
+    cs = cells(tmp_path)
+    rows = {r["key"]: r for r in summarize(cs)}
+    assert list(rows) == ["zeroshot", "ft", "wise-ft", "autoft", "wise-autoft"]
+    assert rows["autoft"]["ood"].mean == pytest.approx(0.3 + 0.25)  # gains 0.1..0.4, mean 0.25
+    assert rows["wise-ft"]["ood"].mean == pytest.approx(0.55) and rows["wise-ft"]["ood"].low == pytest.approx(0.55)
+    assert rows["wise-autoft"]["ood"].mean == pytest.approx(0.65) and rows["zeroshot"]["id"].mean == pytest.approx(0.6)
+    diffs = {(d["a"], d["b"]): d for d in paired(cs)}
+    d = diffs[("autoft", "ft")]
+    # per-cell differences 0.1, 0.2, 0.3, 0.4: mean 0.25, s = 0.1291, t_{0.975, 3} = 3.182446305284263
+    half = 3.182446305284263 * 0.12909944487358058 / 2
+    assert d["ood"].mean == pytest.approx(0.25) and d["ood"].low == pytest.approx(0.25 - half)
+    assert d["id"].mean == pytest.approx(-0.05) and d["wins"] == 4 and d["n"] == 4
+    assert diffs[("wise-autoft", "wise-ft")]["ood"].mean == pytest.approx(0.10)
+    assert diffs[("autoft", "wise-ft")]["wins"] == 2  # gains 0.3 and 0.4 (0.6, 0.7 > 0.55) beat WiSE-FT
+    keys, split_rows = per_split(cs)
+    by = {r["split"]: r for r in split_rows}
+    assert by["a"]["ood"]["autoft"] == pytest.approx(0.45) and by["b"]["ood"]["autoft"] == pytest.approx(0.65)
+    assert by["a"]["seeds"] == [0, 1] and by["a"]["tests"] == TESTS
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_grid_splits_keep_id_fixed_and_test_on_every_other_domain():
+    b = _script()
+    splits = b.DEFAULT.splits()
+    for sp in splits:
+        assert "studio" not in sp.ood_val and "studio" not in sp.tests
+        assert sorted(sp.tests + list(sp.ood_val)) == sorted(b.OTHERS)  # nothing left out, nothing twice
+    assert [sp.id for sp in splits[:2]] == ["garden", "snow"]
+    mixtures = [sp for sp in splits if sp.family == "mixture"]
+    assert mixtures and all(len(sp.ood_val) == 3 for sp in mixtures)
+    with pytest.raises(SystemExit, match="single-splits=9"):
+        b.splits_of("single", 9)
+
+
+def test_plan_runs_only_what_is_missing_and_collect_pairs_the_cells(tmp_path):
+    """A benchmark directory with every run of one cell present: planning skips those steps, and
+    collecting builds the tables from that cell only, naming what is missing."""
+    b = _script()
+    grid = b.Grid(single=1, mixture=0, seeds=2, trials=4, alpha_searched=False)
+    where = tmp_path / "single" / "garden"
+    methods = ["zeroshot", *b.BASELINES, "autoft"]
+    for m in methods:
+        write(where / m / "seed0", m, 0, 0.8, (0.5, 0.6), None if m == "zeroshot" else (0.7, (0.6, 0.6)))
+    steps = {s.name: s for s in b.plan(grid, tmp_path, [])}
+    assert steps["garden/baselines-s0"].done() and steps["garden/autoft-s0"].done()
+    assert not steps["garden/baselines-s1"].done() and not steps["garden/search-s0"].done()
+    assert steps["garden/autoft-s0"].after == ["garden/search-s0"]
+    search = steps["garden/search-s1"].cmd
+    assert "seed=1" in search and "hydra.sweeper.n_trials=4" in search
+    assert "dataset.task.test_domains=[snow,night,fog,clutter,sketch,outline,texture]" in search
+    path = b.collect(grid, tmp_path)
+    text = path.read_text()
+    assert "Complete cells: 1" in text and "| AutoFT | 80.0 | 55.0 |" in text
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    assert len(data["single"]["cells"]) == 1 and any("seed1" in m for m in data["missing"])
+    assert (tmp_path / "plots" / "single.png").stat().st_size > 1000
+
+
+def test_runner_runs_side_by_side_in_dependency_order_and_resumes(tmp_path, capsys):
+    """Real processes: b needs a, c fails, d needs c (skipped); a rerun runs only what is missing."""
+    from autoft.runner import Step, run_steps
+
+    def writer(name: str, extra: str = "") -> list[str]:
+        code = (f"import os, pathlib, time; time.sleep(0.2); {extra}"
+                f"pathlib.Path({str(tmp_path / name)!r}).write_text(os.environ['OMP_NUM_THREADS'])")
+        return [sys.executable, "-c", code]
+
+    a = Step("a", writer("a"), [tmp_path / "a"])
+    b = Step("b", writer("b", f"assert pathlib.Path({str(tmp_path / 'a')!r}).is_file(); "), [tmp_path / "b"],
+             after=["a"], threads=3)
+    c = Step("c", [sys.executable, "-c", "raise SystemExit(3)"], [tmp_path / "c"])
+    d = Step("d", writer("d"), [tmp_path / "d"], after=["c"])
+    e = Step("e", [sys.executable, "-c", "pass"], [tmp_path / "e.done"], marker=True)
+    failed = run_steps([a, b, c, d, e], jobs=2, logs=tmp_path / "logs", cwd=tmp_path)
+    assert sorted(failed) == ["c", "d"]
+    assert (tmp_path / "b").read_text() == "3" and not (tmp_path / "d").exists() and (tmp_path / "e.done").is_file()
+    assert "exit 3" in capsys.readouterr().out
+    assert (tmp_path / "logs" / "c.log").read_text().startswith("$ ")
+    (tmp_path / "a").write_text("kept")
+    assert sorted(run_steps([a, b, c, d, e], jobs=2, logs=tmp_path / "logs", cwd=tmp_path)) == ["c", "d"]
+    assert (tmp_path / "a").read_text() == "kept"  # done steps are not rerun
