@@ -84,22 +84,20 @@ def main(argv=None) -> dict:
 
     from autoft import cli
     from autoft.data.cache import TensorBatches, loader
-    from autoft.engine import FinetuneSettings, Finetuner, make_optimizer
+    from autoft.engine import Finetuner, make_optimizer
     from autoft.evaluation import predict
     from autoft.pipeline import search_trial
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["phase=search", *args.overrides])
-    hp = cli.hyperparameters(cfg)
+    spec = cli.trial_spec(cfg, cli.hyperparameters(cfg))
     ws = cli.workspace(cfg)
-    device, task, t = ws.device, ws.task, cfg.trainer
-    steps, batch = int(t.inner_steps), int(t.batch_size)
-    weights = hp["loss_weights"]
-    settings = FinetuneSettings(steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"],
-                                warmup_steps=int(round(float(t.warmup_fraction) * steps)),
-                                clip_grad_norm=t.clip_grad_norm, precision=ws.precision, seed=0)
-    pool = cli.pool_indices(len(task.train), steps * batch, 0)
-    trainable = cfg.method.trainable
+    device, task = ws.device, ws.task
+    steps, batch = spec.steps, spec.batch_size
+    weights = spec.weights
+    settings = spec.settings(ws.precision, seed=0)  # the settings of the trial's first inner run
+    pool = cli.pool_indices(len(task.train), steps * batch, spec.pool_seed)
+    trainable = spec.trainable
     print(f"bench: dataset={cfg.dataset.name} model={cfg.model.name} device={device} precision={ws.precision} "
           f"inner_steps={steps} batch={batch} pool={len(pool)} ood_val={len(task.ood_val)} "
           f"losses={[k for k, w in weights.items() if w]}", flush=True)

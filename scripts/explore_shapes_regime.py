@@ -10,7 +10,7 @@ norm statistics frozen, AdamW, cosine schedule with warm-up, as the engine does)
 beats zero-shot on ID, loses to zero-shot or WiSE-FT on the held-out domains, and OOD-val accuracy
 as a function of the learning rate peaks above zero-shot at an intermediate rate.
 
-Fine-tuning goes through the library's own final run (`autoft.pipeline.final_run`: epochs over ID
+Fine-tuning goes through the library's own final run (`autoft.pipeline.run_final`: epochs over ID
 train, epoch selected on ID val, WiSE-FT from the same weights), exactly what `train.py` runs.
 
 How the defaults were chosen (2 CPU cores, accuracy %):
@@ -60,7 +60,7 @@ import torch
 
 from autoft.data import shapes
 from autoft.models.clip import load_checkpoint
-from autoft.pipeline import Workspace, evaluate_all, final_run
+from autoft.pipeline import FinalSpec, Workspace, evaluate_all, run_final
 
 
 def main() -> None:
@@ -109,9 +109,10 @@ def main() -> None:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.time()
-                res = final_run(ws, {"ce": 1.0}, lr, args.weight_decay, args.epochs, args.batch_size, "all", True,
-                                Path(tmp), seed, clip_grad_norm=args.clip_grad_norm, wise_alphas=(0.5,),
-                                progress=False)
+                spec = FinalSpec(weights={"ce": 1.0}, lr=lr, weight_decay=args.weight_decay, epochs=args.epochs,
+                                 batch_size=args.batch_size, seed=seed, clip_grad_norm=args.clip_grad_norm,
+                                 wise_alphas=(0.5,))
+                res = run_final(ws, spec, Path(tmp), progress=False)
             extra = dict(lr=lr, seed=seed, epochs=args.epochs, batch=args.batch_size, n_train=args.n_train,
                          selected_epoch=res["selected_epoch"], seconds=round(time.time() - t, 1))
             row(f"ft lr={lr:g} s{seed}", res["metrics"], extra)

@@ -44,7 +44,6 @@ def existing_ok(out: Path, method: str, seed: int) -> bool:
 def autoft_hparams(args, out: Path) -> Path:
     """The hyperparameters file AutoFT's final runs read (written from the study when asked)."""
     from autoft.errors import UserError
-    from autoft.reporting.io import atomic_write_text
     from autoft.reporting.results import best_hparams_from_study
 
     if args.hparams:
@@ -53,12 +52,16 @@ def autoft_hparams(args, out: Path) -> Path:
             raise UserError(f"--hparams file not found: {path}")
         return path
     if args.study:
-        import yaml
+        from autoft.hparams import Hyperparameters
 
-        hp = best_hparams_from_study(args.study, args.study_name)
+        # what the study did not search keeps the value `train.py method=autoft` would use
+        defaults = Hyperparameters.from_config(compose_config(args.dataset, args.config_dir, [f"model={args.model}",
+                                                                                               "method=autoft"]))
+        hp = best_hparams_from_study(args.study, args.study_name, defaults)
         path = out / "autoft" / "hparams_from_study.yaml"
-        atomic_write_text(path, f"# best trial of study {hp['study']} in {args.study}\n" + yaml.safe_dump(hp, sort_keys=False))
-        print(f"AutoFT hyperparameters from trial {hp['trial']} of study {hp['study']} -> {path}")
+        rec = hp.records
+        hp.save(path, f"# chosen trial of study {rec['study_name']} in {args.study}\n")
+        print(f"AutoFT hyperparameters from trial {rec['trial_number']} of study {rec['study_name']} -> {path}")
         return path
     path = out / "search-autoft" / "best_hparams.yaml"
     if not path.is_file():
@@ -68,13 +71,18 @@ def autoft_hparams(args, out: Path) -> Path:
     return path
 
 
-def default_model(dataset: str, config_dir=None) -> str:
-    """The model `train.py dataset=<dataset>` composes (each paper benchmark names the paper's backbone)."""
+def compose_config(dataset: str, config_dir=None, overrides=()):
+    """The config `train.py dataset=<dataset> <overrides>` composes."""
     from hydra import compose, initialize_config_dir
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return str(compose("config", overrides=[f"dataset={dataset}", *extra]).model.name)
+        return compose("config", overrides=[f"dataset={dataset}", *overrides, *extra])
+
+
+def default_model(dataset: str, config_dir=None) -> str:
+    """The model `train.py dataset=<dataset>` composes (each paper benchmark names the paper's backbone)."""
+    return str(compose_config(dataset, config_dir).model.name)
 
 
 def main(argv=None) -> int:

@@ -1008,7 +1008,7 @@ def ddp_worker(args) -> None:
     import torch.distributed as dist
 
     from autoft.distributed import SINGLE, DistEnv, from_environment
-    from autoft.pipeline import final_run
+    from autoft.pipeline import FinalSpec, run_final
 
     out = Path(args.worker_out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1040,10 +1040,10 @@ def ddp_worker(args) -> None:
     scale = make_scale(device, args.dry_run)
     ws = tiny_workspace(device, scale, n_train=scale.ddp_batch * 4)
     weights = {"ce": 1.0, "hinge": 0.2, "flyp": 0.5, "l2init": 1.0}  # flyp: the feature all-gather
-    kw = dict(weights=weights, lr=3e-3, weight_decay=0.1, epochs=scale.ddp_epochs, batch_size=scale.ddp_batch,
-              trainable="all", train=True, seed=0, wise_alphas=(), progress=False)
+    spec = FinalSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=scale.ddp_epochs, batch_size=scale.ddp_batch,
+                     wise_alphas=())
     t = time.perf_counter()
-    final_run(ws, output_dir=out / "run", dist_env=env, **kw)
+    run_final(ws, spec, out / "run", progress=False, dist_env=env)
     secs = time.perf_counter() - t
     dist_w = {k: v.detach().cpu() for k, v in ws.classifier.state_dict().items()}
     theta0 = {k: v.detach().cpu() for k, v in ws.theta0.items()}
@@ -1054,7 +1054,7 @@ def ddp_worker(args) -> None:
                    "detail": f"max |theta - theta0| = {res['moved_from_theta0']:.3g}"})
     if world == 1:
         # the same run without the collectives: an all-reduce and all-gather over one rank change nothing
-        final_run(ws, output_dir=out / "single", dist_env=SINGLE, **kw)
+        run_final(ws, spec, out / "single", progress=False, dist_env=SINGLE)
         single = {k: v.detach().cpu() for k, v in ws.classifier.state_dict().items()}
         res["max_abs_diff_vs_single"] = max_abs_diff(dist_w, single)
         res["bit_identical_vs_single"] = bit_identical(dist_w, single)

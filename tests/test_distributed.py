@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoft.models.clip import load_clip
-from autoft.pipeline import Workspace, final_run
+from autoft.pipeline import FinalSpec, Workspace, run_final
 from conftest import TINY_CLIP, tiny_task_value
 
 HERE = Path(__file__).parent
@@ -47,10 +47,9 @@ class Killed(Exception):
 
 def test_final_run_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
     weights = {"ce": 1.0, "flyp": 0.3, "l1init": 1.0}
-    args = dict(weights=weights, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, trainable="all", train=True,
-                seed=4, wise_alphas=(), progress=False)
+    spec = FinalSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, seed=4, wise_alphas=())
     ws = build_ws()
-    whole = final_run(ws, output_dir=tmp_path / "whole", **args)
+    whole = run_final(ws, spec, tmp_path / "whole", progress=False)
     reference = {k: v.clone() for k, v in ws.classifier.state_dict().items()}
 
     def kill_after_first(epoch, results):
@@ -58,10 +57,10 @@ def test_final_run_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        final_run(build_ws(), output_dir=tmp_path / "resumed", on_epoch_end=kill_after_first, **args)
+        run_final(build_ws(), spec, tmp_path / "resumed", progress=False, on_epoch_end=kill_after_first)
     assert (tmp_path / "resumed" / "last.pt").is_file() and not (tmp_path / "resumed" / "model.pt").exists()
     ws2 = build_ws()  # a new process would start from scratch like this
-    resumed = final_run(ws2, output_dir=tmp_path / "resumed", **args)
+    resumed = run_final(ws2, spec, tmp_path / "resumed", progress=False)
     for k, v in reference.items():
         torch.testing.assert_close(ws2.classifier.state_dict()[k], v, rtol=0, atol=0)
     assert [e["loss"] for e in resumed["epochs"]] == [e["loss"] for e in whole["epochs"]]

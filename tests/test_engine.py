@@ -11,7 +11,7 @@ from autoft.data.cache import TensorBatches, materialize
 from autoft.engine import Finetuner, FinetuneSettings, warmup_cosine
 from autoft.errors import TrialDiverged, UserError
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats, zeroshot_weights
-from autoft.pipeline import Workspace, final_run, search_trial
+from autoft.pipeline import FinalSpec, Workspace, run_final, search_trial
 from autoft.wise import interpolate
 from autoft.models.clip import load_clip
 from conftest import TINY_CLIP
@@ -122,9 +122,11 @@ def test_wise_endpoints_reproduce_both_models():
 
 def test_final_run_selects_on_id_val_and_wise_endpoints_match(tiny_bundle, tiny_task, tmp_path):
     ws = Workspace.build(tiny_task, tiny_bundle, torch.device("cpu"))
-    zero_shot = {k: v["accuracy"] for k, v in final_run(ws, {"ce": 1.0}, 1e-3, 0.1, 1, 8, "all", False, tmp_path,
-                                                          0, wise_alphas=()).get("metrics").items()}
-    res = final_run(ws, {"ce": 1.0}, 3e-3, 0.1, 3, 8, "all", True, tmp_path, seed=0, wise_alphas=(0.0, 1.0))
+    untrained = FinalSpec(weights={"ce": 1.0}, lr=1e-3, weight_decay=0.1, epochs=1, batch_size=8, train=False,
+                          wise_alphas=())
+    zero_shot = {k: v["accuracy"] for k, v in run_final(ws, untrained, tmp_path)["metrics"].items()}
+    spec = FinalSpec(weights={"ce": 1.0}, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, wise_alphas=(0.0, 1.0))
+    res = run_final(ws, spec, tmp_path)
     best = max(e["id_val"]["accuracy"] for e in res["epochs"])
     assert res["epochs"][res["selected_epoch"] - 1]["id_val"]["accuracy"] == best
     assert res["metrics"]["id_val"]["accuracy"] == pytest.approx(best)

@@ -200,10 +200,12 @@ def test_search_plots_and_best_hparams_from_a_real_study(tmp_path, results):
 
     study.optimize(objective, n_trials=12)
     best = best_hparams_from_study(storage)
-    assert best["lr_scale"] == study.best_params["trainer.lr_scale"]
-    assert best["loss_weights"] == {"hinge": study.best_params["method.loss_weights.hinge"]}
-    assert best["weight_decay"] == study.best_params["trainer.weight_decay"]
-    assert best["trial"] == study.best_trial.number
+    assert best.lr_scale == study.best_params["trainer.lr_scale"]
+    assert best.loss_weights["hinge"] == study.best_params["method.loss_weights.hinge"]
+    assert {k for k, w in best.loss_weights.items() if w} == {"ce", "hinge"}  # unsearched terms: ce 1, others 0
+    assert best.weight_decay == study.best_params["trainer.weight_decay"]
+    assert best.records["trial_number"] == study.best_trial.number and best.records["study_name"] == "s1"
+    assert best.wise_alpha == 1.0
 
     report = make_report(root)
     names = {p.name for p in report.files}

@@ -5,6 +5,7 @@ In-process and fast: real Hydra override parsing, real Optuna distributions and 
 from pathlib import Path
 
 import optuna
+import yaml
 import pytest
 from omegaconf import OmegaConf
 
@@ -180,11 +181,14 @@ def test_best_hparams_round_trip(tmp_path):
                       n_complete=1)
     write_best_hparams(tmp_path / "best.yaml", hp)
     back = load_best_hparams(tmp_path / "best.yaml")
-    assert back["loss_weights"] == {"ce": 1.0, "hinge": 0.0, "entropy": 0.0, "dcm": 0.0, "flyp": 0.5, "l1init": 0.0,
-                                    "l2init": 0.01, "l1zero": 0.0, "l2zero": 0.0}
-    assert back["lr_scale"] == 4.0 and back["lr"] == pytest.approx(4e-5) and back["weight_decay"] == 0.25
-    assert (back["objective"], back["metric"], back["trial_number"], back["study_name"]) == (0.8, "accuracy", 0, "s")
-    assert "seed" not in back
+    assert back == hp  # the hyperparameters survive the file
+    assert back.loss_weights == {"ce": 1.0, "hinge": 0.0, "entropy": 0.0, "dcm": 0.0, "flyp": 0.5, "l1init": 0.0,
+                                 "l2init": 0.01, "l1zero": 0.0, "l2zero": 0.0}
+    assert back.lr_scale == 4.0 and back.lr(back.base_lr) == pytest.approx(4e-5) and back.weight_decay == 0.25
+    assert back.wise_alpha == 1.0 and back.seed is None
+    rec = back.records
+    assert (rec["objective"], rec["metric"], rec["trial_number"], rec["study_name"]) == (0.8, "accuracy", 0, "s")
+    assert "seed" not in yaml.safe_load((tmp_path / "best.yaml").read_text())
     with pytest.raises(UserError, match="not found"):
         load_best_hparams(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("lr: 1.0\nweight_decay: 0.1\n")
@@ -192,7 +196,7 @@ def test_best_hparams_round_trip(tmp_path):
         load_best_hparams(tmp_path / "bad.yaml")
     # a warm-start file reads the same way (lr / base_lr -> lr_scale)
     iw = load_best_hparams_from_warm_start(tmp_path)
-    assert iw["lr_scale"] == pytest.approx(13.6) and iw["loss_weights"]["ce"] == 1.0
+    assert iw.lr_scale == pytest.approx(13.6) and iw.loss_weights["ce"] == 1.0
 
 
 def load_best_hparams_from_warm_start(tmp_path):

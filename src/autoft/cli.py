@@ -1,30 +1,30 @@
-"""Turns a composed Hydra config into plain arguments for autoft.pipeline (the library itself never
-reads Hydra globals; only this module and train.py do)."""
+"""Turns a composed Hydra config into the typed objects autoft.pipeline runs on: the run's
+Hyperparameters (autoft.hparams), a TrialSpec (search) or a FinalSpec (final), and the Workspace.
+The library itself never reads the config or Hydra globals; only this module and train.py do."""
 from __future__ import annotations
 
 import logging
 import os
-import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from autoft import config as schema
 from autoft.data.base import Task
 from autoft.distributed import SINGLE, DistEnv, from_environment
-from autoft.engine import FinetuneSettings
 from autoft.errors import UserError
-from autoft.losses import validate_weights
-from autoft.metrics import METRICS, bootstrap_interval
+from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
+from autoft.metrics import METRICS
 from autoft.models.clip import load_clip
-from autoft.pipeline import FinalSpec, Workspace, run_final, search_trial
+from autoft.pipeline import (FinalSpec, TrialSpec, Workspace, pool_indices, run_final, run_trial,  # noqa: F401
+                             seed_everything)
 from autoft.reporting import wandb_logger
 from autoft.reporting.io import write_json
 
@@ -53,12 +53,6 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def resolve_channels_last(value, device: torch.device) -> bool:
     """auto: on CUDA only (on CPU the NCHW kernels are as fast or faster)."""
     return device.type == "cuda" if value == "auto" else bool(value)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_task(cfg: DictConfig) -> Task:
@@ -161,7 +155,8 @@ def preflight(cfg: DictConfig) -> None:
     on the accelerator and downloads nothing."""
     schema.validate(cfg)
     check_model_fits_dataset(cfg)
-    hyperparameters(cfg)
+    hp = hyperparameters(cfg)
+    trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
     build_task(cfg)
 
@@ -174,144 +169,142 @@ def distributed_env(cfg: DictConfig) -> DistEnv:
     return from_environment(want)
 
 
-def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """Loss weights, lr and weight decay of this run: the config, or a best-hparams file (final)."""
-    weights = dict(OmegaConf.to_container(cfg.method.loss_weights))
-    lr_scale, wd = float(cfg.trainer.lr_scale), float(cfg.trainer.weight_decay)
-    source = "config"
-    if cfg.get("hparams"):
-        path = Path(cfg.hparams)
-        best = schema.read_hparams(path)  # one message naming the file when it is missing or unreadable
-        weights.update(best.get("loss_weights", {}))
-        lr_scale = float(best.get("lr_scale", lr_scale))
-        wd = float(best.get("weight_decay", wd))
-        source = str(path)
-    # ce is fixed to 1 (never searched); the reference code used a sampled ce weight in the final run
-    weights["ce"] = float(cfg.method.loss_weights.ce)
-    weights = validate_weights(weights)
-    if not lr_scale > 0:
-        raise UserError(f"trainer.lr_scale must be > 0, got {lr_scale}")
-    # method presets may scale the lr: a linear probe's head (weights ~ logit_scale) needs larger steps
-    lr_mult = float(cfg.method.get("lr_mult", 1.0))
-    if not lr_mult > 0:
-        raise UserError(f"method.lr_mult must be > 0, got {lr_mult}")
-    lr = float(cfg.trainer.base_lr) * lr_scale * lr_mult
-    if not lr > 0:
-        raise UserError(f"trainer.base_lr must be > 0, got {cfg.trainer.base_lr}")
-    if not 0 <= wd:
-        raise UserError(f"trainer.weight_decay must be >= 0, got {wd}")
-    hp = {"loss_weights": weights, "lr": lr, "lr_scale": lr_scale, "weight_decay": wd, "source": source}
+def hyperparameters(cfg: DictConfig) -> Hyperparameters:
+    """This run's hyperparameters: the config's, or (hparams=<best_hparams.yaml>) the file's, whose
+    loss terms it leaves out keep the config's weights. ce is always the config's (never searched; the
+    reference code used a sampled ce weight in the final run). base_lr is the config's: the run's lr
+    is trainer.base_lr x lr_scale x method.lr_mult."""
+    hp = Hyperparameters.from_config(cfg)
+    if cfg.get("hparams"):  # one message naming the file and the key when it is missing or bad
+        hp = Hyperparameters.load(cfg.hparams, defaults=hp)
+    return replace(hp, loss_weights={**hp.loss_weights, "ce": float(cfg.method.loss_weights.ce)},
+                   base_lr=float(cfg.trainer.base_lr))
+
+
+def hparams_record(cfg: DictConfig, hp: Hyperparameters) -> dict[str, Any]:
+    """The `hparams` of trial.json and results.json (and the W&B config): the hyperparameters, the
+    run's own lr, where they came from, and the method's lr settings."""
+    m = cfg.method
+    lr_mult = float(m.get("lr_mult", 1.0))
+    record = {**hp.values(), "lr": hp.lr(hp.base_lr, lr_mult), "source": str(cfg.hparams) if cfg.get("hparams") else "config"}
     if lr_mult != 1.0:
-        hp["lr_mult"] = lr_mult
-    if int(cfg.method.get("lp_epochs", 0) or 0) > 0:  # LP-FT: the head-only stage's lr
-        hp["lp_epochs"] = int(cfg.method.lp_epochs)
-        hp["lp_lr"] = float(cfg.trainer.base_lr) * lr_scale * float(cfg.method.get("lp_lr_mult", 1.0))
-    return hp
+        record["lr_mult"] = lr_mult
+    if int(m.get("lp_epochs", 0) or 0) > 0:  # LP-FT: the head-only stage's lr
+        record["lp_epochs"] = int(m.lp_epochs)
+        record["lp_lr"] = hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0)))
+    return record
 
 
 def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
-    """The ID examples the inner runs train on: a fixed seeded subset, decoded once per study."""
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[: min(n, size)])
-
-
 def run(cfg: DictConfig) -> Optional[float]:
     schema.validate(cfg)  # every key, range and file first: nothing is built before this passes
-    hp = hyperparameters(cfg)  # validate before building anything
+    hp = hyperparameters(cfg)
+    record = hparams_record(cfg, hp)
+    # the spec is validated before anything is built
+    spec = trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
     seed_everything(int(cfg.seed))
     ws = workspace(cfg)
     out = output_dir()
-    t = cfg.trainer
     if cfg.phase == "search":
-        wb = wandb_logger.for_run(cfg, hp, out, job_type="trial")  # a no-op unless logger=wandb
+        wb = wandb_logger.for_run(cfg, record, out, job_type="trial")  # a no-op unless logger=wandb
         with wb.closing():
-            objective = run_search(cfg, ws, hp, out)
+            objective = run_search(cfg, ws, hp, out, spec)
             wb.summary(wandb_logger.trial_summary(out / "trial.json", objective))
         return objective
 
     env = distributed_env(cfg)
-    wb = wandb_logger.for_run(cfg, hp, out, job_type="final")  # rank 0 only
+    wb = wandb_logger.for_run(cfg, record, out, job_type="final")  # rank 0 only
     with wb.closing():
-        res = run_final(ws, final_spec(cfg, hp), out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch)
+        res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch)
         if env.is_main:
             wb.summary(wandb_logger.summary_of(res))
     if not env.is_main:
         return None
+    t = cfg.trainer
     record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
               "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
               "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
-              "hparams": {**hp, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
+              "hparams": {**record, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
     write_json(out / "results.json", record)
     log.info("results written to %s", out / "results.json")
+    if res["wise_alpha"] != 1.0:
+        log.info("  the final model is the WiSE-FT mixture at alpha=%g (hparams wise_alpha)", res["wise_alpha"])
     for split, m in res["metrics"].items():
         log.info("  %-16s %s %.4f", split, ws.task.metric, m[ws.task.metric])
     return res["metrics"]["id_val"][ws.task.metric]
 
 
-def final_spec(cfg: DictConfig, hp: dict) -> FinalSpec:
+def final_spec(cfg: DictConfig, hp: Hyperparameters) -> FinalSpec:
     """The final run's spec: the config's method, trainer and dataset settings with this run's
     hyperparameters (the only place a final run's settings are read from the config)."""
     t, m = cfg.trainer, cfg.method
-    return FinalSpec(weights=hp["loss_weights"], lr=hp["lr"], weight_decay=hp["weight_decay"], epochs=int(t.epochs),
-                     batch_size=int(t.batch_size), trainable=str(m.trainable), train=bool(m.train), seed=int(cfg.seed),
+    lp_epochs = int(m.get("lp_epochs", 0) or 0)
+    return FinalSpec(weights=dict(hp.loss_weights), lr=hp.lr(hp.base_lr, float(m.get("lr_mult", 1.0))),
+                     weight_decay=hp.weight_decay, epochs=int(t.epochs), batch_size=int(t.batch_size),
+                     trainable=str(m.trainable), train=bool(m.train), seed=int(cfg.seed),
                      warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
-                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
-                     lp_epochs=int(hp.get("lp_epochs", 0)), lp_lr=hp.get("lp_lr"),
+                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss), lp_epochs=lp_epochs,
+                     lp_lr=hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0))) if lp_epochs > 0 else None,
                      refresh_head=bool(m.get("refresh_head", False)),
-                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)))
+                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)), wise_alpha=hp.wise_alpha)
 
 
-def trial_settings(cfg: DictConfig, hp: dict, precision: str, seed: int) -> FinetuneSettings:
-    """One search trial's inner run: trainer.inner_steps steps with this trial's hyperparameters."""
-    t = cfg.trainer
-    return FinetuneSettings.for_run(int(t.inner_steps), hp["lr"], hp["weight_decay"], float(t.warmup_fraction),
-                                    t.clip_grad_norm, int(t.accum_steps), precision, float(t.max_loss), seed)
-
-
-def run_search(cfg: DictConfig, ws: Workspace, hp: dict, out: Path) -> float:
-    """One trial: `search.seeds_per_trial` inner runs (seeds seed, seed+1, ...) scored by their mean,
-    with a bootstrap interval over the OOD-val examples; per-seed scores go to the study too."""
-    t, task = cfg.trainer, ws.task
-    search = cfg.get("search") or {}
-    steps = int(t.inner_steps)
+def trial_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec:
+    """A search trial's spec: trainer.inner_steps steps per inner run with this trial's
+    hyperparameters, search.seeds_per_trial seeds (seed, seed+1, ...), scored on OOD-val (the only
+    place a trial's settings are read from the config)."""
+    t, search = cfg.trainer, cfg.get("search") or {}
     k = int(search.get("seeds_per_trial", 1))
     if k < 1:
         raise UserError(f"search.seeds_per_trial must be >= 1, got {k}")
+    alphas = search.get("wise_alphas")
+    if alphas is not None and not (isinstance(alphas, ListConfig) and len(alphas) > 0):
+        raise UserError(f"search.wise_alphas={alphas}: must be null or a non-empty list of numbers in [0, 1], "
+                        "e.g. [0.25,0.5,0.75,1.0]")
+    return TrialSpec(weights=dict(hp.loss_weights), lr=hp.lr(hp.base_lr, float(cfg.method.get("lr_mult", 1.0))),
+                     weight_decay=hp.weight_decay, steps=int(t.inner_steps), batch_size=int(t.batch_size),
+                     trainable=str(cfg.method.trainable), seeds=tuple(int(cfg.seed) + i for i in range(k)),
+                     warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
+                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
+                     pool_seed=int(search.get("pool_seed", 0)), eval_every=int(search.get("eval_every", 0) or 0),
+                     bootstrap=int(search.get("bootstrap", 1000) or 0),
+                     wise_alphas=tuple(_alpha(a) for a in alphas or ()))
+
+
+def _alpha(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"search.wise_alphas: {value!r} is not a number in [0, 1]") from None
+
+
+def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
+               spec: Optional[TrialSpec] = None) -> float:
+    """One trial (pipeline.run_trial): writes trial.json and reports the per-seed scores, the
+    interval and the chosen WiSE-FT alpha (search.wise_alphas) to the study."""
+    spec = spec or trial_spec(cfg, hp)
     reporter = None
+    search = cfg.get("search") or {}
     if search.get("trial_id") is not None:
         from autoft.search.trial import TrialReporter
         reporter = TrialReporter.from_config(search)
-    pool = pool_indices(len(task.train), steps * int(t.batch_size), int(search.get("pool_seed", 0)))
-    runs = []
-    for i in range(k):
-        settings = trial_settings(cfg, hp, ws.precision, int(cfg.seed) + i)
-        seed_everything(settings.seed)
-        # intermediate reports (pruning) come from the first seed's run only
-        report = reporter.report if reporter is not None and i == 0 else None
-        runs.append(search_trial(ws, hp["loss_weights"], settings, cfg.method.trainable, pool, int(t.batch_size),
-                                 eval_every=int(search.get("eval_every", 0) or 0), report=report,
-                                 progress=reporter.progress if reporter is not None else None))
-    per_seed = [r["objective"] for r in runs]
-    objective = float(np.mean(per_seed))
-    record = {"objective": objective, "metric": task.metric, "seeds": [int(cfg.seed) + i for i in range(k)],
-              "per_seed": per_seed, "hparams": hp, "runs": [{k2: v for k2, v in r.items() if k2 != "ood_val_pred"} for r in runs]}
-    n_boot = int(search.get("bootstrap", 1000) or 0)
-    if n_boot:
-        split = task.ood_val
-        groups = torch.as_tensor(split.groups, dtype=torch.long) if split.groups is not None else None
-        record["ci"] = list(bootstrap_interval(task.metric, [r["ood_val_pred"] for r in runs],
-                                               torch.as_tensor(split.labels, dtype=torch.long), groups, n_boot))
+    record = run_trial(ws, spec, report=reporter.report if reporter is not None else None,
+                       progress=reporter.progress if reporter is not None else None)
+    record["hparams"] = hparams_record(cfg, hp)
     write_json(out / "trial.json", record)
     if reporter is not None:
-        attrs = {"per_seed": per_seed, "seeds": record["seeds"], "peak_lr": runs[0]["peak_lr"]}
+        attrs = {"per_seed": record["per_seed"], "seeds": record["seeds"], "peak_lr": record["runs"][0]["peak_lr"]}
         if "ci" in record:
             attrs.update(ci_low=record["ci"][0], ci_high=record["ci"][1])
+        if "wise_alpha" in record:
+            attrs[WISE_ALPHA_ATTR] = record["wise_alpha"]
         reporter.set_user_attrs(**attrs)
     ci = f"  95% CI [{record['ci'][0]:.4f}, {record['ci'][1]:.4f}]" if "ci" in record else ""
-    log.info("trial objective (%s on OOD-val, %d seed%s): %.4f%s  [%.1fs]", task.metric, k, "s" if k > 1 else "",
-             objective, ci, sum(r["seconds"] for r in runs))
-    return objective
+    alpha = f"  at WiSE-FT alpha {record['wise_alpha']:g}" if "wise_alpha" in record else ""
+    k = len(spec.seeds)
+    log.info("trial objective (%s on OOD-val, %d seed%s): %.4f%s%s  [%.1fs]", ws.task.metric, k, "s" if k > 1 else "",
+             record["objective"], alpha, ci, sum(r["seconds"] for r in record["runs"]))
+    return record["objective"]

@@ -410,42 +410,13 @@ def _device_problem(device) -> Optional[str]:
     return None
 
 
-HPARAMS_KEYS = ("loss_weights", "lr_scale", "weight_decay")
+def read_hparams(path):
+    """A best_hparams.yaml, checked (autoft.hparams.Hyperparameters.load): a readable YAML mapping
+    whose loss weights are known terms with finite values >= 0, lr_scale > 0, weight_decay >= 0 and
+    wise_alpha in [0, 1]; one UserError names the file and every bad or missing key."""
+    from autoft.hparams import Hyperparameters  # imports this module: not at the top
 
-
-def read_hparams(path) -> dict:
-    """A best_hparams.yaml, checked: a readable YAML mapping whose loss weights are known terms with
-    finite values >= 0, lr_scale > 0 and weight_decay >= 0. Other keys (objective, trial, ...) are
-    records and are ignored."""
-    path = Path(path)
-    fix = "pass the best_hparams.yaml a search wrote (rerunning the search command rewrites it)"
-    if not path.is_file():
-        raise UserError(f"hparams={path}: file not found; {fix}")
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # yaml.YAMLError, UnicodeDecodeError, interpolation errors
-        detail = " ".join(str(err).split())[:200]
-        raise UserError(f"hparams={path}: not a readable YAML file ({type(err).__name__}: {detail}); {fix}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"hparams={path}: holds {type(data).__name__}, not a mapping with "
-                        f"{', '.join(HPARAMS_KEYS)}; {fix}")
-    problems = []
-    weights = data.get("loss_weights", {})
-    if not isinstance(weights, dict):
-        problems.append(f"loss_weights={_show(weights)}: must be a mapping of loss terms to weights")
-    else:
-        for k, w in weights.items():
-            if k not in LOSS_TERMS:
-                problems.append(f"loss_weights.{k}: unknown loss term; valid: {', '.join(LOSS_TERMS)}")
-            elif not (_number(w) and w >= 0):
-                problems.append(f"loss_weights.{k}={_show(w)}: must be a finite number >= 0")
-    if "lr_scale" in data and not (_number(data["lr_scale"]) and data["lr_scale"] > 0):
-        problems.append(f"lr_scale={_show(data['lr_scale'])}: must be a finite number > 0")
-    if "weight_decay" in data and not (_number(data["weight_decay"]) and data["weight_decay"] >= 0):
-        problems.append(f"weight_decay={_show(data['weight_decay'])}: must be a finite number >= 0")
-    if problems:
-        raise UserError(f"hparams={path}: " + "; ".join(problems) + f"; {fix}")
-    return data
+    return Hyperparameters.load(path)
 
 
 def model_fit_problem(cfg) -> Optional[str]:

@@ -1,9 +1,15 @@
 """The two phases of AutoFT on plain arguments (train.py converts the Hydra config into these).
 
-- `search_trial`: reset the working model to theta0, fine-tune for the inner budget on the cached ID
-  pool with the trial's objective, score the cached OOD-val subset.
-- `run_final` (a `FinalSpec`; `final_run` takes its fields as arguments): fine-tune for whole epochs on ID train, keep the epoch with the best ID-val objective,
-  evaluate ID test and every OOD test, and the WiSE-FT curve.
+- `run_trial` (a `TrialSpec`): one search trial, an inner run per seed (`search_trial`: reset the
+  working model to theta0, fine-tune for the inner budget on the cached ID pool with the trial's
+  objective, score the cached OOD-val subset, and with `wise_alphas` each WiSE-FT mixture of it),
+  scored by the seeds' mean.
+- `run_final` (a `FinalSpec`): fine-tune for whole epochs on ID train, keep the epoch with the best
+  ID-val objective, evaluate ID test and every OOD test at the spec's WiSE-FT alpha (1: the
+  fine-tuned model), and the WiSE-FT curve.
+
+autoft.cli builds both specs from the config, each in one place (`trial_spec`, `final_spec`), and
+each spec builds its runs' FinetuneSettings (`settings`).
 
 A `Workspace` holds what is built once per process and reused by every trial in it: the task, the
 model with its zero-shot head, theta0 (one separate copy, also used to reset the model between
@@ -13,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +38,7 @@ from autoft.errors import UserError
 from autoft.engine import Finetuner, FinetuneSettings
 from autoft.evaluation import predict, split_metrics, tensor_batches
 from autoft.losses import AutoFTObjective
+from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
 from autoft.models.clip import ClipBundle, atomic_torch_save
 from autoft.wise import ALPHAS, interpolate
@@ -114,12 +122,27 @@ class Workspace:
         return split_metrics(self.logits(split, indices), split, indices)
 
 
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
+    """The ID examples the inner runs train on: a fixed seeded subset, decoded once per study."""
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[: min(n, size)])
+
+
 def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, trainable: str,
                  pool_indices: np.ndarray, batch_size: int, eval_every: int = 0,
                  report: Optional[Callable[[int, float], None]] = None,
-                 progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                 progress: Optional[Callable[[int, int], None]] = None, wise_alphas: Sequence[float] = ()) -> dict:
     """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning);
-    `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck)."""
+    `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck).
+
+    With `wise_alphas`, OOD-val is scored at theta(a) for each a instead of once (one pass per a):
+    `wise` maps each a to its metrics and predictions, and the run's objective is its best a's."""
     task = ws.task
     t0 = time.perf_counter()
     ws.reset()
@@ -136,14 +159,115 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
             tuner.train_mode()
 
     history = tuner.run(batches, settings.steps, on_step)
-    logits = ws.logits(task.ood_val)
-    metrics = split_metrics(logits, task.ood_val)
+    if wise_alphas:
+        scored = at_mixtures(ws, wise_alphas, lambda: ood_val_scores(ws, ws.logits(task.ood_val)))
+        wise = dict(zip((float(a) for a in wise_alphas), scored))
+        alpha = best_alpha({a: w["metrics"][task.metric] for a, w in wise.items()}, task.higher_is_better)
+        chosen = wise[alpha]
+    else:
+        wise, alpha, chosen = None, 1.0, ood_val_scores(ws, ws.logits(task.ood_val))
     # what the optimiser really used, so tests and users can check the sampled values arrived
-    return {"objective": metrics[task.metric], "ood_val": metrics, "final_loss": history[-1]["loss"],
-            "ood_val_pred": project_logits(logits, task.ood_val.class_map).argmax(dim=1),
-            "peak_lr": max(h["lr"] for h in history), "weight_decay": tuner.optimizer.param_groups[0]["weight_decay"],
-            "loss_terms": {k: v for k, v in history[-1].items() if k not in ("step", "loss", "lr", "grad_norm")},
-            "seconds": time.perf_counter() - t0}
+    out = {"objective": chosen["metrics"][task.metric], "ood_val": chosen["metrics"], "final_loss": history[-1]["loss"],
+           "ood_val_pred": chosen["pred"],
+           "peak_lr": max(h["lr"] for h in history), "weight_decay": tuner.optimizer.param_groups[0]["weight_decay"],
+           "loss_terms": {k: v for k, v in history[-1].items() if k not in ("step", "loss", "lr", "grad_norm")},
+           "seconds": time.perf_counter() - t0}
+    if wise is not None:
+        out.update(wise_alpha=alpha, wise=wise)
+    return out
+
+
+def ood_val_scores(ws: Workspace, logits: torch.Tensor) -> dict:
+    """OOD-val metrics and the class predictions behind them (the bootstrap resamples these)."""
+    split = ws.task.ood_val
+    return {"metrics": split_metrics(logits, split), "pred": project_logits(logits, split.class_map).argmax(dim=1)}
+
+
+def best_alpha(scores: dict[float, float], higher_is_better: bool = True) -> float:
+    """The a with the best score; a tie goes to the a listed first."""
+    sign = 1.0 if higher_is_better else -1.0
+    return max(scores, key=lambda a: sign * scores[a])
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a search trial depends on, beside the workspace (autoft.cli builds it from the
+    config in one place: `trial_spec`)."""
+    weights: dict                        # loss term -> weight (autoft.losses.LOSS_NAMES)
+    lr: float                            # peak lr of the inner runs
+    weight_decay: float
+    steps: int                           # optimiser steps of each inner run
+    batch_size: int
+    trainable: str = "all"               # all | head
+    seeds: tuple = (0,)                  # one inner run per seed, scored by their mean
+    warmup_fraction: float = 0.1
+    clip_grad_norm: Optional[float] = None
+    accum_steps: int = 1
+    max_loss: float = 1e4
+    pool_seed: int = 0                   # seed of the fixed ID subset the inner runs train on
+    eval_every: int = 0                  # > 0: report OOD-val every so many steps (pruning)
+    bootstrap: int = 1000                # resamples of the OOD-val interval (0: none)
+    wise_alphas: tuple = ()              # score theta(a) for each a too; the objective is the best a's
+
+    def __post_init__(self):
+        if len(self.seeds) < 1:
+            raise UserError("search.seeds_per_trial must be >= 1, got 0")
+        if self.eval_every < 0:
+            raise UserError(f"search.eval_every must be >= 0, got {self.eval_every}")
+        if self.bootstrap < 0:
+            raise UserError(f"search.bootstrap must be >= 0, got {self.bootstrap}")
+        if any(not (isinstance(a, (int, float)) and 0 <= a <= 1) for a in self.wise_alphas) or \
+                len(set(self.wise_alphas)) != len(self.wise_alphas):
+            raise UserError(f"search.wise_alphas={list(self.wise_alphas)}: must be null or a list of distinct numbers "
+                            "in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
+
+    def settings(self, precision: str, seed: int) -> FinetuneSettings:
+        return FinetuneSettings.for_run(self.steps, self.lr, self.weight_decay, self.warmup_fraction,
+                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, seed)
+
+
+def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, float], None]] = None,
+              progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """One trial: an inner run per seed, scored by the mean of their OOD-val scores, with a bootstrap
+    interval over the OOD-val examples.
+
+    With `spec.wise_alphas` the objective is max_a mean_seeds score(theta_seed(a)), and `wise_alpha`
+    is the a that reached it (`wise` holds every a's mean). Intermediate reports (pruning) come from
+    the first seed's run only. Returns the trial record (trial.json) and `objective`."""
+    task = ws.task
+    pool = pool_indices(len(task.train), spec.steps * spec.batch_size, spec.pool_seed)
+    runs = []
+    for i, seed in enumerate(spec.seeds):
+        settings = spec.settings(ws.precision, seed)
+        seed_everything(settings.seed)
+        runs.append(search_trial(ws, spec.weights, settings, spec.trainable, pool, spec.batch_size,
+                                 eval_every=spec.eval_every, report=report if i == 0 else None, progress=progress,
+                                 wise_alphas=spec.wise_alphas))
+    record: dict = {"metric": task.metric, "seeds": list(spec.seeds)}
+    if spec.wise_alphas:
+        means = {a: float(np.mean([r["wise"][a]["metrics"][task.metric] for r in runs])) for a in spec.wise_alphas}
+        alpha = best_alpha(means, task.higher_is_better)
+        chosen = [r["wise"][alpha] for r in runs]
+        record.update(wise_alpha=alpha, wise={f"{a:g}": v for a, v in means.items()})
+    else:
+        chosen = [{"metrics": r["ood_val"], "pred": r["ood_val_pred"]} for r in runs]
+    per_seed = [c["metrics"][task.metric] for c in chosen]
+    record.update(objective=float(np.mean(per_seed)), per_seed=per_seed)
+    if spec.bootstrap:
+        split = task.ood_val
+        groups = torch.as_tensor(split.groups, dtype=torch.long) if split.groups is not None else None
+        record["ci"] = list(bootstrap_interval(task.metric, [c["pred"] for c in chosen],
+                                               torch.as_tensor(split.labels, dtype=torch.long), groups, spec.bootstrap))
+    record["runs"] = [_plain_run(r) for r in runs]
+    return record
+
+
+def _plain_run(run: dict) -> dict:
+    """An inner run's record without its prediction tensors (trial.json holds numbers only)."""
+    out = {k: v for k, v in run.items() if k not in ("ood_val_pred", "wise")}
+    if "wise" in run:
+        out["wise"] = {f"{a:g}": w["metrics"] for a, w in run["wise"].items()}
+    return out
 
 
 def evaluate_all(ws: Workspace) -> dict[str, dict[str, float]]:
@@ -213,6 +337,11 @@ class FinalSpec:
     lp_lr: Optional[float] = None
     refresh_head: bool = False           # FLYP: rebuild the zero-shot head before each evaluation
     passes_per_epoch: int = 1
+    wise_alpha: float = 1.0              # the final model: theta(a) of the selected epoch (1: as fine-tuned)
+
+    def __post_init__(self):
+        if not (isinstance(self.wise_alpha, (int, float)) and 0 <= self.wise_alpha <= 1):
+            raise UserError(f"wise_alpha={self.wise_alpha}: must be a number in [0, 1] (1: the fine-tuned model)")
 
     def settings(self, steps: int, precision: str, lr: Optional[float] = None) -> FinetuneSettings:
         return FinetuneSettings.for_run(steps, self.lr if lr is None else lr, self.weight_decay, self.warmup_fraction,
@@ -229,13 +358,18 @@ def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool =
     The stages, in order: resume from last.pt; the LP stage of LP-FT (lp_epochs > 0: the head alone
     with cross-entropy at lp_lr, then fine-tuning from there); the epochs, each followed by the FLYP
     head refresh (refresh_head) and the ID-val evaluation that selects the epoch; the evaluation of
-    every split; the WiSE-FT curve."""
+    every split at the spec's WiSE-FT alpha (1: the fine-tuned model itself; model.pt always holds
+    the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve."""
     ws.reset()
     t0 = time.perf_counter()
     results: dict = {"selected_epoch": 0, "epochs": []}
     if spec.train:
         results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results)
-    results["metrics"] = evaluate_all(ws)
+    if spec.train and spec.wise_alpha != 1.0:
+        (results["metrics"],) = at_mixtures(ws, [spec.wise_alpha], lambda: evaluate_all(ws))
+    else:
+        results["metrics"] = evaluate_all(ws)
+    results["wise_alpha"] = float(spec.wise_alpha) if spec.train else 1.0
     if spec.train and spec.wise_alphas:
         results["wise"] = wise_curve(ws, spec.wise_alphas)
     results["seconds"] = time.perf_counter() - t0
@@ -262,9 +396,7 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
         first_epoch = state["epoch"] + 1
         log.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
     if spec.lp_epochs > 0 and first_epoch == 1:  # a resumed run's checkpoint already holds the probed head
-        results["lp_epochs"] = linear_probe(ws, source, spec.lp_epochs, spec.lp_lr or spec.lr, spec.weight_decay,
-                                            spec.warmup_fraction, spec.clip_grad_norm, spec.accum_steps,
-                                            spec.max_loss, spec.seed, dist_env)
+        results["lp_epochs"] = linear_probe(ws, source, spec, dist_env)
         trainable_parameters(ws.classifier, spec.trainable)  # the probe froze all but the head
     sign = 1.0 if task.higher_is_better else -1.0
     bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({spec.epochs} epochs)",
@@ -310,29 +442,12 @@ def _resume_state(checkpoint: Path, settings: FinetuneSettings) -> Optional[dict
     return state
 
 
-def final_run(ws: Workspace, weights: dict, lr: float, weight_decay: float, epochs: int, batch_size: int,
-              trainable: str, train: bool, output_dir: Path, seed: int, warmup_fraction: float = 0.1,
-              clip_grad_norm: Optional[float] = None, accum_steps: int = 1, max_loss: float = 1e4,
-              wise_alphas=ALPHAS, progress: bool = True, dist_env: DistEnv = SINGLE,
-              on_epoch_end: Optional[Callable[[int, dict], None]] = None, lp_epochs: int = 0,
-              lp_lr: Optional[float] = None, refresh_head: bool = False, passes_per_epoch: int = 1) -> dict:
-    """`run_final` with the spec's fields as arguments (for scripts and older callers)."""
-    spec = FinalSpec(weights=weights, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
-                     trainable=trainable, train=train, seed=seed, warmup_fraction=warmup_fraction,
-                     clip_grad_norm=clip_grad_norm, accum_steps=accum_steps, max_loss=max_loss,
-                     wise_alphas=tuple(wise_alphas or ()), lp_epochs=lp_epochs, lp_lr=lp_lr, refresh_head=refresh_head,
-                     passes_per_epoch=passes_per_epoch)
-    return run_final(ws, spec, output_dir, progress=progress, dist_env=dist_env, on_epoch_end=on_epoch_end)
-
-
-def linear_probe(ws: Workspace, source: "EpochSource", epochs: int, lr: float, weight_decay: float,
-                 warmup_fraction: float, clip_grad_norm: Optional[float], accum_steps: int, max_loss: float,
-                 seed: int, dist_env: DistEnv = SINGLE) -> list[dict]:
-    """The LP stage of LP-FT: the head alone, cross-entropy, its own warm-up and cosine schedule."""
+def linear_probe(ws: Workspace, source: "EpochSource", spec: FinalSpec, dist_env: DistEnv = SINGLE) -> list[dict]:
+    """The LP stage of LP-FT: the head alone, cross-entropy, `spec.lp_epochs` epochs at `spec.lp_lr`
+    (default the spec's lr), with its own warm-up and cosine schedule."""
     params, objective = ws.objective({"ce": 1.0}, "head")
-    total = source.steps * epochs
-    settings = FinetuneSettings.for_run(total, lr, weight_decay, warmup_fraction, clip_grad_norm, accum_steps,
-                                        ws.precision, max_loss, seed)
+    epochs = spec.lp_epochs
+    settings = spec.settings(source.steps * epochs, ws.precision, lr=spec.lp_lr or spec.lr)
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
     history = []
     for epoch in range(1, epochs + 1):
@@ -353,12 +468,20 @@ def refresh_zeroshot_head(ws: Workspace) -> None:
     ws.classifier.head.weight.copy_(emb * clip.logit_scale.exp())
 
 
-def wise_curve(ws: Workspace, alphas) -> dict[str, dict]:
-    """Evaluate theta(a) for each a; leaves the working model at the fine-tuned weights."""
+def at_mixtures(ws: Workspace, alphas: Sequence[float], evaluate: Callable[[], object]) -> list:
+    """`evaluate()` with the working model at theta(a) = (1 - a) theta0 + a theta_now, for each a;
+    leaves the working model at theta_now (the fine-tuned weights)."""
     finetuned = {k: v.detach().clone() for k, v in ws.classifier.state_dict().items()}
-    curve = {}
-    for a in alphas:
-        ws.classifier.load_state_dict(interpolate(ws.theta0, finetuned, a))
-        curve[f"{a:.1f}"] = evaluate_all(ws)
-    ws.classifier.load_state_dict(finetuned)
-    return curve
+    out = []
+    try:
+        for a in alphas:
+            ws.classifier.load_state_dict(interpolate(ws.theta0, finetuned, float(a)))
+            out.append(evaluate())
+    finally:
+        ws.classifier.load_state_dict(finetuned)
+    return out
+
+
+def wise_curve(ws: Workspace, alphas) -> dict[str, dict]:
+    """Every split evaluated at theta(a) for each a; leaves the working model at the fine-tuned weights."""
+    return dict(zip((f"{a:.1f}" for a in alphas), at_mixtures(ws, alphas, lambda: evaluate_all(ws))))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from autoft.errors import UserError
+from autoft.hparams import Hyperparameters
 
 RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
@@ -199,10 +200,12 @@ def group_runs(runs: Iterable[RunResult]) -> dict[tuple[str, str], list[RunResul
     return out
 
 
-def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> dict:
-    """The best trial of an Optuna study as a hyperparameters mapping that `train.py hparams=<file>`
-    reads: {loss_weights: {...}, lr_scale, weight_decay} (the search's parameters are Hydra override
-    paths such as method.loss_weights.hinge, trainer.lr_scale, trainer.weight_decay)."""
+def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
+                            defaults: Optional[Hyperparameters] = None) -> Hyperparameters:
+    """The chosen trial of an Optuna study (a finished top-k re-evaluation's winner, else the best
+    trial) as the hyperparameters `train.py hparams=<file>` reads. Values the study did not search
+    come from `defaults` (the config's, Hyperparameters.from_config); records name the study, the
+    trial, its objective and what selected it."""
     import optuna
 
     try:
@@ -219,7 +222,6 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> d
     elif study_name not in names:
         raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
     from autoft.search.reevaluation import chosen_trial_number
-    from autoft.search.storage import normalize_url
 
     study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
     chosen = chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
@@ -227,13 +229,7 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None) -> d
         best = study.trials[chosen] if chosen is not None else study.best_trial
     except ValueError:
         raise UserError(f"study '{study_name}' has no completed trial yet") from None
-    out: dict = {"loss_weights": {}, "study": study_name, "trial": best.number, "objective": best.value,
-                 "selected_by": "reevaluation" if chosen is not None else "search"}
-    for key, value in best.params.items():
-        if key.startswith("method.loss_weights."):
-            out["loss_weights"][key.rsplit(".", 1)[1]] = float(value)
-        elif key == "trainer.lr_scale":
-            out["lr_scale"] = float(value)
-        elif key == "trainer.weight_decay":
-            out["weight_decay"] = float(value)
-    return out
+    records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
+               "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
+    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults,
+                                      where=f"trial {best.number} of study {study_name} in {storage}", records=records)

@@ -16,11 +16,12 @@ metric x100, like the results table. Written as selection_report.md and .json ne
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from autoft.errors import UserError
+from autoft.hparams import Hyperparameters
 from autoft.reporting.io import atomic_write_text, write_json
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Cell
@@ -78,20 +79,13 @@ class Selection:
                 "other_runs": [str(r.path) for r in self.others]}
 
 
-def _close(a, b) -> bool:
+def same_hparams(run: RunResult, hp: Hyperparameters) -> bool:
+    """The final run trained with the file's loss weights, lr scale, weight decay and WiSE-FT alpha."""
     try:
-        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
-    except (TypeError, ValueError):
+        used = Hyperparameters.from_mapping(run.data.get("hparams") or {}, str(run.path))
+    except UserError:  # a run without a complete hyperparameters record did not use these
         return False
-
-
-def same_hparams(run: RunResult, hp: dict) -> bool:
-    """The final run trained with the file's loss weights, lr scale and weight decay."""
-    used = run.data.get("hparams") or {}
-    weights, want = used.get("loss_weights") or {}, hp.get("loss_weights") or {}
-    if set(weights) != set(want) or not all(_close(weights[k], want[k]) for k in want):
-        return False
-    return _close(used.get("lr_scale"), hp.get("lr_scale")) and _close(used.get("weight_decay"), hp.get("weight_decay"))
+    return used.same_as(hp)
 
 
 def find_hparams_files(root: Path) -> list[Path]:
@@ -113,18 +107,18 @@ def find_hparams_files(root: Path) -> list[Path]:
 
 def build(root: Path, runs: Sequence[RunResult], method: str = METHOD) -> list[Selection]:
     """One Selection per search under root whose dataset/model match the runs' group."""
-    import yaml
-
     groups = {r.group for r in runs}
     out = []
     for path in find_hparams_files(root):
-        hp = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(hp, dict) or "loss_weights" not in hp:
+        try:
+            chosen = Hyperparameters.load(path)
+        except UserError:  # not a search's file (find_hparams_files skips unreadable ones already)
             continue
+        hp = chosen.to_dict()
         if hp.get("dataset") and hp.get("model") and groups and (hp["dataset"], hp["model"]) not in groups:
             continue  # another dataset's search under the same root
         mine = [r for r in runs if r.method == method]
-        matched = [r for r in mine if same_hparams(r, hp)]
+        matched = [r for r in mine if same_hparams(r, chosen)]
         out.append(Selection(path, hp, sorted(matched, key=lambda r: r.seed),
                              sorted((r for r in mine if r not in matched), key=lambda r: r.seed)))
     return out

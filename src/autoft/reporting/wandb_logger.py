@@ -142,7 +142,7 @@ class WandbRun:
         self._guard("table", upload)
 
     def log_epoch(self, epoch: int, results: Mapping[str, Any]) -> None:
-        """final_run's on_epoch_end hook: the epoch's training loss and ID-val metrics, under train/
+        """run_final's on_epoch_end hook: the epoch's training loss and ID-val metrics, under train/
         (the summary's id_val/* are those of the selected epoch's model, logged at the end)."""
         last = results["epochs"][-1]
         self.log({"epoch": epoch, "train": {"loss": last["loss"], "id_val": last["id_val"]}})

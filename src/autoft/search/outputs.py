@@ -17,14 +17,12 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from autoft.errors import UserError
+from autoft.hparams import Hyperparameters
 from autoft.reporting.io import atomic_write_text
-from autoft.search.space import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("ce", "hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")
 _INTERNAL_ATTRS = {FAIL_REASON, RETRY_OF, WARM_START_ATTR, "fail_kind", "worker"}
 
 
@@ -40,121 +38,71 @@ def _select(config, key: str, default=None):
 
 
 def best_hparams(config, trial, *, study_name: str, storage: str, direction: str, n_complete: int,
-                 selection=None) -> dict:
-    """The chosen trial as the hyperparameters of a final run (plus where they came from).
+                 selection=None) -> Hyperparameters:
+    """The chosen trial as the hyperparameters of a final run, with where they came from as records.
 
     Unsearched values come from the composed config, so the file is complete on its own: all nine
-    loss weights (ce 1.0), lr_scale, the absolute lr (base_lr x lr_scale), weight_decay, and seed
-    when it was searched. `objective` is the trial's search score; its bootstrap interval and
-    per-seed scores follow when the trial recorded them. With a re-evaluation `selection`
-    (autoft.search.reevaluation.Selection), the re-evaluated score and every candidate's two scores
-    are added, and `selected_by` says which score chose the trial.
+    loss weights (ce 1.0), lr_scale, the absolute lr (base_lr x lr_scale), weight_decay, seed when it
+    was searched, and the WiSE-FT alpha the trial chose (search.wise_alphas; else 1). `objective` is
+    the trial's search score; its bootstrap interval and per-seed scores follow when the trial
+    recorded them. With a re-evaluation `selection` (autoft.search.reevaluation.Selection), the
+    re-evaluated score and every candidate's two scores are added, and `selected_by` says which
+    score chose the trial.
     """
-    from omegaconf import OmegaConf
-
     params = dict(trial.params)
-    cfg_weights = _select(config, "method.loss_weights")
-    weights = OmegaConf.to_container(cfg_weights, resolve=True) if cfg_weights is not None else {}
-    for key, value in params.items():
-        if key.startswith(LOSS_PREFIX):
-            weights[key[len(LOSS_PREFIX):]] = float(value)
-    weights["ce"] = float(weights.get("ce", 1.0))
-    ordered = {k: float(weights.get(k, 0.0)) for k in LOSS_TERMS}
-    ordered.update({k: float(v) for k, v in weights.items() if k not in ordered})
-    lr_scale = params.get(LR_SCALE_KEY, _select(config, "trainer.lr_scale", 1.0))
-    base_lr = _select(config, "trainer.base_lr")
-    out: dict[str, Any] = {"loss_weights": ordered, "lr_scale": float(lr_scale)}
-    if base_lr is not None:
-        out["lr"] = float(base_lr) * float(lr_scale)
-        out["base_lr"] = float(base_lr)
-    wd = params.get(WEIGHT_DECAY_KEY, _select(config, "trainer.weight_decay"))
-    if wd is not None:
-        out["weight_decay"] = float(wd)
-    if SEED_KEY in params:
-        out["seed"] = int(params[SEED_KEY])
-    out.update({"objective": float(trial.value), "metric": _select(config, "dataset.metric"),
-                "direction": direction, "trial_number": int(trial.number), "study_name": study_name,
-                "storage": storage, "n_complete": int(n_complete), "params": params,
-                "dataset": _select(config, "dataset.name"), "model": _select(config, "model.name")})
+    records: dict[str, Any] = {
+        "objective": float(trial.value), "metric": _select(config, "dataset.metric"), "direction": direction,
+        "trial_number": int(trial.number), "study_name": study_name, "storage": storage,
+        "n_complete": int(n_complete), "params": params, "dataset": _select(config, "dataset.name"),
+        "model": _select(config, "model.name")}
     attrs = trial.user_attrs
     if finite(attrs.get("ci_low")) and finite(attrs.get("ci_high")):
-        out["search_ci"] = [float(attrs["ci_low"]), float(attrs["ci_high"])]
+        records["search_ci"] = [float(attrs["ci_low"]), float(attrs["ci_high"])]
     if isinstance(attrs.get("per_seed"), list):
-        out["search_per_seed"] = [float(x) for x in attrs["per_seed"]]
+        records["search_per_seed"] = [float(x) for x in attrs["per_seed"]]
     if isinstance(attrs.get("seeds"), list):
-        out["search_seeds"] = [int(x) for x in attrs["seeds"]]
+        records["search_seeds"] = [int(x) for x in attrs["seeds"]]
     if selection is not None:
-        out["selected_by"] = selection.selected_by
-        out["search_best_trial"] = int(selection.search_best.number)
+        records["selected_by"] = selection.selected_by
+        records["search_best_trial"] = int(selection.search_best.number)
         rec = selection.winner_record
         if rec is not None and rec.get("state") == "complete":
-            out["reevaluated_objective"] = float(rec["value"])
-            out["reevaluated_seeds"] = [int(x) for x in rec["seeds"]]
+            records["reevaluated_objective"] = float(rec["value"])
+            records["reevaluated_seeds"] = [int(x) for x in rec["seeds"]]
             if rec.get("per_seed") is not None:
-                out["reevaluated_per_seed"] = [float(x) for x in rec["per_seed"]]
+                records["reevaluated_per_seed"] = [float(x) for x in rec["per_seed"]]
             if "ci_low" in rec:
-                out["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
-        out["reevaluation"] = selection.summary()
-    return out
+                records["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
+        records["reevaluation"] = selection.summary()
+    defaults = Hyperparameters.from_config(config) if config is not None else None
+    return Hyperparameters.from_trial(params, attrs, defaults, where=f"trial {trial.number} of study {study_name}",
+                                      records=records)
 
 
-def write_best_hparams(path: str | Path, hparams: Mapping[str, Any]) -> None:
-    from omegaconf import OmegaConf
-
-    metric = hparams.get('metric') or 'objective'
-    header = (f"# Best hyperparameters of study {hparams.get('study_name')} (trial {hparams.get('trial_number')}, "
-              f"{metric} {hparams.get('objective'):.6g} on OOD-val).\n")
-    if hparams.get("reevaluated_objective") is not None:
-        header = (f"# Hyperparameters chosen by top-k re-evaluation in study {hparams.get('study_name')}: trial "
-                  f"{hparams.get('trial_number')}, {metric} on OOD-val {hparams['reevaluated_objective']:.6g} "
-                  f"re-evaluated with seeds {hparams.get('reevaluated_seeds')} ({hparams.get('objective'):.6g} in "
+def write_best_hparams(path: str | Path, hparams: Hyperparameters | Mapping[str, Any]) -> None:
+    """best_hparams.yaml, atomically, with a header saying which trial it holds and how to use it."""
+    if not isinstance(hparams, Hyperparameters):
+        hparams = Hyperparameters.from_mapping(dict(hparams), str(path))
+    rec = hparams.records
+    metric = rec.get('metric') or 'objective'
+    header = (f"# Best hyperparameters of study {rec.get('study_name')} (trial {rec.get('trial_number')}, "
+              f"{metric} {rec.get('objective'):.6g} on OOD-val).\n")
+    if rec.get("reevaluated_objective") is not None:
+        header = (f"# Hyperparameters chosen by top-k re-evaluation in study {rec.get('study_name')}: trial "
+                  f"{rec.get('trial_number')}, {metric} on OOD-val {rec['reevaluated_objective']:.6g} "
+                  f"re-evaluated with seeds {rec.get('reevaluated_seeds')} ({rec.get('objective'):.6g} in "
                   "the search).\n")
-    elif hparams.get("reevaluation") is not None:
-        note = hparams["reevaluation"].get("note") or "re-evaluation not complete"
+    elif rec.get("reevaluation") is not None:
+        note = rec["reevaluation"].get("note") or "re-evaluation not complete"
         header += f"# {note}\n"
-    header += "# Final retrain: python train.py method=autoft hparams=<this file> seed=0\n"
-    atomic_write_text(path, header + OmegaConf.to_yaml(OmegaConf.create(dict(hparams))))
+    method = "autoft method.name=autoft_alpha" if hparams.wise_alpha != 1.0 else "autoft"
+    header += f"# Final retrain: python train.py method={method} hparams=<this file> seed=0\n"
+    hparams.save(path, header)
 
 
-def load_best_hparams(path: str | Path) -> dict:
-    """Read a best_hparams.yaml (or a warm-start file of the same schema) as plain Python values.
-
-    Returns {loss_weights: {nine terms}, lr_scale, lr (when known), weight_decay, seed (if any),
-    ...}; raises UserError naming the file and the missing key.
-    """
-    from omegaconf import OmegaConf
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"hparams file not found: {path}. A search writes it: python train.py -m search=autoft "
-                        "dataset=<name> (see <sweep dir>/best_hparams.yaml)")
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:
-        raise UserError(f"hparams file {path} cannot be read: {err}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"hparams file {path} does not hold a mapping")
-    for key in ("loss_weights", "weight_decay"):
-        if key not in data:
-            raise UserError(f"hparams file {path} has no '{key}'")
-    if "lr_scale" not in data and "lr" not in data:
-        raise UserError(f"hparams file {path} has neither 'lr_scale' nor 'lr'")
-    weights = data["loss_weights"]
-    if not isinstance(weights, dict):
-        raise UserError(f"hparams file {path}: loss_weights must be a mapping")
-    unknown = sorted(set(weights) - set(LOSS_TERMS))
-    if unknown:
-        raise UserError(f"hparams file {path}: unknown loss term(s) {unknown}; valid: {', '.join(LOSS_TERMS)}")
-    out = dict(data)
-    out["loss_weights"] = {k: float(weights.get(k, 1.0 if k == "ce" else 0.0)) for k in LOSS_TERMS}
-    for key in ("lr_scale", "lr", "base_lr", "weight_decay", "objective"):
-        if out.get(key) is not None:
-            out[key] = float(out[key])
-    if out.get("lr_scale") is None and out.get("base_lr"):
-        out["lr_scale"] = out["lr"] / out["base_lr"]
-    if out.get("seed") is not None:
-        out["seed"] = int(out["seed"])
-    return out
+def load_best_hparams(path: str | Path) -> Hyperparameters:
+    """Read a best_hparams.yaml (or a warm-start file of the same schema): Hyperparameters.load."""
+    return Hyperparameters.load(path)
 
 
 # the noise guards, right after the objective: its interval and per-seed scores, then the re-evaluation

@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
+# the override paths of the searched hyperparameters: their home is the hyperparameters type
+from autoft.hparams import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY  # noqa: F401
 
-LOSS_PREFIX = "method.loss_weights."
 # The eight searched loss terms; ce is fixed to 1 and never searched (docs/design.md section 3).
 SEARCHED_LOSSES = ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")
-LR_SCALE_KEY = "trainer.lr_scale"
-WEIGHT_DECAY_KEY = "trainer.weight_decay"
-SEED_KEY = "seed"
 
 _TAGS = {"log", "int"}
 
