@@ -32,9 +32,10 @@ import numpy as np
 from autoft.reporting.results import ResultsError, RunResult
 
 # display order and names of the methods we ship (others follow, by name)
-METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "wise-ft", "autoft", "wise-autoft")
+# autoft_alpha: AutoFT whose search also chose the WiSE-FT alpha (search.wise_alphas), applied by its final run
+METHOD_ORDER = ("zeroshot", "lp", "ft", "lpft", "l2sp", "flyp", "wise-ft", "autoft", "wise-autoft", "autoft_alpha")
 DISPLAY = {"zeroshot": "Zero-shot", "lp": "LP", "ft": "FT", "lpft": "LP-FT", "l2sp": "L2-SP", "flyp": "FLYP",
-           "autoft": "AutoFT"}
+           "autoft": "AutoFT", "autoft_alpha": "AutoFT, α searched"}
 WISE_PREFIX = "wise-"
 SCALE = 100.0
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "worst_group_accuracy": "worst-group accuracy"}
