@@ -4,7 +4,7 @@ import time
 import optuna
 import pytest
 
-from autoft.search.storage import ALIVE_ATTR, Heartbeat, claim_lock, open_storage, quiet_optuna
+from autoft.search.storage import ALIVE_ATTR, StudyStorage, open_storage, quiet_optuna
 from autoft.search.study import RETRY_OF, RetryLost, count, fail_reason, fail_stale, requeue
 
 quiet_optuna()
@@ -24,13 +24,14 @@ def test_a_silent_trial_is_failed_and_its_parameters_retried_once(tmp_path, kind
     alive, dead = study.ask(), study.ask()
     for t in (alive, dead):
         t.suggest_float("x", 0, 1)
-    hb_alive = Heartbeat(study._storage, alive._trial_id, 0.5).start()
-    hb_dead = Heartbeat(study._storage, dead._trial_id, 0.5).start()
+    store = StudyStorage(study)
+    hb_alive = store.heartbeat(alive, 0.5)
+    hb_dead = store.heartbeat(dead, 0.5)
     hb_dead.stop()  # its worker dies: no more heartbeats
     try:
         assert fail_stale(study, grace_period=2, retry=retry) == 0  # within the grace period
         time.sleep(3.5)
-        with claim_lock(url, study._storage, "s"):
+        with store.claim_lock(url):
             assert fail_stale(study, grace_period=2, retry=retry) == 1
             assert fail_stale(study, grace_period=2, retry=retry) == 0  # only once
     finally:
@@ -40,10 +41,10 @@ def test_a_silent_trial_is_failed_and_its_parameters_retried_once(tmp_path, kind
     assert "lost" in fail_reason(trials[1])
     retried = study.ask()  # the queued parameters come first
     assert retried.number == 2 and retried.suggest_float("x", 0, 1) == dead.params["x"]
-    assert study._storage.get_trial(retried._trial_id).user_attrs[RETRY_OF] == dead.number
+    assert store.trial(retried).user_attrs[RETRY_OF] == dead.number
     # a retry is retried at most max_retries times in all
     study.tell(retried, state=optuna.trial.TrialState.FAIL)
-    assert not requeue(study, study._storage.get_trial(retried._trial_id), max_retries=1, why="test")
+    assert not requeue(study, store.trial(retried), max_retries=1, why="test")
 
 
 def test_a_worker_killed_before_its_first_heartbeat_is_detected(tmp_path):
@@ -51,7 +52,7 @@ def test_a_worker_killed_before_its_first_heartbeat_is_detected(tmp_path):
     study, retry = make(url, grace=1)
     orphan = study.ask()  # RUNNING, but no heartbeat ever started
     orphan.suggest_float("x", 0, 1)
-    assert not study._storage.get_trial(orphan._trial_id).system_attrs.get(ALIVE_ATTR)
+    assert not StudyStorage(study).trial(orphan).system_attrs.get(ALIVE_ATTR)
     time.sleep(2.5)  # twice the grace period, on the trial's own start time
     assert fail_stale(study, grace_period=1, retry=retry) == 1
     assert count(study.get_trials()).waiting == 1

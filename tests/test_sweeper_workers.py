@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from autoft.search import workers as wk
-from autoft.search.storage import Heartbeat, open_storage, quiet_optuna
+from autoft.search.storage import StudyStorage, open_storage, quiet_optuna
 from autoft.search.study import RetryLost, fail_stale
 from sweep_helpers import APP, FAST, run_app
 from test_sweeper import the_study
@@ -52,20 +52,18 @@ def _study(tmp_path, grace=2):
 
 def test_the_budget_divides_the_cores_among_live_workers_of_this_host(tmp_path):
     study, _ = _study(tmp_path)
-    me = wk.WorkerRegistry(study._storage, study._study_id, interval=0.2, grace_period=2).start()
+    store = StudyStorage(study)
+    me = wk.WorkerRegistry(store, interval=0.2, grace_period=2).start()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         assert me.live_on_host() == 1 and me.budget("auto") == wk.cpu_count() and me.budget(3) == 3
         assert me.budget(None) is None
-        storage, sid = study._storage, study._study_id
         host = socket.gethostname()
         # another live worker here (its process exists), one on another host, one that stopped, one long dead
-        storage.set_study_system_attr(sid, f"{wk.WORKER_PREFIX}{host}:{sleeper.pid}",
-                                      {"host": host, "pid": sleeper.pid, "time": time.time(), "stopped": False})
-        storage.set_study_system_attr(sid, f"{wk.WORKER_PREFIX}elsewhere:1", {"host": "elsewhere", "pid": 1,
-                                                                              "time": time.time(), "stopped": False})
-        storage.set_study_system_attr(sid, f"{wk.WORKER_PREFIX}{host}:2", {"host": host, "pid": 2,
-                                                                           "time": time.time(), "stopped": True})
+        for tag, rec in ((f"{host}:{sleeper.pid}", {"host": host, "pid": sleeper.pid, "stopped": False}),
+                         ("elsewhere:1", {"host": "elsewhere", "pid": 1, "stopped": False}),
+                         (f"{host}:2", {"host": host, "pid": 2, "stopped": True})):
+            store.write_study_record(wk.WORKER_PREFIX + tag, {**rec, "time": time.time()}, system=True)
         assert me.live_on_host() == 2
         assert me.budget("auto") == max(1, wk.cpu_count() // 2)
         sleeper.kill()
@@ -88,8 +86,9 @@ def test_a_starved_heartbeat_of_a_live_local_worker_is_slow_not_lost(tmp_path, c
     trial.suggest_float("x", 0, 1)
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        study._storage.set_trial_user_attr(trial._trial_id, "worker", f"{socket.gethostname()}:{worker.pid}")
-        hb = Heartbeat(study._storage, trial._trial_id, 0.5).start()
+        store = StudyStorage(study)
+        store.set_trial_user_attrs(trial, {"worker": f"{socket.gethostname()}:{worker.pid}"})
+        hb = store.heartbeat(trial, 0.5)
         hb.stop()  # its heartbeat thread is starved: no beat for longer than the grace period
         time.sleep(2.5)
         with caplog.at_level("WARNING"):
@@ -155,8 +154,7 @@ def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_ur
         assert t.user_attrs["omp_threads"] == str(t.user_attrs["threads"])
     # once the workers saw each other, they split the cores
     assert min(t.user_attrs["threads"] for t in trials) == max(1, cores // k)
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    recs = [v for key, v in attrs.items() if key.startswith(wk.WORKER_PREFIX)]
+    recs = list(StudyStorage(study).study_records(wk.WORKER_PREFIX, system=True).values())
     assert len(recs) == k and all(r["stopped"] for r in recs)
     for out in outs:
         assert "was lost" not in out and f"{n}/{n} finished" in out

@@ -99,18 +99,22 @@ def search_seeds(base_seed: int, seeds_per_trial: int, distribution=None) -> set
 
 def records(study) -> dict[int, dict]:
     """trial number -> its re-evaluation record (any state)."""
+    from autoft.search.storage import StudyStorage
+
     out = {}
-    for key, value in study._storage.get_study_user_attrs(study._study_id).items():
-        if key.startswith(RECORD_PREFIX) and isinstance(value, dict):
+    for key, value in StudyStorage(study).study_records(RECORD_PREFIX).items():
+        if isinstance(value, dict):
             try:
-                out[int(key[len(RECORD_PREFIX):])] = value
+                out[int(key)] = value
             except ValueError:
                 continue
     return out
 
 
 def write_record(study, number: int, record: Mapping[str, Any]) -> None:
-    study._storage.set_study_user_attr(study._study_id, f"{RECORD_PREFIX}{int(number)}", dict(record))
+    from autoft.search.storage import StudyStorage
+
+    StudyStorage(study).write_study_record(f"{RECORD_PREFIX}{int(number)}", dict(record))
 
 
 def same_seeds(record: Optional[Mapping], seeds: Sequence[int]) -> bool:

@@ -13,11 +13,15 @@ none, so the same thread writes a `autoft:heartbeat` system attribute (the worke
 way, a trial also gets `autoft:alive` once its heartbeat runs, so a worker killed between asking
 for a trial and starting its heartbeat is detected too (`datetime_start` older than twice the
 grace period).
+
+StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
+sweeper and the search layer reach trials, heartbeats and records only through it.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -27,7 +31,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from autoft.errors import UserError
 
@@ -224,13 +228,12 @@ class Heartbeat:
     (`TrialReporter.progress`), so a slow trial and a stuck one can be told apart.
     """
 
-    def __init__(self, storage, trial_id: int, interval: float, *, label: str = "",
+    def __init__(self, store: "StudyStorage", trial_id: int, interval: float, *, label: str = "",
                  progress_interval: float = 0.0, grace_period: Optional[float] = None):
-        self.storage, self.trial_id, self.interval = storage, trial_id, max(float(interval), 0.1)
+        self.store, self.trial_id, self.interval = store, int(trial_id), max(float(interval), 0.1)
         self.label = label or f"trial id {trial_id}"
         self.progress_interval = float(progress_interval or 0.0)
         self.grace_period = grace_period
-        self.rdb = uses_rdb_heartbeat(storage)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.started = time.time()
@@ -238,15 +241,12 @@ class Heartbeat:
         self._last_log = self.started
 
     def beat(self) -> None:
-        if self.rdb:
-            self.storage.record_heartbeat(self.trial_id)
-        else:
-            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+        self.store.record_heartbeat(self.trial_id)
         self.last_beat = time.time()
 
     def start(self) -> "Heartbeat":
         self.beat()
-        self.storage.set_trial_system_attr(self.trial_id, ALIVE_ATTR, True)
+        self.store.set_trial_system_attr(self.trial_id, ALIVE_ATTR, True)
         self._thread = threading.Thread(target=self._run, name=f"autoft-heartbeat-{self.trial_id}", daemon=True)
         self._thread.start()
         return self
@@ -271,7 +271,7 @@ class Heartbeat:
         now = time.time()
         what = ""
         try:
-            p = self.storage.get_trial_system_attrs(self.trial_id).get(PROGRESS_ATTR)
+            p = self.store.trial_system_attrs(self.trial_id).get(PROGRESS_ATTR)
             if isinstance(p, dict) and p.get("step") is not None:
                 total = f"/{p['total']}" if p.get("total") else ""
                 what = f", step {p['step']}{total} reported {now - float(p.get('time', now)):.0f}s ago"
@@ -286,14 +286,6 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
-
-
-def stale_trial_ids(study) -> list[int]:
-    """RUNNING trials whose RDB heartbeat is older than the grace period (database clock)."""
-    storage = study._storage
-    if not uses_rdb_heartbeat(storage):
-        return []
-    return list(storage._get_stale_trial_ids(study._study_id))
 
 
 def worker_alive_here(worker: Optional[str]) -> bool:
@@ -315,3 +307,121 @@ def pid_tag() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------- the one wrapper
+
+class StudyStorage:
+    """One study in its Optuna storage: the only code that touches Optuna's private attributes.
+
+    Optuna's public Study API cannot read a trial by id, write study system attributes, beat a
+    heartbeat, or list the trials whose heartbeat went stale; all of that leans on private names
+    (`study._storage`, `study._study_id`, `trial._trial_id`, `RDBStorage._get_stale_trial_ids`,
+    `optuna.storages._heartbeat`, `_CachedStorage._backend`) that may change in any Optuna
+    release. Here they are spelled once, so an Optuna upgrade touches one class;
+    tests/test_storage_wrapper.py fails when another file reaches for them. The records the
+    sweeper keeps (re-evaluations, worker records, trial heartbeats, progress, failure reasons)
+    go through the same methods.
+    """
+
+    def __init__(self, study):
+        self.study = study
+        self.storage = study._storage  # an RDB storage comes wrapped in Optuna's cache
+        self.study_id = study._study_id
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    # trials -------------------------------------------------------------
+
+    @staticmethod
+    def trial_id(trial) -> int:
+        """The storage's id of a Trial or FrozenTrial (unique across studies; `number` is per study)."""
+        return int(trial if isinstance(trial, int) else trial._trial_id)
+
+    def trial(self, trial):
+        """The trial as the storage holds it now (a FrozenTrial), by Trial, FrozenTrial or id."""
+        return self.storage.get_trial(self.trial_id(trial))
+
+    def live_trial(self, trial_id: int):
+        """A writable Trial of this study (a task reporting to its trial from another process)."""
+        import optuna
+
+        return optuna.trial.Trial(self.study, int(trial_id))
+
+    def set_trial_user_attrs(self, trial, attrs: Mapping[str, Any]) -> bool:
+        """Write user attributes; False when the trial already finished (another worker failed it)."""
+        import optuna
+
+        try:
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(self.trial_id(trial), key, value)
+            return True
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    def set_trial_system_attr(self, trial, key: str, value: Any) -> None:
+        self.storage.set_trial_system_attr(self.trial_id(trial), key, value)
+
+    def trial_system_attrs(self, trial) -> dict:
+        return dict(self.storage.get_trial_system_attrs(self.trial_id(trial)))
+
+    def fail_trial(self, trial, user_attrs: Mapping[str, Any]) -> bool:
+        """Mark a RUNNING trial FAIL with its reason attributes; False when it finished meanwhile."""
+        import optuna
+        from optuna.trial import TrialState
+
+        try:
+            if not self.set_trial_user_attrs(trial, user_attrs):
+                return False
+            return bool(self.storage.set_trial_state_values(self.trial_id(trial), state=TrialState.FAIL))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    # liveness -----------------------------------------------------------
+
+    @functools.cached_property
+    def rdb_heartbeat(self) -> bool:
+        """Whether the storage keeps Optuna's own heartbeats (RDB with heartbeat_interval)."""
+        return uses_rdb_heartbeat(self.storage)
+
+    def record_heartbeat(self, trial) -> None:
+        """One beat: Optuna's heartbeat row (RDB), else our timestamp attribute (journal)."""
+        if self.rdb_heartbeat:
+            self.storage.record_heartbeat(self.trial_id(trial))
+        else:
+            self.set_trial_system_attr(trial, HEARTBEAT_ATTR, time.time())
+
+    def heartbeat(self, trial, interval: float, **kwargs) -> "Heartbeat":
+        """A started Heartbeat for a RUNNING trial (see Heartbeat)."""
+        return Heartbeat(self, self.trial_id(trial), interval, **kwargs).start()
+
+    def stale_trial_ids(self) -> list[int]:
+        """RUNNING trials whose RDB heartbeat is older than the grace period (database clock)."""
+        if not self.rdb_heartbeat:
+            return []
+        return list(self.storage._get_stale_trial_ids(self.study_id))
+
+    # study records ------------------------------------------------------
+
+    def study_records(self, prefix: str, *, system: bool = False) -> dict:
+        """Study attributes whose key starts with `prefix`, keyed by the rest of the key."""
+        read = self.storage.get_study_system_attrs if system else self.storage.get_study_user_attrs
+        return {k[len(prefix):]: v for k, v in read(self.study_id).items() if k.startswith(prefix)}
+
+    def write_study_record(self, key: str, value: Any, *, system: bool = False) -> None:
+        write = self.storage.set_study_system_attr if system else self.storage.set_study_user_attr
+        write(self.study_id, key, value)
+
+    # handles and locks --------------------------------------------------
+
+    def load(self, *, sampler=None, pruner=None):
+        """Another Study object on the same storage (its own sampler: one per slot)."""
+        import optuna
+
+        return optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner)
+
+    def claim_lock(self, url: str):
+        """The study's claim lock (see claim_lock)."""
+        return claim_lock(url, self.storage, self.name)

@@ -227,14 +227,13 @@ def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
     own heartbeat attribute). A stale trial whose worker is a process still alive on this machine
     is not failed: its heartbeat thread was starved by an overloaded CPU, the trial is slow, not lost.
     """
-    import optuna
     from optuna.trial import TrialState
 
-    from autoft.search.storage import stale_trial_ids, worker_alive_here
+    from autoft.search.storage import StudyStorage, worker_alive_here
 
-    storage = study._storage
+    store = StudyStorage(study)
     now = time.time()
-    candidates = list(stale_trial_ids(study))
+    candidates = store.stale_trial_ids()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = t.system_attrs.get(HEARTBEAT_ATTR)
         started = t.datetime_start.timestamp() if t.datetime_start else now
@@ -243,11 +242,11 @@ def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
         else:
             # never got a heartbeat: its worker died between ask and heartbeat start
             stale = not t.system_attrs.get(ALIVE_ATTR) and now - started > 2 * grace_period
-        if stale and t._trial_id not in candidates:
-            candidates.append(t._trial_id)
+        if stale and store.trial_id(t) not in candidates:
+            candidates.append(store.trial_id(t))
     n = 0
     for trial_id in candidates:
-        t = storage.get_trial(trial_id)
+        t = store.trial(trial_id)
         if t.state != TrialState.RUNNING:
             continue
         if worker_alive_here(t.user_attrs.get("worker")):
@@ -255,16 +254,12 @@ def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
                         "slow (overloaded CPU), not lost; left running", t.number, grace_period,
                         t.user_attrs.get("worker"))
             continue
-        try:
-            storage.set_trial_user_attr(trial_id, FAIL_REASON, "lost: its worker stopped sending heartbeats "
-                                                               "(killed or crashed)")
-            storage.set_trial_user_attr(trial_id, FAIL_KIND, "lost")
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first, or it just finished
+        # False: another worker got there first, or it just finished
+        if not store.fail_trial(trial_id, {FAIL_REASON: "lost: its worker stopped sending heartbeats "
+                                                        "(killed or crashed)", FAIL_KIND: "lost"}):
+            continue
         n += 1
-        retry(study, storage.get_trial(trial_id))
+        retry(study, store.trial(trial_id))
     return n
 
 

@@ -28,6 +28,7 @@ class TrialReporter:
         self.study_name, self.storage_url, self.trial_id = study_name, storage, trial_id
         self._pruner_spec = pruner
         self._trial = None
+        self._store = None
         self._lost = False
 
     @classmethod
@@ -56,21 +57,22 @@ class TrialReporter:
         if self._trial is None:
             import optuna
 
-            from autoft.search.storage import cached_storage, quiet_optuna
+            from autoft.search.storage import StudyStorage, cached_storage, quiet_optuna
             from autoft.search.study import make_pruner
 
             quiet_optuna()
             storage = cached_storage(self.storage_url)
             study = optuna.load_study(study_name=self.study_name, storage=storage,
                                       sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self._pruner_spec))
-            self._trial = optuna.trial.Trial(study, self.trial_id)
+            self._store = StudyStorage(study)
+            self._trial = self._store.live_trial(self.trial_id)
         return self._trial
 
     def _running(self) -> bool:
         from optuna.trial import TrialState
 
         trial = self._get_trial()
-        state = trial.storage.get_trial(self.trial_id).state
+        state = self._store.trial(self.trial_id).state
         if state != TrialState.RUNNING and not self._lost:
             self._lost = True
             log.warning("trial %s is %s in its study (declared lost by another worker?): stopping it",
@@ -111,9 +113,9 @@ class TrialReporter:
         from autoft.search.storage import PROGRESS_ATTR
 
         try:
-            self._get_trial().storage.set_trial_system_attr(
-                self.trial_id, PROGRESS_ATTR, {"step": int(step), "total": None if total is None else int(total),
-                                               "time": now})
+            self._get_trial()
+            self._store.set_trial_system_attr(self.trial_id, PROGRESS_ATTR, {
+                "step": int(step), "total": None if total is None else int(total), "time": now})
         except Exception as err:  # noqa: BLE001 (progress is advisory)
             log.debug("progress of trial id %s not recorded: %s", self.trial_id, err)
 

@@ -82,8 +82,8 @@ def apply_threads(n: int) -> int:
 class WorkerRegistry:
     """This worker's record in the study, kept fresh by a daemon thread; counts live workers."""
 
-    def __init__(self, storage, study_id: int, interval: float, grace_period: float):
-        self.storage, self.study_id = storage, study_id
+    def __init__(self, store, interval: float, grace_period: float):
+        self.store = store  # autoft.search.storage.StudyStorage
         self.interval, self.grace_period = max(float(interval), 0.1), float(grace_period)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.key = f"{WORKER_PREFIX}{self.host}:{self.pid}"
@@ -92,8 +92,9 @@ class WorkerRegistry:
         self._thread: Optional[threading.Thread] = None
 
     def beat(self, stopped: bool = False) -> None:
-        self.storage.set_study_system_attr(self.study_id, self.key, {
-            "host": self.host, "pid": self.pid, "time": time.time(), "threads": self.threads, "stopped": stopped})
+        self.store.write_study_record(self.key, {
+            "host": self.host, "pid": self.pid, "time": time.time(), "threads": self.threads, "stopped": stopped},
+            system=True)
 
     def start(self) -> "WorkerRegistry":
         self.beat()
@@ -118,8 +119,8 @@ class WorkerRegistry:
             log.debug("worker record not closed: %s", err)
 
     def records(self) -> dict:
-        attrs = self.storage.get_study_system_attrs(self.study_id)
-        return {k[len(WORKER_PREFIX):]: v for k, v in attrs.items() if k.startswith(WORKER_PREFIX) and isinstance(v, dict)}
+        recs = self.store.study_records(WORKER_PREFIX, system=True)
+        return {tag: rec for tag, rec in recs.items() if isinstance(rec, dict)}
 
     def live_on_host(self) -> int:
         """Live workers of this study on this machine, this one included."""

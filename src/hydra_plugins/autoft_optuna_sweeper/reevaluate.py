@@ -19,7 +19,7 @@ class ReevaluationMixin:
 
         announced = False
         while not self._stop.is_set():
-            with st.claim_lock(self.storage_url, study._storage, self.study_name):
+            with self.store.claim_lock(self.storage_url):
                 trials = study.get_trials(deepcopy=False)
                 recs = rv.records(study)
                 trial, live, stale = rv.next_claim(trials, recs, self.direction, self.reeval, self.reeval_seeds,
@@ -106,12 +106,11 @@ class ReevaluationMixin:
     def _finish_reeval(self, study, number: int, claim: dict, record: dict, heartbeat=None) -> None:
         """Write a re-evaluation's outcome, unless another worker took the claim over meanwhile."""
         from autoft.search import reevaluation as rv
-        from autoft.search import storage as st
 
         if heartbeat is not None:
             heartbeat.stop()  # joined first: a late heartbeat must not turn the outcome back into 'running'
         try:
-            with st.claim_lock(self.storage_url, study._storage, self.study_name):
+            with self.store.claim_lock(self.storage_url):
                 current = rv.records(study).get(number)
                 if current is not None and current.get("token") not in (None, claim["token"]) \
                         and current.get("state") == rv.RUNNING:

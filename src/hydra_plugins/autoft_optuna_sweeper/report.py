@@ -15,7 +15,7 @@ class ReportingMixin:
         trials = study.get_trials(deepcopy=False)
         c = count(trials)
         done = c.done(self.count_pruned)
-        t = study._storage.get_trial(trial._trial_id)
+        t = self.store.trial(trial)
         if t.state.name == "COMPLETE":
             what = ", ".join(f"{v:.6g}" for v in t.values) if self.multi else f"{t.value:.6g}"
         else:

@@ -226,16 +226,16 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                                             sampler=su.make_sampler(self.sampler_cfg, self.grid_space),
                                             pruner=su.make_pruner(self.pruner_spec))
         self.study.set_user_attr("n_trials", int(self.n_trials))
+        self.store = st.StudyStorage(self.study)
         if self.warm_entries:
-            with st.claim_lock(self.storage_url, self.storage, self.study_name):
+            with self.store.claim_lock(self.storage_url):
                 base_lr = OmegaConf.select(cfg, "trainer.base_lr", default=None)
                 su.enqueue_warm_starts(self.study, self.warm_entries, self.space, base_lr)
         self.study_dir.mkdir(parents=True, exist_ok=True)
         from autoft.reporting.io import atomic_write_text
 
         atomic_write_text(self.study_dir / "multirun.yaml", OmegaConf.to_yaml(cfg))
-        self.registry = wk.WorkerRegistry(self.storage, self.study._study_id, self.heartbeat_interval,
-                                          self.grace_period).start()
+        self.registry = wk.WorkerRegistry(self.store, self.heartbeat_interval, self.grace_period).start()
         c = su.count(self.study.get_trials(deepcopy=False))
         log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
                  self.study_name, "new" if created else "resumed", st.mask_url(self.storage_url),
@@ -386,13 +386,10 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
 
     def _handle(self):
         """A Study object of this slot's own (its own sampler; storage shared)."""
-        import optuna
-
         from autoft.search.study import make_pruner, make_sampler
 
-        return optuna.load_study(study_name=self.study_name, storage=self.study._storage,
-                                 sampler=make_sampler(self.sampler_cfg, self.grid_space),
-                                 pruner=make_pruner(self.pruner_spec))
+        return self.store.load(sampler=make_sampler(self.sampler_cfg, self.grid_space),
+                               pruner=make_pruner(self.pruner_spec))
 
     def _slot(self, slot: int) -> None:
         study = self.study if slot == 0 else self._handle()
@@ -419,7 +416,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         announced = False
         locked = st.has_claim_lock(self.storage_url)
         while not self._stop.is_set():
-            with st.claim_lock(self.storage_url, study._storage, self.study_name):
+            with self.store.claim_lock(self.storage_url):
                 su.fail_stale(study, grace_period=self.grace_period, retry=self.retry)
                 c = su.count(study.get_trials(deepcopy=False))
                 done = c.done(self.count_pruned)
@@ -428,9 +425,9 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                 self._check_failures(c)
                 if done + c.running < self.n_trials:
                     trial = study.ask()
-                    heartbeat = st.Heartbeat(study._storage, trial._trial_id, self.heartbeat_interval,
-                                             label=f"trial {trial.number}", progress_interval=self.progress_interval,
-                                             grace_period=self.grace_period).start()
+                    heartbeat = self.store.heartbeat(trial, self.heartbeat_interval, label=f"trial {trial.number}",
+                                                     progress_interval=self.progress_interval,
+                                                     grace_period=self.grace_period)
                     try:
                         trial.set_user_attr("worker", st.pid_tag())
                         n_threads = self._apply_threads()
@@ -512,8 +509,8 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         if su.count(trials).done(self.count_pruned) + ahead + 1 <= self.n_trials:
             return False
         if self._fail(study, trial, "surplus", "surplus: other workers already run the study's last trials") \
-                and study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params"):
-            su.requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
+                and self.store.trial(trial).system_attrs.get("fixed_params"):
+            su.requeue(study, self.store.trial(trial), max_retries=self.max_retries,
                        why="surplus", count_retry=False)
         return True
 
@@ -522,7 +519,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
     def _run_trial(self, study, trial) -> None:
         import optuna
 
-        overrides = self._overrides(trial.params, trial_id=trial._trial_id, number=trial.number)
+        overrides = self._overrides(trial.params, trial_id=self.store.trial_id(trial), number=trial.number)
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except KeyboardInterrupt:
@@ -533,8 +530,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                 from autoft.search.study import requeue
 
                 if self._fail(study, trial, "lost", f"lost: the cluster job ended without a result ({err})"):
-                    requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
-                            why="lost job")
+                    requeue(study, self.store.trial(trial), max_retries=self.max_retries, why="lost job")
                 self._progress(study, trial)
                 return
             self._fail(study, trial, "error", f"launcher: {type(err).__name__}: {err}")
@@ -566,14 +562,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         self._progress(study, trial)
 
     def _set_attrs(self, study, trial, attrs: dict) -> bool:
-        import optuna
-
-        try:
-            for k, v in attrs.items():
-                study._storage.set_trial_user_attr(trial._trial_id, k, v)
-            return True
-        except optuna.exceptions.UpdateFinishedTrialError:
-            return False
+        return self.store.set_trial_user_attrs(trial, attrs)
 
     def _tell(self, study, trial, **kwargs) -> bool:
         try:
@@ -601,7 +590,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
 
         try:
             if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
-                requeue(study, study._storage.get_trial(trial._trial_id), max_retries=self.max_retries,
-                        why="interrupted", count_retry=False)
+                requeue(study, self.store.trial(trial), max_retries=self.max_retries, why="interrupted",
+                        count_retry=False)
         except Exception as err:  # never mask the interrupt
             log.warning("could not record interrupted trial %d: %s", trial.number, err)
