@@ -130,3 +130,35 @@ def test_train_py_final_run_as_autoft_alpha(tmp_path):
     assert data["metrics"] != data["wise"]["1.0"]  # ... not the fine-tuned model
     table = build_table([result], wise_of=("autoft_alpha",))
     assert [r.label for r in table.rows] == ["AutoFT, α searched", "AutoFT, α searched + WiSE-FT (α=0.5)"]
+
+
+def test_search_with_alphas_then_final_run_as_autoft_alpha(tmp_path):
+    """The whole path through train.py: trials record their alpha in the study, best_hparams.yaml
+    holds the chosen trial's, and the final run named autoft_alpha applies it."""
+    import optuna
+    import yaml
+
+    def train(*args):
+        flags = [a for a in args if a.startswith("-")]  # argparse wants them before the overrides
+        cmd = [sys.executable, str(ROOT / "train.py"), "--config-dir", str(TEST_CONF), *flags, *BASE,
+               *[a for a in args if a not in flags]]
+        done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=offline_env(), timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    train("-m", "search=autoft", "search.n_trials=3", "hydra.sweeper.plots=false", "search.bootstrap=0",
+          "search.wise_alphas=[0.5,1.0]", "trainer.inner_steps=3")
+    sweep = tmp_path / "outputs/tinyshapes/tiny_vit/search-autoft"
+    url = f"sqlite:///{sweep / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(url)
+    study = optuna.load_study(study_name=name, storage=url)
+    for t in study.trials:
+        record = json.loads((sweep / name / f"trial_{t.number}" / "trial.json").read_text())
+        assert t.user_attrs["wise_alpha"] == record["wise_alpha"] in (0.5, 1.0)
+        assert t.value == record["objective"] == max(record["wise"].values())
+    best = yaml.safe_load((sweep / "best_hparams.yaml").read_text())
+    assert best["wise_alpha"] == study.best_trial.user_attrs["wise_alpha"]
+
+    train("method=autoft", "method.name=autoft_alpha", f"hparams={sweep / 'best_hparams.yaml'}")
+    data = read_result(tmp_path / "outputs/tinyshapes/tiny_vit/autoft_alpha/seed0/results.json").data
+    assert data["method"] == "autoft_alpha" and data["wise_alpha"] == best["wise_alpha"]
+    assert data["metrics"] == data["wise"][f"{best['wise_alpha']:.1f}"]
