@@ -134,3 +134,23 @@ def test_a_final_run_matches_the_file_it_was_run_with(tmp_path):
                                                          "weight_decay": 0.1}})
     assert same_hparams(old, Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1))
     assert not same_hparams(RunResult(tmp_path / "r.json", {"hparams": {"lr": 1e-3}}), hp)
+
+
+def test_the_selection_report_counts_the_runs_of_the_files_hyperparameters(tmp_path):
+    from autoft.reporting import selection
+
+    chosen = Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1,
+                             records={"study_name": "s", "trial_number": 3, "objective": 0.7, "metric": "accuracy"})
+    chosen.save(tmp_path / "search-autoft" / "best_hparams.yaml")
+    metrics = {"id_test": {"accuracy": 0.8}, "ood_val": {"accuracy": 0.7}, "snow": {"accuracy": 0.6}}
+
+    def run(seed, hp):
+        data = {"dataset": "d", "model": "m", "method": "autoft", "seed": seed, "objective_metric": "accuracy",
+                "higher_is_better": True, "metrics": metrics, "hparams": {**hp.values(), "source": "x"}}
+        return RunResult(tmp_path / f"autoft/seed{seed}/results.json", data)
+
+    runs = [run(0, chosen), run(1, chosen), run(2, Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0,
+                                                                    weight_decay=0.1, wise_alpha=0.5))]
+    (sel,) = selection.build(tmp_path, runs)
+    assert [r.seed for r in sel.runs] == [0, 1] and [r.seed for r in sel.others] == [2]
+    assert sel.as_dict()["trial_number"] == 3 and sel.final("snow").mean == 0.6
