@@ -53,7 +53,7 @@ def _study(tmp_path, grace=2):
 def test_the_budget_divides_the_cores_among_live_workers_of_this_host(tmp_path):
     study, _ = _study(tmp_path)
     store = StudyStorage(study)
-    me = wk.WorkerRegistry(store, interval=0.2, grace_period=2).start()
+    me = wk.WorkerRegistry(store, interval=0.2, grace_period=2, directory=tmp_path / "registry").start()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         assert me.live_on_host() == 1 and me.budget("auto") == wk.cpu_count() and me.budget(3) == 3
@@ -121,8 +121,9 @@ def test_long_trials_log_their_progress_and_record_their_threads(tmp_path):
 
 
 @pytest.mark.postgres
-def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_url):  # noqa: F811
+def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_url, monkeypatch):  # noqa: F811
     n, k = 12, 4
+    monkeypatch.setenv(wk.WORKERS_DIR_ENV, str(tmp_path / "registry"))  # not other test runs' workers
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, f"hydra.sweeper.storage={pg_url}",
            f"dataset.n_trials={n}", "toy.sleep=0.15", "hydra.sweeper.threads=auto",
            "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10"]

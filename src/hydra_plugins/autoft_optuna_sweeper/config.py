@@ -78,7 +78,7 @@ class AutoFTOptunaSweeperConf:
     # the study's total of finished trials (COMPLETE, plus PRUNED when count_pruned)
     n_trials: int = 20
     # trials this process runs at a time; > 1 needs a launcher that runs jobs in other
-    # processes (submitit): each slot asks, launches and tells on its own, with no batch barrier
+    # processes (joblib, submitit): each slot asks, launches and tells on its own, with no batch barrier
     n_jobs: int = 1
     # filled from the hydra/sweeper/sampler group (default tpe)
     sampler: Dict[str, Any] = field(default_factory=dict)
@@ -98,10 +98,13 @@ class AutoFTOptunaSweeperConf:
     # (so it means the same with n_jobs=1 as with many slots or workers): 0.0 stops at the first
     # failure, 0.25 with n_trials=20 allows 5; null: off. With max_failures too, the stricter wins.
     max_failure_rate: Optional[float] = None
-    # CPU threads per worker for torch (torch.set_num_threads and OMP/MKL variables), set before
-    # each trial: auto = cores // live workers of this study on this machine (at least 1); an
-    # integer fixes it; null leaves torch's default (all cores per worker). Applies where trials run
-    # in the sweeper's process (the basic launcher); with submitit/joblib the launcher's resources govern
+    # CPU threads per trial for torch (torch.set_num_threads and OMP/MKL variables), set before
+    # each trial in the process that runs it: auto = cores // trials running at once on this
+    # machine (at least 1), counting every live autoft worker here, of any study (a registry of
+    # small files in $AUTOFT_WORKERS_DIR, default <temp dir>/autoft-workers; dead workers' files are
+    # ignored) and each one's concurrent trials (1 with the basic launcher, n_jobs with joblib);
+    # an integer fixes it per trial; null leaves torch's default (all cores per trial). Trials on
+    # other nodes (submitit, SLURM) are left to the launcher's resources (cpus_per_task).
     threads: Any = "auto"
     # seconds between 'trial N running for X s, last heartbeat ...' lines during a trial (0: off)
     progress_interval: float = 120.0

@@ -21,7 +21,9 @@ Modules: config.py (schema, sampler group), sweeper.py (Hydra glue and the searc
 claims, in-flight trials), reevaluate.py (top-k re-evaluation), report.py (progress lines and study
 outputs), util.py; autoft.search.outcome classifies what a job returned (trials and
 re-evaluations alike), autoft.search.workers keeps worker records and thread budgets,
-autoft.search.storage opens storages, locks claims and runs heartbeats.
+autoft.search.storage opens storages and holds StudyStorage, the one wrapper of Optuna's private
+storage access (trials by id, heartbeats, stale trials, records, the claim lock): the sweeper uses
+nothing else of Optuna's internals.
 
 Trials run through the configured Hydra launcher; trial directories are
 <sweep dir>/<study name>/trial_<trial number>. The heavy imports happen inside methods: Hydra
@@ -109,13 +111,17 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         self._inflight: dict[int, Any] = {}  # trial number -> trial, across slots
         self._inflight_reeval: dict[int, tuple] = {}  # trial number -> (claim, heartbeat) of this process
         self._returns: list = []
+        self._threads_of: dict[int, int] = {}  # trial number -> its thread budget (trials on this machine)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
+        from autoft.search.workers import BudgetedTask
+
         self.config, self.hydra_context = config, hydra_context
+        # the task applies its trial's thread budget in whichever process the launcher runs it
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=BudgetedTask(task_function), config=config)
 
     # ------------------------------------------------------------------ sweep
 
@@ -235,7 +241,8 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         from autoft.reporting.io import atomic_write_text
 
         atomic_write_text(self.study_dir / "multirun.yaml", OmegaConf.to_yaml(cfg))
-        self.registry = wk.WorkerRegistry(self.store, self.heartbeat_interval, self.grace_period).start()
+        self.registry = wk.WorkerRegistry(self.store, self.heartbeat_interval, self.grace_period,
+                                          slots=self._local_slots()).start()
         c = su.count(self.study.get_trials(deepcopy=False))
         log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
                  self.study_name, "new" if created else "resumed", st.mask_url(self.storage_url),
@@ -301,14 +308,15 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         finally:
             HydraConfig.instance().set_config(self.config)
 
-    def _overrides(self, params: dict, *, trial_id: int, number: int) -> list[str]:
+    def _overrides(self, params: dict, *, trial_id: int, number: int, threads: Optional[int] = None) -> list[str]:
         """One trial's overrides. Its identity always goes to `hydra.sweeper.trial` (any app reads
         it through HydraConfig; autoft.search.trial.TrialReporter does); into `search.*` only when
         the app's config has those keys (autoft's train.py). No key the app lacks is added."""
         from autoft.search.space import format_value
 
+        budget = f",threads:{int(threads)}" if threads else ""
         ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{format_value(self.study_name)},"
-                 f"storage:{format_value(self.storage_url)}}}")
+                 f"storage:{format_value(self.storage_url)}{budget}}}")
         out = [*self.passthrough, *self.space.overrides(params),
                f"hydra.sweep.dir={format_value(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
         if self.autoft_app:
@@ -433,6 +441,8 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                         n_threads = self._apply_threads()
                         if n_threads is not None:
                             trial.set_user_attr(THREADS_ATTR, n_threads)
+                            with self._lock:
+                                self._threads_of[trial.number] = n_threads
                         self._suggest(trial)
                     except BaseException:
                         heartbeat.stop()
@@ -464,12 +474,20 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                                 f"n_trials={self.n_trials} ({allowed} allowed). Their reasons are in "
                                 f"{self.study_dir / 'trials.csv'}.")
 
+    def _local_slots(self) -> int:
+        """Trials this worker runs at once on this machine: 1 in this process (basic launcher), the
+        slots with a joblib-style launcher (worker processes here), 0 when they run elsewhere."""
+        if self.in_process:
+            return 1
+        return self.slots if "joblib" in type(self.launcher).__name__.lower() else 0
+
     def _apply_threads(self) -> Optional[int]:
-        """The thread budget for the next trial (hydra.sweeper.threads), applied to this process."""
+        """The thread budget for the next trial (hydra.sweeper.threads); applied here when trials run
+        in this process, and by the task (BudgetedTask) in a joblib worker process."""
         from autoft.search import workers as wk
 
-        if self.threads is None or self.registry is None or not self.in_process:
-            return None  # trials in other processes or nodes: their launcher's resources (cpus_per_task) govern
+        if self.threads is None or self.registry is None or not self.registry.slots:
+            return None  # trials on other nodes: their launcher's resources (cpus_per_task) govern
         try:
             n = self.registry.budget(self.threads)
         except Exception as err:  # noqa: BLE001 (the storage hiccuped: keep the last budget)
@@ -478,10 +496,11 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         if n is None:
             return None
         if n != self.registry.threads:
-            live = self.registry.live_on_host() if self.threads == "auto" else None
-            log.info("threads per trial: %d%s", n, f" ({wk.cpu_count()} cores, {live} live worker(s) of this study "
-                                                   "on this machine)" if live else " (hydra.sweeper.threads)")
-        self.registry.threads = wk.apply_threads(n)
+            why = (f" ({wk.cpu_count()} cores, {self.registry.concurrent} concurrent trial(s) on this machine, "
+                   f"{self.registry.slots} of them this worker's)" if self.threads == "auto"
+                   else " (hydra.sweeper.threads)")
+            log.info("threads per trial: %d%s", n, why)
+        self.registry.threads = wk.apply_threads(n) if self.in_process else n
         return n
 
     def _suggest(self, trial) -> None:
@@ -519,7 +538,10 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
     def _run_trial(self, study, trial) -> None:
         import optuna
 
-        overrides = self._overrides(trial.params, trial_id=self.store.trial_id(trial), number=trial.number)
+        with self._lock:
+            threads = self._threads_of.pop(trial.number, None)
+        overrides = self._overrides(trial.params, trial_id=self.store.trial_id(trial), number=trial.number,
+                                    threads=threads)
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
         except KeyboardInterrupt:
