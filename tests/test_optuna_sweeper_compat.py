@@ -240,3 +240,72 @@ def test_preflight_stops_before_any_study_row(tmp_path):
     assert not (tmp_path / SWEEP / "optuna.db").exists() and not list(tmp_path.glob("outputs/**/trial_*"))
     run_app(tmp_path, "dataset.n_trials=1", "hydra.sweeper.preflight=toy_app.preflight")  # passes: trains
     assert (tmp_path / SWEEP / "optuna.db").exists()
+
+
+# ----------------------------------------------------------------------------- the deprecated search_space
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"type": "float", "low": -5.5, "high": 5.5, "step": 0.5}, FloatDistribution(-5.5, 5.5, step=0.5)),
+    ({"type": "float", "low": 0, "high": 4, "step": 2}, FloatDistribution(0.0, 4.0, step=2.0)),  # stays float
+    ({"type": "float", "low": 0, "high": 1, "step": 0.25}, FloatDistribution(0.0, 1.0, step=0.25)),
+    ({"type": "float", "low": 0, "high": 1}, FloatDistribution(0.0, 1.0)),
+    ({"type": "float", "low": 1e-4, "high": 1, "log": True, "step": 0.1}, FloatDistribution(1e-4, 1.0, log=True)),
+    ({"type": "int", "low": -5, "high": 5}, IntDistribution(-5, 5)),  # bounds inclusive, as there
+    ({"type": "int", "low": 0, "high": 9, "step": 3}, IntDistribution(0, 9, step=3)),
+    ({"type": "int", "low": 1, "high": 100, "log": True}, IntDistribution(1, 100, log=True)),
+    ({"type": "categorical", "choices": [-5, 0, 5]}, CategoricalDistribution([-5, 0, 5])),
+    ({"type": "categorical", "choices": ["a b", "c"]}, CategoricalDistribution(["a b", "c"])),
+])
+def test_search_space_entries_become_the_same_distributions(entry, expected):
+    from hydra_plugins.autoft_optuna_sweeper.compat import entry_params
+
+    space, _ = parse_space({"key": entry_params("key", entry)})
+    assert space.distributions["key"] == expected
+
+
+def test_search_space_is_deprecated_and_params_win_over_it():
+    import warnings
+
+    from hydra_plugins.autoft_optuna_sweeper.compat import space_params
+
+    legacy = {"x": {"type": "int", "low": 0, "high": 3}}
+    with pytest.warns(UserWarning, match="search_space is deprecated"):
+        assert space_params(None, legacy) == {"x": "int(interval(0, 3))"}
+    with pytest.warns(UserWarning, match="both set"):
+        assert space_params({"y": "choice(1, 2)"}, legacy) == {"y": "choice(1, 2)"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert space_params({"y": "choice(1, 2)"}, None) == {"y": "choice(1, 2)"}
+        assert space_params(None, None) is None
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"type": "float", "low": 0, "hihg": 1}, r"search_space.x has unknown key\(s\) \['hihg'\]; allowed: type"),
+    ({"type": "uniform", "low": 0, "high": 1}, "search_space.x has type 'uniform'; allowed: float, int, categorical"),
+    ({"type": "categorical"}, "search_space.x is categorical and needs a non-empty list 'choices'"),
+    ({"type": "int", "high": 3}, "search_space.x needs a finite number 'low'"),
+    ({"type": "float", "low": 0, "high": 1, "step": -1}, "search_space.x needs a positive 'step'"),
+    ("interval(0, 1)", "search_space.x must be a mapping"),
+])
+def test_a_bad_search_space_entry_names_its_key(entry, message):
+    from autoft.errors import UserError
+    from hydra_plugins.autoft_optuna_sweeper.compat import space_params
+
+    with pytest.warns(UserWarning), pytest.raises(UserError, match=message):
+        space_params(None, {"x": entry})
+
+
+def test_sphere_example_with_the_deprecated_search_space(tmp_path):
+    done, sweep = run_example("sphere.py", tmp_path, "--config-name=legacy", "hydra.sweeper.n_trials=6")
+    assert "search_space is deprecated" in done.stderr
+    study = load(sweep, "legacy")
+    assert len(study.trials) == 6 and all(t.state.name == "COMPLETE" for t in study.trials)
+    for t in study.trials:
+        assert set(t.params) == {"x", "y"} and t.params["y"] in (-5, 0, 5)
+        assert -5.5 <= t.params["x"] <= 5.5 and (t.params["x"] * 2).is_integer()
+    assert set(results(sweep)["best_params"]) == {"x", "y"}
+    # a command-line value still replaces an entry, as with params
+    (tmp_path / "again").mkdir()
+    done, sweep = run_example("sphere.py", tmp_path / "again", "--config-name=legacy", "hydra.sweeper.n_trials=2",
+                              "y=0")
+    assert all(set(t.params) == {"x"} for t in load(sweep, "legacy").trials)

@@ -4,7 +4,8 @@ The hydra-optuna-sweeper 1.3 schema works unchanged (switch with `override hydra
 autoft_optuna`): `direction` (one value, or a list for a multi-objective study), `study_name`,
 `storage`, `n_trials`, `n_jobs`, `params`, `max_failure_rate`, `custom_search_space`, and the
 `hydra/sweeper/sampler` group (tpe, random, cmaes, grid, nsgaii, nsgaiii, qmc, gp, bruteforce),
-registered here so that any Hydra app using this sweeper finds it. Differences: `n_trials` is the
+registered here so that any Hydra app using this sweeper finds it; the deprecated `search_space`
+is read as there, with a warning (compat.py). Differences: `n_trials` is the
 study's *total* of finished trials (a rerun resumes to it); `range(a, b)` excludes b as Python's
 range and Hydra's basic sweeper do; `max_failure_rate` counts failures over the whole study (see
 below). The other keys are ours; conf/search/autoft.yaml documents them.
@@ -84,6 +85,10 @@ class AutoFTOptunaSweeperConf:
     sampler: Dict[str, Any] = field(default_factory=dict)
     # key -> override-grammar string; null values are skipped (the key stays unsearched)
     params: Optional[Dict[str, Any]] = None
+    # deprecated (hydra-optuna-sweeper's Hydra 1.1 schema, still accepted with a warning): key ->
+    # {type: float|int|categorical, low, high, step, log, choices}; ignored when params is set
+    # (compat.py converts it)
+    search_space: Optional[Dict[str, Any]] = None
     # dotpath of fn(cfg, trial), called after params are sampled: it may suggest more parameters
     # (trial.suggest_*), which every trial receives as overrides (a name may start with '+')
     custom_search_space: Optional[str] = None

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoft.errors import UserError
 from autoft.search.outcome import classify, find_user_error
 from autoft.search.workers import THREADS_ATTR
+from hydra_plugins.autoft_optuna_sweeper.compat import space_params
 from hydra_plugins.autoft_optuna_sweeper.reevaluate import ReevaluationMixin
 from hydra_plugins.autoft_optuna_sweeper.report import ReportingMixin
 from hydra_plugins.autoft_optuna_sweeper.util import is_lost_job as _is_lost_job, plain as _plain
@@ -87,13 +88,13 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
                  plots: bool = True, poll_interval: float = 5.0, fingerprint_exclude: Any = None,
                  custom_search_space: Optional[str] = None, max_failure_rate: Optional[float] = None,
                  threads: Any = "auto", progress_interval: float = 120.0, preflight: Optional[str] = None,
-                 trial: Any = None) -> None:
+                 trial: Any = None, search_space: Any = None) -> None:
         super().__init__()
         self.direction_cfg, self.study_name_cfg, self.storage_cfg = direction, study_name, storage
         self.sweep_dir_cfg = sweep_dir
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.sampler_cfg = _plain(sampler) or {}
-        self.params = _plain(params) or {}
+        self.params, self.search_space = _plain(params), _plain(search_space)
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.max_retries, self.max_failures, self.count_pruned = int(max_retries), max_failures, bool(count_pruned)
         self.warm_start = list(_plain(warm_start) or [])
@@ -148,6 +149,7 @@ class AutoFTOptunaSweeper(ReevaluationMixin, ReportingMixin, Sweeper):
         losses = search.get("losses") if search else None
         if losses is None:
             losses = OmegaConf.select(cfg, "method.search_losses", default=None)
+        self.params = space_params(self.params, self.search_space) or {}  # the deprecated search_space too
         self.space, self.passthrough = sp.parse_space(self.params, arguments, config=cfg,
                                                       losses=_plain(losses) if losses is not None else None)
         if not self.space.distributions:
