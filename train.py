@@ -3,14 +3,16 @@
     python train.py                                  # final run of the default method (ft) on the embedded task
     python train.py -m search=autoft                 # AutoFT search (Hydra multirun, our Optuna sweeper)
     python train.py method=autoft hparams=outputs/.../best_hparams.yaml seed=1   # final retrain
+    python train.py -m search=autoft experiment=iwildcam_vit_b16 data_root=...   # a paper benchmark
 
-A bad input (an unknown key, a value out of range, an unreadable file) stops the run before any
-work with one message and exit status 2: src/autoft/config.py holds the schema and its checks.
+A bad input (an unknown key, a wrong type, a value out of range, an unreadable file) stops the run
+before any work with one message and exit status 2: src/autoft/config.py holds the schema and its checks.
 """
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -38,9 +40,42 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
+CONF = Path(__file__).resolve().parent / "conf"
+
+
+def composition_problem(argv: list[str]) -> str | None:
+    """Compose the config as @hydra.main is about to, with the same overrides (sweeps left out) and
+    config directory, and return Hydra's error as one message (None: it composes, or the command
+    line asks for something this check does not model, which Hydra then handles itself)."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg or args.config_path \
+            or args.config_name or args.experimental_rerun:
+        return None
+    try:
+        overrides = [o.input_line for o in OverridesParser.create().parse_overrides(args.overrides)
+                     if not o.is_sweep_override()]
+    except Exception:  # a grammar error: Hydra reports it with its own pointer into the override
+        return None
+    if args.config_dir:
+        if any(o.startswith("hydra.searchpath") for o in overrides):
+            return None
+        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose("config", overrides=overrides)
+    except Exception as err:  # ConfigCompositionException, OmegaConf's errors, YAML parse errors
+        return config.composition_error(err)
+    return None
+
+
 def check_command_line(argv: list[str]) -> None:
-    """A misspelt key on the command line is named with the valid keys before Hydra composes."""
-    message = config.unknown_override(argv)
+    """A misspelt key, a wrong type or a broken config file is named before Hydra runs anything:
+    one message naming the key and the valid keys or the expected type, exit status 2."""
+    message = config.unknown_override(argv) or composition_problem(argv)
     if message:
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@
 against a reference-style loop, all measured in one run on the same machine and tensors.
 
     python scripts/bench_search.py                       # embedded task, CPU
-    python scripts/bench_search.py --trials 5 dataset=synthetic model=vit_b16_random device=cuda
+    python scripts/bench_search.py --trials 5 experiment=synthetic_vit_b16_random device=cuda
 
 Arguments after the options are Hydra overrides of conf/config.yaml (as for train.py).
 

@@ -55,8 +55,7 @@ def autoft_hparams(args, out: Path) -> Path:
         from autoft.hparams import Hyperparameters
 
         # what the study did not search keeps the value `train.py method=autoft` would use
-        defaults = Hyperparameters.from_config(compose_config(args.dataset, args.config_dir, [f"model={args.model}",
-                                                                                               "method=autoft"]))
+        defaults = Hyperparameters.from_config(compose_config(args.dataset, args.model, args.config_dir, ["method=autoft"]))
         hp = best_hparams_from_study(args.study, args.study_name, defaults)
         path = out / "autoft" / "hparams_from_study.yaml"
         rec = hp.records
@@ -66,29 +65,41 @@ def autoft_hparams(args, out: Path) -> Path:
     path = out / "search-autoft" / "best_hparams.yaml"
     if not path.is_file():
         raise UserError(f"AutoFT needs its searched hyperparameters: none at {path}. Run the search first "
-                        f"(python train.py -m search=autoft dataset={args.dataset} model={args.model}), "
+                        f"(python train.py -m search=autoft experiment={experiment(args.dataset, args.model, args.config_dir)}), "
                         "or pass --hparams <file> or --study <storage URL>")
     return path
 
 
-def compose_config(dataset: str, config_dir=None, overrides=()):
-    """The config `train.py dataset=<dataset> <overrides>` composes."""
+def experiment(dataset: str, model: str, config_dir=None) -> str:
+    """The experiment preset of this dataset and model (conf/experiment, or the --config-dir's)."""
+    from autoft.config import experiment_for
+
+    return experiment_for(dataset, model, (str(config_dir),) if config_dir else ()) or f"{dataset}_{model}"
+
+
+def compose_config(dataset: str, model: str, config_dir=None, overrides=()):
+    """The config `train.py experiment=<the pair's preset> <overrides>` composes."""
     from hydra import compose, initialize_config_dir
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"dataset={dataset}", *overrides, *extra])
+        return compose("config", overrides=[f"experiment={experiment(dataset, model, config_dir)}", *overrides, *extra])
 
 
 def default_model(dataset: str, config_dir=None) -> str:
-    """The model `train.py dataset=<dataset>` composes (each paper benchmark names the paper's backbone)."""
-    return str(compose_config(dataset, config_dir).model.name)
+    """The model of the dataset's first experiment preset (the paper's backbone for the paper's
+    benchmarks; smoke presets with the tiny random CLIP last)."""
+    from autoft.config import experiment_presets, preset_pairs
+
+    extra = (str(config_dir),) if config_dir else ()
+    names = experiment_presets(dataset, extra)
+    return preset_pairs(extra)[names[0]][1] if names else "?"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes")
-    ap.add_argument("--model", help="model config (default: the dataset's own, e.g. vit_b16 for the paper's benchmarks)")
+    ap.add_argument("--model", help="model config; with --dataset it names the preset conf/experiment/<dataset>_<model>.yaml (default: the dataset's first, e.g. vit_b16 for the paper's benchmarks)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method configs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
@@ -123,7 +134,7 @@ def main(argv=None) -> int:
     if args.config_dir:
         base += ["--config-dir", str(Path(args.config_dir).resolve())]
     # the config's sweep subdir puts each run at <out>/<method>/seed<N>
-    common = [f"dataset={args.dataset}", f"model={args.model}", "phase=final", f"hydra.sweep.dir={out}",
+    common = [f"experiment={experiment(args.dataset, args.model, args.config_dir)}", "phase=final", f"hydra.sweep.dir={out}",
               *args.overrides]
     t0 = time.time()
     try:

@@ -112,16 +112,16 @@ def make_scale(device: torch.device, dry: bool) -> Scale:
     dev = str(device)
     if not dry:
         return Scale(
-            main_overrides=["dataset=synthetic", "model=vit_b16_random", f"device={dev}", "dataset.inner_steps=10",
-                            "dataset.batch_size=128", "dataset.task.n_train=1280", "dataset.task.n_val=64",
+            main_overrides=["experiment=synthetic_vit_b16_random", f"device={dev}", "trainer.inner_steps=10",
+                            "trainer.batch_size=128", "dataset.task.n_train=1280", "dataset.task.n_val=64",
                             "dataset.task.n_ood_val=512", "dataset.task.n_test=64", "trainer.eval_batch_size=256"],
             main_label="ViT-B/16 (random weights), 224 px, batch 128, 10 inner steps, 512 OOD-val images",
             steps=10, batch=128,
             tiny_size=32, tiny_n_train=1920, tiny_n_eval=512, tiny_steps=30, tiny_batch=64, tiny_lr=3e-3,
-            bench_overrides=["dataset=synthetic", "model=vit_b16_random", f"device={dev}"], bench_trials=3,
-            search_overrides=["dataset=synthetic", "model=vit_b16_random", f"device={dev}", "dataset.inner_steps=5",
-                              "dataset.batch_size=128", "dataset.task.n_train=640", "dataset.task.n_val=128",
-                              "dataset.task.n_ood_val=256", "dataset.task.n_test=128", "dataset.final_epochs=1",
+            bench_overrides=["experiment=synthetic_vit_b16_random", f"device={dev}"], bench_trials=3,
+            search_overrides=["experiment=synthetic_vit_b16_random", f"device={dev}", "trainer.inner_steps=5",
+                              "trainer.batch_size=128", "dataset.task.n_train=640", "dataset.task.n_val=128",
+                              "dataset.task.n_ood_val=256", "dataset.task.n_test=128", "trainer.epochs=1",
                               "trainer.eval_batch_size=256", "logger=local"],
             pytest_args=[],
             ddp_epochs=2, ddp_batch=32,
@@ -129,15 +129,15 @@ def make_scale(device: torch.device, dry: bool) -> Scale:
     sys.path.insert(0, str(ROOT / "tests"))
     from sweep_helpers import TINY  # the smallest train.py search that still trains (shared with the tests)
 
-    tiny = ["dataset=synthetic", "model=tiny_vit", f"device={dev}", "dataset.task.image_size=32",
+    tiny = ["experiment=synthetic_tiny_vit", f"device={dev}", "dataset.task.image_size=32",
             "trainer.num_workers=0", "trainer.eval_batch_size=16"]
     return Scale(
-        main_overrides=tiny + ["dataset.inner_steps=3", "dataset.batch_size=8", "dataset.task.n_train=24",
+        main_overrides=tiny + ["trainer.inner_steps=3", "trainer.batch_size=8", "dataset.task.n_train=24",
                                "dataset.task.n_val=16", "dataset.task.n_ood_val=16", "dataset.task.n_test=16"],
         main_label="tiny CLIP (dry run), 32 px, batch 8, 3 inner steps, 16 OOD-val images",
         steps=3, batch=8,
         tiny_size=32, tiny_n_train=192, tiny_n_eval=96, tiny_steps=12, tiny_batch=16, tiny_lr=3e-3,
-        bench_overrides=tiny + ["dataset.inner_steps=3", "dataset.batch_size=8", "dataset.task.n_train=24",
+        bench_overrides=tiny + ["trainer.inner_steps=3", "trainer.batch_size=8", "dataset.task.n_train=24",
                                 "dataset.task.n_ood_val=16"], bench_trials=1,
         search_overrides=[o for o in TINY if not o.startswith("device=")] + [f"device={dev}", "logger=local"],
         pytest_args=["tests/test_cuda.py"],
@@ -909,7 +909,7 @@ def sec_search_final(r: Runner, sec: Section, check: Checker, limit: float) -> N
     sec.numbers["search_seconds"] = round(secs, 1)
     if rc != 0:
         raise RuntimeError(f"train.py -m search=autoft exited {rc}\n{out}")
-    model = next(o.split("=", 1)[1] for o in over if o.startswith("model="))
+    model = next(o.split("=", 1)[1] for o in over if o.startswith("experiment=")).removeprefix("synthetic_")
     sweep = cwd / "outputs" / "synthetic" / model / "search-autoft"
     best = sweep / "best_hparams.yaml"
     check("optuna.db and best_hparams.yaml written", (sweep / "optuna.db").is_file() and best.is_file(), str(sweep))

@@ -61,9 +61,11 @@ def offline_env(**extra) -> dict:
 
 
 def compose_config(*overrides, return_hydra_config: bool = False):
-    """conf/config.yaml composed as train.py does (the test conf dir, tests/conf, is on the search path)."""
+    """conf/config.yaml composed as train.py does (the test conf dir, tests/conf, is on the search path
+    unless the overrides name their own hydra.searchpath)."""
     from hydra import compose, initialize_config_dir
 
+    own = any(o.startswith("hydra.searchpath=") for o in overrides)
+    searchpath = [] if own else [f"hydra.searchpath=[file://{TEST_CONF}]"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"hydra.searchpath=[file://{TEST_CONF}]", *overrides],
-                       return_hydra_config=return_hydra_config)
+        return compose("config", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)

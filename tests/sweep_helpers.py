@@ -9,8 +9,8 @@ SWEEP = Path("outputs/toy/toy/search-autoft")
 # the toy app is not autoft: it has no use for autoft's pre-flight check (conf/search/autoft.yaml)
 FAST = ["hydra.sweeper.plots=false", "hydra.sweeper.poll_interval=0.2", "hydra.sweeper.preflight=null"]
 # the smallest train.py search that still trains: synthetic images, the tiny CLIP, CPU
-TINY = ["dataset=synthetic", "model=tiny_vit", "device=cpu", "dataset.inner_steps=2", "dataset.batch_size=8",
-        "dataset.final_epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",
+TINY = ["experiment=synthetic_tiny_vit", "device=cpu", "trainer.inner_steps=2", "trainer.batch_size=8",
+        "trainer.epochs=1", "dataset.task.n_train=48", "dataset.task.n_val=16", "dataset.task.n_ood_val=16",
         "dataset.task.n_test=16", "dataset.task.image_size=32", "trainer.num_workers=0", "trainer.eval_batch_size=16"]
 
 

@@ -1,10 +1,11 @@
 """Every bad input is stopped before any work with one message naming the key or the file.
 
-One table (BAD) of bad inputs: config keys, values, cross-field rules and files. Each case runs the
-real entry point's checks; nothing may be built (no task, no model, no study), no result written,
-and the files of an earlier run must stay byte-identical. Most cases run in-process (Hydra's compose
-+ autoft.cli.run, with the builders replaced by tripwires); the cases in SUBPROCESS also run as
-`python train.py ...`, which must exit with status 2 and print no traceback.
+One table (BAD) of bad inputs: config keys, values, types, cross-field rules, config files and
+other files. Each case runs the real entry point's checks; nothing may be built (no task, no model,
+no study), no result written, and the files of an earlier run must stay byte-identical. Most cases
+run in-process (Hydra's compose, its error put in words by autoft.config.composition_error, then
+autoft.cli.run with the builders replaced by tripwires); the cases in SUBPROCESS also run as
+`python train.py ...`, which must exit with status 2 and print one message and no traceback.
 """
 import hashlib
 import subprocess
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from autoft import cli
+from autoft import cli, config
 from autoft.errors import UserError
 from conftest import TINY_CLIP, compose_config, offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0"]
+BASE = ["experiment=shapes_tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0"]
 
 # files the cases point at, written by the `files` fixture: {name} in an override is replaced by its path
 FILES = {
@@ -34,7 +36,14 @@ FILES = {
     "zero_lr.yaml": b"loss_weights: {ce: 1.0}\nlr_scale: 0\nweight_decay: 0.1\n",
     "nan_wd.yaml": b"loss_weights: {ce: 1.0}\nlr_scale: 1.0\nweight_decay: .nan\n",
     "garbage.pt": b"this is not a torch file" * 10,
+    # config files of a user's config directory ({conf}: on the search path with hydra.searchpath)
+    "conf/experiment/key_typo.yaml": b"# @package _global_\ntrainer:\n  bach_size: 32\n",
+    "conf/experiment/batch_words.yaml": b"# @package _global_\ntrainer:\n  batch_size: lots\n",
+    "conf/dataset/bool_words.yaml": (b"name: shapes\ntask: {_target_: autoft.data.shapes.shapes_task}\n"
+                                     b"metric: accuracy\nhigher_is_better: maybe\n"),
+    "conf/dataset/broken.yaml": b"name: shapes\ntask: [1, 2\nmetric: accuracy\n",
 }
+CONF_DIR = "hydra.searchpath=[file://{conf}]"
 
 # (id, overrides, what the message must name)
 BAD = [
@@ -55,7 +64,13 @@ BAD = [
     ("workers-negative", ["trainer.num_workers=-1"], "trainer.num_workers=-1"),
     ("max-loss-zero", ["trainer.max_loss=0"], "trainer.max_loss=0"),
     ("channels-last-maybe", ["trainer.channels_last=maybe"], "trainer.channels_last=maybe"),
-    ("batch-not-int", ["trainer.batch_size=abc"], "trainer.batch_size"),
+    ("batch-not-int", ["trainer.batch_size=abc"], "trainer.batch_size=abc on the command line: must be an integer"),
+    ("lr-not-number", ["trainer.base_lr=fast"], "trainer.base_lr=fast on the command line: must be a number"),
+    ("clip-not-number", ["trainer.clip_grad_norm=high"], "trainer.clip_grad_norm=high on the command line: must be null or a number"),
+    ("seed-not-int", ["seed=one"], "seed=one on the command line: must be an integer"),
+    ("optimizer-lr-fixed", ["+trainer.optimizer.lr=0.1"], "trainer.optimizer.lr: set by the schedule"),
+    ("optimizer-not-partial", ["trainer.optimizer._partial_=false"], "trainer.optimizer._partial_=false"),
+    ("optimizer-key-unadded", ["trainer.optimizer.betas=[0.9,0.98]"], "+trainer.optimizer.betas"),
     ("trainer-typo", ["trainer.batch_sizee=3"], "trainer.batch_sizee"),
     ("trainer-typo-added", ["+trainer.batch_sizee=3"], "valid keys of trainer: batch_size"),
     # root
@@ -65,6 +80,21 @@ BAD = [
     ("phase-train", ["phase=train"], "phase=train"),
     ("seed-negative", ["seed=-1"], "seed=-1"),
     ("root-typo-added", ["+sede=1"], "valid keys of the root config"),
+    # the experiment preset: budgets of one dataset and model
+    ("experiment-other-dataset", ["dataset=iwildcam"], "not for dataset=iwildcam model=tiny_vit; use experiment=iwildcam_tiny_vit"),
+    ("experiment-other-model", ["experiment=iwildcam_vit_b16", "model=vit_l14"],
+     "choose a preset for it: experiment=iwildcam_vit_b16 or experiment=iwildcam_tiny_vit"),
+    ("experiment-none", ["~experiment"], "trainer.batch_size, trainer.inner_steps, trainer.epochs"),
+    ("experiment-unknown", ["experiment=iwildcam_resnet"], "Could not find 'experiment/iwildcam_resnet'; available: "),
+    ("experiment-typo", ["experiment.modle=x"], "did you mean experiment.model?"),
+    # config files with a misspelt key, a wrong type, broken YAML
+    ("yaml-key-typo", [CONF_DIR, "experiment=key_typo"],
+     "unknown config key trainer.bach_size in experiment/key_typo.yaml (did you mean trainer.batch_size?)"),
+    ("yaml-wrong-type", [CONF_DIR, "experiment=batch_words"],
+     "trainer.batch_size=lots in experiment/batch_words.yaml: must be an integer"),
+    ("yaml-bool-words", [CONF_DIR, "dataset=bool_words"],
+     "dataset.higher_is_better=maybe in dataset/bool_words.yaml: must be true or false"),
+    ("yaml-broken", [CONF_DIR, "dataset=broken"], "{conf}/dataset/broken.yaml: line 3, column 7: not valid YAML"),
     # dataset and its task block
     ("cue-above-one", ["dataset.task.cue=1.5"], "dataset.task.cue=1.5"),
     ("cue-negative", ["dataset.task.cue=-0.1"], "dataset.task.cue=-0.1"),
@@ -78,13 +108,13 @@ BAD = [
     ("metric-unknown", ["dataset.metric=f1"], "dataset.metric=f1"),
     ("id-metrics-unknown", ["dataset.id_test_metrics=[accuracy,top5]"], "dataset.id_test_metrics=[accuracy,top5]"),
     ("passes-zero", ["dataset.passes_per_epoch=0"], "dataset.passes_per_epoch=0"),
-    ("trials-zero", ["dataset.n_trials=0"], "dataset.n_trials=0"),
+    ("trials-zero", ["search.n_trials=0"], "search.n_trials=0"),
     ("target-unknown", ["dataset.task._target_=autoft.data.nothing.task"], "autoft.data.nothing.task"),
-    ("synthetic-one-class", ["dataset=synthetic", "dataset.task.num_classes=1"], "dataset.task.num_classes=1"),
-    ("cifar-severity", ["dataset=cifar10", "dataset.task.severity=9"], "dataset.task.severity=9"),
-    ("cifar-holdout", ["dataset=cifar10", "dataset.task.id_val_fraction=1.5"], "dataset.task.id_val_fraction=1.5"),
-    ("iwildcam-captions", ["dataset=iwildcam", "dataset.task.caption_names=klingon"], "caption_names=klingon"),
-    ("imagenet-tests", ["dataset=imagenet", "dataset.task.tests=[imagenet_z]"], "dataset.task.tests=[imagenet_z]"),
+    ("synthetic-one-class", ["experiment=synthetic_tiny_vit", "dataset.task.num_classes=1"], "dataset.task.num_classes=1"),
+    ("cifar-severity", ["experiment=cifar10_tiny_vit", "dataset.task.severity=9"], "dataset.task.severity=9"),
+    ("cifar-holdout", ["experiment=cifar10_tiny_vit", "dataset.task.id_val_fraction=1.5"], "dataset.task.id_val_fraction=1.5"),
+    ("iwildcam-captions", ["experiment=iwildcam_tiny_vit", "dataset.task.caption_names=klingon"], "caption_names=klingon"),
+    ("imagenet-tests", ["experiment=imagenet_tiny_vit", "dataset.task.tests=[imagenet_z]"], "dataset.task.tests=[imagenet_z]"),
     # method
     ("weight-negative", ["method.loss_weights.hinge=-1"], "method.loss_weights.hinge=-1"),
     ("loss-term-unknown", ["+method.loss_weights.focal=1"], "valid keys of method.loss_weights"),
@@ -97,7 +127,7 @@ BAD = [
     ("model-two-sources", ["model.arch=ViT-B-16"], "set exactly one of model.arch"),
     ("model-tag-without-arch", ["model.pretrained=openai"], "model.pretrained=openai"),
     ("model-for-other-task", ["model=shapes_rn10t", "dataset=synthetic"], "model=shapes_rn10t was built for"),
-    ("checkpoint-missing", ["model=shapes_rn10t", "model.checkpoint=/nonexistent/foundation.pt"],
+    ("checkpoint-missing", ["experiment=shapes_rn10t", "model.checkpoint=/nonexistent/foundation.pt"],
      "/nonexistent/foundation.pt"),
     # logger
     ("logger-mode", ["logger.mode=loud"], "logger.mode=loud"),
@@ -112,19 +142,21 @@ BAD = [
     ("hparams-zero-lr", ["hparams={zero_lr.yaml}"], "lr_scale=0"),
     ("hparams-nan-wd", ["hparams={nan_wd.yaml}"], "weight_decay=nan"),
     ("hparams-missing", ["hparams={missing.yaml}"], "{missing.yaml}: file not found"),
-    ("checkpoint-garbage", ["model=shapes_rn10t", "model.checkpoint={garbage.pt}"], "{garbage.pt}"),
+    ("checkpoint-garbage", ["experiment=shapes_rn10t", "model.checkpoint={garbage.pt}"], "{garbage.pt}"),
 ]
 # the cases that also run as real `python train.py` processes (item 1 of the issue, and a few more)
 SUBPROCESS = {"batch-zero", "device-tpu", "hparams-corrupt", "cue-above-one", "trainer-typo", "task-key-unknown",
-              "checkpoint-garbage", "accum-not-dividing"}
+              "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "experiment-other-dataset", "yaml-key-typo",
+              "yaml-broken"}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad_files")
     for name, data in FILES.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_bytes(data)
-    return {name: str(d / name) for name in [*FILES, "missing.yaml"]}
+    return {name: str(d / name) for name in [*FILES, "missing.yaml", "conf"]}
 
 
 def fill(text: str, files: dict) -> str:
@@ -149,8 +181,9 @@ def test_bad_input_in_process(case, overrides, named, files, tripwires, tmp_path
     named = fill(named, files)
     try:
         cfg = compose_config(*BASE, f"cache_dir={tmp_path}", *overrides)
-    except (HydraException, OmegaConfBaseException) as err:  # refused while composing: types, unknown keys
-        assert named in f"{err} {err.__cause__}", err
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # refused while composing:
+        message = config.composition_error(err)  # types, unknown keys, broken files (train.py prints this)
+        assert named in message and "\n" not in message, message
         return
     with pytest.raises(UserError) as err:
         if case.startswith("checkpoint-garbage"):
@@ -258,7 +291,7 @@ def test_corrupt_and_missing_images_name_the_file(tmp_path):
 
 
 def test_dataset_folder_missing_is_named_before_training(tmp_path):
-    cfg = compose_config(*BASE, "dataset=cifar10", f"data_root={tmp_path / 'nowhere'}")
+    cfg = compose_config(*BASE, "experiment=cifar10_tiny_vit", f"data_root={tmp_path / 'nowhere'}")
     with pytest.raises(UserError, match=str(tmp_path / "nowhere")):
         cli.preflight(cfg)
 

@@ -1,15 +1,18 @@
 """Every option of every config group composes against the schema (src/autoft/config.py), passes
 `validate`'s value checks, and every `_target_` it names resolves and accepts its keys (the cheap
-builders are instantiated, the data builders on the fabricated miniatures of tests/fabricate.py)."""
+builders are instantiated, the data builders on the fabricated miniatures of tests/fabricate.py, the
+optimiser partial on real parameters). The budgets have one home: the experiment presets."""
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
-from autoft import cli, config
+from autoft import cli, config, engine
 from autoft.errors import UserError
 import conftest
 
@@ -23,34 +26,50 @@ def options(conf: Path, group: str) -> list[str]:
     return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
-def compose_config(*overrides):
-    return conftest.compose_config(*BASE, *overrides)
+def compose_config(*overrides, return_hydra_config: bool = False):
+    return conftest.compose_config(*BASE, *overrides, return_hydra_config=return_hydra_config)
 
 
+EXPERIMENTS = options(CONF, "experiment") + options(TEST_CONF, "experiment")
 # every YAML option of every group, in conf/ and in the test conf dir
-CASES = ([("dataset", o) for o in options(CONF, "dataset")] + [("dataset", o) for o in options(TEST_CONF, "dataset")]
+CASES = ([("experiment", o) for o in EXPERIMENTS]
+         + [("dataset", o) for o in options(CONF, "dataset")] + [("dataset", o) for o in options(TEST_CONF, "dataset")]
          + [(g, o) for g in ("model", "method", "trainer", "logger", "search") for o in options(CONF, g)]
          + [("search/warm_start", o) for o in options(CONF, "search/warm_start")]
          + [("hydra/launcher", o) for o in options(CONF, "hydra/launcher")])
 
 
+def preset_of(group: str, option: str) -> str:
+    """The experiment preset that pairs a dataset or a model option (the budgets come with it)."""
+    pairs = config.preset_pairs((str(TEST_CONF),))
+    return next((n for n in EXPERIMENTS if pairs[n][group == "model"] == option), "")
+
+
 def overrides_for(group: str, option: str) -> list[str]:
     if group == "search/warm_start":
         return ["search=autoft", f"search/warm_start={option}"]
-    if group == "model":  # the embedded model refuses datasets of other builders: pair it with its own
-        return [f"model={option}"]
+    if group in ("dataset", "model") and preset_of(group, option):  # a dataset or model comes with its preset
+        return [f"experiment={preset_of(group, option)}", f"{group}={option}"]
     return [f"{group}={option}"]
 
 
 def test_every_group_has_options():
     groups = {g for g, _ in CASES}
-    assert {"dataset", "model", "method", "trainer", "logger", "search"} <= groups
+    assert {"experiment", "dataset", "model", "method", "trainer", "logger", "search"} <= groups
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_option_composes_and_validates(group, option):
     cfg = compose_config(*overrides_for(group, option))
+    if group == "model" and not preset_of(group, option):  # no preset pairs it yet: refused, with the way out
+        assert config.problems(cfg) == [config.pairing_problem(cfg)]
+        assert f"write conf/experiment/shapes_{option}.yaml" in config.pairing_problem(cfg)
+        return
     assert config.problems(cfg) == []
+    # the trainer's optimiser partial builds an optimiser with the schedule's lr and weight decay
+    opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.1, torch.device("cpu"),
+                                engine.optimizer_factory(cfg.trainer.optimizer))
+    assert isinstance(opt, torch.optim.Optimizer) and opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 0.1
     # every schema'd group really is typed by its dataclass (unknown keys and bad types refused at compose)
     for name, schema in config.GROUP_SCHEMAS.items():
         assert OmegaConf.get_type(cfg, name) is schema, name
@@ -90,7 +109,7 @@ def test_builder_signature_read_from_source_equals_inspect(dataset):
 
 
 def test_small_builders_instantiate(tmp_path):
-    cfg = compose_config("dataset=tinyshapes", f"cache_dir={tmp_path}")
+    cfg = compose_config("experiment=tinyshapes_tiny_vit", f"cache_dir={tmp_path}")
     assert len(cli.build_task(cfg).train) == 64
     cfg = compose_config("dataset=synthetic", "dataset.task.n_train=8", "dataset.task.n_val=4",
                          "dataset.task.n_ood_val=4", "dataset.task.n_test=4", "dataset.task.image_size=16")
@@ -104,7 +123,7 @@ def test_data_builders_instantiate_on_fabricated_folders(tmp_path, dataset):
 
     make, extra, want = BENCHMARKS[dataset]
     make(tmp_path / "data")
-    cfg = compose_config(f"dataset={dataset}", "model=tiny_vit", f"data_root={tmp_path / 'data'}",
+    cfg = compose_config(f"experiment={dataset}_tiny_vit", f"data_root={tmp_path / 'data'}",
                          f"cache_dir={tmp_path / 'cache'}", *extra)
     cli.preflight(cfg)  # validate + fit + build_task + weights, as the sweeper does before trial 0
     task = cli.build_task(cfg)
@@ -145,3 +164,65 @@ def test_shapes_builder_refuses_bad_arguments_itself():
         shapes_task(cue=1.5)
     with pytest.raises(UserError, match="dataset.task.n_train=0"):
         shapes_task(n_train=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# the budgets: one home, the experiment presets
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_preset_records_its_pair_and_sets_every_budget(name):
+    cfg = compose_config(f"experiment={name}")
+    e = cfg.experiment
+    assert (e.name, e.dataset, e.model) == (name, cfg.dataset.name, cfg.model.name)
+    assert config.preset_pairs((str(TEST_CONF),))[name] == (e.dataset, e.model)  # what refusals suggest
+    assert not [k for k in config.BUDGET_KEYS if OmegaConf.is_missing(cfg.trainer, k)]
+    assert cfg.search.n_trials >= 1
+    searched = compose_config(f"experiment={name}", "search=autoft", return_hydra_config=True)
+    assert searched.hydra.sweeper.n_trials == cfg.search.n_trials
+
+
+def test_budgets_live_only_in_the_presets():
+    budget = re.compile(r"^(base_lr|weight_decay|clip_grad_norm|batch_size|inner_steps|final_epochs|epochs|n_trials):",
+                        re.M)
+    for conf in (CONF, TEST_CONF):
+        for path in conf.rglob("*.yaml"):
+            assert not re.search(r"\$\{dataset\.(?!name\b)", path.read_text()), path  # no re-exports of dataset keys
+        for path in (conf / "dataset").glob("*.yaml"):
+            assert not budget.search(path.read_text()), path
+            assert options(conf, "experiment") and preset_of("dataset", path.stem), f"no preset for {path.stem}"
+    trainer = OmegaConf.load(CONF / "trainer" / "default.yaml")
+    assert not set(config.BUDGET_KEYS) & set(trainer)
+
+
+def test_the_embedded_default_keeps_its_numbers():
+    cfg = compose_config()
+    t = cfg.trainer
+    assert cfg.experiment.name == "shapes_rn10t" and (cfg.dataset.name, cfg.model.name) == ("shapes", "shapes_rn10t")
+    assert (t.base_lr, t.weight_decay, t.clip_grad_norm, t.batch_size, t.inner_steps, t.epochs) == \
+        (1e-3, 0.1, 1.0, 64, 62, 2)
+    s = compose_config("search=autoft", return_hydra_config=True)
+    assert (s.phase, s.search.n_trials, s.hydra.sweeper.n_trials) == ("search", 16, 16)
+    # one mechanism for the search's directory: hydra.sweep.dir of search=autoft wins over the primary's
+    assert OmegaConf.to_container(s.hydra.sweep)["dir"] == "outputs/${dataset.name}/${model.name}/search-${method.name}"
+    assert s.hydra.sweeper.sweep_dir is None and "phase" not in s.hydra.sweeper.params
+
+
+def test_a_dataset_alone_is_refused_with_its_preset():
+    cfg = compose_config("dataset=iwildcam")  # keeps the embedded default's model and budgets
+    assert config.problems(cfg) == [config.pairing_problem(cfg)]
+    assert "experiment=iwildcam_vit_b16" in config.pairing_problem(cfg)
+    cfg = compose_config("dataset=iwildcam", "model=vit_b16")
+    assert config.problems(cfg) == ["experiment=shapes_rn10t sets the budgets (trainer.base_lr, batch_size, inner_steps, "
+                                    "epochs, ..., search.n_trials) for dataset=shapes model=shapes_rn10t, not for "
+                                    "dataset=iwildcam model=vit_b16; use experiment=iwildcam_vit_b16"]
+
+
+def test_the_optimiser_is_a_partial_any_torch_optimiser_may_fill():
+    cfg = compose_config("trainer.optimizer._target_=torch.optim.SGD", "+trainer.optimizer.momentum=0.9")
+    assert config.problems(cfg) == []
+    factory = engine.optimizer_factory(cfg.trainer.optimizer)
+    opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], 0.5, 0.01, torch.device("cpu"), factory)
+    assert type(opt) is torch.optim.SGD and (opt.defaults["lr"], opt.defaults["momentum"]) == (0.5, 0.9)
+    assert opt.defaults["weight_decay"] == 0.01 and opt.defaults["fused"] is True
+    with pytest.raises(UserError, match="trainer.optimizer._target_=torch.optim.Nope"):
+        engine.optimizer_factory({"_target_": "torch.optim.Nope", "_partial_": True})

@@ -33,7 +33,7 @@ def get(url: str, timeout: float = 10.0):
 
 
 def test_dashboard_serves_the_trials_of_a_search(tmp_path):
-    run_app(tmp_path, "dataset.n_trials=3")
+    run_app(tmp_path, "search.n_trials=3")
     url = f"sqlite:///{tmp_path / SWEEP / 'optuna.db'}"
     [name] = optuna.get_all_study_names(url)
     study = optuna.load_study(study_name=name, storage=url)

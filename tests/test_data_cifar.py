@@ -120,8 +120,9 @@ def test_prepare_data_script(cifar_root, tmp_path):
 
 def test_dataset_config(cifar_root):
     cfg = OmegaConf.merge({"data_root": str(cifar_root[0])}, {"dataset": OmegaConf.load(CONF / "cifar10.yaml")})
-    ds = cfg.dataset
-    assert (ds.metric, ds.n_trials, ds.inner_steps, ds.batch_size, ds.final_epochs, ds.base_lr, ds.weight_decay,
-            ds.clip_grad_norm, ds.task.ood_val_size) == ("accuracy", 100, 10, 256, 20, 1e-5, 0.2, None, 100)
+    ds, exp = cfg.dataset, OmegaConf.load(CONF.parent / "experiment" / "cifar10_vit_b16.yaml")  # the budgets' home
+    t = exp.trainer
+    assert (ds.metric, exp.search.n_trials, t.inner_steps, t.batch_size, t.epochs, t.base_lr, t.weight_decay,
+            t.clip_grad_norm, ds.task.ood_val_size) == ("accuracy", 100, 10, 256, 20, 1e-5, 0.2, None, 100)
     t = instantiate(ds.task, _convert_="all", ood_val_size=10, corruptions=list(C))
     assert t.name == "cifar10" and len(t.ood_val) == 10 and sorted(t.tests) == ["cifar10", "cifar10.1", "cifar10.2"]

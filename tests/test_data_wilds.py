@@ -310,10 +310,13 @@ def test_dataset_configs_build_their_tasks(wilds_root):
         cfg = OmegaConf.merge({"data_root": str(root)}, {"dataset": OmegaConf.load(CONF / f"{name}.yaml")})
         ds = cfg.dataset
         assert ds.metric == metric and ds.metric in METRICS and ds.higher_is_better is True
-        assert (ds.n_trials, ds.inner_steps, ds.batch_size, ds.final_epochs, ds.base_lr, ds.clip_grad_norm) == \
+        exp = OmegaConf.load(CONF.parent / "experiment" / f"{name}_vit_b16.yaml")  # the budgets' home
+        t = exp.trainer
+        assert (exp.search.n_trials, t.inner_steps, t.batch_size, t.epochs, t.base_lr, t.clip_grad_norm) == \
             (500, 100, 256, 20, 1e-5, 1.0)
         task = instantiate(ds.task, _convert_="all", ood_val_size=4)
         assert task.name == name and len(task.ood_val) == 4
     assert OmegaConf.load(CONF / "iwildcam.yaml").task.ood_val_size == 1000
     assert OmegaConf.load(CONF / "fmow.yaml").task.ood_val_size == 620
-    assert OmegaConf.load(CONF / "fmow.yaml").weight_decay == 0.1
+    assert OmegaConf.load(CONF.parent / "experiment" / "fmow_vit_b16.yaml").trainer.weight_decay == 0.1
+    assert OmegaConf.load(CONF.parent / "experiment" / "iwildcam_vit_b16.yaml").trainer.weight_decay == 0.2

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from autoft.data.cache import TensorBatches, materialize
-from autoft.engine import Finetuner, FinetuneSettings, warmup_cosine
+from autoft.engine import Finetuner, FinetuneSettings, optimizer_factory, warmup_cosine
 from autoft.errors import TrialDiverged, UserError
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats, zeroshot_weights
 from autoft.pipeline import FinalSpec, Workspace, run_final, search_trial
@@ -44,11 +44,11 @@ def test_warmup_then_cosine_peaks_at_the_runs_own_lr():
     assert all(a >= b for a, b in zip(factors[2:], factors[3:]))  # decays after the peak
 
 
-def make_tuner(bundle, task, weights, lr=1e-3, steps=6, warmup=2, accum=1, max_loss=1e4, trainable="all"):
+def make_tuner(bundle, task, weights, lr=1e-3, steps=6, warmup=2, accum=1, max_loss=1e4, trainable="all", **extra):
     ws = Workspace.build(task, bundle, torch.device("cpu"))
     params, objective = ws.objective(weights, trainable)
     settings = FinetuneSettings(steps=steps, lr=lr, weight_decay=0.1, warmup_steps=warmup, clip_grad_norm=1.0,
-                                accum_steps=accum, max_loss=max_loss)
+                                accum_steps=accum, max_loss=max_loss, **extra)
     tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
     images, labels = materialize(task.train, bundle.image_size)
     return ws, tuner, iter(TensorBatches(images, labels, 8, seed=0))
@@ -60,6 +60,21 @@ def test_optimizer_follows_the_given_lr(tiny_bundle, tiny_task):
     lrs = [h["lr"] for h in hist]
     assert lrs[:2] == pytest.approx([1.5e-3, 3e-3])
     assert max(lrs) == pytest.approx(3e-3)
+
+
+def test_the_configured_optimiser_runs_the_schedule(tiny_bundle, tiny_task):
+    """trainer.optimizer's partial is the run's optimiser, with the schedule's lr and weight decay;
+    without one the run uses fused AdamW."""
+    sgd = optimizer_factory({"_target_": "torch.optim.SGD", "_partial_": True, "momentum": 0.5})
+    ws, tuner, batches = make_tuner(tiny_bundle, tiny_task, {"ce": 1.0}, lr=3e-3, steps=4, warmup=2, optimizer=sgd)
+    before = {n: p.detach().clone() for n, p in ws.classifier.named_parameters() if p.requires_grad}
+    hist = tuner.run(batches, 4)
+    opt = tuner.optimizer
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.5 and opt.defaults["weight_decay"] == 0.1
+    assert [h["lr"] for h in hist][:2] == pytest.approx([1.5e-3, 3e-3])
+    assert any(not torch.equal(p, before[n]) for n, p in ws.classifier.named_parameters() if n in before)
+    _, default, _ = make_tuner(tiny_bundle, tiny_task, {"ce": 1.0})
+    assert type(default.optimizer) is torch.optim.AdamW and default.optimizer.defaults["fused"] is True
 
 
 def test_theta0_stays_put_while_parameters_move(tiny_bundle, tiny_task):

@@ -152,20 +152,21 @@ def test_fmow_table_shows_average_and_worst_region_accuracy_on_id_test():
 
 def test_fmow_config_reports_both_id_metrics():
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=fmow"])
+        cfg = compose("config", overrides=["experiment=fmow_vit_b16"])
     assert cfg.dataset.metric == "worst_group_accuracy"
     assert list(cfg.dataset.id_test_metrics) == ["accuracy", "worst_group_accuracy"]
 
 
 # ------------------------------------------------------------------------------------------------
-# each paper benchmark defaults to the paper's backbone; the embedded model refuses them
+# each paper benchmark's preset names the paper's backbone; the embedded model refuses them
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
 def test_paper_benchmarks_default_to_vit_b16_openai(dataset):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={dataset}"])
-        named = compose("config", overrides=[f"dataset={dataset}", "model=tiny_vit"])
+        cfg = compose("config", overrides=[f"experiment={dataset}_vit_b16"])
+        named = compose("config", overrides=[f"experiment={dataset}_vit_b16", "model=tiny_vit"])
         default = compose("config")
+    assert (cfg.dataset.name, cfg.experiment.name) == (dataset, f"{dataset}_vit_b16")
     assert (cfg.model.arch, cfg.model.pretrained, cfg.model.quick_gelu) == ("ViT-B-16", "openai", True)
     assert named.model.name == "tiny_vit"  # the command line still wins
     assert (default.dataset.name, default.model.name) == ("shapes", "shapes_rn10t")
@@ -194,7 +195,7 @@ def test_final_run_length_matches_the_reference_in_images_seen(dataset, train_im
     counts = {"iwildcam": wilds_tasks.IWILDCAM_COUNTS, "fmow": wilds_tasks.FMOW_COUNTS}[dataset]
     assert counts["train"] == train_images
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={dataset}"])
+        cfg = compose("config", overrides=[f"experiment={dataset}_vit_b16"])
     assert cfg.trainer.epochs * cfg.dataset.passes_per_epoch * train_images == reference_images_seen
 
 

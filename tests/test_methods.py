@@ -48,7 +48,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def theta0():
     """The zero-shot weights the runs started from, rebuilt through the same code path as train.py."""
-    cfg = compose_config("dataset=tinyshapes", "model=tiny_vit", *OVERRIDES)
+    cfg = compose_config("experiment=tinyshapes_tiny_vit", *OVERRIDES)
     cli.seed_everything(0)
     ws = cli.workspace(cfg)
     return ws

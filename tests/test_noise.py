@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from autoft import cli
 
 CONF = str(Path(__file__).parents[1] / "conf")
-BASE = ["phase=search", "dataset=synthetic", "model=tiny_vit", "dataset.task.image_size=32",
+BASE = ["phase=search", "experiment=synthetic_tiny_vit", "dataset.task.image_size=32",
         "dataset.task.n_train=128", "dataset.task.n_ood_val=64", "trainer.batch_size=16", "trainer.inner_steps=3",
         "trainer.lr_scale=300"]
 

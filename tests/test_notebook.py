@@ -11,8 +11,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = Path(__file__).resolve().parent / "conf"
 SMALL = ["++dataset.task.n_train=64", "++dataset.task.n_val=40", "++dataset.task.n_test=40",
-         "++dataset.task.ood_val_size=40", "++dataset.batch_size=16", "++dataset.inner_steps=4",
-         "++dataset.final_epochs=2", "++dataset.base_lr=1e-3"]
+         "++dataset.task.ood_val_size=40", "++trainer.batch_size=16", "++trainer.inner_steps=4",
+         "++trainer.epochs=2", "++trainer.base_lr=1e-3"]
 
 
 def dataset_args():
@@ -28,13 +28,13 @@ def test_results_notebook_runs_on_the_demo_results(tmp_path, monkeypatch):
     out = tmp_path / "outputs" / dataset / "tiny_vit"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", AUTOFT_CACHE_DIR=str(tmp_path / "cache"))
-    common = [f"dataset={dataset}", "model=tiny_vit", "device=cpu", "trainer.num_workers=0", "logger=none", *small]
+    common = [f"experiment={dataset}_tiny_vit", "device=cpu", "trainer.num_workers=0", "logger=none", *small]
     steps = [
         [sys.executable, "train.py", "-m", "--config-dir", str(TEST_CONF), "search=autoft", *common,
          "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={out}/search-autoft"],
         [sys.executable, "scripts/final_retrain.py", "--config-dir", str(TEST_CONF), "--dataset", dataset,
          "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft", "--seeds", "0,1", "--out", str(out),
-         *common[2:]],
+         *common[1:]],
     ]
     for cmd in steps:
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)

@@ -212,18 +212,18 @@ def test_failure_rate_with_one_slot_tolerates_what_it_allows(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     # 2 of 4 failures with 0.5: the search finishes its 4 trials
-    run_app(a, "dataset.n_trials=4", "toy.fail_on=[0,1]", "toy.failure=raise", "hydra.sweeper.max_failure_rate=0.5")
+    run_app(a, "search.n_trials=4", "toy.fail_on=[0,1]", "toy.failure=raise", "hydra.sweeper.max_failure_rate=0.5")
     names = optuna.get_all_study_names(f"sqlite:///{a / SWEEP / 'optuna.db'}")
     study = optuna.load_study(study_name=names[0], storage=f"sqlite:///{a / SWEEP / 'optuna.db'}")
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4 + ["FAIL"] * 2
     # 0.0: the first failure stops it
-    done = run_app(b, "dataset.n_trials=4", "toy.fail_on=[1]", "toy.failure=raise", "hydra.sweeper.max_failure_rate=0",
+    done = run_app(b, "search.n_trials=4", "toy.fail_on=[1]", "toy.failure=raise", "hydra.sweeper.max_failure_rate=0",
                    check=False)
     assert done.returncode != 0 and "max_failure_rate=0" in done.stderr
 
 
 def test_a_wrapped_user_error_stops_the_search(tmp_path):
-    done = run_app(tmp_path, "dataset.n_trials=4", "toy.fail_on=[1]", "toy.failure=wrapped_user_error", check=False)
+    done = run_app(tmp_path, "search.n_trials=4", "toy.fail_on=[1]", "toy.failure=wrapped_user_error", check=False)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "toy.failure=wrapped_user_error: no such dataset split" in done.stderr
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path / SWEEP / 'optuna.db'}")
@@ -233,12 +233,12 @@ def test_a_wrapped_user_error_stops_the_search(tmp_path):
 
 
 def test_preflight_stops_before_any_study_row(tmp_path):
-    done = run_app(tmp_path, "dataset.n_trials=2", "hydra.sweeper.preflight=toy_app.preflight",
+    done = run_app(tmp_path, "search.n_trials=2", "hydra.sweeper.preflight=toy_app.preflight",
                    "toy.preflight_error='no GPU visible'", check=False)
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "pre-flight: no GPU visible" in done.stderr
     assert not (tmp_path / SWEEP / "optuna.db").exists() and not list(tmp_path.glob("outputs/**/trial_*"))
-    run_app(tmp_path, "dataset.n_trials=1", "hydra.sweeper.preflight=toy_app.preflight")  # passes: trains
+    run_app(tmp_path, "search.n_trials=1", "hydra.sweeper.preflight=toy_app.preflight")  # passes: trains
     assert (tmp_path / SWEEP / "optuna.db").exists()
 
 

@@ -15,8 +15,7 @@ import fabricate
 from conftest import offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=16",
-          "dataset.batch_size=4"]
+COMMON = ["device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=16", "trainer.batch_size=4"]
 # per benchmark: fabricate, extra overrides (the miniatures hold only a few corruptions), the table
 BENCHMARKS = {
     "iwildcam": (fabricate.make_iwildcam, [], {
@@ -51,15 +50,15 @@ def test_dataset_folder_to_paper_table(tmp_path, dataset):
     make, extra, want = BENCHMARKS[dataset]
     data = tmp_path / "data"
     manifest = make(data)
-    overrides = [f"dataset={dataset}", f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", *COMMON, *extra]
-    run([str(ROOT / "train.py"), "-m", "search=autoft", "dataset.n_trials=2", "dataset.inner_steps=2",
+    overrides = [f"experiment={dataset}_tiny_vit", f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", *COMMON, *extra]
+    run([str(ROOT / "train.py"), "-m", "search=autoft", "search.n_trials=2", "trainer.inner_steps=2",
          "hydra.sweeper.plots=false", "search.bootstrap=0", *overrides], tmp_path)
     out = tmp_path / "outputs" / dataset / "tiny_vit"
     assert (out / "search-autoft" / "best_hparams.yaml").is_file()
 
     run([str(ROOT / "scripts" / "final_retrain.py"), "--dataset", dataset, "--model", "tiny_vit",
          "--methods", "zeroshot,ft,autoft", "--seeds", "0", "--out", str(out),
-         "dataset.final_epochs=1", *overrides[1:]], tmp_path)
+         "trainer.epochs=1", *overrides[1:]], tmp_path)
     table = json.loads((out / "results_table.json").read_text())
     assert (table["dataset"], table["model"], table["metric"]) == (dataset, "tiny_vit", want["metric"])
     assert (table["id_test"], table["id_metrics"], table["columns"]) == (want["id_test"], want["id_metrics"], want["columns"])
@@ -86,7 +85,7 @@ def test_search_on_a_missing_dataset_stops_before_any_trial(tmp_path):
     """The search's pre-flight check (hydra.sweeper.preflight: autoft.cli.preflight) builds the
     dataset once before any trial: one message, no trial, no study row, instead of failing trial
     after trial (the builder's UserError, wrapped by Hydra's instantiate, is recognised as such)."""
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "search=autoft", "dataset=iwildcam",
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "search=autoft", "experiment=iwildcam_tiny_vit",
                            f"data_root={tmp_path / 'empty'}", *COMMON], cwd=tmp_path, capture_output=True, text=True,
                           env=offline_env(), timeout=300)
     out = done.stdout + done.stderr

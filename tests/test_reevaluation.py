@@ -53,7 +53,7 @@ def reevaluations(study):
 
 
 def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
-    args = ["dataset.n_trials=4", warm_starts(tmp_path), "search.reevaluate_top_k=2", "search.reevaluate_seeds=2",
+    args = ["search.n_trials=4", warm_starts(tmp_path), "search.reevaluate_top_k=2", "search.reevaluate_seeds=2",
             "hydra.sweeper.plots=true", *NOISY]
     first = run_app(tmp_path, *args)
     study = the_study(tmp_path)
@@ -126,7 +126,7 @@ def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
 
 
 def test_without_luck_the_search_best_is_confirmed(tmp_path):
-    run_app(tmp_path, "dataset.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
+    run_app(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
             "search.reevaluate_seeds=1", "toy.seed_noise=0.01")
     study = the_study(tmp_path)
     best = yaml.safe_load((tmp_path / SWEEP / "best_hparams.yaml").read_text())
@@ -136,7 +136,7 @@ def test_without_luck_the_search_best_is_confirmed(tmp_path):
 
 def test_failed_reevaluations_are_recorded_and_never_chosen(tmp_path):
     started = tmp_path / "started"
-    args = ["dataset.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=3", "search.reevaluate_seeds=1",
+    args = ["search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=3", "search.reevaluate_seeds=1",
             "hydra.sweeper.max_retries=1", "toy.fail_reevaluation_of=[0,1]", "toy.reevaluation_failure=[diverge,raise]",
             f"toy.started_dir={started}", *NOISY]
     done = run_app(tmp_path, *args)
@@ -161,7 +161,7 @@ def test_failed_reevaluations_are_recorded_and_never_chosen(tmp_path):
 
 def test_study_killed_during_reevaluation_resumes_only_the_missing_ones(tmp_path):
     started = tmp_path / "started"
-    args = ["dataset.n_trials=3", "search.reevaluate_top_k=3", "search.reevaluate_seeds=1", "toy.sleep=0.3",
+    args = ["search.n_trials=3", "search.reevaluate_top_k=3", "search.reevaluate_seeds=1", "toy.sleep=0.3",
             f"toy.started_dir={started}", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, *args]
     worker = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -201,7 +201,7 @@ def test_study_killed_during_reevaluation_resumes_only_the_missing_ones(tmp_path
 
 def test_two_workers_share_the_reevaluation(tmp_path):
     started = tmp_path / "started"
-    args = [*FAST, "dataset.n_trials=4", "search.reevaluate_top_k=4", "search.reevaluate_seeds=1", "toy.sleep=0.05",
+    args = [*FAST, "search.n_trials=4", "search.reevaluate_top_k=4", "search.reevaluate_seeds=1", "toy.sleep=0.05",
             f"toy.started_dir={started}"]
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *args]
     workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -234,7 +234,7 @@ def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
 
 
 def test_train_py_reevaluates_with_fresh_seeds(tmp_path):
-    train(tmp_path, "-m", "search=autoft", "dataset.n_trials=2", "hydra.sweeper.plots=true", "search.bootstrap=50",
+    train(tmp_path, "-m", "search=autoft", "search.n_trials=2", "hydra.sweeper.plots=true", "search.bootstrap=50",
           "search.reevaluate_top_k=2", "search.reevaluate_seeds=1", *TINY)
     sweep = tmp_path / "outputs/synthetic/tiny_vit/search-autoft"
     url = f"sqlite:///{sweep / 'optuna.db'}"
@@ -274,7 +274,7 @@ def final_result(root, method, seed, hp, ood_val, tests):
 
 
 def test_selection_report_puts_the_four_scores_side_by_side(tmp_path):
-    run_app(tmp_path, "dataset.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
+    run_app(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
             "search.reevaluate_seeds=2", *NOISY)
     root = tmp_path / "outputs/toy/toy"
     best = yaml.safe_load((root / "search-autoft" / "best_hparams.yaml").read_text())

@@ -37,7 +37,7 @@ def states(study):
 
 
 def test_search_writes_outputs_and_resumes_to_the_total(tmp_path):
-    first = run_app(tmp_path, "dataset.n_trials=3", "hydra.sweeper.plots=true")
+    first = run_app(tmp_path, "search.n_trials=3", "hydra.sweeper.plots=true")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 3}
     study_dir = tmp_path / SWEEP / study.study_name
@@ -68,23 +68,23 @@ def test_search_writes_outputs_and_resumes_to_the_total(tmp_path):
         p.name for p in (study_dir / "plots").iterdir()}
 
     # rerun after completion: trains nothing, reports the best
-    again = run_app(tmp_path, "dataset.n_trials=3")
+    again = run_app(tmp_path, "search.n_trials=3")
     assert "Launching" not in again.stdout and "3/3 finished" in again.stdout
     assert f"best {study.best_value:.6g}" in again.stdout
     assert len(the_study(tmp_path).trials) == 3
     # a larger total resumes the same study to it (n_trials is the total, not "more")
-    run_app(tmp_path, "dataset.n_trials=5")
+    run_app(tmp_path, "search.n_trials=5")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 5} and [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     # another config never mixes into it
-    run_app(tmp_path, "dataset.n_trials=1", "trainer.inner_steps=7")
+    run_app(tmp_path, "search.n_trials=1", "trainer.inner_steps=7")
     assert len(optuna.get_all_study_names(storage_url(tmp_path))) == 2
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
     reasons = {0: "diverged: loss is nan at step 2", 2: "objective is nan",
                3: "RuntimeError: toy trial crashed on purpose"}
-    done = run_app(tmp_path, "dataset.n_trials=4", "toy.fail_on=[0,2,3]", "toy.failure=[diverge,return_nan,raise]")
+    done = run_app(tmp_path, "search.n_trials=4", "toy.fail_on=[0,2,3]", "toy.failure=[diverge,return_nan,raise]")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 4, "FAIL": 3}
     failed = {t.number: t.user_attrs["fail_reason"] for t in study.trials if t.state.name == "FAIL"}
@@ -96,7 +96,7 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
 
 
 def test_user_error_stops_everything_at_once(tmp_path):
-    done = run_app(tmp_path, "dataset.n_trials=5", "toy.fail_on=[1]", "toy.failure=user_error", check=False)
+    done = run_app(tmp_path, "search.n_trials=5", "toy.fail_on=[1]", "toy.failure=user_error", check=False)
     assert done.returncode != 0
     assert "toy.failure=user_error: dataset.root does not exist" in done.stderr
     assert "Traceback" not in done.stderr
@@ -121,7 +121,7 @@ def test_bad_search_space_fails_before_any_training(tmp_path):
 
 
 def test_max_failures_stops_a_search_that_keeps_failing(tmp_path):
-    done = run_app(tmp_path, "dataset.n_trials=3", "toy.fail_on=[0,1,2,3,4,5]", "toy.failure=raise",
+    done = run_app(tmp_path, "search.n_trials=3", "toy.fail_on=[0,1,2,3,4,5]", "toy.failure=raise",
                    "hydra.sweeper.max_failures=2", check=False)
     assert done.returncode != 0 and "max_failures=2" in done.stderr
     assert states(the_study(tmp_path)) == {"FAIL": 2}
@@ -129,7 +129,7 @@ def test_max_failures_stops_a_search_that_keeps_failing(tmp_path):
 
 def test_worker_killed_mid_trial_then_rerun_finishes_exactly_n_trials(tmp_path):
     started = tmp_path / "started"
-    args = ["dataset.n_trials=4", "toy.sleep=0.4", f"toy.started_dir={started}", "hydra.sweeper.heartbeat_interval=1",
+    args = ["search.n_trials=4", "toy.sleep=0.4", f"toy.started_dir={started}", "hydra.sweeper.heartbeat_interval=1",
             "hydra.sweeper.grace_period=3"]
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, *args]
     worker = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -164,7 +164,7 @@ def test_worker_killed_mid_trial_then_rerun_finishes_exactly_n_trials(tmp_path):
 
 
 def test_pruning_stops_hopeless_trials(tmp_path):
-    run_app(tmp_path, "dataset.n_trials=6", "search.eval_every=1",
+    run_app(tmp_path, "search.n_trials=6", "search.eval_every=1",
             "search.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:2}")
     study = the_study(tmp_path)
     s = states(study)
@@ -176,19 +176,19 @@ def test_pruning_stops_hopeless_trials(tmp_path):
 
 
 def test_warm_start_enqueues_the_published_values_once(tmp_path):
-    run_app(tmp_path, "dataset.n_trials=2", "search/warm_start=iwildcam")
+    run_app(tmp_path, "search.n_trials=2", "search/warm_start=iwildcam")
     study = the_study(tmp_path)
     first = study.trials[0]
     assert first.user_attrs["warm_start"] == "search.warm_start:iwildcam"
     assert first.params["method.loss_weights.dcm"] == 0.622 and first.params["trainer.weight_decay"] == 0.604
     assert first.params["trainer.lr_scale"] == pytest.approx(13.6)
-    run_app(tmp_path, "dataset.n_trials=3", "search/warm_start=iwildcam")
+    run_app(tmp_path, "search.n_trials=3", "search/warm_start=iwildcam")
     study = the_study(tmp_path)
     assert len(study.trials) == 3 and sum("warm_start" in t.user_attrs for t in study.trials) == 1
 
 
 def test_two_workers_on_one_sqlite_study(tmp_path):
-    args = [*FAST, "dataset.n_trials=6", "toy.sleep=0.05"]
+    args = [*FAST, "search.n_trials=6", "toy.sleep=0.05"]
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *args]
     workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]

@@ -38,7 +38,7 @@ def pg_url():
 def test_two_concurrent_workers_share_one_study(tmp_path, pg_url):
     n = 8
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST,
-           "hydra.sweeper.poll_interval=0.2", f"hydra.sweeper.storage={pg_url}", f"dataset.n_trials={n}",
+           "hydra.sweeper.poll_interval=0.2", f"hydra.sweeper.storage={pg_url}", f"search.n_trials={n}",
            "toy.sleep=0.1"]
     # separate working directories: the workers share nothing but the database
     dirs = [tmp_path / "a", tmp_path / "b"]

@@ -9,7 +9,7 @@ from sweep_helpers import APP, FAST
 
 
 def test_two_slots_without_a_batch_barrier(tmp_path):
-    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, "dataset.n_trials=4",
+    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, "search.n_trials=4",
            "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", "hydra.sweeper.n_jobs=2",
            "hydra.sweeper.poll_interval=0.2", "toy.fail_on=[1]", "toy.failure=diverge"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ from sweep_helpers import TINY, train
 
 
 def test_train_py_search_then_final_retrain(tmp_path):
-    train(tmp_path, "-m", "search=autoft", "dataset.n_trials=3", "hydra.sweeper.plots=false", "search.bootstrap=0",
+    train(tmp_path, "-m", "search=autoft", "search.n_trials=3", "hydra.sweeper.plots=false", "search.bootstrap=0",
           *TINY)
     sweep = tmp_path / "outputs/synthetic/tiny_vit/search-autoft"
     url = f"sqlite:///{sweep / 'optuna.db'}"

@@ -110,7 +110,7 @@ def test_a_starved_heartbeat_of_a_live_local_worker_is_slow_not_lost(tmp_path, c
 
 
 def test_long_trials_log_their_progress_and_record_their_threads(tmp_path):
-    done = run_app(tmp_path, "dataset.n_trials=1", "toy.sleep=0.7", "toy.steps=4", "hydra.sweeper.threads=1",
+    done = run_app(tmp_path, "search.n_trials=1", "toy.sleep=0.7", "toy.steps=4", "hydra.sweeper.threads=1",
                    "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=5",
                    "hydra.sweeper.progress_interval=1")
     assert "trial 0 running for" in done.stdout and "last heartbeat" in done.stdout
@@ -125,7 +125,7 @@ def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_ur
     n, k = 12, 4
     monkeypatch.setenv(wk.WORKERS_DIR_ENV, str(tmp_path / "registry"))  # not other test runs' workers
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, f"hydra.sweeper.storage={pg_url}",
-           f"dataset.n_trials={n}", "toy.sleep=0.15", "hydra.sweeper.threads=auto",
+           f"search.n_trials={n}", "toy.sleep=0.15", "hydra.sweeper.threads=auto",
            "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10"]
     dirs = [tmp_path / f"w{i}" for i in range(k)]
     for d in dirs:

@@ -13,7 +13,7 @@ from autoft.reporting import wandb_logger as W
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = Path(__file__).resolve().parent / "conf"
-BASE = ["--config-dir", str(TEST_CONF), "dataset=tinyshapes", "model=tiny_vit", "device=cpu",
+BASE = ["--config-dir", str(TEST_CONF), "experiment=tinyshapes_tiny_vit", "device=cpu",
         "trainer.num_workers=0"]
 
 

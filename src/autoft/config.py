@@ -3,9 +3,14 @@ function that checks values, ranges and cross-field rules before any work (`vali
 
 Types and key names are checked by Hydra when the config is composed (conf/config.yaml lists
 `base_config` first, so every group is merged into its schema: a misspelt key or a string for a
-number stops composition). Ranges and rules that span keys are checked by `validate(cfg)`, which
-`autoft.cli.run` (and train.py, before its heavy imports) calls first. Every value's allowed range
-is written once, in the comment beside its field below.
+number stops composition; `composition_error` turns Hydra's report into one message). Ranges and
+rules that span keys are checked by `validate(cfg)`, which `autoft.cli.run` (and train.py, before
+its heavy imports) calls first. Every value's allowed range is written once, in the comment beside
+its field below.
+
+The budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., search.n_trials) have one home:
+the experiment preset of a dataset and a model (conf/experiment/<dataset>_<model>.yaml). The preset
+records the pair it was set for (`experiment`), and a run on another pair is refused.
 
 This module imports only the standard library, OmegaConf and Hydra's ConfigStore: a bad config is
 refused in a second, before torch is imported.
@@ -17,6 +22,7 @@ import inspect
 import math
 import re
 import sys
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -68,23 +74,33 @@ class MethodConf:
     search_losses: Optional[List[str]] = None  # null, or a subset of the eight searchable terms (all but ce)
 
 
+def _adamw() -> Dict[str, Any]:
+    return {"_target_": "torch.optim.AdamW", "_partial_": True}
+
+
 @dataclass
 class TrainerConf:
+    # the budgets: set by the experiment preset (MISSING until one is chosen)
     batch_size: int = MISSING            # >= 1: the total batch of one optimiser step; accum_steps must divide it
-    eval_batch_size: int = 512           # >= 1
     inner_steps: int = MISSING           # >= 1: optimiser steps of one search trial
-    epochs: int = MISSING                # >= 1 for a final run that trains (>= 0 otherwise)
-    base_lr: float = MISSING             # > 0, finite
+    epochs: int = MISSING                # >= 1 for a final run that trains (>= 0 otherwise); of dataset.passes_per_epoch passes
+    base_lr: float = MISSING             # > 0, finite: the lr the search's lr_scale multiplies
+    weight_decay: float = MISSING        # >= 0, finite (searched by search=autoft)
+    clip_grad_norm: Optional[float] = MISSING  # null (no clipping) or > 0
+    # the same for every experiment
+    eval_batch_size: int = 512           # >= 1
     lr_scale: float = 1.0                # > 0, finite: peak lr = base_lr x lr_scale
-    weight_decay: float = MISSING        # >= 0, finite
     warmup_fraction: float = 0.1         # in [0, 1): linear warm-up over this share of the run's steps
-    clip_grad_norm: Optional[float] = None  # null (no clipping) or > 0
     accum_steps: int = 1                 # >= 1 and divides batch_size: micro-batches per optimiser step
     precision: str = "auto"              # auto | fp32 | bf16
     num_workers: int = 4                 # >= 0: DataLoader workers
     max_loss: float = 1.0e4              # > 0: a loss above this (or NaN/inf) fails the run as diverged
     compile: bool = False                # torch.compile the classifier once per process
     channels_last: Any = "auto"          # auto | true | false
+    # the optimiser class as a partial (_target_ a torch.optim.Optimizer, _partial_: true), called with
+    # the parameters, lr (base_lr x lr_scale x the method's lr_mult, on the warm-up/cosine schedule) and
+    # weight_decay; other constructor arguments may be set here (betas, eps, ...), not lr or weight_decay
+    optimizer: Dict[str, Any] = field(default_factory=_adamw)
 
 
 @dataclass
@@ -96,14 +112,8 @@ class DatasetConf:
     metric: str = MISSING                # one of METRIC_NAMES: the search objective and the OOD columns
     id_test_metrics: Optional[List[str]] = None  # null (= [metric]) or metric names: the tables' ID columns
     higher_is_better: bool = True
-    base_lr: float = MISSING             # > 0, finite
-    weight_decay: float = MISSING        # >= 0, finite
-    clip_grad_norm: Optional[float] = None  # null or > 0
-    batch_size: int = MISSING            # >= 1
-    inner_steps: int = MISSING           # >= 1
-    final_epochs: int = MISSING          # >= 0
-    passes_per_epoch: int = 1            # >= 1: passes over the images in one final-run epoch
-    n_trials: int = MISSING              # >= 1: the search's total number of trials
+    passes_per_epoch: int = 1            # >= 1: passes over the images in one final-run epoch (the reference's
+                                         # caption files hold this many rows per image)
 
 
 @dataclass
@@ -132,13 +142,22 @@ class LoggerConf:
 
 
 @dataclass
+class ExperimentConf:
+    """The pair an experiment preset's budgets were set for (conf/experiment/<name>.yaml writes it)."""
+    name: Optional[str] = None           # the preset, e.g. iwildcam_vit_b16 (null: none chosen)
+    dataset: Optional[str] = None        # the dataset.name its budgets are for (null: any)
+    model: Optional[str] = None          # the model.name its budgets are for (null: any)
+
+
+@dataclass
 class RootConf:
+    experiment: ExperimentConf = field(default_factory=ExperimentConf)
     model: ModelConf = MISSING
     dataset: DatasetConf = MISSING
     method: MethodConf = MISSING
     trainer: TrainerConf = MISSING
     logger: LoggerConf = MISSING
-    search: Any = None                   # the search group (conf/search): checked by the sweeper
+    search: Any = None                   # the search group (conf/search) and search.n_trials: checked by the sweeper
     phase: str = "final"                 # search | final
     seed: int = 0                        # >= 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N with N < the number of GPUs
@@ -427,8 +446,97 @@ def model_fit_problem(cfg) -> Optional[str]:
     target = cfg.dataset.task.get("_target_") if isinstance(cfg.dataset.get("task"), (dict, DictConfig)) else None
     if allowed and target not in allowed:
         return (f"model={cfg.model.name} was built for {', '.join(allowed)} only, but dataset={cfg.dataset.name} "
-                f"is built by {target}. Pick a backbone for it, e.g. model=vit_b16 (the paper's CLIP ViT-B/16) "
-                f"or model=tiny_vit (tiny, random weights, for smoke runs)")
+                f"is built by {target}; {_preset_hint(cfg.dataset.name, cfg.model.name, fits=False)}")
+    return None
+
+
+BUDGET_KEYS = ("base_lr", "weight_decay", "clip_grad_norm", "batch_size", "inner_steps", "epochs")
+EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+
+
+@lru_cache(maxsize=None)
+def preset_pairs(extra_dirs: tuple = ()) -> dict:
+    """{preset name: (dataset, model)} of every experiment preset in conf/experiment (and the
+    `experiment` folders of extra config dirs), read from their `experiment` blocks; a preset that
+    extends another (its first default) inherits what it does not set."""
+    raw = {}
+    for folder in (EXPERIMENT_DIR, *(Path(d) / "experiment" for d in extra_dirs)):
+        for path in sorted(folder.glob("*.yaml")):
+            try:
+                data = OmegaConf.to_container(OmegaConf.load(path)) or {}
+            except Exception:  # a broken preset is reported when it is composed, not here
+                continue
+            parents = [d for d in data.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+            raw[path.stem] = (data.get("experiment") or {}, parents[:1])
+
+    def pair(name: str, depth: int = 0) -> tuple:
+        own, parents = raw.get(name, ({}, []))
+        base = pair(parents[0], depth + 1) if parents and depth < 8 else (None, None)
+        return own.get("dataset", base[0]), own.get("model", base[1])
+
+    return {name: pair(name) for name in raw}
+
+
+def experiment_presets(dataset: str, extra_dirs: tuple = ()) -> list[str]:
+    """The presets for this dataset, smoke presets (the tiny random CLIP) last."""
+    pairs = preset_pairs(tuple(extra_dirs))
+    return sorted((n for n, (d, _) in pairs.items() if d == dataset), key=lambda n: (pairs[n][1] == "tiny_vit", n))
+
+
+def experiment_for(dataset: str, model: str, extra_dirs: tuple = ()) -> Optional[str]:
+    """The preset of this dataset and model, or None."""
+    return next((n for n, pair in preset_pairs(tuple(extra_dirs)).items() if pair == (dataset, model)), None)
+
+
+def _preset_hint(dataset: str, model: str, fits: bool = True) -> str:
+    """What to choose instead: the pair's preset, else the dataset's presets (and, when the model
+    can be used with the dataset, the file to write for a new pair)."""
+    exact = experiment_for(dataset, model)
+    if exact:
+        return f"use experiment={exact}"
+    found = " or ".join(f"experiment={n}" for n in experiment_presets(dataset))
+    write = f"write conf/experiment/{dataset}_{model}.yaml (its dataset, model and budgets)" if fits else ""
+    return "; ".join(s for s in (f"choose a preset for it: {found}" if found else "", write) if s) or "choose another model"
+
+
+def missing_budgets_problem(cfg) -> Optional[str]:
+    """Budgets unset (`experiment=null`, or a preset that forgot one): name them and the presets."""
+    t = cfg.get("trainer")
+    missing = [k for k in BUDGET_KEYS if OmegaConf.is_missing(t, k)]
+    if not missing:
+        return None
+    return (f"trainer.{', trainer.'.join(missing)}: not set; the budgets come from an experiment preset: "
+            f"{_preset_hint(cfg.dataset.get('name'), cfg.model.get('name'))}")
+
+
+def pairing_problem(cfg) -> Optional[str]:
+    """A model built for other tasks, or an experiment preset whose budgets were set for another
+    dataset or model (`dataset=iwildcam` alone keeps the embedded default's lr and 62-step trials):
+    one message with the preset to use instead."""
+    fit = model_fit_problem(cfg)
+    if fit:
+        return fit
+    d, m = cfg.dataset.get("name"), cfg.model.get("name")
+    e = cfg.get("experiment") or {}
+    if all(e.get(k) in (None, have) for k, have in (("dataset", d), ("model", m))):
+        return None
+    return (f"experiment={e.get('name')} sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., "
+            f"search.n_trials) for dataset={e.get('dataset')} model={e.get('model')}, not for dataset={d} model={m}; "
+            f"{_preset_hint(d, m)}")
+
+
+def optimizer_problem(node) -> Optional[str]:
+    """trainer.optimizer must be a partial of an optimiser class; lr and weight_decay are the
+    schedule's (trainer.base_lr x lr_scale, trainer.weight_decay), so they may not be fixed here."""
+    example = "{_target_: torch.optim.AdamW, _partial_: true}"
+    if not isinstance(node, (dict, DictConfig)) or not isinstance(node.get("_target_"), str):
+        return f"trainer.optimizer={_show(node)}: must be a mapping {example}"
+    if node.get("_partial_") is not True:
+        return f"trainer.optimizer._partial_={_show(node.get('_partial_'))}: must be true (the engine passes the parameters)"
+    fixed = [k for k in ("lr", "weight_decay", "params") if k in node]
+    if fixed:
+        return (f"trainer.optimizer.{fixed[0]}: set by the schedule, not here; use trainer.base_lr / trainer.lr_scale / "
+                f"trainer.weight_decay")
     return None
 
 
@@ -444,6 +552,11 @@ def problems(cfg: DictConfig) -> list[str]:
             c.problems.append(f"{group}: missing; choose one with {group}=<name>")
     if c.problems:
         return c.problems
+    # the budgets come from an experiment preset for this dataset and model: without one, or with
+    # another pair's, every number below would be wrong, so this is the one message
+    pairing = missing_budgets_problem(cfg) or pairing_problem(copy)
+    if pairing:
+        return [pairing]
     # keys added with +key=value bypass Hydra's schema check: refuse them here
     c.problems += unknown_keys(copy)
     c.need(copy.phase in PHASES, "phase", copy.phase, "search or final")
@@ -470,22 +583,24 @@ def problems(cfg: DictConfig) -> list[str]:
     c.one_of(t, "precision", "trainer", PRECISIONS)
     c.need(t.get("channels_last") in ("auto", True, False), "trainer.channels_last", t.get("channels_last"),
            "auto, true or false")
+    opt = optimizer_problem(t.get("optimizer"))
+    if opt:
+        c.problems.append(opt)
     b, a = t.get("batch_size"), t.get("accum_steps")
     if isinstance(b, int) and isinstance(a, int) and b >= 1 and a >= 1 and b % a:
         c.problems.append(f"trainer.accum_steps={a}: must divide trainer.batch_size={b} "
                           f"(micro-batches of equal size); e.g. trainer.accum_steps={max(d for d in range(1, a + 1) if b % d == 0)}")
+
+    s = copy.get("search")
+    if isinstance(s, DictConfig) and "n_trials" in s:  # the search's budget (the sweeper reads it)
+        c.int_at_least(s, "n_trials", "search", 1)
 
     # dataset
     c.one_of(ds, "metric", "dataset", METRIC_NAMES)
     idm = ds.get("id_test_metrics")
     c.need(idm is None or (len(idm) > 0 and all(x in METRIC_NAMES for x in idm)), "dataset.id_test_metrics", idm,
            f"null or a non-empty list of {', '.join(METRIC_NAMES)}")
-    c.positive(ds, "base_lr", "dataset")
-    c.non_negative(ds, "weight_decay", "dataset")
-    c.optional_positive(ds, "clip_grad_norm", "dataset")
-    for k in ("batch_size", "inner_steps", "passes_per_epoch", "n_trials"):
-        c.int_at_least(ds, k, "dataset", 1)
-    c.int_at_least(ds, "final_epochs", "dataset", 0)
+    c.int_at_least(ds, "passes_per_epoch", "dataset", 1)
     c.problems += _task_problems(ds.task)
 
     # method
@@ -508,9 +623,6 @@ def problems(cfg: DictConfig) -> list[str]:
                           f"(open_clip config) or model.checkpoint (a file); set: {', '.join(sources) or 'none'}")
     if mo.get("pretrained") and not mo.get("arch"):
         c.problems.append(f"model.pretrained={mo.pretrained}: needs model.arch (the open_clip name it belongs to)")
-    fit = model_fit_problem(copy)
-    if fit:
-        c.problems.append(fit)
 
     # logger
     c.one_of(lg, "mode", "logger", WANDB_MODES)
@@ -603,6 +715,88 @@ def _similar(a: str, b: str) -> bool:
     import difflib
 
     return difflib.SequenceMatcher(None, a, b).ratio() >= 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# composition errors: a misspelt key or a wrong type in a YAML file or on the command line
+# ----------------------------------------------------------------------------------------------
+def _causes(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _schema_field(path: list[str]):
+    """The dataclass field a key path names, or None (free-form nodes, unknown keys)."""
+    schema, found = RootConf, None
+    for part in path:
+        if schema is None:
+            return None
+        found = {f.name: f for f in fields(schema)}.get(part)
+        if found is None:
+            return None
+        schema = found.type if is_dataclass(found.type) else None
+    return found
+
+
+def expected_type(tp) -> str:
+    """A field's type in words: 'an integer', 'null or a number', 'true or false', ..."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+        return "null or " + expected_type(args[0])
+    origin = typing.get_origin(tp) or tp
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list [a, b, ...]",
+             dict: "a mapping {key: value, ...}"}
+    return words.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+def _source(err: BaseException) -> str:
+    """Where Hydra met the problem: ' in <group>/<option>.yaml' or ' on the command line'."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    m = re.match(r"In '([^']+)'", first)
+    if m and m.group(1) != "config":
+        return f" in {m.group(1)}.yaml"
+    if m:
+        return " in config.yaml"
+    return " on the command line" if first.startswith(("Error merging override", "Could not override")) else ""
+
+
+def composition_error(err: BaseException) -> str:
+    """One line for an error raised while Hydra composes the config: the key, its value and the
+    expected type, or the valid keys of the node; a YAML file that does not parse is named with the
+    line; a missing group option with the available ones."""
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    where = _source(err)
+    for e in _causes(err):
+        key = getattr(e, "full_key", None)
+        if key and isinstance(e, ValidationError):
+            f = _schema_field(str(key).split("."))
+            allowed = expected_type(f.type) if f is not None else "of the schema's type"
+            return f"{key}={_show(getattr(e, 'value', None))}{where}: must be {allowed}"
+        if key and isinstance(e, (ConfigKeyError, AttributeError)):
+            path = str(key).split(".")
+            found = _schema_keys(path)
+            if found is None:
+                node = ".".join(path[:-1])
+                return (f"{key}{where}: {node or 'the root config'} has no key {path[-1]}; to add one to this free-form "
+                        f"node write +{key}=<value>")
+            node, valid = found
+            close = [v for v in valid if _similar(v, path[-1])]
+            hint = f" (did you mean {node}.{close[0]}?)" if close else ""
+            return f"unknown config key {key}{where}{hint}; valid keys of {node or 'the root config'}: {', '.join(valid)}"
+        if type(e).__module__.startswith("yaml"):
+            mark = getattr(e, "problem_mark", None)
+            at = f"{mark.name}: line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            return f"{at}: not valid YAML ({getattr(e, 'problem', None) or ' '.join(str(e).split())}); fix the file"
+        if type(e).__name__ == "MissingConfigException":
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            options = [ln for ln in lines[2:] if not ln.startswith(("provider=", "Config search path", "base_"))]
+            first = re.sub(r"^In '[^']+': ", "", lines[0])
+            return f"{first}; available: {', '.join(options)}" if options else first
+    return " ".join(str(err).split())
 
 
 register()

@@ -7,7 +7,7 @@ runs `search.seeds_per_trial` seeds (seed, seed+1, ...) and scores their mean, w
 (per-seed scores, a 95% interval) and reports them to the study; `toy.seed_noise` and `toy.lucky_*`
 make a seed's score differ from the hyperparameters' true score (selection noise).
 
-    python tests/apps/toy_app.py -m search=autoft dataset.n_trials=5
+    python tests/apps/toy_app.py -m search=autoft search.n_trials=5
 """
 from __future__ import annotations
 
