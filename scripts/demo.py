@@ -2,17 +2,22 @@
 """The whole AutoFT method on the embedded default task, end to end on CPU (what `make demo` runs):
 
 1. build (once, cached) the embedded task's small CLIP foundation model;
-2. the AutoFT search: a Hydra multirun driven by our Optuna sweeper (resumable: rerun to continue);
-3. the final retrain with the best hyperparameters, on several seeds;
-4. the baselines it is compared with: zero-shot, fine-tuning with cross-entropy (+ WiSE-FT);
-5. the results table (Markdown + LaTeX) and plots under outputs/<dataset>/<model>/.
+2. the AutoFT search: a Hydra multirun driven by our Optuna sweeper (resumable: rerun to continue),
+   and beside it the baselines it is compared with: zero-shot, fine-tuning with cross-entropy;
+3. the final retrain with the best hyperparameters, one process per seed, side by side;
+4. the results table (Markdown + LaTeX, with WiSE-FT rows) and plots under outputs/<dataset>/<model>/.
 
-Every step is an ordinary command, printed before it runs, so each can be rerun by hand.
-Extra arguments are passed to every train.py call as Hydra overrides (e.g. device=cuda).
+Steps that do not depend on each other run side by side, one CPU thread each (autoft.runner): on 2
+cores that is faster than one process with two threads. Every step is an ordinary command, printed
+before anything runs, so each can be rerun by hand; its output goes to outputs/<dataset>/<model>/
+demo_logs/. Rerunning `make demo` continues where a killed run stopped. Extra arguments are passed
+to every train.py call as Hydra overrides (e.g. device=cuda).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import shlex
 import subprocess
 import sys
@@ -20,15 +25,42 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # a clone that was not pip-installed still runs
+
+from autoft.runner import Step, fmt_seconds, run_steps  # noqa: E402
 
 
-def sh(cmd: list[str]) -> None:
-    print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
-    t0 = time.time()
-    done = subprocess.run(cmd, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"demo: step failed (exit {done.returncode}): {' '.join(cmd)}")
-    print(f"[{time.time() - t0:.0f}s]", flush=True)
+def composed(overrides: list[str]):
+    """The config `train.py <overrides>` composes (for the paths the steps write)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path) -> list[Step]:
+    """foundation -> (search | zero-shot and FT finals) -> AutoFT finals, one per seed, side by side."""
+    py = sys.executable
+    extra = [f"dataset={dataset}", f"model={model}", *overrides]
+    cfg = composed(extra)
+    steps, first = [], []
+    if cfg.model.get("build_command"):  # the embedded task's foundation model: built once, cached
+        steps.append(Step("foundation", [py, "scripts/build_foundation.py"], [Path(str(cfg.model.checkpoint))],
+                          units=20, threads=os.cpu_count()))  # runs alone: every other step needs it
+        first = ["foundation"]
+    search = [py, "train.py", "-m", "search=autoft", "hydra.sweeper.threads=1", *extra]
+    # the search resumes its study by itself; the marker names the exact command that completed
+    marker = out / "search-autoft" / f".complete-{hashlib.sha1(' '.join(search[1:]).encode()).hexdigest()[:10]}"
+    steps.append(Step("search", search, [marker], units=16, after=first, marker=True))
+    final = [py, "scripts/final_retrain.py", "--dataset", dataset, "--model", model, "--no-tables", "--skip-existing"]
+    results = lambda m, s: out / m / f"seed{s}" / "results.json"  # noqa: E731
+    steps.append(Step("zeroshot+ft", final + ["--methods", "zeroshot,ft", "--seeds", ",".join(map(str, seeds)), *overrides],
+                      [results("zeroshot", seeds[0]), *(results("ft", s) for s in seeds)], units=3 * len(seeds),
+                      after=first))
+    for s in seeds:
+        steps.append(Step(f"autoft-seed{s}", final + ["--methods", "autoft", "--seeds", str(s), *overrides],
+                          [results("autoft", s)], units=3, after=["search"]))
+    return steps
 
 
 def main() -> None:
@@ -36,18 +68,23 @@ def main() -> None:
     ap.add_argument("--dataset", default="shapes")
     ap.add_argument("--model", default="shapes_rn10t")
     ap.add_argument("--seeds", default="0,1", help="seeds of the final runs (comma-separated)")
+    ap.add_argument("--jobs", type=int, default=2, help="steps side by side (one CPU thread each on 2 cores)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to every train.py call")
     args = ap.parse_args()
-    py, extra = sys.executable, [f"dataset={args.dataset}", f"model={args.model}", *args.overrides]
-    out = Path("outputs") / args.dataset / args.model
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = ROOT / "outputs" / args.dataset / args.model
     t0 = time.time()
-    if args.model == "shapes_rn10t":
-        sh([py, "scripts/build_foundation.py"])
-    sh([py, "train.py", "-m", "search=autoft", *extra])
-    # final retrain of AutoFT with the search's best_hparams.yaml, the baselines, then the tables
-    sh([py, "scripts/final_retrain.py", "--dataset", args.dataset, "--model", args.model,
-        "--methods", "zeroshot,ft,autoft", "--seeds", args.seeds, *args.overrides])
-    print(f"\ndemo finished in {time.time() - t0:.0f}s; results under {out}/", flush=True)
+    steps = demo_steps(args.dataset, args.model, seeds, args.overrides, out)
+    for st in steps:
+        print(f"  {st.name}: $ {' '.join(shlex.quote(c) for c in st.cmd)}", flush=True)
+    failed = run_steps(steps, args.jobs, out / "demo_logs", ROOT, "demo")
+    if failed:
+        sys.exit(f"demo: steps failed: {', '.join(failed)} (logs under {out / 'demo_logs'}); rerun `make demo` to continue")
+    tables = [sys.executable, "scripts/make_tables.py", str(out), "--wise", "ft,autoft"]
+    print(f"\n$ {' '.join(shlex.quote(c) for c in tables)}", flush=True)
+    if subprocess.run(tables, cwd=ROOT).returncode != 0:
+        sys.exit("demo: the tables failed (see above)")
+    print(f"\ndemo finished in {fmt_seconds(time.time() - t0)}; results under {out}/", flush=True)
 
 
 if __name__ == "__main__":

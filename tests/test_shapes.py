@@ -148,6 +148,22 @@ def test_model_yaml_names_the_checkpoint_by_the_hash_of_its_build_settings():
         "model.build changed: rename model.checkpoint to the new hash (see scripts/build_foundation.py)"
 
 
+def test_the_shipped_foundation_is_the_one_the_yaml_names_and_installs_verbatim(tmp_path, capsys):
+    """The repository ships the checkpoint the README was measured with (a rebuild elsewhere is not
+    bit-identical); build_foundation.py installs it byte for byte instead of pretraining."""
+    bf = _load_build_script()
+    build = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "shapes_rn10t.yaml").build, resolve=True)
+    shipped = bf.SHIPPED_DIR / f"shapes_rn10t-{bf.settings_hash(build)}.pt"
+    assert shipped.is_file(), "ship the checkpoint the model YAML names (scripts/build_foundation.py)"
+    assert load_checkpoint(shipped).model is not None
+    path = bf.main([f"cache_dir={tmp_path}"])
+    assert path == tmp_path / "foundation" / shipped.name
+    assert hashlib.sha256(path.read_bytes()).digest() == hashlib.sha256(shipped.read_bytes()).digest()
+    assert "installed the shipped" in capsys.readouterr().out
+    bf.main([f"cache_dir={tmp_path}"])
+    assert "already built" in capsys.readouterr().out
+
+
 def test_foundation_build_is_reloadable_and_reproducible(tmp_path):
     bf = _load_build_script()
     build = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "shapes_rn10t.yaml").build)

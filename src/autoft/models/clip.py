@@ -5,8 +5,6 @@ Every loader returns a `ClipBundle` so the rest of the library never cares where
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -17,6 +15,7 @@ from open_clip.model import CLIP
 
 from autoft.errors import UserError
 from autoft.models.tokenizer import WordTokenizer
+from autoft.reporting.io import atomic_write
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -48,16 +47,7 @@ def save_checkpoint(path: str | Path, model: CLIP, config: dict, vocab: Optional
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> ClipBundle:
