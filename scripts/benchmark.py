@@ -94,28 +94,31 @@ QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False)
 
 
 def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
+    """Every step of the grid, in the order they start: seed-major (a stopped benchmark has covered
+    every split once), and the alpha-searched variant after all plain cells (it is an option)."""
     py = [sys.executable, str(ROOT / "train.py")]
     common = ["dataset=shapes", "model=shapes_rn10t", "logger=none", *extra]
+    variants = [("autoft", "search", [])]
+    if grid.alpha_searched:
+        variants.append(("autoft_alpha", "search-alpha", [f"search.wise_alphas={ALPHAS}"]))
     steps = []
-    for sp in grid.splits():
-        where = out / sp.family / sp.id
-        base = [*common, *sp.overrides()]
+    for v, (method, dirname, opts) in enumerate(variants):
         for s in range(grid.seeds):
-            methods = (["zeroshot"] if s == 0 else []) + list(BASELINES)
-            steps.append(Step(f"{sp.id}/baselines-s{s}",
-                              py + ["-m", "method=" + ",".join(methods), f"seed={s}", "phase=final",
-                                    f"hydra.sweep.dir={where}", *base],
-                              [where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods],
-                              UNITS["final"] * len(BASELINES) + (UNITS["zeroshot"] if s == 0 else 0)))
-            variants = [("autoft", "search", [])] + ([("autoft_alpha", "search-alpha", [f"search.wise_alphas={ALPHAS}"])]
-                                                     if grid.alpha_searched else [])
-            for method, dirname, opts in variants:
+            for sp in grid.splits():
+                where = out / sp.family / sp.id
+                base = [*common, *sp.overrides()]
+                if v == 0:
+                    methods = (["zeroshot"] if s == 0 else []) + list(BASELINES)
+                    steps.append(Step(f"{sp.id}/baselines-s{s}",
+                                      py + ["-m", "method=" + ",".join(methods), f"seed={s}", "phase=final",
+                                            f"hydra.sweep.dir={where}", *base],
+                                      [where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods],
+                                      UNITS["final"] * len(BASELINES) + (UNITS["zeroshot"] if s == 0 else 0)))
                 sdir = where / f"{dirname}-s{s}"
-                marker = sdir / f".complete-{grid.trials}"
                 steps.append(Step(f"{sp.id}/{dirname}-s{s}",
                                   py + ["-m", "search=autoft", f"seed={s}", f"hydra.sweep.dir={sdir}",
                                         f"hydra.sweeper.n_trials={grid.trials}", "hydra.sweeper.threads=1", *opts, *base],
-                                  [marker], UNITS["trial"] * grid.trials, marker=True))
+                                  [sdir / f".complete-{grid.trials}"], UNITS["trial"] * grid.trials, marker=True))
                 name_opt = [] if method == "autoft" else [f"method.name={method}"]
                 steps.append(Step(f"{sp.id}/{method}-s{s}",
                                   py + ["method=autoft", *name_opt, f"seed={s}", "phase=final",
@@ -135,18 +138,19 @@ def collect(grid: Grid, out: Path) -> Optional[Path]:
     from autoft.reporting.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
-    methods = ["zeroshot", *BASELINES, "autoft"] + (["autoft_alpha"] if grid.alpha_searched else [])
+    required = ["zeroshot", *BASELINES, "autoft"]  # a cell counts once all of these finished
+    optional = ["autoft_alpha"] if grid.alpha_searched else []  # its row covers the cells that have it
     cells, missing = {"single": [], "mixture": []}, []
     for sp in grid.splits():
         for s in range(grid.seeds):
             runs = {}
-            for m in methods:
+            for m in required + optional:
                 path = out / sp.family / sp.id / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json"
                 try:
                     runs[m] = read_result(path)
                 except ResultsError:
                     missing.append(str(path))
-            if len(runs) == len(methods):
+            if all(m in runs for m in required):
                 cells[sp.family].append(CellRuns(sp.family, sp.id, s, runs))
     n_cells = sum(len(c) for c in cells.values())
     if not n_cells:

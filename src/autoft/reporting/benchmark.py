@@ -78,29 +78,35 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Estimate:
 
 
 def row_keys(cells: Sequence[CellRuns]) -> list[str]:
-    """Row keys present in every cell, in the tables' method order."""
-    common = set.intersection(*(set(c.points()) for c in cells)) if cells else set()
-    return sorted(common, key=_order)
+    """Row keys present in any cell, in the tables' method order."""
+    return sorted(set().union(*(c.points() for c in cells)), key=_order)
 
 
 def summarize(cells: Sequence[CellRuns]) -> list[dict]:
-    """Per row key: ID and OOD mean estimates over the cells."""
+    """Per row key: ID and OOD mean estimates over the cells that have it (`n` says how many)."""
     pts = [c.points() for c in cells]
-    return [{"key": k, "label": label(k), "id": mean_ci([p[k][0] for p in pts]),
-             "ood": mean_ci([p[k][1] for p in pts])} for k in row_keys(cells)]
+    out = []
+    for k in row_keys(cells):
+        have = [p[k] for p in pts if k in p]
+        out.append({"key": k, "label": label(k), "id": mean_ci([v[0] for v in have]),
+                    "ood": mean_ci([v[1] for v in have]), "n": len(have)})
+    return out
 
 
-def paired(cells: Sequence[CellRuns], of: Iterable[str] = ("autoft", "wise-autoft")) -> list[dict]:
-    """Per (method a, baseline b): estimates of the per-cell differences a - b in ID and OOD mean."""
+def paired(cells: Sequence[CellRuns], of: Iterable[str] = ("autoft", "autoft_alpha", "wise-autoft")) -> list[dict]:
+    """Per (method a, baseline b): estimates of the per-cell differences a - b in ID and OOD mean,
+    over the cells that have both."""
     keys = row_keys(cells)
     pts = [c.points() for c in cells]
     out = []
     for a in [k for k in of if k in keys]:
         for b in [k for k in keys if k != a]:
-            out.append({"a": a, "b": b, "label": f"{label(a)} − {label(b)}",
-                        "id": mean_ci([p[a][0] - p[b][0] for p in pts]),
-                        "ood": mean_ci([p[a][1] - p[b][1] for p in pts]),
-                        "wins": sum(p[a][1] > p[b][1] for p in pts), "n": len(pts)})
+            both = [p for p in pts if a in p and b in p]
+            if both:
+                out.append({"a": a, "b": b, "label": f"{label(a)} − {label(b)}",
+                            "id": mean_ci([p[a][0] - p[b][0] for p in both]),
+                            "ood": mean_ci([p[a][1] - p[b][1] for p in both]),
+                            "wins": sum(p[a][1] > p[b][1] for p in both), "n": len(both)})
     return out
 
 
@@ -115,7 +121,8 @@ def per_split(cells: Sequence[CellRuns]) -> tuple[list[str], list[dict]]:
         pts = [c.points() for c in cs]
         rows.append({"split": split, "family": cs[0].family, "seeds": sorted(c.seed for c in cs),
                      "tests": cs[0].runs[next(iter(cs[0].runs))].ood_splits,
-                     "ood": {k: float(np.mean([p[k][1] for p in pts])) for k in keys}})
+                     "ood": {k: float(np.mean([p[k][1] for p in pts if k in p])) for k in keys
+                             if any(k in p for p in pts)}})
     return keys, rows
 
 
@@ -129,6 +136,7 @@ def wise_curves(cells: Sequence[CellRuns]) -> dict[str, dict[float, tuple[float,
     """method -> alpha -> (ID, OOD mean) averaged over cells, for methods fine-tuned in every cell."""
     methods = set.intersection(*(
         {m for m, r in c.runs.items() if r.trained and m not in NO_WISE_ROW} for c in cells)) if cells else set()
+    # (methods missing from some cell get no averaged curve: it would mix different cells)
     out = {}
     for m in sorted(methods, key=_order):
         alphas = sorted(set.intersection(*(set(c.runs[m].wise_alphas()) for c in cells)))
@@ -145,8 +153,8 @@ def summary_markdown(cells: Sequence[CellRuns], title: str) -> str:
     rows = summarize(cells)
     n_splits = len({c.split for c in cells})
     lines = [f"**{title}**: {len(cells)} cells ({n_splits} splits x seeds); mean [95% t interval] over cells, x100.",
-             "", "| Method | ID | OOD mean |", "|---|---|---|"]
-    lines += [f"| {r['label']} | {r['id'].text()} | {r['ood'].text()} |" for r in rows]
+             "", "| Method | ID | OOD mean | Cells |", "|---|---|---|---|"]
+    lines += [f"| {r['label']} | {r['id'].text()} | {r['ood'].text()} | {r['n']} |" for r in rows]
     diffs = paired(cells)
     if diffs:
         lines += ["", "Paired differences (same split, same seed), x100:", "",
@@ -162,7 +170,8 @@ def per_split_markdown(cells: Sequence[CellRuns]) -> str:
              head, "|" + "---|" * (3 + len(keys))]
     for r in rows:
         best = max(r["ood"].values())
-        cells_txt = [(f"**{SCALE * v:.1f}**" if v == best else f"{SCALE * v:.1f}") for v in (r["ood"][k] for k in keys)]
+        cells_txt = ["–" if k not in r["ood"] else f"**{SCALE * r['ood'][k]:.1f}**" if r["ood"][k] == best
+                     else f"{SCALE * r['ood'][k]:.1f}" for k in keys]
         lines.append(f"| {r['family']} | {r['split']} | {','.join(map(str, r['seeds']))} | " + " | ".join(cells_txt) + " |")
     return "\n".join(lines) + "\n"
 
@@ -173,7 +182,7 @@ def as_dict(cells: Sequence[CellRuns]) -> dict:
     return {"cells": [{"family": c.family, "split": c.split, "seed": c.seed,
                        "points": {k: list(v) for k, v in c.points().items()},
                        "runs": {m: str(r.path) for m, r in c.runs.items()}} for c in cells],
-            "summary": [{"key": r["key"], "label": r["label"], "id": est(r["id"]), "ood": est(r["ood"])}
+            "summary": [{"key": r["key"], "label": r["label"], "id": est(r["id"]), "ood": est(r["ood"]), "n": r["n"]}
                         for r in summarize(cells)],
             "paired": [{"a": d["a"], "b": d["b"], "id": est(d["id"]), "ood": est(d["ood"]), "wins": d["wins"],
                         "n": d["n"]} for d in paired(cells)],
