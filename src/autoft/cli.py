@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from autoft import config as schema
 from autoft.data.base import Task
 from autoft.distributed import SINGLE, DistEnv, from_environment
+from autoft.engine import ADAMW, OptimizerFactory, optimizer_factory
 from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
 from autoft.metrics import METRICS
@@ -155,8 +156,7 @@ def preflight(cfg: DictConfig) -> None:
     on the accelerator and downloads nothing."""
     schema.validate(cfg)
     check_model_fits_dataset(cfg)
-    hp = hyperparameters(cfg)
-    trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
+    run_spec(cfg, hyperparameters(cfg))
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
     build_task(cfg)
 
@@ -202,21 +202,20 @@ def output_dir() -> Path:
 def run(cfg: DictConfig) -> Optional[float]:
     schema.validate(cfg)  # every key, range and file first: nothing is built before this passes
     hp = hyperparameters(cfg)
-    record = hparams_record(cfg, hp)
-    # the spec is validated before anything is built
-    spec = trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
+    used = hparams_record(cfg, hp)
+    spec = run_spec(cfg, hp)  # checked before anything is built
     seed_everything(int(cfg.seed))
     ws = workspace(cfg)
     out = output_dir()
     if cfg.phase == "search":
-        wb = wandb_logger.for_run(cfg, record, out, job_type="trial")  # a no-op unless logger=wandb
+        wb = wandb_logger.for_run(cfg, used, out, job_type="trial")  # a no-op unless logger=wandb
         with wb.closing():
             objective = run_search(cfg, ws, hp, out, spec)
             wb.summary(wandb_logger.trial_summary(out / "trial.json", objective))
         return objective
 
     env = distributed_env(cfg)
-    wb = wandb_logger.for_run(cfg, record, out, job_type="final")  # rank 0 only
+    wb = wandb_logger.for_run(cfg, used, out, job_type="final")  # rank 0 only
     with wb.closing():
         res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch)
         if env.is_main:
@@ -227,7 +226,7 @@ def run(cfg: DictConfig) -> Optional[float]:
     record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
               "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
               "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
-              "hparams": {**record, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
+              "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
     write_json(out / "results.json", record)
     log.info("results written to %s", out / "results.json")
     if res["wise_alpha"] != 1.0:
@@ -235,6 +234,11 @@ def run(cfg: DictConfig) -> Optional[float]:
     for split, m in res["metrics"].items():
         log.info("  %-16s %s %.4f", split, ws.task.metric, m[ws.task.metric])
     return res["metrics"]["id_val"][ws.task.metric]
+
+
+def run_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec | FinalSpec:
+    """The spec of this run's phase: a search trial's, or a final run's."""
+    return trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
 
 
 def final_spec(cfg: DictConfig, hp: Hyperparameters) -> FinalSpec:
@@ -249,7 +253,8 @@ def final_spec(cfg: DictConfig, hp: Hyperparameters) -> FinalSpec:
                      accum_steps=int(t.accum_steps), max_loss=float(t.max_loss), lp_epochs=lp_epochs,
                      lp_lr=hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0))) if lp_epochs > 0 else None,
                      refresh_head=bool(m.get("refresh_head", False)),
-                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)), wise_alpha=hp.wise_alpha)
+                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)), wise_alpha=hp.wise_alpha,
+                     optimizer=optimizer(cfg))
 
 
 def trial_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec:
@@ -271,7 +276,13 @@ def trial_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec:
                      accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
                      pool_seed=int(search.get("pool_seed", 0)), eval_every=int(search.get("eval_every", 0) or 0),
                      bootstrap=int(search.get("bootstrap", 1000) or 0),
-                     wise_alphas=tuple(_alpha(a) for a in alphas or ()))
+                     wise_alphas=tuple(_alpha(a) for a in alphas or ()), optimizer=optimizer(cfg))
+
+
+def optimizer(cfg: DictConfig) -> OptimizerFactory:
+    """trainer.optimizer ({_target_: a torch.optim class, _partial_: true, ...}) as the engine's factory."""
+    node = cfg.trainer.get("optimizer")
+    return optimizer_factory(node) if node is not None else ADAMW
 
 
 def _alpha(value) -> float:

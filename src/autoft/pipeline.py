@@ -35,7 +35,7 @@ from torch.utils.data import DistributedSampler
 from autoft.data.cache import Normalizer, TensorBatches, UInt8View, loader, materialize
 from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError
-from autoft.engine import Finetuner, FinetuneSettings
+from autoft.engine import ADAMW, Finetuner, FinetuneSettings, OptimizerFactory
 from autoft.evaluation import predict, split_metrics, tensor_batches
 from autoft.losses import AutoFTObjective
 from autoft.metrics import bootstrap_interval
@@ -208,6 +208,7 @@ class TrialSpec:
     eval_every: int = 0                  # > 0: report OOD-val every so many steps (pruning)
     bootstrap: int = 1000                # resamples of the OOD-val interval (0: none)
     wise_alphas: tuple = ()              # score theta(a) for each a too; the objective is the best a's
+    optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
 
     def __post_init__(self):
         if len(self.seeds) < 1:
@@ -222,8 +223,10 @@ class TrialSpec:
                             "in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
 
     def settings(self, precision: str, seed: int) -> FinetuneSettings:
+        """The settings of the inner run with this seed (every trial's runs are built here)."""
         return FinetuneSettings.for_run(self.steps, self.lr, self.weight_decay, self.warmup_fraction,
-                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, seed)
+                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, seed,
+                                        self.optimizer)
 
 
 def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, float], None]] = None,
@@ -338,14 +341,23 @@ class FinalSpec:
     refresh_head: bool = False           # FLYP: rebuild the zero-shot head before each evaluation
     passes_per_epoch: int = 1
     wise_alpha: float = 1.0              # the final model: theta(a) of the selected epoch (1: as fine-tuned)
+    optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
 
     def __post_init__(self):
         if not (isinstance(self.wise_alpha, (int, float)) and 0 <= self.wise_alpha <= 1):
             raise UserError(f"wise_alpha={self.wise_alpha}: must be a number in [0, 1] (1: the fine-tuned model)")
 
     def settings(self, steps: int, precision: str, lr: Optional[float] = None) -> FinetuneSettings:
+        """The settings of a stage of `steps` steps (fine-tuning, or the LP stage at its own lr)."""
         return FinetuneSettings.for_run(steps, self.lr if lr is None else lr, self.weight_decay, self.warmup_fraction,
-                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, self.seed)
+                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, self.seed,
+                                        self.optimizer)
+
+
+def _settings_record(settings: FinetuneSettings) -> dict:
+    """What last.pt records of the settings, to resume only a run with the same ones (the optimiser
+    factory by its description: a partial compares by identity)."""
+    return {**asdict(settings), "optimizer": repr(settings.optimizer)}
 
 
 def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
@@ -414,7 +426,7 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
             best_score, results["selected_epoch"] = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
         if dist_env.is_main:
-            atomic_torch_save({"epoch": epoch, "settings": asdict(settings), "model": ws.classifier.state_dict(),
+            atomic_torch_save({"epoch": epoch, "settings": _settings_record(settings), "model": ws.classifier.state_dict(),
                                "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
                                "results": results}, checkpoint)
         if on_epoch_end is not None:
@@ -436,7 +448,7 @@ def _resume_state(checkpoint: Path, settings: FinetuneSettings) -> Optional[dict
     except Exception as err:  # cut short (a full disk) or overwritten: say which file, never guess
         raise UserError(f"cannot resume from {checkpoint} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
                         f"delete it to restart this run from epoch 1") from None
-    if not isinstance(state, dict) or state.get("settings") != asdict(settings):
+    if not isinstance(state, dict) or state.get("settings") != _settings_record(settings):
         log.warning("ignoring %s: it belongs to a run with other settings", checkpoint)
         return None
     return state
