@@ -52,8 +52,8 @@ def composition_problem(argv: list[str]) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     args, _ = get_args_parser().parse_known_args(argv)
-    if args.help or args.hydra_help or args.info or args.shell_completion or args.cfg or args.config_path \
-            or args.config_name or args.experimental_rerun:
+    if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
+            or args.experimental_rerun:
         return None
     try:
         overrides = [o.input_line for o in OverridesParser.create().parse_overrides(args.overrides)

@@ -500,7 +500,8 @@ def _preset_hint(dataset: str, model: str, fits: bool = True) -> str:
 
 
 def missing_budgets_problem(cfg) -> Optional[str]:
-    """Budgets unset (`experiment=null`, or a preset that forgot one): name them and the presets."""
+    """Budgets unset (`~experiment` on the command line, or a preset that forgot one): name them and the
+    presets of this dataset."""
     t = cfg.get("trainer")
     missing = [k for k in BUDGET_KEYS if OmegaConf.is_missing(t, k)]
     if not missing:
