@@ -3,12 +3,13 @@
 
 1. build (once, cached) the embedded task's small CLIP foundation model;
 2. the AutoFT search: a Hydra multirun driven by our Optuna sweeper (resumable: rerun to continue),
-   and beside it the baselines it is compared with: zero-shot, fine-tuning with cross-entropy;
-3. the final retrain with the best hyperparameters, one process per seed, side by side;
+   two trials at a time through Hydra's joblib launcher;
+3. the final runs, side by side: AutoFT with the best hyperparameters, and the baselines it is
+   compared with (zero-shot, fine-tuning with cross-entropy), on each seed;
 4. the results table (Markdown + LaTeX, with WiSE-FT rows) and plots under outputs/<dataset>/<model>/.
 
-Steps that do not depend on each other run side by side, one CPU thread each (autoft.runner): on 2
-cores that is faster than one process with two threads. Every step is an ordinary command, printed
+Independent steps and trials run side by side, one CPU thread each (autoft.runner): on 2 cores
+that is faster than one process with two threads (the model is too small to keep two busy). Every step is an ordinary command, printed
 before anything runs, so each can be rerun by hand; its output goes to outputs/<dataset>/<model>/
 demo_logs/. Rerunning `make demo` continues where a killed run stopped. Extra arguments are passed
 to every train.py call as Hydra overrides (e.g. device=cuda).
@@ -38,26 +39,30 @@ def composed(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path) -> list[Step]:
-    """foundation -> (search | zero-shot and FT finals) -> AutoFT finals, one per seed, side by side."""
+def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path, jobs: int) -> list[Step]:
+    """foundation -> search (`jobs` trials at a time) -> zero-shot, FT and AutoFT finals side by side."""
     py = sys.executable
     extra = [f"dataset={dataset}", f"model={model}", *overrides]
     cfg = composed(extra)
     steps, first = [], []
-    if cfg.model.get("build_command"):  # the embedded task's foundation model: built once, cached
+    if cfg.model.get("build_command"):  # the embedded task's foundation model: installed once, cached
         steps.append(Step("foundation", [py, "scripts/build_foundation.py"], [Path(str(cfg.model.checkpoint))],
-                          units=20, threads=os.cpu_count()))  # runs alone: every other step needs it
+                          units=1, threads=os.cpu_count()))  # runs alone: every other step needs it
         first = ["foundation"]
-    search = [py, "train.py", "-m", "search=autoft", "hydra.sweeper.threads=1", *extra]
+    # concurrent trials through Hydra's joblib launcher, one thread each (TPE's constant liar spreads them)
+    parallel = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"hydra.sweeper.n_jobs={jobs}"] if jobs > 1 else []
+    search = [py, "train.py", "-m", "search=autoft", *parallel, "hydra.sweeper.threads=1", *extra]
     # the search resumes its study by itself; the marker names the exact command that completed
     marker = out / "search-autoft" / f".complete-{hashlib.sha1(' '.join(search[1:]).encode()).hexdigest()[:10]}"
     steps.append(Step("search", search, [marker], units=16, after=first, marker=True))
     final = [py, "scripts/final_retrain.py", "--dataset", dataset, "--model", model, "--no-tables", "--skip-existing"]
     results = lambda m, s: out / m / f"seed{s}" / "results.json"  # noqa: E731
-    steps.append(Step("zeroshot+ft", final + ["--methods", "zeroshot,ft", "--seeds", ",".join(map(str, seeds)), *overrides],
-                      [results("zeroshot", seeds[0]), *(results("ft", s) for s in seeds)], units=3 * len(seeds),
-                      after=first))
-    for s in seeds:
+    # after the search, so that the cores are not shared three ways; one step per run fills them evenly
+    for k, s in enumerate(seeds):
+        methods = ["zeroshot", "ft"] if k == 0 else ["ft"]  # zero-shot has no seed: evaluated once
+        steps.append(Step(f"{'+'.join(methods)}-seed{s}", final + ["--methods", ",".join(methods), "--seeds", str(s),
+                                                                   *overrides],
+                          [results(m, s) for m in methods], units=3 * len(methods), after=["search"]))
         steps.append(Step(f"autoft-seed{s}", final + ["--methods", "autoft", "--seeds", str(s), *overrides],
                           [results("autoft", s)], units=3, after=["search"]))
     return steps
@@ -74,7 +79,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = ROOT / "outputs" / args.dataset / args.model
     t0 = time.time()
-    steps = demo_steps(args.dataset, args.model, seeds, args.overrides, out)
+    steps = demo_steps(args.dataset, args.model, seeds, args.overrides, out, args.jobs)
     for st in steps:
         print(f"  {st.name}: $ {' '.join(shlex.quote(c) for c in st.cmd)}", flush=True)
     failed = run_steps(steps, args.jobs, out / "demo_logs", ROOT, "demo")
