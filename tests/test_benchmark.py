@@ -151,3 +151,19 @@ def test_runner_runs_side_by_side_in_dependency_order_and_resumes(tmp_path, caps
     (tmp_path / "a").write_text("kept")
     assert sorted(run_steps([a, b, c, d, e], jobs=2, logs=tmp_path / "logs", cwd=tmp_path)) == ["c", "d"]
     assert (tmp_path / "a").read_text() == "kept"  # done steps are not rerun
+
+
+def test_budget_study_grows_one_study_in_a_chain_and_retrains_each_choice(tmp_path):
+    b = _script()
+    steps = b.budget_steps(tmp_path, [16, 48], top_k=5, extra=[])
+    names = [s.name for s in steps]
+    assert names == ["budget/search-b16-top0", "budget/final-b16-top0", "budget/search-b16-top5", "budget/final-b16-top5",
+                     "budget/search-b48-top0", "budget/final-b48-top0", "budget/search-b48-top5", "budget/final-b48-top5"]
+    searches = [s for s in steps if "/search-" in s.name]
+    # each search waits for the previous one (they grow the same study), each final for its search
+    assert [s.after for s in searches] == [[], [names[0]], [names[2]], [names[4]]]
+    assert all(s.after == [names[i - 1]] for i, s in enumerate(steps) if "/final-" in s.name)
+    cmd = " ".join(searches[3].cmd)
+    assert "hydra.sweeper.n_trials=48" in cmd and "search.reevaluate_top_k=5" in cmd
+    assert len({" ".join(s.cmd).split("hydra.sweep.dir=")[1].split()[0] for s in searches}) == 1  # one study dir
+    assert [s.units for s in searches] == [16, 10, 32, 10]
