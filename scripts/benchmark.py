@@ -109,11 +109,15 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
                 base = [*common, *sp.overrides()]
                 if v == 0:
                     methods = (["zeroshot"] if s == 0 else []) + list(BASELINES)
+                    results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods}
+                    # one process for the split's baselines (the model and data load once); a rerun
+                    # after a kill runs only the methods whose results are missing
+                    todo = [m for m in methods if not Step("", [], [results[m]]).done()] or methods
                     steps.append(Step(f"{sp.id}/baselines-s{s}",
-                                      py + ["-m", "method=" + ",".join(methods), f"seed={s}", "phase=final",
+                                      py + ["-m", "method=" + ",".join(todo), f"seed={s}", "phase=final",
                                             f"hydra.sweep.dir={where}", *base],
-                                      [where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods],
-                                      UNITS["final"] * len(BASELINES) + (UNITS["zeroshot"] if s == 0 else 0)))
+                                      list(results.values()),
+                                      sum(UNITS["zeroshot" if m == "zeroshot" else "final"] for m in todo)))
                 sdir = where / f"{dirname}-s{s}"
                 steps.append(Step(f"{sp.id}/{dirname}-s{s}",
                                   py + ["-m", "search=autoft", f"seed={s}", f"hydra.sweep.dir={sdir}",

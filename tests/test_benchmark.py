@@ -167,3 +167,12 @@ def test_budget_study_grows_one_study_in_a_chain_and_retrains_each_choice(tmp_pa
     assert "hydra.sweeper.n_trials=48" in cmd and "search.reevaluate_top_k=5" in cmd
     assert len({" ".join(s.cmd).split("hydra.sweep.dir=")[1].split()[0] for s in searches}) == 1  # one study dir
     assert [s.units for s in searches] == [16, 10, 32, 10]
+
+
+def test_a_rerun_runs_only_the_missing_baselines(tmp_path):
+    b = _script()
+    grid = b.Grid(single=1, mixture=0, seeds=1, trials=4, alpha_searched=False)
+    for m in ("zeroshot", "lp", "ft"):
+        write(tmp_path / "single" / "garden" / m / "seed0", m, 0, 0.8, (0.5, 0.6), None if m == "zeroshot" else (0.7, (0.6, 0.6)))
+    step = {s.name: s for s in b.plan(grid, tmp_path, [])}["garden/baselines-s0"]
+    assert "method=lpft,l2sp,flyp" in step.cmd and not step.done() and len(step.outputs) == 6
