@@ -214,10 +214,10 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
 
 
 def collect_budget(out: Path, budgets: list[int], top_k: int) -> None:
-    import yaml
-
+    from autoft.errors import UserError
+    from autoft.hparams import Hyperparameters
     from autoft.reporting.io import atomic_write_text
-    from autoft.reporting.results import ResultsError, read_result
+    from autoft.reporting.results import read_result
 
     lines = ["# Budget study (OOD-val garden; tests: the other seven domains; final seed 0)", "",
              "| Trials | Re-evaluation | Chosen trial | OOD-val (search) | OOD-val (re-evaluated) | ID test | OOD test mean |",
@@ -226,13 +226,14 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> None:
         for k in (0, top_k):
             tag = f"b{b}-top{k}"
             try:
-                hp = yaml.safe_load((out / "budget" / f"{tag}.yaml").read_text())
+                rec = Hyperparameters.load(out / "budget" / f"{tag}.yaml").records
                 r = read_result(out / "budget" / tag / "results.json")
-            except (OSError, ResultsError):
+            except UserError:  # not run yet (ResultsError is one too)
                 continue
-            rv = hp.get("reevaluated_value")
-            lines.append(f"| {b} | {'top-' + str(k) if k else 'none'} | {hp.get('trial')} | {100 * float(hp.get('value', 'nan')):.1f} | "
-                         f"{'' if rv is None else f'{100 * float(rv):.1f}'} | {100 * r.id_value():.1f} | {100 * r.ood_mean():.1f} |")
+            rv = rec.get("reevaluated_objective")
+            lines.append(f"| {b} | {'top-' + str(k) if k else 'none'} | {rec.get('trial_number')} | "
+                         f"{100 * float(rec['objective']):.1f} | {'' if rv is None else f'{100 * float(rv):.1f}'} | "
+                         f"{100 * r.id_value():.1f} | {100 * r.ood_mean():.1f} |")
     atomic_write_text(out / "budget.md", "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 

@@ -176,3 +176,16 @@ def test_a_rerun_runs_only_the_missing_baselines(tmp_path):
         write(tmp_path / "single" / "garden" / m / "seed0", m, 0, 0.8, (0.5, 0.6), None if m == "zeroshot" else (0.7, (0.6, 0.6)))
     step = {s.name: s for s in b.plan(grid, tmp_path, [])}["garden/baselines-s0"]
     assert "method=lpft,l2sp,flyp" in step.cmd and not step.done() and len(step.outputs) == 6
+
+
+def test_budget_table_reads_the_chosen_trials_and_their_final_runs(tmp_path):
+    b = _script()
+    (tmp_path / "budget").mkdir()
+    for tag, trial, obj, reev in (("b16-top0", 7, 0.779, None), ("b16-top5", 7, 0.779, 0.7766)):
+        extra = "" if reev is None else f"reevaluated_objective: {reev}\n"
+        (tmp_path / "budget" / f"{tag}.yaml").write_text(
+            f"loss_weights: {{ce: 1.0}}\nlr_scale: 0.1\nweight_decay: 0.1\ntrial_number: {trial}\nobjective: {obj}\n{extra}")
+        write(tmp_path / "budget" / tag, "autoft", 0, 0.85, (0.5, 0.7), (0.8, (0.6, 0.6)))
+    b.collect_budget(tmp_path, [16, 48], 5)
+    rows = (tmp_path / "budget.md").read_text().splitlines()[4:]
+    assert rows == ["| 16 | none | 7 | 77.9 |  | 85.0 | 60.0 |", "| 16 | top-5 | 7 | 77.9 | 77.7 | 85.0 | 60.0 |"]
