@@ -41,8 +41,12 @@ def composed(overrides: list[str]):
 
 def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path, jobs: int) -> list[Step]:
     """foundation -> search (`jobs` trials at a time) -> zero-shot, FT and AutoFT finals side by side."""
+    from autoft.config import experiment_for
+
     py = sys.executable
-    extra = [f"dataset={dataset}", f"model={model}", *overrides]
+    preset = experiment_for(dataset, model)  # the pair's budgets live in its experiment preset
+    extra = [f"experiment={preset}" if preset else f"dataset={dataset}", *([] if preset else [f"model={model}"]),
+             *overrides]
     cfg = composed(extra)
     steps, first = [], []
     if cfg.model.get("build_command"):  # the embedded task's foundation model: installed once, cached
