@@ -154,3 +154,24 @@ def test_the_selection_report_counts_the_runs_of_the_files_hyperparameters(tmp_p
     (sel,) = selection.build(tmp_path, runs)
     assert [r.seed for r in sel.runs] == [0, 1] and [r.seed for r in sel.others] == [2]
     assert sel.as_dict()["trial_number"] == 3 and sel.final("snow").mean == 0.6
+
+
+def test_the_selection_report_finds_the_alpha_searched_runs(tmp_path):
+    """A search that chose the WiSE-FT alpha is compared with its final runs, named autoft_alpha."""
+    from autoft.reporting import selection
+
+    chosen = Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1, wise_alpha=0.75,
+                             records={"study_name": "alpha", "trial_number": 1, "objective": 0.7})
+    chosen.save(tmp_path / "search-alpha" / "best_hparams.yaml")
+    metrics = {"id_test": {"accuracy": 0.8}, "ood_val": {"accuracy": 0.7}, "snow": {"accuracy": 0.6}}
+
+    def run(method, seed, hp):
+        data = {"dataset": "d", "model": "m", "method": method, "seed": seed, "objective_metric": "accuracy",
+                "higher_is_better": True, "metrics": metrics, "hparams": hp.values()}
+        return RunResult(tmp_path / f"{method}/seed{seed}/results.json", data)
+
+    plain = Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1)
+    runs = [run("autoft", 0, plain), run("autoft_alpha", 0, chosen), run("autoft_alpha", 1, chosen)]
+    (sel,) = selection.build(tmp_path, runs)
+    assert sel.method == "autoft_alpha" and [r.seed for r in sel.runs] == [0, 1] and sel.others == []
+    assert sel.as_dict()["final_method"] == "autoft_alpha"

@@ -5,7 +5,7 @@ puts side by side, for the hyperparameters it chose:
 
     trial score      the search's OOD-val score of the chosen trial (with its bootstrap 95% interval)
     re-evaluated     its OOD-val score with fresh seeds (top-k re-evaluation; empty when off)
-    final OOD-val    the final runs' OOD-val score (method autoft, results.json metrics.ood_val)
+    final OOD-val    the final runs' OOD-val score (method autoft, or autoft_alpha; results.json metrics.ood_val)
     OOD tests        each OOD test set and their mean, from the same final runs
     val-to-test gap  final OOD-val minus the OOD test mean
 
@@ -29,6 +29,9 @@ from autoft.reporting.tables import SCALE, Cell
 HPARAMS_FILE = "best_hparams.yaml"
 REPORT_MD, REPORT_JSON = "selection_report.md", "selection_report.json"
 METHOD = "autoft"
+# the methods whose final runs read a search's best_hparams.yaml (autoft_alpha: a search that also chose
+# the WiSE-FT alpha, search.wise_alphas)
+AUTOFT_METHODS = (METHOD, "autoft_alpha")
 
 
 @dataclass
@@ -36,7 +39,8 @@ class Selection:
     source: Path
     hparams: dict
     runs: list[RunResult] = field(default_factory=list)  # final runs with exactly these hyperparameters
-    others: list[RunResult] = field(default_factory=list)  # final autoft runs with other hyperparameters
+    others: list[RunResult] = field(default_factory=list)  # final runs of `method` with other hyperparameters
+    method: str = METHOD  # the method whose final runs used these hyperparameters
 
     @property
     def metric(self) -> str:
@@ -72,7 +76,8 @@ class Selection:
                 "trial_seeds": hp.get("search_seeds"),
                 "reevaluated_score": hp.get("reevaluated_objective"), "reevaluated_ci": hp.get("reevaluated_ci"),
                 "reevaluated_seeds": hp.get("reevaluated_seeds"),
-                "final_seeds": sorted(r.seed for r in self.runs), "final_ood_val": cell(self.final("ood_val")),
+                "final_method": self.method, "final_seeds": sorted(r.seed for r in self.runs),
+                "final_ood_val": cell(self.final("ood_val")),
                 "ood_tests": {s: cell(self.final(s)) for s in self.ood_splits}, "ood_mean": cell(self.ood_mean()),
                 "val_to_test_gap": cell(self.gap()),
                 "candidates": (hp.get("reevaluation") or {}).get("candidates", []),
@@ -105,8 +110,9 @@ def find_hparams_files(root: Path) -> list[Path]:
     return out
 
 
-def build(root: Path, runs: Sequence[RunResult], method: str = METHOD) -> list[Selection]:
-    """One Selection per search under root whose dataset/model match the runs' group."""
+def build(root: Path, runs: Sequence[RunResult], methods: Sequence[str] = AUTOFT_METHODS) -> list[Selection]:
+    """One Selection per search under root whose dataset/model match the runs' group, with the final
+    runs of the method (of `methods`, the first on a tie) that used its hyperparameters most."""
     groups = {r.group for r in runs}
     out = []
     for path in find_hparams_files(root):
@@ -117,10 +123,11 @@ def build(root: Path, runs: Sequence[RunResult], method: str = METHOD) -> list[S
         hp = chosen.to_dict()
         if hp.get("dataset") and hp.get("model") and groups and (hp["dataset"], hp["model"]) not in groups:
             continue  # another dataset's search under the same root
-        mine = [r for r in runs if r.method == method]
-        matched = [r for r in mine if same_hparams(r, chosen)]
-        out.append(Selection(path, hp, sorted(matched, key=lambda r: r.seed),
-                             sorted((r for r in mine if r not in matched), key=lambda r: r.seed)))
+        matched = {m: [r for r in runs if r.method == m and same_hparams(r, chosen)] for m in methods}
+        method = max(methods, key=lambda m: len(matched[m]))
+        others = [r for r in runs if r.method == method and r not in matched[method]]
+        out.append(Selection(path, hp, sorted(matched[method], key=lambda r: r.seed),
+                             sorted(others, key=lambda r: r.seed), method))
     return out
 
 
@@ -176,11 +183,12 @@ def to_markdown(selections: Sequence[Selection], digits: int = 1) -> str:
                              f"{mark} |")
         if not s.runs:
             notes.append("")
-            notes.append(f"No final run of method {METHOD} used the hyperparameters of {s.source}: run "
-                         f"`python train.py method={METHOD} hparams={s.source} seed=0` (or scripts/final_retrain.py).")
+            notes.append(f"No final run of method {' or '.join(AUTOFT_METHODS)} used the hyperparameters of "
+                         f"{s.source}: run `python train.py method={METHOD} hparams={s.source} seed=0` (or "
+                         "scripts/final_retrain.py).")
         if s.others:
             notes.append("")
-            notes.append(f"Not counted (final {METHOD} runs with other hyperparameters than {s.source}): "
+            notes.append(f"Not counted (final {s.method} runs with other hyperparameters than {s.source}): "
                          + ", ".join(str(r.path) for r in s.others))
     metric = selections[0].metric
     head = (f"Selection noise: the chosen hyperparameters' {metric} x100 in the search (trial score, bootstrap 95% "
