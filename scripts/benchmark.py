@@ -86,7 +86,10 @@ class Grid:
     alpha_searched: bool
 
     def splits(self) -> list[Split]:
-        return splits_of("single", self.single) + (splits_of("mixture", self.mixture) if self.mixture else [])
+        """The families interleaved (single 0, mixture 0, single 1, ...): a benchmark stopped early
+        has cells of both."""
+        single, mixture = splits_of("single", self.single), splits_of("mixture", self.mixture) if self.mixture else []
+        return [sp for k in range(max(len(single), len(mixture))) for sp in (single[k:k + 1] + mixture[k:k + 1])]
 
 
 DEFAULT = Grid(single=4, mixture=2, seeds=2, trials=16, alpha_searched=True)

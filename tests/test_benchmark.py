@@ -97,7 +97,7 @@ def test_grid_splits_keep_id_fixed_and_test_on_every_other_domain():
     for sp in splits:
         assert "studio" not in sp.ood_val and "studio" not in sp.tests
         assert sorted(sp.tests + list(sp.ood_val)) == sorted(b.OTHERS)  # nothing left out, nothing twice
-    assert [sp.id for sp in splits[:2]] == ["garden", "snow"]
+    assert [sp.id for sp in splits[:3]] == ["garden", "mix-garden-snow-night", "snow"]
     mixtures = [sp for sp in splits if sp.family == "mixture"]
     assert mixtures and all(len(sp.ood_val) == 3 for sp in mixtures)
     with pytest.raises(SystemExit, match="single-splits=9"):
