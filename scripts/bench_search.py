@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
         init = copy.deepcopy(model)
         model.load_state_dict(ws.theta0)
         ps = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(ps, lr=hp["lr"], weight_decay=hp["weight_decay"])
+        opt = torch.optim.AdamW(ps, lr=settings.lr, weight_decay=settings.weight_decay)
         dl = loader(task.train, ws.bundle.image_size, batch, shuffle=True, num_workers=ws.num_workers, indices=pool)
         model.train()
         sync(device)

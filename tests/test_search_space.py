@@ -49,7 +49,8 @@ def test_paper_space_parses_to_the_papers_distributions():
     assert (lr.low, lr.high, lr.log) == (1e-2, 1e2, True)
     wd = d["trainer.weight_decay"]
     assert (wd.low, wd.high, wd.log) == (0.0, 1.0, False)
-    assert space.fixed == {"phase": "search"} and passthrough == []
+    # phase=search comes from search/autoft.yaml's global key, not from the sweeper's params
+    assert space.fixed == {} and passthrough == []
     assert "seed" not in d  # offered, off by default
 
 
@@ -262,3 +263,11 @@ def test_hydra_discovers_the_plugin():
     from hydra.core.config_store import ConfigStore
 
     assert "autoft_optuna.yaml" in ConfigStore.instance().list("hydra/sweeper")
+
+
+def test_contains_checks_bounds_step_grid_and_choices():
+    space, _ = parse_space({"a": "tag(log, interval(1e-4, 10))", "n": "range(0, 10, step=2)", "c": "choice(x, y)"}, [])
+    assert space.contains("a", 1e-4) and space.contains("a", 10) and not space.contains("a", 11)
+    assert not space.contains("a", float("nan")) and not space.contains("a", "1")
+    assert space.contains("n", 4) and not space.contains("n", 5) and not space.contains("n", 10)
+    assert space.contains("c", "x") and not space.contains("c", "z")

@@ -50,11 +50,21 @@ class SearchSpace:
                 "fixed": {k: self.fixed[k] for k in sorted(self.fixed)}}
 
     def contains(self, key: str, value: Any) -> bool:
+        """Whether `value` is a point of the key's distribution (within its bounds, on its step grid)."""
+        from optuna.distributions import CategoricalDistribution
+
         dist = self.distributions[key]
-        try:
-            return bool(dist._contains(dist.to_internal_repr(value)))
-        except (ValueError, TypeError):
+        if isinstance(dist, CategoricalDistribution):
+            return value in dist.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
+        if not dist.low <= value <= dist.high:
+            return False
+        step = getattr(dist, "step", None)
+        if not step:
+            return True
+        k = (value - dist.low) / step
+        return abs(k - round(k)) <= 1e-8 * max(1.0, abs(k))
 
 
 def format_value(value: Any) -> str:
