@@ -99,8 +99,10 @@ def paired(cells: Sequence[CellRuns], of: Iterable[str] = ("autoft", "autoft_alp
     keys = row_keys(cells)
     pts = [c.points() for c in cells]
     out = []
-    for a in [k for k in of if k in keys]:
-        for b in [k for k in keys if k != a]:
+    of = [k for k in of if k in keys]
+    for a in of:
+        # against every other row, except the AutoFT variants listed after `a` (each pair once)
+        for b in [k for k in keys if k != a and not (k in of and of.index(k) > of.index(a))]:
             both = [p for p in pts if a in p and b in p]
             if both:
                 out.append({"a": a, "b": b, "label": f"{label(a)} − {label(b)}",
@@ -199,16 +201,21 @@ def plot_benchmark(cells: Sequence[CellRuns], path: Path, title: str) -> Path:
 
     fig = Figure(figsize=(7.0, 5.4))
     ax = fig.subplots()
-    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    curves = wise_curves(cells)
-    for i, (m, pts) in enumerate(curves.items()):
+    rows = summarize(cells)
+    # one colour per method: its marker (o), its WiSE-FT point (s) and its WiSE-FT curve
+    bases = list(dict.fromkeys(r["key"].removeprefix(WISE_PREFIX) for r in rows))
+    cycle = [c for c in matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]]
+    colour = {m: ("black" if m == "zeroshot" else cycle[i % len(cycle)]) for i, m in enumerate(bases)}
+    for m, pts in wise_curves(cells).items():
         a = sorted(pts)
-        ax.plot([SCALE * pts[k][0] for k in a], [SCALE * pts[k][1] for k in a], "--", color=colors[i % len(colors)],
-                alpha=0.6, lw=1.1, label=f"WiSE-FT of {label(m)} (α 0→1)")
-    for r in summarize(cells):
+        ax.plot([SCALE * pts[k][0] for k in a], [SCALE * pts[k][1] for k in a], "--", color=colour[m],
+                alpha=0.5, lw=1.1, label=f"WiSE-FT of {label(m)} (α 0→1)")
+    for r in rows:
         err = lambda e: None if e.low is None else [[SCALE * (e.mean - e.low)], [SCALE * (e.high - e.mean)]]  # noqa: E731
+        wise = r["key"].startswith(WISE_PREFIX)
         ax.errorbar(SCALE * r["id"].mean, SCALE * r["ood"].mean, xerr=err(r["id"]), yerr=err(r["ood"]),
-                    fmt="s" if r["key"].startswith(WISE_PREFIX) else "o", ms=6, capsize=3, label=r["label"])
+                    fmt="s" if wise else "o", ms=6, capsize=3, color=colour[r["key"].removeprefix(WISE_PREFIX)],
+                    mfc="white" if wise else None, label=r["label"])
     ax.set_xlabel("ID test accuracy (x100)")
     ax.set_ylabel("OOD mean accuracy (x100)")
     ax.set_title(title)
