@@ -1080,8 +1080,9 @@ def cost_projection(bench: dict, dry: bool) -> dict:
     rows = []
     for name, label in (("iwildcam", "iWildCam"), ("fmow", "FMoW"), ("imagenet", "ImageNet")):
         d = OmegaConf.load(ROOT / "conf/dataset" / f"{name}.yaml")
-        budget = {"task": label, "trials": int(d.n_trials), "inner_steps": int(d.inner_steps),
-                  "batch_size": int(d.batch_size), "ood_val": int(d.task.ood_val_size)}
+        e = OmegaConf.load(ROOT / "conf/experiment" / f"{name}_vit_b16.yaml")  # the budgets' home
+        budget = {"task": label, "trials": int(e.search.n_trials), "inner_steps": int(e.trainer.inner_steps),
+                  "batch_size": int(e.trainer.batch_size), "ood_val": int(d.task.ood_val_size)}
         hours = {}
         for loop in ("ours", "floor", "reference"):
             hours[loop] = gpu_hours(bench["loops"][loop], **{k: budget[k] for k in ("trials", "inner_steps",
