@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The embedded world as a benchmark: K domain splits x S seeds, every method, 95% intervals.
 
-    python scripts/benchmark.py                 # the default grid (measured time: README)
-    python scripts/benchmark.py --quick         # a small grid, a first look
+    python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (about 2 h on 2 cores)
+    python scripts/benchmark.py --seeds 2       # ... x 2 seeds (twice as long)
+    python scripts/benchmark.py --quick         # 2 splits, zero-shot / FT / AutoFT only (about 20 min)
     python scripts/benchmark.py --collect       # only rebuild the tables from what has finished
     python scripts/benchmark.py --budget        # the budget study (16, 48, 128 trials, +- re-evaluation)
 
@@ -84,6 +85,7 @@ class Grid:
     seeds: int
     trials: int
     alpha_searched: bool
+    baselines: tuple[str, ...] = BASELINES  # besides zero-shot, which every grid evaluates
 
     def splits(self) -> list[Split]:
         """The families interleaved (single 0, mixture 0, single 1, ...): a benchmark stopped early
@@ -92,8 +94,10 @@ class Grid:
         return [sp for k in range(max(len(single), len(mixture))) for sp in (single[k:k + 1] + mixture[k:k + 1])]
 
 
-DEFAULT = Grid(single=4, mixture=2, seeds=2, trials=16, alpha_searched=True)
-QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False)
+# Sized from measured step times on 2 CPU cores (README): a cell (search + 7 final runs) takes
+# about 15 minutes with two steps side by side, the alpha-searched variant about 7 more.
+DEFAULT = Grid(single=4, mixture=2, seeds=1, trials=16, alpha_searched=True)
+QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False, baselines=("ft",))
 
 
 def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
@@ -111,7 +115,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
                 where = out / sp.family / sp.id
                 base = [*common, *sp.overrides()]
                 if v == 0:
-                    methods = (["zeroshot"] if s == 0 else []) + list(BASELINES)
+                    methods = (["zeroshot"] if s == 0 else []) + list(grid.baselines)
                     results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods}
                     # one process for the split's baselines (the model and data load once); a rerun
                     # after a kill runs only the methods whose results are missing
@@ -145,7 +149,7 @@ def collect(grid: Grid, out: Path) -> Optional[Path]:
     from autoft.reporting.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
-    required = ["zeroshot", *BASELINES, "autoft"]  # a cell counts once all of these finished
+    required = ["zeroshot", *grid.baselines, "autoft"]  # a cell counts once all of these finished
     optional = ["autoft_alpha"] if grid.alpha_searched else []  # its row covers the cells that have it
     cells, missing = {"single": [], "mixture": []}, []
     for sp in grid.splits():
@@ -250,6 +254,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, help="S: seeds per split (search seed = final seed)")
     ap.add_argument("--trials", type=int, help="trials per search")
     ap.add_argument("--alpha-searched", choices=["on", "off"], help="also the search that picks the WiSE-FT alpha")
+    ap.add_argument("--baselines", help=f"comma-separated baselines besides zero-shot (default: {','.join(BASELINES)}; "
+                                        "--quick: ft)")
     ap.add_argument("--jobs", type=int, default=2, help="steps side by side (one CPU thread each on 2 cores)")
     ap.add_argument("--collect", action="store_true", help="only collect the finished cells")
     ap.add_argument("--budget", action="store_true", help="run the budget study instead of the grid")
@@ -261,7 +267,12 @@ def main(argv=None) -> int:
     grid = Grid(single=args.single_splits if args.single_splits is not None else g.single,
                 mixture=args.mixture_splits if args.mixture_splits is not None else g.mixture,
                 seeds=args.seeds or g.seeds, trials=args.trials or g.trials,
-                alpha_searched=g.alpha_searched if args.alpha_searched is None else args.alpha_searched == "on")
+                alpha_searched=g.alpha_searched if args.alpha_searched is None else args.alpha_searched == "on",
+                baselines=tuple(b for b in args.baselines.split(",") if b) if args.baselines else g.baselines)
+    unknown = [b for b in grid.baselines if b not in BASELINES]
+    if unknown:
+        print(f"error: --baselines: unknown {', '.join(unknown)}; valid: {', '.join(BASELINES)}", file=sys.stderr)
+        return 2
     out = Path(args.out).absolute()
     t0 = time.time()
     if args.budget:

@@ -189,3 +189,12 @@ def test_budget_table_reads_the_chosen_trials_and_their_final_runs(tmp_path):
     b.collect_budget(tmp_path, [16, 48], 5)
     rows = (tmp_path / "budget.md").read_text().splitlines()[4:]
     assert rows == ["| 16 | none | 7 | 77.9 |  | 85.0 | 60.0 |", "| 16 | top-5 | 7 | 77.9 | 77.7 | 85.0 | 60.0 |"]
+
+
+def test_quick_grid_runs_zero_shot_ft_and_autoft_only(tmp_path):
+    b = _script()
+    steps = {s.name: s for s in b.plan(b.QUICK, tmp_path, [])}
+    assert sorted(steps) == ["garden/autoft-s0", "garden/baselines-s0", "garden/search-s0",
+                             "snow/autoft-s0", "snow/baselines-s0", "snow/search-s0"]
+    assert "method=zeroshot,ft" in steps["garden/baselines-s0"].cmd
+    assert b.main(["--quick", "--collect", "--out", str(tmp_path), "--baselines", "ft,sgd"]) == 2
