@@ -150,7 +150,7 @@ def main(argv: Optional[list[str]] = None) -> Path:
     if shipped.is_file() and not rebuild:
         load_checkpoint(shipped)  # verified before it is installed
         atomic_write(path, lambda tmp: shutil.copyfile(shipped, tmp))  # a killed copy leaves no half file
-        print(f"foundation model: installed the shipped {shipped.relative_to(SHIPPED_DIR.parents[2])} -> {path} "
+        print(f"foundation model: installed the shipped {shipped.relative_to(SHIPPED_DIR.parents[3])} -> {path} "
               "(--rebuild pretrains it here instead)")
         return path
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
