@@ -54,7 +54,9 @@ def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str],
                           units=1, threads=os.cpu_count()))  # runs alone: every other step needs it
         first = ["foundation"]
     # concurrent trials through Hydra's joblib launcher, one thread each (TPE's constant liar spreads them)
-    parallel = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"hydra.sweeper.n_jobs={jobs}"] if jobs > 1 else []
+    # (joblib's worker processes cannot start DataLoader workers: the in-memory data needs none)
+    parallel = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}", f"hydra.sweeper.n_jobs={jobs}",
+                "trainer.num_workers=0"] if jobs > 1 else []
     search = [py, "train.py", "-m", "search=autoft", *parallel, "hydra.sweeper.threads=1", *extra]
     # the search resumes its study by itself; the marker names the exact command that completed
     marker = out / "search-autoft" / f".complete-{hashlib.sha1(' '.join(search[1:]).encode()).hexdigest()[:10]}"
