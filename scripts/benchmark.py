@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from autoft.runner import Step, fmt_seconds, run_steps
+from autoft.runner import Step, complete, fmt_seconds, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 ID_DOMAIN = "studio"
@@ -119,7 +119,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
                     results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods}
                     # one process for the split's baselines (the model and data load once); a rerun
                     # after a kill runs only the methods whose results are missing
-                    todo = [m for m in methods if not Step("", [], [results[m]]).done()] or methods
+                    todo = [m for m in methods if not complete(results[m])] or methods
                     steps.append(Step(f"{sp.id}/baselines-s{s}",
                                       py + ["-m", "method=" + ",".join(todo), f"seed={s}", "phase=final",
                                             f"hydra.sweep.dir={where}", *base],

@@ -32,10 +32,11 @@ class Step:
     marker: bool = False          # outputs[0] is a marker written here when the command exits 0
 
     def done(self) -> bool:
-        return all(_complete(p) for p in self.outputs)
+        return all(complete(p) for p in self.outputs)
 
 
-def _complete(path: Path) -> bool:
+def complete(path: Path) -> bool:
+    """The file exists (and, for a results.json, is complete and readable)."""
     if path.name == "results.json":
         from autoft.reporting.results import ResultsError, read_result
 
