@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The embedded world as a benchmark: K domain splits x S seeds, every method, 95% intervals.
 
-    python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (about 2 h on 2 cores)
+    python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (39 min on 2 idle cores)
     python scripts/benchmark.py --seeds 2       # ... x 2 seeds (twice as long)
-    python scripts/benchmark.py --quick         # 2 splits, zero-shot / FT / AutoFT only (about 20 min)
+    python scripts/benchmark.py --quick         # 2 splits, zero-shot / FT / AutoFT only (6 min)
     python scripts/benchmark.py --collect       # only rebuild the tables from what has finished
     python scripts/benchmark.py --budget        # the budget study (16, 48, 128 trials, +- re-evaluation)
 
@@ -94,8 +94,8 @@ class Grid:
         return [sp for k in range(max(len(single), len(mixture))) for sp in (single[k:k + 1] + mixture[k:k + 1])]
 
 
-# Sized from measured step times on 2 CPU cores (README): a cell (search + 7 final runs) takes
-# about 15 minutes with two steps side by side, the alpha-searched variant about 7 more.
+# Sized by measurement on 2 idle CPU cores (docs/benchmark.md): the default grid took 39 min end to
+# end, --quick 6 min (targets: 2 h and 20 min); a cell with its alpha-searched variant is about 6 min.
 DEFAULT = Grid(single=4, mixture=2, seeds=1, trials=16, alpha_searched=True)
 QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False, baselines=("ft",))
 
