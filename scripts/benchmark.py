@@ -220,15 +220,16 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
     return steps
 
 
-def collect_budget(out: Path, budgets: list[int], top_k: int) -> None:
+def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
+    """budget.md (one row per budget and re-evaluation setting) and plots/budget.png (the curve)."""
     from autoft.errors import UserError
     from autoft.hparams import Hyperparameters
+    from autoft.reporting.benchmark import BudgetPoint, plot_budget
     from autoft.reporting.io import atomic_write_text
     from autoft.reporting.results import read_result
 
-    lines = ["# Budget study (OOD-val garden; tests: the other seven domains; final seed 0)", "",
-             "| Trials | Re-evaluation | Chosen trial | OOD-val (search) | OOD-val (re-evaluated) | ID test | OOD test mean |",
-             "|---|---|---|---|---|---|---|"]
+    title = "Budget study (OOD-val garden; tests: the other seven domains; final seed 0)"
+    points = []
     for b in budgets:
         for k in (0, top_k):
             tag = f"b{b}-top{k}"
@@ -238,11 +239,20 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> None:
             except UserError:  # not run yet (ResultsError is one too)
                 continue
             rv = rec.get("reevaluated_objective")
-            lines.append(f"| {b} | {'top-' + str(k) if k else 'none'} | {rec.get('trial_number')} | "
-                         f"{100 * float(rec['objective']):.1f} | {'' if rv is None else f'{100 * float(rv):.1f}'} | "
-                         f"{100 * r.id_value():.1f} | {100 * r.ood_mean():.1f} |")
+            points.append(BudgetPoint(b, k, int(rec.get("trial_number")), float(rec["objective"]),
+                                      None if rv is None else float(rv), r.id_value(), r.ood_mean()))
+    lines = [f"# {title}", "",
+             "| Trials | Re-evaluation | Chosen trial | OOD-val (search) | OOD-val (re-evaluated) | ID test | OOD test mean |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p.trials} | {f'top-{p.top_k}' if p.top_k else 'none'} | {p.chosen_trial} | {100 * p.search_score:.1f} | "
+              f"{'' if p.reevaluated is None else f'{100 * p.reevaluated:.1f}'} | {100 * p.id_test:.1f} | "
+              f"{100 * p.ood_test:.1f} |" for p in points]
+    if points:
+        plot = plot_budget(points, out / "plots" / "budget.png", title)
+        lines += ["", f"![budget](plots/{plot.name})"]
     atomic_write_text(out / "budget.md", "\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
+    return points
 
 
 def main(argv=None) -> int:

@@ -178,17 +178,23 @@ def test_a_rerun_runs_only_the_missing_baselines(tmp_path):
     assert "method=lpft,l2sp,flyp" in step.cmd and not step.done() and len(step.outputs) == 6
 
 
-def test_budget_table_reads_the_chosen_trials_and_their_final_runs(tmp_path):
+def test_budget_table_and_curve_read_the_chosen_trials_and_their_final_runs(tmp_path):
     b = _script()
     (tmp_path / "budget").mkdir()
-    for tag, trial, obj, reev in (("b16-top0", 7, 0.779, None), ("b16-top5", 7, 0.779, 0.7766)):
+    for tag, trial, obj, reev, ood in (("b16-top0", 7, 0.779, None, (0.5, 0.7)), ("b16-top5", 7, 0.779, 0.7766, (0.5, 0.7)),
+                                       ("b48-top0", 31, 0.801, None, (0.4, 0.7)), ("b48-top5", 12, 0.788, 0.7801, (0.6, 0.7))):
         extra = "" if reev is None else f"reevaluated_objective: {reev}\n"
         (tmp_path / "budget" / f"{tag}.yaml").write_text(
             f"loss_weights: {{ce: 1.0}}\nlr_scale: 0.1\nweight_decay: 0.1\ntrial_number: {trial}\nobjective: {obj}\n{extra}")
-        write(tmp_path / "budget" / tag, "autoft", 0, 0.85, (0.5, 0.7), (0.8, (0.6, 0.6)))
-    b.collect_budget(tmp_path, [16, 48], 5)
-    rows = (tmp_path / "budget.md").read_text().splitlines()[4:]
-    assert rows == ["| 16 | none | 7 | 77.9 |  | 85.0 | 60.0 |", "| 16 | top-5 | 7 | 77.9 | 77.7 | 85.0 | 60.0 |"]
+        write(tmp_path / "budget" / tag, "autoft", 0, 0.85, ood, (0.8, (0.6, 0.6)))
+    points = b.collect_budget(tmp_path, [16, 48, 128], 5)  # 128 not run yet: left out
+    rows = (tmp_path / "budget.md").read_text().splitlines()[4:8]
+    assert rows == ["| 16 | none | 7 | 77.9 |  | 85.0 | 60.0 |", "| 16 | top-5 | 7 | 77.9 | 77.7 | 85.0 | 60.0 |",
+                    "| 48 | none | 31 | 80.1 |  | 85.0 | 55.0 |", "| 48 | top-5 | 12 | 78.8 | 78.0 | 85.0 | 65.0 |"]
+    assert [(p.trials, p.top_k) for p in points] == [(16, 0), (16, 5), (48, 0), (48, 5)]
+    assert [p.ood_test for p in points] == pytest.approx([0.6, 0.6, 0.55, 0.65])
+    assert (tmp_path / "plots" / "budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![budget](plots/budget.png)" in (tmp_path / "budget.md").read_text()
 
 
 def test_quick_grid_runs_zero_shot_ft_and_autoft_only(tmp_path):

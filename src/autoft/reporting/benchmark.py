@@ -222,3 +222,45 @@ def plot_benchmark(cells: Sequence[CellRuns], path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="best", ncol=2)
     return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """One choice of the budget study: a study grown to `trials`, its choice, and that choice's final run."""
+    trials: int
+    top_k: int                     # 0: the search's best trial; k: the best of the k best after re-evaluation
+    chosen_trial: int
+    search_score: float            # the chosen trial's OOD-val score in the search
+    reevaluated: Optional[float]   # its OOD-val score with fresh seeds (top_k > 0)
+    id_test: float                 # the final run (retrained with the chosen hyperparameters)
+    ood_test: float                # its OOD test mean
+
+
+def plot_budget(points: Sequence[BudgetPoint], path: Path, title: str) -> Path:
+    """The budget curve: does a bigger search improve what the chosen trial scores on the tests, or only
+    on OOD-val? Left: the chosen trial's OOD-val score (solid: in the search; dotted: re-evaluated);
+    right: the OOD test mean of its final run. One line per re-evaluation setting."""
+    from matplotlib.figure import Figure
+
+    from autoft.reporting.plots import _save
+
+    fig = Figure(figsize=(9.0, 3.6))
+    val_ax, test_ax = fig.subplots(1, 2, sharex=True)
+    for k in sorted({p.top_k for p in points}):
+        ps = sorted((p for p in points if p.top_k == k), key=lambda p: p.trials)
+        name = f"top-{k} re-evaluated" if k else "search's best"
+        x = [p.trials for p in ps]
+        line, = val_ax.plot(x, [SCALE * p.search_score for p in ps], "o-", label=name)
+        if k:
+            val_ax.plot(x, [SCALE * (p.reevaluated if p.reevaluated is not None else math.nan) for p in ps], "s:",
+                        color=line.get_color(), label=f"{name} (fresh seeds)")
+        test_ax.plot(x, [SCALE * p.ood_test for p in ps], "o-", color=line.get_color(), label=name)
+    for ax, what in ((val_ax, "chosen trial's OOD-val accuracy (x100)"), (test_ax, "final run's OOD test mean (x100)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({p.trials for p in points}), [str(t) for t in sorted({p.trials for p in points})])
+        ax.set_xlabel("trials in the study")
+        ax.set_ylabel(what, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -13,7 +13,6 @@ without a display and leave a notebook's inline backend alone.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -21,20 +20,17 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no display, no global backend switch (notebooks keep theirs)
 
+from autoft.reporting.io import atomic_write
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Table, method_label
 
 log = logging.getLogger(__name__)
 
 
-def _save(fig, path: Path) -> Path:
-    """Write atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
-    tmp.replace(path)
-    return path
+def _save(fig, path: Path, dpi: int = 130) -> Path:
+    """Write the figure as a PNG through the one atomic writer (a kill never leaves half a file)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    return Path(path)
 
 
 def wise_points(runs: Sequence[RunResult]) -> dict[str, dict[float, tuple[float, float]]]:
@@ -184,12 +180,6 @@ def plot_studies(storage: str, out_dir: Path) -> list[Path]:
 # ----------------------------------------------------------------------------- a study's own plots
 # (written by the autoft_optuna sweeper next to the study: <study dir>/plots/)
 
-def _save_atomic(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
 def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
                  chosen: Optional[int] = None) -> Optional[Path]:
     """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
@@ -253,7 +243,7 @@ def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[
     ax.legend(fontsize=7, loc="best")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(fig, path)
+    _save(fig, path, dpi=110)
     return path
 
 
@@ -288,7 +278,7 @@ def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mappin
             ax = fn(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
-            _save_atomic(fig, out_dir / f"{name}.png")
+            _save(fig, out_dir / f"{name}.png", dpi=110)
             plt.close(fig)
             written.append(out_dir / f"{name}.png")
         except Exception as err:  # a plot must never fail a search
