@@ -246,6 +246,7 @@ def plot_budget(points: Sequence[BudgetPoint], path: Path, title: str) -> Path:
 
     fig = Figure(figsize=(9.0, 3.6))
     val_ax, test_ax = fig.subplots(1, 2, sharex=True)
+    budgets = sorted({p.trials for p in points})
     for k in sorted({p.top_k for p in points}):
         ps = sorted((p for p in points if p.top_k == k), key=lambda p: p.trials)
         name = f"top-{k} re-evaluated" if k else "search's best"
@@ -257,7 +258,7 @@ def plot_budget(points: Sequence[BudgetPoint], path: Path, title: str) -> Path:
         test_ax.plot(x, [SCALE * p.ood_test for p in ps], "o-", color=line.get_color(), label=name)
     for ax, what in ((val_ax, "chosen trial's OOD-val accuracy (x100)"), (test_ax, "final run's OOD test mean (x100)")):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted({p.trials for p in points}), [str(t) for t in sorted({p.trials for p in points})])
+        ax.set_xticks(budgets, [str(t) for t in budgets])
         ax.set_xlabel("trials in the study")
         ax.set_ylabel(what, fontsize=8)
         ax.grid(alpha=0.3)

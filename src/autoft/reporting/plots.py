@@ -241,10 +241,7 @@ def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[
     ax.set_title(f"search history: {study.study_name}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, path, dpi=110)
-    return path
+    return _save(fig, path, dpi=110)  # the writer creates the folder
 
 
 def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
