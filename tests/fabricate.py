@@ -42,37 +42,83 @@ IWILDCAM_NAMES = [r["latin"] for r in IWILDCAM_CLASSES]  # categories.csv's `nam
 IWILDCAM_ENGLISH = [r["english"] for r in IWILDCAM_CLASSES]  # the zero-shot head's names
 
 
-def make_iwildcam(root) -> dict:
+IWILDCAM_LOCATIONS = {"train": (0, 1, 2), "id_val": (0, 1, 2), "id_test": (0, 1, 2), "val": (3, 4), "test": (5, 6)}
+_IWILDCAM_LAYOUT = {  # the default 5-class tree: split -> (labels, locations); tests rely on these exact rows
+    "train": ([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 1, 1], [0, 1, 2] * 4),
+    "id_val": ([0, 1, 2, 3, 1, 2], [0, 1, 2] * 2),
+    "id_test": ([0, 1, 2, 4, 1, 3], [0, 1, 2] * 2),
+    "val": ([0, 0, 0, 0, 1, 1, 1, 2, 2, 3], [3, 4] * 5),
+    "test": ([0, 1, 2, 3, 4, 0, 1, 2], [5, 6] * 4),
+}
+
+
+def _photo(rng, size: tuple[int, int]) -> Image.Image:
+    """A cheap stand-in for a camera-trap photo: smooth colour gradients plus a little sensor noise.
+
+    Pure noise at 1024x768 compresses to over 1 MB per JPEG and is slow to encode; this compresses to
+    about 200 KB at quality 85 (real iWildCam images are 100-300 KB) in about 15 ms."""
+    w, h = size
+    base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    noisy = np.asarray(base, dtype=np.int16) + rng.integers(-12, 13, (h, w, 1), dtype=np.int16)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+def _save_wildcam_image(path: Path, rng, size: tuple[int, int]) -> None:
+    """Tiny images stay random noise (the default tree's exact bytes); large ones are `_photo`s."""
+    if size == (8, 8):
+        _save(path, rng)
+    else:
+        _photo(rng, size).save(path, format="JPEG", quality=85)
+
+
+def _iwildcam_layout(n_classes: int, per_class) -> dict:
+    """split -> (labels, locations): `per_class[split]` examples of every class in each split, the
+    camera traps of each split (IWILDCAM_LOCATIONS) taken in turn, so every class is in train."""
+    layout = {}
+    for split, locs in IWILDCAM_LOCATIONS.items():
+        ys = [y for y in range(n_classes) for _ in range(per_class[split])]
+        layout[split] = (ys, [locs[i % len(locs)] for i in range(len(ys))])
+    return layout
+
+
+def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8), per_class=None) -> dict:
     """iwildcam_v2.0/{RELEASE_v2.0.txt, metadata.csv, categories.csv, train/*.jpg}.
 
-    Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD)."""
+    Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD).
+    `n_classes` (up to 182): labels 0..n-1 of the shipped class table. `image_size` (width, height)
+    of the JPEGs. `per_class`: examples of each class per split, an int for every split or a dict
+    {split: n} (missing splits: 1). Without `per_class` and with 5 classes the tree is the fixed
+    36-image one the tests know row by row; otherwise train holds 2 of each class, the others 1."""
+    table = _iwildcam_classes(n_classes)
+    if not 1 <= n_classes == len(table):
+        raise ValueError(f"n_classes must be 1..{len(_iwildcam_classes(10_000))}, not {n_classes}")
+    if per_class is None and n_classes == 5:
+        layout = _IWILDCAM_LAYOUT
+    else:
+        counts = per_class if isinstance(per_class, dict) else \
+            {s: per_class for s in IWILDCAM_LOCATIONS} if per_class is not None else {"train": 2}
+        layout = _iwildcam_layout(n_classes, {s: int(counts.get(s, 1)) for s in IWILDCAM_LOCATIONS})
     rng = np.random.default_rng(RNG_SEED)
+    size = tuple(int(v) for v in image_size)
     d = Path(root) / "iwildcam_v2.0"
     (d / "train").mkdir(parents=True, exist_ok=True)
     (d / "RELEASE_v2.0.txt").write_text("v2.0 (fabricated for tests)\n")
-    layout = {  # split -> (labels, locations)
-        "train": ([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 1, 1], [0, 1, 2] * 4),
-        "id_val": ([0, 1, 2, 3, 1, 2], [0, 1, 2] * 2),
-        "id_test": ([0, 1, 2, 4, 1, 3], [0, 1, 2] * 2),
-        "val": ([0, 0, 0, 0, 1, 1, 1, 2, 2, 3], [3, 4] * 5),
-        "test": ([0, 1, 2, 3, 4, 0, 1, 2], [5, 6] * 4),
-    }
     rows, k = [], 0
     for split, (ys, locs) in layout.items():
         for y, loc in zip(ys, locs):
             name = f"{k:04x}a1b2c3d4-{split}.jpg"
-            _save(d / "train" / name, rng)
+            _save_wildcam_image(d / "train" / name, rng, size)
             rows.append(f"{split},{loc},loc{loc},{k},seq{k},{y},2013-06-{1 + k % 28:02d} 16:53:{k % 60:02d}.000,{name},img{k}")
             k += 1
     (d / "metadata.csv").write_text(
         "split,location_remapped,location,sequence_remapped,sequence,y,datetime,filename,image_id\n" + "\n".join(rows) + "\n")
-    # as the release: columns y, category_id, name (Latin); the real category ids of labels 0..4
-    cats = ["y,category_id,name"] + [f"{r['y']},{r['category_id']},{r['latin']}" for r in IWILDCAM_CLASSES]
+    # as the release: columns y, category_id, name (Latin); the real category ids of labels 0..n-1
+    cats = ["y,category_id,name"] + [f"{r['y']},{r['category_id']},{r['latin']}" for r in table]
     cats += ["99999,900,homo sapiens", "99999,901,bos taurus"]  # categories absent from the release
     (d / "categories.csv").write_text("\n".join(cats) + "\n")
-    return {"counts": {s: len(v[0]) for s, v in layout.items()}, "classes": len(IWILDCAM_NAMES),
-            "labels": {s: v[0] for s, v in layout.items()}, "classnames": list(IWILDCAM_ENGLISH),
-            "latin": list(IWILDCAM_NAMES)}
+    return {"counts": {s: len(v[0]) for s, v in layout.items()}, "classes": n_classes,
+            "labels": {s: list(v[0]) for s, v in layout.items()}, "classnames": [r["english"] for r in table],
+            "latin": [r["latin"] for r in table], "image_size": size}
 
 
 def make_fmow(root) -> dict:
