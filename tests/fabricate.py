@@ -71,20 +71,27 @@ def _save_wildcam_image(path: Path, rng, size: tuple[int, int]) -> None:
         _photo(rng, size).save(path, format="JPEG", quality=85)
 
 
-def _iwildcam_layout(n_classes: int, per_class) -> dict:
-    """split -> (labels, locations): `per_class[split]` examples of every class in each split, the
-    camera traps of each split (IWILDCAM_LOCATIONS) taken in turn, so every class is in train."""
-    layout = {}
+def _iwildcam_layout(n_classes: int, per_class: dict[str, int]) -> dict:
+    """split -> (labels, locations): `per_class[split]` examples of every class in each split, so every
+    class is in train. The ID splits take the ID camera traps in turn between them, the OOD splits
+    their own; the traps actually used are then numbered 0..k-1, as wilds requires of
+    `location_remapped` (no gaps), ID first, then OOD val, then OOD test."""
+    layout, turn = {}, {}
     for split, locs in IWILDCAM_LOCATIONS.items():
         ys = [y for y in range(n_classes) for _ in range(per_class[split])]
-        layout[split] = (ys, [locs[i % len(locs)] for i in range(len(ys))])
-    return layout
+        start = turn.get(locs, 0)
+        layout[split] = (ys, [locs[(start + i) % len(locs)] for i in range(len(ys))])
+        turn[locs] = start + len(ys)
+    used = sorted({loc for _, locs in layout.values() for loc in locs})
+    renumber = {loc: i for i, loc in enumerate(used)}
+    return {split: (ys, [renumber[loc] for loc in locs]) for split, (ys, locs) in layout.items()}
 
 
 def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8), per_class=None) -> dict:
     """iwildcam_v2.0/{RELEASE_v2.0.txt, metadata.csv, categories.csv, train/*.jpg}.
 
-    Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD).
+    Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD;
+    with few examples, only the traps used, renumbered without gaps as wilds requires).
     `n_classes` (up to 182): labels 0..n-1 of the shipped class table. `image_size` (width, height)
     of the JPEGs. `per_class`: examples of each class per split, an int for every split or a dict
     {split: n} (missing splits: 1). Without `per_class` and with 5 classes the tree is the fixed
@@ -97,7 +104,10 @@ def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8)
     else:
         counts = per_class if isinstance(per_class, dict) else \
             {s: per_class for s in IWILDCAM_LOCATIONS} if per_class is not None else {"train": 2}
-        layout = _iwildcam_layout(n_classes, {s: int(counts.get(s, 1)) for s in IWILDCAM_LOCATIONS})
+        counts = {s: int(counts.get(s, 1)) for s in IWILDCAM_LOCATIONS}
+        if counts["train"] < 1 or min(counts.values()) < 0:
+            raise ValueError(f"per_class: at least 1 per class in train and none negative, not {counts}")
+        layout = _iwildcam_layout(n_classes, counts)
     rng = np.random.default_rng(RNG_SEED)
     size = tuple(int(v) for v in image_size)
     d = Path(root) / "iwildcam_v2.0"
@@ -119,6 +129,20 @@ def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8)
     return {"counts": {s: len(v[0]) for s, v in layout.items()}, "classes": n_classes,
             "labels": {s: list(v[0]) for s, v in layout.items()}, "classnames": [r["english"] for r in table],
             "latin": [r["latin"] for r in table], "image_size": size}
+
+
+FMOW_REGIONS = {"USA": "Americas", "FRA": "Europe", "KEN": "Africa", "JPN": "Asia"}  # others: 'Other'
+
+
+def fmow_split(column: str, year: int):
+    """The official split of one rgb_metadata.csv row, by the rule of the WILDS paper: the `split`
+    column says train/val/test, the year says ID (before 2013), OOD val (2013-2015) or OOD test
+    (from 2016); 'seq' rows are sequestered; other combinations belong to no split (None)."""
+    if column == "seq":
+        return "seq"
+    period = "id" if year < 2013 else "ood_val" if year < 2016 else "ood_test"
+    return {("train", "id"): "train", ("val", "id"): "id_val", ("test", "id"): "id_test",
+            ("val", "ood_val"): "val", ("test", "ood_test"): "test"}.get((column, period))
 
 
 def make_fmow(root) -> dict:
@@ -159,7 +183,9 @@ def make_fmow(root) -> dict:
     (d / "rgb_metadata.csv").write_text(
         "split,img_filename,img_path,spatial_reference,epsg,category,visible,img_width,img_height,country_code,"
         "cloud_cover,timestamp,lat,lon\n" + "\n".join(rows) + "\n")
-    return {"counts": {"train": 12, "id_val": 6, "val": 14, "id_test": 6, "test": 10}, "classes": 62}
+    rows = [{"split": fmow_split(split, year), "year": year, "category": cat, "region": FMOW_REGIONS.get(cc, "Other")}
+            for split, year, cat, cc in plan]  # what each metadata row means, one dict per row
+    return {"counts": {"train": 12, "id_val": 6, "val": 14, "id_test": 6, "test": 10}, "classes": 62, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------
