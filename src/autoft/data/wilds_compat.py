@@ -6,7 +6,10 @@
    reductions sum/add/mean/max/min with torch_scatter's semantics: empty groups give 0.
 2. FMoW's metadata mixes timestamps with and without fractional seconds; pandas >= 2 infers one
    format from the first row and rejects the others. `fmow_iso8601()` makes the FMoW module's
-   `pd.to_datetime` parse ISO 8601 while the dataset is constructed.
+   `pd.to_datetime` parse ISO 8601 while the dataset is constructed (our reader);
+   `fmow_timestamps("mixed")` infers the format of each element, as pandas 1.x, which wilds 2.0 was
+   written against, did (the reference reading of `wilds_agreement`, a second opinion on the same
+   strings).
 3. `import wilds` starts a PyPI version check (package `outdated`) in a non-daemon thread, with no
    timeout: on an offline compute node it can hold the process open at exit. `import_wilds()`
    imports the package with that check disabled.
@@ -106,28 +109,33 @@ def import_wilds():
     return wilds
 
 
-class _PandasISO8601:
-    """The pandas module, except that to_datetime parses ISO 8601 strings of mixed precision."""
+class _PandasDatetimes:
+    """The pandas module, except that to_datetime parses with a fixed `format` unless told one."""
 
-    def __init__(self, pd):
-        self._pd = pd
+    def __init__(self, pd, format: str = "ISO8601"):
+        self._pd, self._format = pd, format
 
     def __getattr__(self, name):
         return getattr(self._pd, name)
 
     def to_datetime(self, arg, *args, **kwargs):
-        kwargs.setdefault("format", "ISO8601")
+        kwargs.setdefault("format", self._format)
         return self._pd.to_datetime(arg, *args, **kwargs)
 
 
 @contextmanager
-def fmow_iso8601():
-    """While active, wilds' FMoW dataset parses its timestamps as ISO 8601."""
+def fmow_timestamps(format: str):
+    """While active, wilds' FMoW dataset parses its timestamps with pandas' `format` ('ISO8601', 'mixed')."""
     import wilds.datasets.fmow_dataset as fmow_module
 
     original = fmow_module.pd
-    fmow_module.pd = _PandasISO8601(original)
+    fmow_module.pd = _PandasDatetimes(original, format)
     try:
         yield
     finally:
         fmow_module.pd = original
+
+
+def fmow_iso8601():
+    """While active, wilds' FMoW dataset parses its timestamps as ISO 8601 (how our reader opens FMoW)."""
+    return fmow_timestamps("ISO8601")
