@@ -2,12 +2,16 @@
 """Download what is public, check what is on disk, and print the exact manual steps for the rest.
 
     python scripts/prepare_data.py --dataset iwildcam --root /data            # check only
+    python scripts/prepare_data.py --dataset iwildcam --root /data --check    # the same, said explicitly
     python scripts/prepare_data.py --dataset iwildcam --root /data --download # fetch, then check
     python scripts/prepare_data.py --dataset imagenet --root /data --verify-images
 
 Checks: expected counts per split, class sets (the class masks of ImageNet-R/A and ObjectNet),
 every image file present (and decodable with --verify-images; each missing or corrupt file is
-named). Exit status 0 when the dataset is complete, 1 otherwise.
+named). WILDS folders are also opened with the wilds package's own dataset class (download=False):
+any difference from our reader in split sizes, labels, FMoW regions or sampled images is named
+(split and first differing position). Exit status 0 when the dataset is complete and both readers
+agree, 1 otherwise.
 
 Downloads: WILDS through the wilds package's own downloader; CIFAR-10, CIFAR-10.1, CIFAR-10.2,
 CIFAR-10-C, ImageNet-V2, -R, -A and -C from their public archives. ILSVRC-2012, ImageNet-Sketch
@@ -79,7 +83,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, help="the data root (data_root in the config)")
-    parser.add_argument("--download", action="store_true", help="download the public parts first")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only check what is on disk (the default)")
+    mode.add_argument("--download", action="store_true", help="download the public parts first")
     parser.add_argument("--verify-images", action="store_true", help="decode every image (slow) to find corrupt files")
     parser.add_argument("--sort-val", metavar="LOC_val_solution.csv",
                         help="imagenet: sort flat ILSVRC-2012 val images into <wnid>/ folders using this file")

@@ -1,3 +1,5 @@
+import dataclasses
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -12,7 +14,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import fabricate
-from autoft.data import wilds_compat, wilds_tasks
+from autoft.data import wilds_agreement, wilds_compat, wilds_tasks
+from autoft.data.images import ImageFiles
 from autoft.data.base import Task, format_prompt
 from autoft.errors import UserError
 from autoft.metrics import METRICS
@@ -68,7 +71,7 @@ def test_fmow_timestamps_need_the_iso8601_parse(wilds_root):
     assert len(ds) == 49  # 50 metadata rows minus the sequestered one
     import wilds.datasets.fmow_dataset as m
 
-    assert not isinstance(m.pd, wilds_compat._PandasISO8601)  # the patch is undone
+    assert not isinstance(m.pd, wilds_compat._PandasDatetimes)  # the patch is undone
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,3 +323,147 @@ def test_dataset_configs_build_their_tasks(wilds_root):
     assert OmegaConf.load(CONF / "fmow.yaml").task.ood_val_size == 620
     assert OmegaConf.load(CONF.parent / "experiment" / "fmow_vit_b16.yaml").trainer.weight_decay == 0.1
     assert OmegaConf.load(CONF.parent / "experiment" / "iwildcam_vit_b16.yaml").trainer.weight_decay == 0.2
+
+
+# ------------------------------------------------------------------------------------------------
+# the fixtures and our reader, read by the wilds classes themselves
+
+def test_fabricated_iwildcam_is_what_wilds_reads(wilds_root):
+    root, manifest, _ = wilds_root
+    ds = wilds_agreement.open_reference("iwildcam", root)
+    assert type(ds).__name__ == "IWildCamDataset" and ds.n_classes == 5 and len(ds) == 42
+    location = ds.metadata_fields.index("location")
+    for split, labels in manifest["labels"].items():
+        sub = ds.get_subset(split)
+        assert ds.y_array[sub.indices].tolist() == labels
+        assert set(ds.metadata_array[sub.indices, location].tolist()) == set(fabricate.IWILDCAM_LOCATIONS[split])
+    assert ds.get_input(0).size == (8, 8)
+
+
+def test_fabricated_iwildcam_with_all_182_classes(tmp_path):
+    manifest = fabricate.make_iwildcam(tmp_path, n_classes=182, per_class={"train": 2, "val": 1})
+    assert manifest["counts"] == {"train": 364, "id_val": 182, "id_test": 182, "val": 182, "test": 182}
+    ds = wilds_agreement.open_reference("iwildcam", tmp_path)
+    assert ds.n_classes == 182 and len(ds) == 1092
+    train = ds.get_subset("train")
+    assert sorted(set(ds.y_array[train.indices].tolist())) == list(range(182))  # every class in train
+    location = ds.metadata_fields.index("location")
+    for split in ("train", "id_val", "val", "test"):
+        sub = ds.get_subset(split)
+        assert set(ds.metadata_array[sub.indices, location].tolist()) == set(fabricate.IWILDCAM_LOCATIONS[split])
+    report = wilds_tasks.check("iwildcam", tmp_path, expected=manifest["counts"], n_classes=182)
+    assert report.complete, report.render()
+    task = wilds_tasks.iwildcam(tmp_path, ood_val_size=182)
+    assert task.classnames == manifest["classnames"] and task.classnames[181] == "central american red brocket"
+    assert len(task.tests["id_test"]) == 182 and len(task.ood_val) == 182
+
+
+def test_fabricated_iwildcam_full_size_jpegs(tmp_path):
+    manifest = fabricate.make_iwildcam(tmp_path, n_classes=2, image_size=(1024, 768), per_class=1)
+    assert manifest["counts"] == {s: 2 for s in fabricate.IWILDCAM_LOCATIONS} and manifest["image_size"] == (1024, 768)
+    ds = wilds_agreement.open_reference("iwildcam", tmp_path)
+    image = ds.get_input(3)
+    assert image.format == "JPEG" and image.size == (1024, 768) and image.mode == "RGB"
+    sizes = [p.stat().st_size for p in (tmp_path / "iwildcam_v2.0" / "train").iterdir()]
+    assert len(sizes) == 10 and all(100_000 < n < 300_000 for n in sizes), sizes  # as real camera-trap JPEGs
+    pixels = np.asarray(image, dtype=np.float64)
+    assert pixels.std() > 20  # not a flat picture
+    # 2 examples per split, fewer than the 3 ID camera traps: wilds needs locations without gaps
+    location = ds.metadata_fields.index("location")
+    by_split = {s: ds.metadata_array[ds.get_subset(s).indices, location].tolist() for s in ds.split_dict}
+    assert by_split == {"train": [0, 1], "id_val": [2, 0], "id_test": [1, 2], "val": [3, 4], "test": [5, 6]}
+    with pytest.raises(ValueError, match="at least 1 per class in train"):
+        fabricate.make_iwildcam(tmp_path / "none", per_class={"train": 0})
+
+
+def test_fabricated_fmow_metadata_is_what_wilds_reads(wilds_root):
+    root, _, manifest = wilds_root
+    ds = wilds_agreement.open_reference("fmow", root)
+    rows = manifest["rows"]
+    assert len(ds) == sum(r["split"] != "seq" for r in rows) == 49
+    assert [r["split"] for r in rows].count(None) == 1  # the 2014 'train' row: in no split
+    names = {v: k for k, v in ds.split_dict.items()}
+    region = ds.metadata_fields.index("region")
+    for i, row in enumerate(ds.full_idxs):  # dataset index -> metadata row, the sequestered row dropped
+        want = rows[row]
+        assert names.get(int(ds.split_array[i])) == want["split"], (i, row, want)  # the split by year
+        assert ds.metadata_map["region"][int(ds.metadata_array[i, region])] == want["region"]
+        assert int(ds.y_array[i]) == wilds_tasks.fmow_classnames().index(want["category"])
+        assert ds.metadata_map["year"][int(ds.metadata_array[i, ds.metadata_fields.index("year")])] == want["year"]
+    counts = {s: sum(r["split"] == s for r in rows) for s in ds.split_dict}
+    assert counts == manifest["counts"]
+    # the reference's per-element parse and our ISO 8601 parse put every row in the same split
+    with wilds_compat.fmow_iso8601():
+        from wilds.datasets.fmow_dataset import FMoWDataset
+
+        ours = FMoWDataset(root_dir=str(root), download=False)
+    assert np.array_equal(ours.split_array, ds.split_array)
+
+
+@pytest.mark.parametrize("name", ["iwildcam", "fmow"])
+def test_our_reader_agrees_with_wilds(wilds_root, name):
+    root = wilds_root[0]
+    splits = wilds_tasks.official_splits(name, root)
+    assert wilds_tasks.agreement(name, root, splits) == []
+    ours = wilds_tasks.our_readings(name, splits)
+    theirs = wilds_agreement.reference_readings(wilds_agreement.open_reference(name, root),
+                                                wilds_agreement.GROUP_FIELDS[name])
+    assert set(ours) == set(theirs) == set(wilds_tasks.OFFICIAL_SPLITS)
+    for split in ours:  # real content, compared: the same images at the first, middle and last position
+        assert len(ours[split].images) == len(wilds_agreement.sample_positions(len(splits[split]))) > 0
+        assert ours[split].images == theirs[split].images and "unreadable" not in ours[split].images.values()
+    if name == "fmow":
+        assert list(ours["test"].groups[:5]) == ["Americas", "Europe", "Africa", "Asia", "Other"]
+    manifest = wilds_root[1] if name == "iwildcam" else wilds_root[2]
+    report = wilds_tasks.check(name, root, expected=manifest["counts"], n_classes=manifest["classes"])
+    assert report.complete and any(f"wilds' own {wilds_agreement.REFERENCE_CLASSES[name]} reads the same 5 splits"
+                                   in m for m in report.ok), report.render()
+
+
+def test_a_tampered_label_is_named_with_split_and_position(wilds_root):
+    root, manifest = wilds_root[0], wilds_root[1]
+    splits = wilds_tasks.official_splits("iwildcam", root)
+    val = splits["val"]
+    labels = val.labels.copy()
+    assert labels[7] == 2
+    labels[7] = 4
+    tampered = dict(splits, val=dataclasses.replace(val, labels=labels))
+    assert wilds_tasks.agreement("iwildcam", root, tampered, images=False) == [
+        "split 'val': labels differ first at position 7: ours 4, wilds' IWildCamDataset 2"]
+    # a split one example short: its size, and where its indices and labels end
+    ours = wilds_tasks.our_readings("iwildcam", splits, images=False)
+    theirs = dict(ours, test=dataclasses.replace(ours["test"], indices=ours["test"].indices[:-1],
+                                                 labels=ours["test"].labels[:-1]))
+    found = wilds_agreement.disagreements(ours, theirs, "wilds")
+    assert found == ["split 'test': 8 examples in ours, 7 in wilds",
+                     "split 'test': indices differ first at position 7: ours 41, wilds (none: split ended)",
+                     "split 'test': labels differ first at position 7: ours 2, wilds (none: split ended)"]
+    assert manifest["labels"]["test"][7] == 2
+
+
+def test_a_path_rule_missing_the_sequestered_gap_is_caught(wilds_root):
+    # a plausible bug: FMoW images numbered by dataset index instead of metadata row. Rows after the
+    # sequestered one (row 19) then open the previous row's image, or none.
+    root = wilds_root[0]
+    splits = wilds_tasks.official_splits("fmow", root)
+    buggy = {}
+    for name, s in splits.items():
+        idx = s.evaluator.indices
+        files = ImageFiles(root / "fmow_v1.1", [f"images/rgb_img_{i}.png" for i in idx], s.labels)
+        buggy[name] = dataclasses.replace(s, dataset=files)
+    found = wilds_tasks.agreement("fmow", root, buggy)
+    assert found == [f"split '{s}': the image at position 0 (dataset index {splits[s].evaluator.indices[0]}) differs "
+                     f"from wilds' FMoWDataset's" for s in ("id_test", "val", "test")]
+    report = wilds_tasks.check("fmow", root, expected=wilds_root[2]["counts"])
+    assert report.complete  # the real rule agrees
+
+
+def test_prepare_data_check_reports_the_agreement(wilds_root, capsys):
+    spec = importlib.util.spec_from_file_location("prepare_data", Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    root = wilds_root[0]
+    code = script.main(["--dataset", "fmow", "--root", str(root), "--check"])
+    out = capsys.readouterr().out
+    assert code == 1 and "expected 76863" in out  # a fixture, not the full release
+    assert "ok       wilds' own FMoWDataset reads the same 5 splits (sizes, labels, regions, sampled images)" in out

@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from autoft.data import wilds_compat
+from autoft.data import wilds_agreement, wilds_compat
 from autoft.data.base import Split, Task
 from autoft.data.images import CheckReport, ImageFiles, example_ids, prepare_command, require
 from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset
@@ -316,26 +316,65 @@ def _manual(name: str, root) -> list[str]:
             f"{Path(root) / folder} holds its files"]
 
 
+OFFICIAL_SPLITS = ("train", "id_val", "val", "id_test", "test")
+
+
+def _read(name: str, root):
+    """Our reader on a WILDS folder: the wilds dataset, the head's class names, and our Split of
+    every official split (what the tasks above are made of)."""
+    if name == "iwildcam":
+        ds = _iwildcam_dataset(root)
+        classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)["english"]
+        make = _iwildcam_maker(ds, root)
+    else:
+        ds = _fmow_dataset(root)
+        classnames = fmow_classnames()
+        make = _fmow_maker(ds, root)
+    return ds, classnames, {split: make(split, _official(ds, split)) for split in OFFICIAL_SPLITS}
+
+
+def official_splits(name: str, root) -> dict[str, Split]:
+    """Our Split of each official WILDS split ('train', 'id_val', 'val', 'id_test', 'test'), whole."""
+    return _read(name, root)[2]
+
+
+def our_readings(name: str, splits: dict[str, Split], images: bool = True) -> dict[str, wilds_agreement.SplitReading]:
+    """Our splits as `wilds_agreement` readings: dataset indices (the evaluator's), labels, group
+    names where compared, and the images our decoder gives at the sampled positions."""
+    out = {}
+    for split, s in splits.items():
+        groups = np.asarray(s.group_names, dtype=object)[s.groups] if wilds_agreement.GROUP_FIELDS[name] else None
+        shown = wilds_agreement.sample_images(len(s), lambda j: s.dataset[j][0]) if images else {}
+        out[split] = wilds_agreement.SplitReading(s.evaluator.indices, s.labels, groups, shown)
+    return out
+
+
+def agreement(name: str, root, splits: dict[str, Split], images: bool = True) -> list[str]:
+    """How our splits of a WILDS folder differ from what the wilds class itself reads there (one
+    line per difference; empty when they agree). A folder the wilds class cannot open is one."""
+    cls = wilds_agreement.REFERENCE_CLASSES[name]
+    try:
+        reference = wilds_agreement.open_reference(name, root)
+    except Exception as e:  # whatever stops wilds itself is the finding, reported, not raised
+        folder = Path(root) / {"iwildcam": "iwildcam_v2.0", "fmow": "fmow_v1.1"}[name]
+        return [f"wilds' own {cls} cannot read {folder}, which our reader accepts ({type(e).__name__}: {e})"]
+    theirs = wilds_agreement.reference_readings(reference, wilds_agreement.GROUP_FIELDS[name], images)
+    return wilds_agreement.disagreements(our_readings(name, splits, images), theirs, f"wilds' {cls}")
+
+
 def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[int] = None,
           verify_images: bool = False) -> CheckReport:
-    """Check a WILDS dataset on disk: metadata, split sizes, classes, and every image file."""
+    """Check a WILDS dataset on disk: metadata, split sizes, classes, every image file, and that
+    the wilds class itself reads the same splits, labels (FMoW: regions) and images as we do."""
     report = CheckReport(name, str(root))
     expected = expected if expected is not None else (IWILDCAM_COUNTS if name == "iwildcam" else FMOW_COUNTS)
     n_classes = n_classes if n_classes is not None else (IWILDCAM_CLASSES if name == "iwildcam" else FMOW_CLASSES)
     try:
-        if name == "iwildcam":
-            ds = _iwildcam_dataset(root)
-            classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)["english"]
-            make = _iwildcam_maker(ds, root)
-        else:
-            ds = _fmow_dataset(root)
-            classnames = fmow_classnames()
-            make = _fmow_maker(ds, root)
+        ds, classnames, splits = _read(name, root)
     except UserError as e:
         report.bad(str(e))
         report.manual += _manual(name, root)
         return report
-    splits = {split: make(split, _official(ds, split)) for split in ("train", "id_val", "val", "id_test", "test")}
     for split, s in splits.items():
         report.count(f"split '{split}'", len(s), expected.get(split))
     if len(classnames) == n_classes and ds.n_classes == n_classes:
@@ -347,6 +386,13 @@ def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[
         report.bad(f"labels outside 0..{len(classnames) - 1}")
     for split, s in splits.items():
         report.files([s.dataset.path(i) for i in range(len(s))], f"split '{split}'", verify_images)
+    differences = agreement(name, root, splits)
+    for d in differences:
+        report.bad(d)
+    if not differences:
+        compared = "sizes, labels, regions" if wilds_agreement.GROUP_FIELDS[name] else "sizes, labels"
+        report.good(f"wilds' own {wilds_agreement.REFERENCE_CLASSES[name]} reads the same {len(splits)} splits "
+                    f"({compared}, sampled images)")
     if not report.complete:
         report.manual += _manual(name, root)
     return report
