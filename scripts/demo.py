@@ -41,12 +41,8 @@ def composed(overrides: list[str]):
 
 def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path, jobs: int) -> list[Step]:
     """foundation -> search (`jobs` trials at a time) -> zero-shot, FT and AutoFT finals side by side."""
-    from autoft.config import experiment_for
-
     py = sys.executable
-    preset = experiment_for(dataset, model)  # the pair's budgets live in its experiment preset
-    extra = [f"experiment={preset}" if preset else f"dataset={dataset}", *([] if preset else [f"model={model}"]),
-             *overrides]
+    extra = [f"dataset={dataset}", f"model={model}", *overrides]  # the pair's budgets come with it
     cfg = composed(extra)
     steps, first = [], []
     if cfg.model.get("build_command"):  # the embedded task's foundation model: installed once, cached
@@ -91,7 +87,10 @@ def main() -> None:
     failed = run_steps(steps, args.jobs, out / "demo_logs", ROOT, "demo")
     if failed:
         sys.exit(f"demo: steps failed: {', '.join(failed)} (logs under {out / 'demo_logs'}); rerun `make demo` to continue")
-    tables = [sys.executable, "scripts/make_tables.py", str(out), "--wise", "ft,autoft"]
+    from autoft.reporting.wandb_logger import make_tables_args
+
+    logger = composed([f"dataset={args.dataset}", f"model={args.model}", *args.overrides]).logger
+    tables = [sys.executable, "scripts/make_tables.py", str(out), "--wise", "ft,autoft", *make_tables_args(logger)]
     print(f"\n$ {' '.join(shlex.quote(c) for c in tables)}", flush=True)
     if subprocess.run(tables, cwd=ROOT).returncode != 0:
         sys.exit("demo: the tables failed (see above)")

@@ -2,7 +2,7 @@
 """The final phase: every method on several seeds through train.py's final run, then the tables.
 
     python scripts/final_retrain.py                                   # embedded task, all methods, seeds 0,1,2
-    python scripts/final_retrain.py --dataset iwildcam --model vit_b16 --seeds 0,1,2 device=cuda
+    python scripts/final_retrain.py --dataset iwildcam --seeds 0,1,2 device=cuda   # its paper backbone, vit_b16
     python scripts/final_retrain.py --methods ft,autoft --hparams my_best.yaml
     python scripts/final_retrain.py --methods autoft --study sqlite:///outputs/x/optuna.db --study-name s1
 
@@ -65,41 +65,42 @@ def autoft_hparams(args, out: Path) -> Path:
     path = out / "search-autoft" / "best_hparams.yaml"
     if not path.is_file():
         raise UserError(f"AutoFT needs its searched hyperparameters: none at {path}. Run the search first "
-                        f"(python train.py -m search=autoft experiment={experiment(args.dataset, args.model, args.config_dir)}), "
+                        f"(python train.py -m search=autoft dataset={args.dataset} model={args.model}), "
                         "or pass --hparams <file> or --study <storage URL>")
     return path
 
 
-def experiment(dataset: str, model: str, config_dir=None) -> str:
-    """The experiment preset of this dataset and model (conf/experiment, or the --config-dir's)."""
-    from autoft.config import experiment_for
+def pair(dataset: str, model: str | None) -> list[str]:
+    """The overrides that choose this dataset and model (and so their budgets); no model: the
+    dataset's own default (the paper's backbone for the paper's benchmarks)."""
+    return [f"dataset={dataset}", *([f"model={model}"] if model else [])]
 
-    return experiment_for(dataset, model, (str(config_dir),) if config_dir else ()) or f"{dataset}_{model}"
 
-
-def compose_config(dataset: str, model: str, config_dir=None, overrides=()):
-    """The config `train.py experiment=<the pair's preset> <overrides>` composes."""
+def compose_config(dataset: str, model: str | None, config_dir=None, overrides=()):
+    """The config `train.py dataset=<dataset> [model=<model>] <overrides>` composes."""
     from hydra import compose, initialize_config_dir
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={experiment(dataset, model, config_dir)}", *overrides, *extra])
+        return compose("config", overrides=[*pair(dataset, model), *overrides, *extra])
 
 
-def default_model(dataset: str, config_dir=None) -> str:
-    """The model of the dataset's first experiment preset (the paper's backbone for the paper's
-    benchmarks; smoke presets with the tiny random CLIP last)."""
-    from autoft.config import experiment_presets, preset_pairs
+def tables_wandb_args(args) -> list[str]:
+    """make_tables' W&B options from the logger the final runs used (logger=wandb is the default)."""
+    from autoft.reporting.wandb_logger import make_tables_args
 
-    extra = (str(config_dir),) if config_dir else ()
-    names = experiment_presets(dataset, extra)
-    return preset_pairs(extra)[names[0]][1] if names else "?"
+    try:
+        return make_tables_args(compose_config(args.dataset, args.model, args.config_dir,
+                                               [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]).logger)
+    except Exception as err:  # noqa: BLE001 (the runs are done: W&B for the tables is a bonus)
+        print(f"warning: tables not sent to W&B ({type(err).__name__}: {err})", file=sys.stderr)
+        return []
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes")
-    ap.add_argument("--model", help="model config; with --dataset it names the preset conf/experiment/<dataset>_<model>.yaml (default: the dataset's first, e.g. vit_b16 for the paper's benchmarks)")
+    ap.add_argument("--model", help="model config; with --dataset it picks the budgets conf/budget/<dataset>_<model>.yaml (default: the dataset's own, e.g. vit_b16 for the paper's benchmarks)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated method configs")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
@@ -127,14 +128,19 @@ def main(argv=None) -> int:
     except ValueError:
         print(f"error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
         return 2
-    if args.model is None:
-        args.model = default_model(args.dataset, args.config_dir)
+    if args.model is None:  # the dataset's default model, as train.py dataset=<dataset> composes it
+        try:
+            args.model = str(compose_config(args.dataset, None, args.config_dir).model.name)
+        except Exception as err:  # an unknown dataset: Hydra's message, in one line
+            from autoft.config import composition_error
+            print(f"error: {composition_error(err)}", file=sys.stderr)
+            return 2
     out = Path(args.out) if args.out else ROOT / "outputs" / args.dataset / args.model
     base = [sys.executable, str(ROOT / "train.py"), "-m"]
     if args.config_dir:
         base += ["--config-dir", str(Path(args.config_dir).resolve())]
     # the config's sweep subdir puts each run at <out>/<method>/seed<N>
-    common = [f"experiment={experiment(args.dataset, args.model, args.config_dir)}", "phase=final", f"hydra.sweep.dir={out}",
+    common = [*pair(args.dataset, args.model), "phase=final", f"hydra.sweep.dir={out}",
               *args.overrides]
     t0 = time.time()
     try:
@@ -167,12 +173,7 @@ def main(argv=None) -> int:
         print(f"\nfailed: {', '.join(failed)} (see train.log in their run directories under {out})", file=sys.stderr)
     if not args.no_tables:
         cmd = [sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(out), "--wise", args.wise]
-        opts = dict(o.split("=", 1) for o in args.overrides if "=" in o)
-        if opts.get("logger") == "wandb":  # the tables and plots join the runs in W&B
-            cmd += ["--wandb", "--wandb-project", opts.get("logger.project", "autoft"),
-                    "--wandb-mode", opts.get("logger.mode", "auto")]
-            if opts.get("logger.entity"):
-                cmd += ["--wandb-entity", opts["logger.entity"]]
+        cmd += tables_wandb_args(args)  # the tables and plots join the runs in W&B when they went there
         print(f"\n$ {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
         if subprocess.run(cmd, cwd=ROOT).returncode != 0:
             failed.append("make_tables")

@@ -1080,7 +1080,7 @@ def cost_projection(bench: dict, dry: bool) -> dict:
     rows = []
     for name, label in (("iwildcam", "iWildCam"), ("fmow", "FMoW"), ("imagenet", "ImageNet")):
         d = OmegaConf.load(ROOT / "conf/dataset" / f"{name}.yaml")
-        e = OmegaConf.load(ROOT / "conf/experiment" / f"{name}_vit_b16.yaml")  # the budgets' home
+        e = OmegaConf.load(ROOT / "conf/budget" / f"{name}_vit_b16.yaml")  # the budgets' home
         budget = {"task": label, "trials": int(e.search.n_trials), "inner_steps": int(e.trainer.inner_steps),
                   "batch_size": int(e.trainer.batch_size), "ood_val": int(d.task.ood_val_size)}
         hours = {}

@@ -80,13 +80,18 @@ BAD = [
     ("phase-train", ["phase=train"], "phase=train"),
     ("seed-negative", ["seed=-1"], "seed=-1"),
     ("root-typo-added", ["+sede=1"], "valid keys of the root config"),
-    # the experiment preset: budgets of one dataset and model
-    ("experiment-other-dataset", ["dataset=iwildcam"], "not for dataset=iwildcam model=tiny_vit; use experiment=iwildcam_tiny_vit"),
+    # the budgets of one dataset and model (conf/budget/<dataset>_<model>.yaml)
+    ("pair-without-budgets", ["model=vit_l14"],
+     "not set for dataset=shapes model=vit_l14: there is no conf/budget/shapes_vit_l14.yaml; choose a pair with budgets: "
+     "dataset=shapes model=shapes_rn10t or dataset=shapes model=tiny_vit"),
     ("experiment-other-model", ["experiment=iwildcam_vit_b16", "model=vit_l14"],
-     "choose a preset for it: experiment=iwildcam_vit_b16 or experiment=iwildcam_tiny_vit"),
-    ("experiment-none", ["~experiment"], "trainer.batch_size, trainer.inner_steps, trainer.epochs"),
+     "choose a pair with budgets: dataset=iwildcam model=vit_b16 or dataset=iwildcam model=tiny_vit"),
+    ("budget-none", ["~budget"], "its budgets, conf/budget/shapes_tiny_vit.yaml, were left out"),
+    ("budget-other-pair", ["budget=iwildcam_vit_b16"],
+     "budget=iwildcam_vit_b16 sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., search.n_trials) "
+     "for dataset=iwildcam model=vit_b16, not for dataset=shapes model=tiny_vit"),
     ("experiment-unknown", ["experiment=iwildcam_resnet"], "Could not find 'experiment/iwildcam_resnet'; available: "),
-    ("experiment-typo", ["experiment.modle=x"], "did you mean experiment.model?"),
+    ("budget-typo", ["budget.modle=x"], "did you mean budget.model?"),
     # config files with a misspelt key, a wrong type, broken YAML
     ("yaml-key-typo", [CONF_DIR, "experiment=key_typo"],
      "unknown config key trainer.bach_size in experiment/key_typo.yaml (did you mean trainer.batch_size?)"),
@@ -146,7 +151,7 @@ BAD = [
 ]
 # the cases that also run as real `python train.py` processes (item 1 of the issue, and a few more)
 SUBPROCESS = {"batch-zero", "device-tpu", "hparams-corrupt", "cue-above-one", "trainer-typo", "task-key-unknown",
-              "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "experiment-other-dataset", "yaml-key-typo",
+              "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "pair-without-budgets", "yaml-key-typo",
               "yaml-broken"}
 
 

@@ -1,7 +1,8 @@
 """Every option of every config group composes against the schema (src/autoft/config.py), passes
 `validate`'s value checks, and every `_target_` it names resolves and accepts its keys (the cheap
 builders are instantiated, the data builders on the fabricated miniatures of tests/fabricate.py, the
-optimiser partial on real parameters). The budgets have one home: the experiment presets."""
+optimiser partial on real parameters). The budgets have one home: conf/budget/<dataset>_<model>.yaml,
+chosen by the dataset and model (the mission's `dataset=iwildcam` alone runs the paper's setting)."""
 import dataclasses
 import inspect
 import re
@@ -39,31 +40,31 @@ CASES = ([("experiment", o) for o in EXPERIMENTS]
          + [("hydra/launcher", o) for o in options(CONF, "hydra/launcher")])
 
 
-def preset_of(group: str, option: str) -> str:
-    """The experiment preset that pairs a dataset or a model option (the budgets come with it)."""
-    pairs = config.preset_pairs((str(TEST_CONF),))
-    return next((n for n in EXPERIMENTS if pairs[n][group == "model"] == option), "")
+BUDGETS = options(CONF, "budget") + options(TEST_CONF, "budget")
+PAIRS = config.preset_pairs((str(TEST_CONF),))  # {budget file: (dataset, model)}
 
 
 def overrides_for(group: str, option: str) -> list[str]:
     if group == "search/warm_start":
         return ["search=autoft", f"search/warm_start={option}"]
-    if group in ("dataset", "model") and preset_of(group, option):  # a dataset or model comes with its preset
-        return [f"experiment={preset_of(group, option)}", f"{group}={option}"]
-    return [f"{group}={option}"]
+    if group == "model":  # a model comes with a dataset it has budgets for, when it has one
+        dataset = next((d for d, m in PAIRS.values() if m == option), None)
+        return [f"dataset={dataset}", f"model={option}"] if dataset else [f"model={option}"]
+    return [f"{group}={option}"]  # a dataset comes with its own default model and their budgets
 
 
 def test_every_group_has_options():
     groups = {g for g, _ in CASES}
     assert {"experiment", "dataset", "model", "method", "trainer", "logger", "search"} <= groups
+    assert BUDGETS and set(BUDGETS) == set(PAIRS)
 
 
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_every_option_composes_and_validates(group, option):
     cfg = compose_config(*overrides_for(group, option))
-    if group == "model" and not preset_of(group, option):  # no preset pairs it yet: refused, with the way out
-        assert config.problems(cfg) == [config.pairing_problem(cfg)]
-        assert f"write conf/experiment/shapes_{option}.yaml" in config.pairing_problem(cfg)
+    if group == "model" and option not in {m for _, m in PAIRS.values()}:  # no budgets yet: refused, with the way out
+        assert config.problems(cfg) == [config.missing_budgets_problem(cfg)]
+        assert f"write conf/budget/shapes_{option}.yaml" in config.missing_budgets_problem(cfg)
         return
     assert config.problems(cfg) == []
     # the trainer's optimiser partial builds an optimiser with the schedule's lr and weight decay
@@ -109,9 +110,9 @@ def test_builder_signature_read_from_source_equals_inspect(dataset):
 
 
 def test_small_builders_instantiate(tmp_path):
-    cfg = compose_config("experiment=tinyshapes_tiny_vit", f"cache_dir={tmp_path}")
+    cfg = compose_config("dataset=tinyshapes", f"cache_dir={tmp_path}")
     assert len(cli.build_task(cfg).train) == 64
-    cfg = compose_config("dataset=synthetic", "dataset.task.n_train=8", "dataset.task.n_val=4",
+    cfg = compose_config("dataset=synthetic", "model=tiny_vit", "dataset.task.n_train=8", "dataset.task.n_val=4",
                          "dataset.task.n_ood_val=4", "dataset.task.n_test=4", "dataset.task.image_size=16")
     task = cli.build_task(cfg)
     assert len(task.train) == 8 and task.train.dataset[0][0].shape[-1] == 16
@@ -123,7 +124,7 @@ def test_data_builders_instantiate_on_fabricated_folders(tmp_path, dataset):
 
     make, extra, want = BENCHMARKS[dataset]
     make(tmp_path / "data")
-    cfg = compose_config(f"experiment={dataset}_tiny_vit", f"data_root={tmp_path / 'data'}",
+    cfg = compose_config(f"dataset={dataset}", "model=tiny_vit", f"data_root={tmp_path / 'data'}",
                          f"cache_dir={tmp_path / 'cache'}", *extra)
     cli.preflight(cfg)  # validate + fit + build_task + weights, as the sweeper does before trial 0
     task = cli.build_task(cfg)
@@ -167,29 +168,41 @@ def test_shapes_builder_refuses_bad_arguments_itself():
 
 
 # ------------------------------------------------------------------------------------------------
-# the budgets: one home, the experiment presets
+# the budgets: one home, conf/budget/<dataset>_<model>.yaml
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_every_preset_records_its_pair_and_sets_every_budget(name):
-    cfg = compose_config(f"experiment={name}")
-    e = cfg.experiment
-    assert (e.name, e.dataset, e.model) == (name, cfg.dataset.name, cfg.model.name)
-    assert config.preset_pairs((str(TEST_CONF),))[name] == (e.dataset, e.model)  # what refusals suggest
+@pytest.mark.parametrize("name", BUDGETS)
+def test_every_budget_file_records_its_pair_and_sets_every_budget(name):
+    dataset, model = PAIRS[name]
+    cfg = compose_config(f"dataset={dataset}", f"model={model}")
+    b = cfg.budget
+    assert (b.name, b.dataset, b.model) == (name, cfg.dataset.name, cfg.model.name) == (name, dataset, model)
     assert not [k for k in config.BUDGET_KEYS if OmegaConf.is_missing(cfg.trainer, k)]
-    assert cfg.search.n_trials >= 1
-    searched = compose_config(f"experiment={name}", "search=autoft", return_hydra_config=True)
+    assert cfg.search.n_trials >= 1 and config.problems(cfg) == []
+    searched = compose_config(f"dataset={dataset}", f"model={model}", "search=autoft", return_hydra_config=True)
     assert searched.hydra.sweeper.n_trials == cfg.search.n_trials
 
 
-def test_budgets_live_only_in_the_presets():
-    budget = re.compile(r"^(base_lr|weight_decay|clip_grad_norm|batch_size|inner_steps|final_epochs|epochs|n_trials):",
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_is_the_pair_it_names(name):
+    """experiment=<d>_<m> composes exactly what dataset=<d> model=<m> composes."""
+    cfg = compose_config(f"experiment={name}")
+    pair = compose_config(f"dataset={cfg.dataset.name}", f"model={cfg.model.name}")
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(pair)
+    assert cfg.budget.name == config.budget_for(cfg.dataset.name, cfg.model.name, (str(TEST_CONF),))
+
+
+def test_budgets_live_only_in_the_budget_files():
+    budget = re.compile(r"^\s*(base_lr|weight_decay|clip_grad_norm|batch_size|inner_steps|final_epochs|epochs|n_trials):",
                         re.M)
     for conf in (CONF, TEST_CONF):
         for path in conf.rglob("*.yaml"):
             assert not re.search(r"\$\{dataset\.(?!name\b)", path.read_text()), path  # no re-exports of dataset keys
-        for path in (conf / "dataset").glob("*.yaml"):
-            assert not budget.search(path.read_text()), path
-            assert options(conf, "experiment") and preset_of("dataset", path.stem), f"no preset for {path.stem}"
+        for group in ("dataset", "experiment"):
+            for path in (conf / group).glob("*.yaml"):
+                assert not budget.search(path.read_text()), path
+        for path in (conf / "dataset").glob("*.yaml"):  # every dataset's default model has budgets
+            cfg = compose_config(f"dataset={path.stem}")
+            assert cfg.budget.name == f"{path.stem}_{cfg.model.name}", path
     trainer = OmegaConf.load(CONF / "trainer" / "default.yaml")
     assert not set(config.BUDGET_KEYS) & set(trainer)
 
@@ -197,7 +210,7 @@ def test_budgets_live_only_in_the_presets():
 def test_the_embedded_default_keeps_its_numbers():
     cfg = compose_config()
     t = cfg.trainer
-    assert cfg.experiment.name == "shapes_rn10t" and (cfg.dataset.name, cfg.model.name) == ("shapes", "shapes_rn10t")
+    assert cfg.budget.name == "shapes_shapes_rn10t" and (cfg.dataset.name, cfg.model.name) == ("shapes", "shapes_rn10t")
     assert (t.base_lr, t.weight_decay, t.clip_grad_norm, t.batch_size, t.inner_steps, t.epochs) == \
         (1e-3, 0.1, 1.0, 64, 62, 2)
     s = compose_config("search=autoft", return_hydra_config=True)
@@ -207,14 +220,47 @@ def test_the_embedded_default_keeps_its_numbers():
     assert s.hydra.sweeper.sweep_dir is None and "phase" not in s.hydra.sweeper.params
 
 
-def test_a_dataset_alone_is_refused_with_its_preset():
-    cfg = compose_config("dataset=iwildcam")  # keeps the embedded default's model and budgets
+# (dataset, its paper budgets: base_lr, weight_decay, batch_size, inner_steps, epochs, n_trials)
+PAPER = {"iwildcam": (1e-5, 0.2, 256, 100, 20, 500), "fmow": (1e-5, 0.1, 256, 100, 20, 500),
+         "imagenet": (1e-5, 0.1, 512, 5, 10, 100), "cifar10": (1e-5, 0.2, 256, 10, 20, 100)}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+def test_the_missions_command_runs_the_papers_setting(dataset):
+    """`python train.py -m search=autoft dataset=<d>` composes what experiment=<d>_vit_b16 composes:
+    the paper's backbone (ViT-B/16, OpenAI weights) and the reference budgets."""
+    cfg = compose_config("search=autoft", f"dataset={dataset}", return_hydra_config=True)
+    preset = compose_config("search=autoft", f"experiment={dataset}_vit_b16", return_hydra_config=True)
+    plain = lambda c: {k: v for k, v in OmegaConf.to_container(c, resolve=False).items() if k != "hydra"}  # noqa: E731
+    assert plain(cfg) == plain(preset)  # hydra's own record differs only in the overrides typed
+    assert OmegaConf.to_container(cfg.hydra.sweeper) == OmegaConf.to_container(preset.hydra.sweeper)
+    t = cfg.trainer
+    assert (cfg.model.arch, cfg.model.pretrained, cfg.model.quick_gelu) == ("ViT-B-16", "openai", True)
+    assert (t.base_lr, t.weight_decay, t.batch_size, t.inner_steps, t.epochs, cfg.search.n_trials) == PAPER[dataset]
+    assert cfg.hydra.sweeper.n_trials == PAPER[dataset][-1] and cfg.phase == "search"
+    assert config.problems(compose_config("search=autoft", f"dataset={dataset}")) == []
+    # another model with budgets for it is its pair's; one without is refused with the pairs that have them
+    tiny = compose_config(f"dataset={dataset}", "model=tiny_vit")
+    assert (tiny.budget.name, tiny.model.name, tiny.trainer.inner_steps) == (f"{dataset}_tiny_vit", "tiny_vit",
+                                                                            PAPER[dataset][3])
+    big = compose_config(f"dataset={dataset}", "model=vit_l14")
+    assert config.problems(big) == [
+        f"trainer.base_lr, trainer.weight_decay, trainer.clip_grad_norm, trainer.batch_size, trainer.inner_steps, "
+        f"trainer.epochs: not set for dataset={dataset} model=vit_l14: there is no conf/budget/{dataset}_vit_l14.yaml; "
+        f"choose a pair with budgets: dataset={dataset} model=vit_b16 or dataset={dataset} model=tiny_vit; write "
+        f"conf/budget/{dataset}_vit_l14.yaml (a `budget` block naming the pair, and its budgets)"]
+
+
+def test_a_budget_file_of_another_pair_is_refused():
+    cfg = compose_config("budget=iwildcam_vit_b16")  # the embedded default's dataset and model
     assert config.problems(cfg) == [config.pairing_problem(cfg)]
-    assert "experiment=iwildcam_vit_b16" in config.pairing_problem(cfg)
-    cfg = compose_config("dataset=iwildcam", "model=vit_b16")
-    assert config.problems(cfg) == ["experiment=shapes_rn10t sets the budgets (trainer.base_lr, batch_size, inner_steps, "
-                                    "epochs, ..., search.n_trials) for dataset=shapes model=shapes_rn10t, not for "
-                                    "dataset=iwildcam model=vit_b16; use experiment=iwildcam_vit_b16"]
+    assert config.pairing_problem(cfg) == (
+        "budget=iwildcam_vit_b16 sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., "
+        "search.n_trials) for dataset=iwildcam model=vit_b16, not for dataset=shapes model=shapes_rn10t; leave "
+        "budget= out: this pair's own, shapes_shapes_rn10t, is chosen by itself")
+    fit = compose_config("dataset=iwildcam", "model=shapes_rn10t")  # the embedded model cannot serve a real dataset
+    assert config.problems(fit) == [config.model_fit_problem(fit)]
+    assert "model=shapes_rn10t was built for autoft.data.shapes.shapes_task only" in config.model_fit_problem(fit)
 
 
 def test_the_optimiser_is_a_partial_any_torch_optimiser_may_fill():

@@ -9,8 +9,10 @@ its heavy imports) calls first. Every value's allowed range is written once, in 
 its field below.
 
 The budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., search.n_trials) have one home:
-the experiment preset of a dataset and a model (conf/experiment/<dataset>_<model>.yaml). The preset
-records the pair it was set for (`experiment`), and a run on another pair is refused.
+the budget file of a dataset and a model (conf/budget/<dataset>_<model>.yaml), which the defaults list
+picks from the two choices (`dataset=iwildcam` alone: its paper backbone, vit_b16, and
+iwildcam_vit_b16's budgets). The file records the pair it was set for (`budget`); a pair without one,
+or a budget file chosen for another pair, is refused.
 
 This module imports only the standard library, OmegaConf and Hydra's ConfigStore: a bad config is
 refused in a second, before torch is imported.
@@ -80,7 +82,7 @@ def _adamw() -> Dict[str, Any]:
 
 @dataclass
 class TrainerConf:
-    # the budgets: set by the experiment preset (MISSING until one is chosen)
+    # the budgets: set by the budget file of the dataset and model (MISSING without one)
     batch_size: int = MISSING            # >= 1: the total batch of one optimiser step; accum_steps must divide it
     inner_steps: int = MISSING           # >= 1: optimiser steps of one search trial
     epochs: int = MISSING                # >= 1 for a final run that trains (>= 0 otherwise); of dataset.passes_per_epoch passes
@@ -139,19 +141,22 @@ class LoggerConf:
     mode: str = "auto"                   # one of WANDB_MODES
     tags: List[str] = field(default_factory=list)
     dir: Optional[str] = None            # parent of the wandb/ folder; null: the run's output directory
+    log_every_n_steps: int = 10          # >= 1: train/loss and train/lr every so many optimiser steps
+    init_timeout: float = 30.0           # > 0: seconds an online start may take before falling back to offline
+    upload_checkpoint: bool = False      # false: the final run's model.pt is a reference to the local file
 
 
 @dataclass
-class ExperimentConf:
-    """The pair an experiment preset's budgets were set for (conf/experiment/<name>.yaml writes it)."""
-    name: Optional[str] = None           # the preset, e.g. iwildcam_vit_b16 (null: none chosen)
+class BudgetConf:
+    """The pair a budget file was set for (conf/budget/<dataset>_<model>.yaml writes it)."""
+    name: Optional[str] = None           # the file, e.g. iwildcam_vit_b16 (null: none chosen)
     dataset: Optional[str] = None        # the dataset.name its budgets are for (null: any)
     model: Optional[str] = None          # the model.name its budgets are for (null: any)
 
 
 @dataclass
 class RootConf:
-    experiment: ExperimentConf = field(default_factory=ExperimentConf)
+    budget: BudgetConf = field(default_factory=BudgetConf)
     model: ModelConf = MISSING
     dataset: DatasetConf = MISSING
     method: MethodConf = MISSING
@@ -446,28 +451,28 @@ def model_fit_problem(cfg) -> Optional[str]:
     target = cfg.dataset.task.get("_target_") if isinstance(cfg.dataset.get("task"), (dict, DictConfig)) else None
     if allowed and target not in allowed:
         return (f"model={cfg.model.name} was built for {', '.join(allowed)} only, but dataset={cfg.dataset.name} "
-                f"is built by {target}; {_preset_hint(cfg.dataset.name, cfg.model.name, fits=False)}")
+                f"is built by {target}; {_pair_hint(cfg.dataset.name, cfg.model.name, fits=False)}")
     return None
 
 
 BUDGET_KEYS = ("base_lr", "weight_decay", "clip_grad_norm", "batch_size", "inner_steps", "epochs")
-EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment"
+BUDGET_DIR = Path(__file__).resolve().parents[2] / "conf" / "budget"
 
 
 @lru_cache(maxsize=None)
 def preset_pairs(extra_dirs: tuple = ()) -> dict:
-    """{preset name: (dataset, model)} of every experiment preset in conf/experiment (and the
-    `experiment` folders of extra config dirs), read from their `experiment` blocks; a preset that
-    extends another (its first default) inherits what it does not set."""
+    """{budget name: (dataset, model)} of every budget file in conf/budget (and the `budget` folders
+    of extra config dirs), read from their `budget` blocks; a file that extends another (its first
+    default) inherits what it does not set."""
     raw = {}
-    for folder in (EXPERIMENT_DIR, *(Path(d) / "experiment" for d in extra_dirs)):
+    for folder in (BUDGET_DIR, *(Path(d) / "budget" for d in extra_dirs)):
         for path in sorted(folder.glob("*.yaml")):
             try:
                 data = OmegaConf.to_container(OmegaConf.load(path)) or {}
             except Exception:  # a broken preset is reported when it is composed, not here
                 continue
             parents = [d for d in data.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-            raw[path.stem] = (data.get("experiment") or {}, parents[:1])
+            raw[path.stem] = (data.get("budget") or {}, parents[:1])
 
     def pair(name: str, depth: int = 0) -> tuple:
         own, parents = raw.get(name, ({}, []))
@@ -477,53 +482,55 @@ def preset_pairs(extra_dirs: tuple = ()) -> dict:
     return {name: pair(name) for name in raw}
 
 
-def experiment_presets(dataset: str, extra_dirs: tuple = ()) -> list[str]:
-    """The presets for this dataset, smoke presets (the tiny random CLIP) last."""
+def budget_models(dataset: str, extra_dirs: tuple = ()) -> list[str]:
+    """The models with a budget file for this dataset, smoke models (the tiny random CLIP) last."""
     pairs = preset_pairs(tuple(extra_dirs))
-    return sorted((n for n, (d, _) in pairs.items() if d == dataset), key=lambda n: (pairs[n][1] == "tiny_vit", n))
+    return sorted({m for d, m in pairs.values() if d == dataset}, key=lambda m: (m == "tiny_vit", m))
 
 
-def experiment_for(dataset: str, model: str, extra_dirs: tuple = ()) -> Optional[str]:
-    """The preset of this dataset and model, or None."""
+def budget_for(dataset: str, model: str, extra_dirs: tuple = ()) -> Optional[str]:
+    """The budget file of this dataset and model, or None."""
     return next((n for n, pair in preset_pairs(tuple(extra_dirs)).items() if pair == (dataset, model)), None)
 
 
-def _preset_hint(dataset: str, model: str, fits: bool = True) -> str:
-    """What to choose instead: the pair's preset, else the dataset's presets (and, when the model
-    can be used with the dataset, the file to write for a new pair)."""
-    exact = experiment_for(dataset, model)
-    if exact:
-        return f"use experiment={exact}"
-    found = " or ".join(f"experiment={n}" for n in experiment_presets(dataset))
-    write = f"write conf/experiment/{dataset}_{model}.yaml (its dataset, model and budgets)" if fits else ""
-    return "; ".join(s for s in (f"choose a preset for it: {found}" if found else "", write) if s) or "choose another model"
+def _pair_hint(dataset: str, model: str, fits: bool = True) -> str:
+    """What to choose instead: the models with budgets for this dataset (and, when the model can be
+    used with the dataset, the file to write for a new pair)."""
+    found = " or ".join(f"dataset={dataset} model={m}" for m in budget_models(dataset))
+    write = (f"write conf/budget/{dataset}_{model}.yaml (a `budget` block naming the pair, and its budgets)"
+             if fits else "")
+    return "; ".join(s for s in (f"choose a pair with budgets: {found}" if found else "", write) if s) \
+        or "choose another model"
 
 
 def missing_budgets_problem(cfg) -> Optional[str]:
-    """Budgets unset (`~experiment` on the command line, or a preset that forgot one): name them and the
-    presets of this dataset."""
+    """Budgets unset (a pair without a budget file, or `~budget` on the command line): name them and
+    the pairs of this dataset that have budgets."""
     t = cfg.get("trainer")
     missing = [k for k in BUDGET_KEYS if OmegaConf.is_missing(t, k)]
     if not missing:
         return None
-    return (f"trainer.{', trainer.'.join(missing)}: not set; the budgets come from an experiment preset: "
-            f"{_preset_hint(cfg.dataset.get('name'), cfg.model.get('name'))}")
+    d, m = cfg.dataset.get("name"), cfg.model.get("name")
+    exact = budget_for(d, m)
+    why = (f"its budgets, conf/budget/{exact}.yaml, were left out" if exact
+           else f"there is no conf/budget/{d}_{m}.yaml; {_pair_hint(d, m)}")
+    return f"trainer.{', trainer.'.join(missing)}: not set for dataset={d} model={m}: {why}"
 
 
 def pairing_problem(cfg) -> Optional[str]:
-    """A model built for other tasks, or an experiment preset whose budgets were set for another
-    dataset or model (`dataset=iwildcam` alone keeps the embedded default's lr and 62-step trials):
-    one message with the preset to use instead."""
+    """A model built for other tasks, or a budget file set for another dataset or model (typed as
+    budget=<name>): one message with the pair to use instead."""
     fit = model_fit_problem(cfg)
     if fit:
         return fit
     d, m = cfg.dataset.get("name"), cfg.model.get("name")
-    e = cfg.get("experiment") or {}
-    if all(e.get(k) in (None, have) for k, have in (("dataset", d), ("model", m))):
+    b = cfg.get("budget") or {}
+    if all(b.get(k) in (None, have) for k, have in (("dataset", d), ("model", m))):
         return None
-    return (f"experiment={e.get('name')} sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., "
-            f"search.n_trials) for dataset={e.get('dataset')} model={e.get('model')}, not for dataset={d} model={m}; "
-            f"{_preset_hint(d, m)}")
+    exact = budget_for(d, m)
+    return (f"budget={b.get('name')} sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., "
+            f"search.n_trials) for dataset={b.get('dataset')} model={b.get('model')}, not for dataset={d} model={m}; "
+            + (f"leave budget= out: this pair's own, {exact}, is chosen by itself" if exact else _pair_hint(d, m)))
 
 
 def optimizer_problem(node) -> Optional[str]:
@@ -553,9 +560,10 @@ def problems(cfg: DictConfig) -> list[str]:
             c.problems.append(f"{group}: missing; choose one with {group}=<name>")
     if c.problems:
         return c.problems
-    # the budgets come from an experiment preset for this dataset and model: without one, or with
-    # another pair's, every number below would be wrong, so this is the one message
-    pairing = missing_budgets_problem(cfg) or pairing_problem(copy)
+    # the budgets come from the budget file of this dataset and model: without one, or with another
+    # pair's, every number below would be wrong, so this is the one message (a model that cannot
+    # serve this dataset at all is said first: no budget file would help)
+    pairing = model_fit_problem(copy) or missing_budgets_problem(cfg) or pairing_problem(copy)
     if pairing:
         return [pairing]
     # keys added with +key=value bypass Hydra's schema check: refuse them here
@@ -595,6 +603,8 @@ def problems(cfg: DictConfig) -> list[str]:
     s = copy.get("search")
     if isinstance(s, DictConfig) and "n_trials" in s:  # the search's budget (the sweeper reads it)
         c.int_at_least(s, "n_trials", "search", 1)
+    if isinstance(s, DictConfig) and "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
+        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
 
     # dataset
     c.one_of(ds, "metric", "dataset", METRIC_NAMES)
@@ -627,6 +637,11 @@ def problems(cfg: DictConfig) -> list[str]:
 
     # logger
     c.one_of(lg, "mode", "logger", WANDB_MODES)
+    if lg.get("wandb"):
+        if not (isinstance(lg.get("log_every_n_steps"), int) and lg.log_every_n_steps >= 1):
+            c.problems.append(f"logger.log_every_n_steps={lg.get('log_every_n_steps')}: must be an integer >= 1")
+        if not (isinstance(lg.get("init_timeout"), (int, float)) and lg.init_timeout > 0):
+            c.problems.append(f"logger.init_timeout={lg.get('init_timeout')}: must be a number of seconds > 0")
     return c.problems
 
 

@@ -48,7 +48,7 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
 
 def _fingerprint_exclude() -> List[str]:
     # keys that never change a trial's objective: changing them must resume the same study
-    return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "experiment", "search.n_trials",
+    return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "budget", "search.n_trials",
             "dataset.passes_per_epoch", "trainer.epochs", "trainer.num_workers",
             "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "search.trial_id",
             "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap",
