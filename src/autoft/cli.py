@@ -276,7 +276,8 @@ def trial_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec:
                      accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
                      pool_seed=int(search.get("pool_seed", 0)), eval_every=int(search.get("eval_every", 0) or 0),
                      bootstrap=int(search.get("bootstrap", 1000) or 0),
-                     wise_alphas=tuple(_alpha(a) for a in alphas or ()), optimizer=optimizer(cfg))
+                     wise_alphas=tuple(_alpha(a) for a in alphas or ()),
+                     regenerate_head=search.get("regenerate_head", False), optimizer=optimizer(cfg))
 
 
 def optimizer(cfg: DictConfig) -> OptimizerFactory:

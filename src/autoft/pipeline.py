@@ -137,12 +137,16 @@ def pool_indices(n: int, size: int, seed: int) -> np.ndarray:
 def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, trainable: str,
                  pool_indices: np.ndarray, batch_size: int, eval_every: int = 0,
                  report: Optional[Callable[[int, float], None]] = None,
-                 progress: Optional[Callable[[int, int], None]] = None, wise_alphas: Sequence[float] = ()) -> dict:
+                 progress: Optional[Callable[[int, int], None]] = None, wise_alphas: Sequence[float] = (),
+                 regenerate_head: bool = False) -> dict:
     """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning);
     `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck).
 
     With `wise_alphas`, OOD-val is scored at theta(a) for each a instead of once (one pass per a):
-    `wise` maps each a to its metrics and predictions, and the run's objective is its best a's."""
+    `wise` maps each a to its metrics and predictions, and the run's objective is its best a's.
+    With `regenerate_head`, every score (reports, mixtures, the objective) is that of the scored
+    weights with their head replaced by the zero-shot head of their own text tower
+    (`with_zeroshot_head`); training never sees the rebuilt head."""
     task = ws.task
     t0 = time.perf_counter()
     ws.reset()
@@ -151,21 +155,25 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
     batches = iter(TensorBatches(images, labels, batch_size, seed=settings.seed))
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
 
+    def score() -> dict:  # OOD-val at the working model's current weights
+        def ood_val() -> dict:
+            return ood_val_scores(ws, ws.logits(task.ood_val))
+        return with_zeroshot_head(ws, ood_val) if regenerate_head else ood_val()
+
     def on_step(step: int, info: dict) -> None:
         if progress is not None:
             progress(step, settings.steps)
         if report is not None and eval_every and step % eval_every == 0 and step < settings.steps:
-            report(step, ws.evaluate(task.ood_val)[task.metric])
+            report(step, score()["metrics"][task.metric])
             tuner.train_mode()
 
     history = tuner.run(batches, settings.steps, on_step)
     if wise_alphas:
-        scored = at_mixtures(ws, wise_alphas, lambda: ood_val_scores(ws, ws.logits(task.ood_val)))
-        wise = dict(zip((float(a) for a in wise_alphas), scored))
+        wise = dict(zip((float(a) for a in wise_alphas), at_mixtures(ws, wise_alphas, score)))
         alpha = best_alpha({a: w["metrics"][task.metric] for a, w in wise.items()}, task.higher_is_better)
         chosen = wise[alpha]
     else:
-        wise, alpha, chosen = None, 1.0, ood_val_scores(ws, ws.logits(task.ood_val))
+        wise, alpha, chosen = None, 1.0, score()
     # what the optimiser really used, so tests and users can check the sampled values arrived
     out = {"objective": chosen["metrics"][task.metric], "ood_val": chosen["metrics"], "final_loss": history[-1]["loss"],
            "ood_val_pred": chosen["pred"],
@@ -208,9 +216,12 @@ class TrialSpec:
     eval_every: int = 0                  # > 0: report OOD-val every so many steps (pruning)
     bootstrap: int = 1000                # resamples of the OOD-val interval (0: none)
     wise_alphas: tuple = ()              # score theta(a) for each a too; the objective is the best a's
+    regenerate_head: bool = False        # score with the tuned text tower's zero-shot head (reference --regenerate_head)
     optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
 
     def __post_init__(self):
+        if not isinstance(self.regenerate_head, bool):
+            raise UserError(f"search.regenerate_head={self.regenerate_head!r}: must be true or false")
         if len(self.seeds) < 1:
             raise UserError("search.seeds_per_trial must be >= 1, got 0")
         if self.eval_every < 0:
@@ -245,8 +256,8 @@ def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, fl
         seed_everything(settings.seed)
         runs.append(search_trial(ws, spec.weights, settings, spec.trainable, pool, spec.batch_size,
                                  eval_every=spec.eval_every, report=report if i == 0 else None, progress=progress,
-                                 wise_alphas=spec.wise_alphas))
-    record: dict = {"metric": task.metric, "seeds": list(spec.seeds)}
+                                 wise_alphas=spec.wise_alphas, regenerate_head=spec.regenerate_head))
+    record: dict = {"metric": task.metric, "seeds": list(spec.seeds), "regenerate_head": spec.regenerate_head}
     if spec.wise_alphas:
         means = {a: float(np.mean([r["wise"][a]["metrics"][task.metric] for r in runs])) for a in spec.wise_alphas}
         alpha = best_alpha(means, task.higher_is_better)
@@ -473,11 +484,26 @@ def linear_probe(ws: Workspace, source: "EpochSource", spec: FinalSpec, dist_env
 
 @torch.no_grad()
 def refresh_zeroshot_head(ws: Workspace) -> None:
-    """Head = logit_scale.exp() x the zero-shot class embeddings of the current text tower (bias kept)."""
+    """The head becomes the zero-shot head of the current text tower, the one CLIPClassifier starts
+    with: W = logit_scale.exp() x zeroshot_weights(current text tower), b = 0 (the reference's
+    `get_zeroshot_classifier` builds a new head with a zero bias too)."""
     clip = ws.classifier.clip
     clip.eval()  # the fine-tuning loop puts the model back in train mode (BN frozen) itself
     emb = zeroshot_weights(clip, ws.bundle.tokenizer, ws.task.classnames, ws.task.templates, ws.device)
     ws.classifier.head.weight.copy_(emb * clip.logit_scale.exp())
+    ws.classifier.head.bias.zero_()
+
+
+def with_zeroshot_head(ws: Workspace, evaluate: Callable[[], object]):
+    """`evaluate()` with the head replaced by the zero-shot head of the current text tower
+    (`refresh_zeroshot_head`), then the head put back: what the reference's `--regenerate_head`
+    scores a trial with, without handing the rebuilt head to the training that may continue."""
+    head = {k: v.detach().clone() for k, v in ws.classifier.head.state_dict().items()}
+    try:
+        refresh_zeroshot_head(ws)
+        return evaluate()
+    finally:
+        ws.classifier.head.load_state_dict(head)
 
 
 def at_mixtures(ws: Workspace, alphas: Sequence[float], evaluate: Callable[[], object]) -> list:

@@ -32,6 +32,9 @@ RETRIES_ATTR = "autoft:retries"  # system attribute: how often these parameters 
 WARM_START_ATTR = "warm_start"
 FINGERPRINT_ATTR = "autoft_fingerprint"
 COUNTED_FAILURES = ("error", "diverged", "nan")
+# keys added after studies were made, at the value those studies were searched with: left out of the
+# fingerprint at that value, so such a study keeps its name and resumes; any other value is another study
+NEUTRAL_DEFAULTS = {"search.regenerate_head": False}
 
 
 # ----------------------------------------------------------------------------- naming
@@ -53,13 +56,18 @@ def fingerprint(config, *, space: SearchSpace, direction: str, sampler: Mapping,
 
     The config is taken unresolved (`${data_root}` stays a reference, so the same command on
     another machine finds the same study); `exclude` drops keys that never change a trial
-    (device, paths, n_trials, final-run settings).
+    (device, paths, n_trials, final-run settings); a NEUTRAL_DEFAULTS key counts only away from its
+    neutral value.
     """
     from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(config, resolve=False) if config is not None else {}
     for key in exclude:
         _drop(tree, key)
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        value = OmegaConf.select(config, key, default=None) if config is not None else None
+        if type(value) is type(neutral) and value == neutral:
+            _drop(tree, key)
     # searched and fixed keys take their values from the trial's overrides (in `space`)
     for key in [*space.distributions, *(k.lstrip("+") for k in space.fixed)]:
         _drop(tree, key)
