@@ -605,8 +605,6 @@ def problems(cfg: DictConfig) -> list[str]:
         c.int_at_least(s, "n_trials", "search", 1)
     if isinstance(s, DictConfig) and "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
         c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
-    if isinstance(s, DictConfig) and "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
-        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
 
     # dataset
     c.one_of(ds, "metric", "dataset", METRIC_NAMES)
