@@ -120,9 +120,63 @@ def test_prepare_data_script(cifar_root, tmp_path):
 
 def test_dataset_config(cifar_root):
     cfg = OmegaConf.merge({"data_root": str(cifar_root[0])}, {"dataset": OmegaConf.load(CONF / "cifar10.yaml")})
-    ds, exp = cfg.dataset, OmegaConf.load(CONF.parent / "experiment" / "cifar10_vit_b16.yaml")  # the budgets' home
+    ds, exp = cfg.dataset, OmegaConf.load(CONF.parent / "budget" / "cifar10_vit_b16.yaml")  # the budgets' home
     t = exp.trainer
     assert (ds.metric, exp.search.n_trials, t.inner_steps, t.batch_size, t.epochs, t.base_lr, t.weight_decay,
             t.clip_grad_norm, ds.task.ood_val_size) == ("accuracy", 100, 10, 256, 20, 1e-5, 0.2, None, 100)
     t = instantiate(ds.task, _convert_="all", ood_val_size=10, corruptions=list(C))
     assert t.name == "cifar10" and len(t.ood_val) == 10 and sorted(t.tests) == ["cifar10", "cifar10.1", "cifar10.2"]
+
+
+def test_the_reference_cifar102_file_is_an_optional_extra_test(cifar_root):
+    """dataset.task.cifar102_train=true adds the reference's CIFAR-10.2 file (cifar102_train.npz) as the
+    test `cifar10.2_train`, outside the OOD mean; off by default, the other tests unchanged."""
+    root, m = cifar_root
+    plain = cifar.cifar10(root, ood_val_size=10, corruptions=C)
+    both = cifar.cifar10(root, ood_val_size=10, corruptions=C, cifar102_train=True)
+    assert plain.extra_tests == () and "cifar10.2_train" not in plain.tests
+    assert list(both.tests) == ["cifar10", "cifar10.1", "cifar10.2", "cifar10.2_train"]
+    assert both.extra_tests == ("cifar10.2_train",)
+    with np.load(root / "CIFAR-10.2" / "cifar102_train.npz") as z:
+        images, labels = z["images"], z["labels"]
+    extra = both.tests["cifar10.2_train"]
+    assert len(extra) == m["cifar10.2_train"] == 30 and np.array_equal(extra.labels, labels)
+    assert all(np.array_equal(np.asarray(extra.dataset[i][0]), images[i]) for i in (0, 17, 29))
+    for name in plain.tests:  # the same images and labels as without the option
+        assert list(plain.tests[name].dataset.example_ids()) == list(both.tests[name].dataset.example_ids())
+    assert cifar.check(root, expected={"cifar10.2_train": 30}, corruptions=C).complete
+    assert any("cifar10.2_train: 30 examples, expected 10000" in p for p in cifar.check(root, corruptions=C).problems)
+
+
+def test_the_extra_column_follows_the_ood_mean_and_stays_out_of_it():
+    from autoft.reporting.results import RunResult
+    from autoft.reporting.tables import build_table, caption, to_markdown
+
+    def run(seed, c101, c102, c102_train):
+        metrics = {"id_val": {"accuracy": 0.9}, "ood_val": {"accuracy": 0.5}, "cifar10": {"accuracy": 0.95},
+                   "cifar10.1": {"accuracy": c101}, "cifar10.2": {"accuracy": c102},
+                   "cifar10.2_train": {"accuracy": c102_train}}
+        return RunResult(Path(f"autoft/seed{seed}"), {
+            "dataset": "cifar10", "model": "vit_b16", "method": "autoft", "seed": seed, "objective_metric": "accuracy",
+            "higher_is_better": True, "metrics": metrics, "id_test_split": "cifar10",
+            "extra_test_splits": ["cifar10.2_train"]})
+
+    runs = [run(0, 0.80, 0.70, 0.60), run(1, 0.84, 0.74, 0.66)]
+    assert runs[0].ood_splits == ["cifar10.1", "cifar10.2"] and runs[0].ood_mean() == pytest.approx(0.75)
+    table = build_table(runs)
+    assert table.columns == ["id", "cifar10.1", "cifar10.2", "ood_mean", "cifar10.2_train"]
+    cells = table.rows[0].cells
+    assert cells["ood_mean"].values == pytest.approx([0.75, 0.79]) and cells["cifar10.2_train"].values == [0.60, 0.66]
+    assert table.header("cifar10.2_train") == "cifar10.2_train (not in mean)"
+    assert "| cifar10.2 | OOD mean | cifar10.2_train (not in mean) |" in to_markdown(table)
+    assert "63.0 ± 4.2" in to_markdown(table)
+    assert "mean over the OOD test sets but cifar10.2_train (shown for comparison)" in caption(table)
+
+
+def test_a_bad_cifar102_train_value_is_refused():
+    from autoft.config import validate
+    from conftest import compose_config
+
+    assert compose_config("dataset=cifar10").dataset.task.cifar102_train is False
+    with pytest.raises(UserError, match=r"dataset.task.cifar102_train='?maybe'?: must be true or false"):
+        validate(compose_config("dataset=cifar10", "dataset.task.cifar102_train=maybe"))

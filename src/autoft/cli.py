@@ -210,24 +210,23 @@ def run(cfg: DictConfig) -> Optional[float]:
     if cfg.phase == "search":
         wb = wandb_logger.for_run(cfg, used, out, job_type="trial")  # a no-op unless logger=wandb
         with wb.closing():
-            objective = run_search(cfg, ws, hp, out, spec)
+            objective = run_search(cfg, ws, hp, out, spec, wb=wb)
             wb.summary(wandb_logger.trial_summary(out / "trial.json", objective))
         return objective
 
     env = distributed_env(cfg)
-    wb = wandb_logger.for_run(cfg, used, out, job_type="final")  # rank 0 only
+    wb = wandb_logger.for_run(cfg, used, out, job_type="final", origin=hp.records)  # rank 0 only
     with wb.closing():
-        res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch)
-        if env.is_main:
-            wb.summary(wandb_logger.summary_of(res))
-    if not env.is_main:
-        return None
-    t = cfg.trainer
-    record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
-              "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
-              "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
-              "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
-    write_json(out / "results.json", record)
+        res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch, on_step=wb.on_step)
+        if not env.is_main:
+            return None
+        t = cfg.trainer
+        record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
+                  "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
+                  "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
+                  "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
+        write_json(out / "results.json", record)
+        wb.log_final(record, out, upload_checkpoint=bool((cfg.get("logger") or {}).get("upload_checkpoint", False)))
     log.info("results written to %s", out / "results.json")
     if res["wise_alpha"] != 1.0:
         log.info("  the final model is the WiSE-FT mixture at alpha=%g (hparams wise_alpha)", res["wise_alpha"])
@@ -294,17 +293,27 @@ def _alpha(value) -> float:
 
 
 def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
-               spec: Optional[TrialSpec] = None) -> float:
+               spec: Optional[TrialSpec] = None, wb: Optional[wandb_logger.WandbRun] = None) -> float:
     """One trial (pipeline.run_trial): writes trial.json and reports the per-seed scores, the
-    interval and the chosen WiSE-FT alpha (search.wise_alphas) to the study."""
+    interval and the chosen WiSE-FT alpha (search.wise_alphas) to the study; `wb` records the
+    per-step loss and lr and the intermediate OOD-val scores (search.eval_every)."""
     spec = spec or trial_spec(cfg, hp)
     reporter = None
     search = cfg.get("search") or {}
     if search.get("trial_id") is not None:
         from autoft.search.trial import TrialReporter
         reporter = TrialReporter.from_config(search)
-    record = run_trial(ws, spec, report=reporter.report if reporter is not None else None,
-                       progress=reporter.progress if reporter is not None else None)
+    logging_on = wb is not None and wb.active
+
+    def report(step: int, value: float) -> None:
+        if logging_on:  # first: a pruned trial's run keeps the score that pruned it
+            wb.record_ood_val(step, value)
+        if reporter is not None:
+            reporter.report(step, value)
+
+    record = run_trial(ws, spec, report=report if reporter is not None or logging_on else None,
+                       progress=reporter.progress if reporter is not None else None,
+                       on_step=wb.on_step if logging_on else None)
     record["hparams"] = hparams_record(cfg, hp)
     write_json(out / "trial.json", record)
     if reporter is not None:

@@ -249,6 +249,7 @@ TASK_ARGUMENT_RULES = {
     "severity": _check_severity,
     "caption_names": _one_of(CAPTION_NAMES),
     "metric": _one_of(METRIC_NAMES),
+    "cifar102_train": lambda v: None if isinstance(v, bool) else "true or false",  # also test on the reference's file
 }
 SHAPES_TARGET = "autoft.data.shapes.shapes_task"
 IMAGENET_TARGET = "autoft.data.imagenet.imagenet"

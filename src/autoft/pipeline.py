@@ -138,9 +138,10 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
                  pool_indices: np.ndarray, batch_size: int, eval_every: int = 0,
                  report: Optional[Callable[[int, float], None]] = None,
                  progress: Optional[Callable[[int, int], None]] = None, wise_alphas: Sequence[float] = (),
-                 regenerate_head: bool = False) -> dict:
+                 regenerate_head: bool = False, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """One inner run. `report(step, objective)` is called every `eval_every` steps (pruning);
-    `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck).
+    `progress(step, total)` after every step (the sweeper's worker log tells slow from stuck);
+    `on_step(step, info)` too, with the engine's step record (loggers).
 
     With `wise_alphas`, OOD-val is scored at theta(a) for each a instead of once (one pass per a):
     `wise` maps each a to its metrics and predictions, and the run's objective is its best a's.
@@ -160,14 +161,16 @@ def search_trial(ws: Workspace, weights: dict, settings: FinetuneSettings, train
             return ood_val_scores(ws, ws.logits(task.ood_val))
         return with_zeroshot_head(ws, ood_val) if regenerate_head else ood_val()
 
-    def on_step(step: int, info: dict) -> None:
+    def step_done(step: int, info: dict) -> None:
+        if on_step is not None:
+            on_step(step, info)
         if progress is not None:
             progress(step, settings.steps)
         if report is not None and eval_every and step % eval_every == 0 and step < settings.steps:
             report(step, score()["metrics"][task.metric])
             tuner.train_mode()
 
-    history = tuner.run(batches, settings.steps, on_step)
+    history = tuner.run(batches, settings.steps, step_done)
     if wise_alphas:
         wise = dict(zip((float(a) for a in wise_alphas), at_mixtures(ws, wise_alphas, score)))
         alpha = best_alpha({a: w["metrics"][task.metric] for a, w in wise.items()}, task.higher_is_better)
@@ -241,13 +244,15 @@ class TrialSpec:
 
 
 def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, float], None]] = None,
-              progress: Optional[Callable[[int, int], None]] = None) -> dict:
+              progress: Optional[Callable[[int, int], None]] = None,
+              on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """One trial: an inner run per seed, scored by the mean of their OOD-val scores, with a bootstrap
     interval over the OOD-val examples.
 
     With `spec.wise_alphas` the objective is max_a mean_seeds score(theta_seed(a)), and `wise_alpha`
     is the a that reached it (`wise` holds every a's mean). Intermediate reports (pruning) come from
-    the first seed's run only. Returns the trial record (trial.json) and `objective`."""
+    the first seed's run only, and so do `on_step` calls. Returns the trial record (trial.json) and
+    `objective`."""
     task = ws.task
     pool = pool_indices(len(task.train), spec.steps * spec.batch_size, spec.pool_seed)
     runs = []
@@ -256,7 +261,8 @@ def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, fl
         seed_everything(settings.seed)
         runs.append(search_trial(ws, spec.weights, settings, spec.trainable, pool, spec.batch_size,
                                  eval_every=spec.eval_every, report=report if i == 0 else None, progress=progress,
-                                 wise_alphas=spec.wise_alphas, regenerate_head=spec.regenerate_head))
+                                 wise_alphas=spec.wise_alphas, regenerate_head=spec.regenerate_head,
+                                 on_step=on_step if i == 0 else None))
     record: dict = {"metric": task.metric, "seeds": list(spec.seeds), "regenerate_head": spec.regenerate_head}
     if spec.wise_alphas:
         means = {a: float(np.mean([r["wise"][a]["metrics"][task.metric] for r in runs])) for a in spec.wise_alphas}
@@ -372,7 +378,8 @@ def _settings_record(settings: FinetuneSettings) -> dict:
 
 
 def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
-              on_epoch_end: Optional[Callable[[int, dict], None]] = None) -> dict:
+              on_epoch_end: Optional[Callable[[int, dict], None]] = None,
+              on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Fine-tune on all of ID train for `spec.epochs`, select the epoch on ID val, evaluate everything.
 
     After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
@@ -382,12 +389,16 @@ def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool =
     with cross-entropy at lp_lr, then fine-tuning from there); the epochs, each followed by the FLYP
     head refresh (refresh_head) and the ID-val evaluation that selects the epoch; the evaluation of
     every split at the spec's WiSE-FT alpha (1: the fine-tuned model itself; model.pt always holds
-    the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve."""
+    the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve.
+
+    `on_step(step, info)` follows every fine-tuning step (step: the run's optimiser step, continued
+    on resume) and `on_epoch_end(epoch, results)` every epoch, before its checkpoint: a logger that
+    writes there holds every checkpointed epoch, so a resumed run continues its history."""
     ws.reset()
     t0 = time.perf_counter()
     results: dict = {"selected_epoch": 0, "epochs": []}
     if spec.train:
-        results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results)
+        results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results, on_step)
     if spec.train and spec.wise_alpha != 1.0:
         (results["metrics"],) = at_mixtures(ws, [spec.wise_alpha], lambda: evaluate_all(ws))
     else:
@@ -400,7 +411,7 @@ def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool =
 
 
 def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool, dist_env: DistEnv,
-               on_epoch_end, results: dict) -> dict:
+               on_epoch_end, results: dict, on_step=None) -> dict:
     task = ws.task
     torch.manual_seed(spec.seed)
     params, objective = ws.objective(spec.weights, spec.trainable)
@@ -425,7 +436,12 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
     bar = tqdm(total=total, initial=(first_epoch - 1) * source.steps, desc=f"fine-tuning ({spec.epochs} epochs)",
                disable=not progress or not dist_env.is_main, leave=False)
     for epoch in range(first_epoch, spec.epochs + 1):
-        hist = tuner.run(source.epoch(epoch), source.steps, lambda s, info: bar.update(1))
+        def step_done(s: int, info: dict) -> None:
+            bar.update(1)
+            if on_step is not None:
+                on_step(s, info)
+
+        hist = tuner.run(source.epoch(epoch), source.steps, step_done)
         if spec.refresh_head:
             refresh_zeroshot_head(ws)
         val = ws.evaluate(task.id_val)  # every rank evaluates the same set: same selection everywhere
@@ -437,11 +453,11 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
             best_score, results["selected_epoch"] = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
         if dist_env.is_main:
+        if on_epoch_end is not None:  # before the checkpoint: never a checkpointed epoch the hook missed
+            on_epoch_end(epoch, results)
             atomic_torch_save({"epoch": epoch, "settings": _settings_record(settings), "model": ws.classifier.state_dict(),
                                "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
                                "results": results}, checkpoint)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, results)
     bar.close()
     ws.classifier.load_state_dict(best_state)
     if dist_env.is_main:

@@ -75,10 +75,15 @@ class Task:
     # class names the flyp term's captions use (one per class, in label order); None = `classnames`.
     # iWildCam's zero-shot head uses English names while the reference's captions use Latin ones.
     caption_classnames: Optional[list[str]] = None
+    # OOD tests reported for comparison only, outside the OOD mean (CIFAR-10's optional
+    # `cifar10.2_train`: the file the reference evaluates as CIFAR-10.2); results and tables carry them
+    extra_tests: tuple = ()
 
     def __post_init__(self):
         if self.id_test not in self.tests:
             raise ValueError(f"task {self.name}: id_test '{self.id_test}' is not one of its tests {list(self.tests)}")
+        if not set(self.extra_tests) <= set(self.tests) - {self.id_test}:
+            raise ValueError(f"task {self.name}: extra_tests {list(self.extra_tests)} must be OOD tests among {list(self.tests)}")
         splits = {"train": self.train, "id_val": self.id_val, "ood_val": self.ood_val, **self.tests}
         empty = [k for k, s in splits.items() if len(s) == 0]
         if empty:  # e.g. an OOD-val subset whose source images are the whole ID test set

@@ -6,13 +6,16 @@ On disk, relative to `root`:
 - `CIFAR-10.1/cifar10.1_v6_{data,labels}.npy`: CIFAR-10.1 v6 (2,000 images, uint8 [N, 32, 32, 3]).
 - `CIFAR-10.2/cifar102_{train,test}.npz` (keys `images`, `labels`): we test on the 2,000-image test
   file. The two files are easy to swap (the 10,000-image one is a *training* set); a test file
-  larger than the train file beside it is refused.
+  larger than the train file beside it is refused. `cifar102_train=True` also tests on the
+  10,000-image train file, the one the reference evaluates as CIFAR-10.2 (docs/fidelity.md), as the
+  split `cifar10.2_train`: a comparison column outside the OOD mean (`Task.extra_tests`).
 - `CIFAR-10-C/<corruption>.npy` (uint8 [5 x 10,000, 32, 32, 3], severities 1..5 stacked) and
   `labels.npy`: corruptions of the CIFAR-10 test images, in test order.
 
 Splits: ID train / ID val = a stratified hold-out (`id_val_fraction`) of the 50,000 train images;
 OOD-val (search) = `ood_val_size` class-balanced images of CIFAR-10-C at `severity`; tests =
-`cifar10` (the test set without the source images of the OOD-val subset), `cifar10.1`, `cifar10.2`.
+`cifar10` (the test set without the source images of the OOD-val subset), `cifar10.1`, `cifar10.2`
+(and `cifar10.2_train` when asked for).
 """
 from __future__ import annotations
 
@@ -107,6 +110,11 @@ def _npz(path: Path, root) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def load_cifar102_train(root) -> tuple[np.ndarray, np.ndarray]:
+    """The 10,000-image CIFAR-10.2 *train* file, which the reference evaluates as CIFAR-10.2."""
+    return _npz(Path(root) / DIRS["cifar10.2"] / "cifar102_train.npz", root)
+
+
 def load_cifar102(root) -> tuple[np.ndarray, np.ndarray]:
     """The CIFAR-10.2 *test* set; refuses a test file larger than the train file (swapped files)."""
     d = Path(root) / DIRS["cifar10.2"]
@@ -151,8 +159,10 @@ def cifar10c_pool(root, corruptions: Sequence[str], severity: int, test_labels: 
 def cifar10(root, ood_val_size: Optional[int] = 100, subset_seed: int = 0, subset_dir=None,
             id_val_fraction: float = 0.1, split_seed: int = 0,
             corruptions: Sequence[str] = CIFAR10C_CORRUPTIONS, severity: int = 5,
-            templates: Optional[Sequence[str]] = None, metric: str = "accuracy", higher_is_better: bool = True) -> Task:
-    """CIFAR-10 with CIFAR-10-C as the OOD-val source and CIFAR-10.1 / 10.2 as OOD tests."""
+            templates: Optional[Sequence[str]] = None, metric: str = "accuracy", higher_is_better: bool = True,
+            cifar102_train: bool = False) -> Task:
+    """CIFAR-10 with CIFAR-10-C as the OOD-val source and CIFAR-10.1 / 10.2 as OOD tests; with
+    `cifar102_train` also the reference's CIFAR-10.2 file, as the extra test `cifar10.2_train`."""
     data = load_cifar10(root)
     (x_train, y_train), (x_test, y_test) = data["train"], data["test"]
     keep, held = stratified_holdout(y_train, id_val_fraction, split_seed)
@@ -177,6 +187,10 @@ def cifar10(root, ood_val_size: Optional[int] = 100, subset_seed: int = 0, subse
         "cifar10.1": Split("cifar10.1", ArrayImages(x101, y101, np.array([f"cifar10.1:{i}" for i in range(len(y101))], dtype=object)), y101),
         "cifar10.2": Split("cifar10.2", ArrayImages(x102, y102, np.array([f"cifar10.2-test:{i}" for i in range(len(y102))], dtype=object)), y102),
     }
+    if cifar102_train:
+        xr, yr = load_cifar102_train(root)
+        ids = np.array([f"cifar10.2-train:{i}" for i in range(len(yr))], dtype=object)
+        tests["cifar10.2_train"] = Split("cifar10.2_train", ArrayImages(xr, yr, ids), yr)
     check_disjoint(ood_ids, {k: s.dataset.example_ids() for k, s in tests.items()})
     if subset_dir:
         save_subset(subset_dir, "ood_val_cifar10", chosen, ood_ids,
@@ -184,7 +198,7 @@ def cifar10(root, ood_val_size: Optional[int] = 100, subset_seed: int = 0, subse
                      "n": ood_val_size, "seed": subset_seed})
     return Task(name="cifar10", classnames=list(data["classnames"]), templates=list(templates or CIFAR10_TEMPLATES),
                 train=train, id_val=id_val, ood_val=ood_val, tests=tests, metric=metric, higher_is_better=higher_is_better,
-                id_test="cifar10")
+                id_test="cifar10", extra_tests=("cifar10.2_train",) if cifar102_train else ())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -225,6 +239,11 @@ def check(root, expected: Optional[dict] = None, corruptions: Sequence[str] = CI
         except UserError as e:
             report.bad(str(e))
             missing.append(name)
+    if (Path(root) / DIRS["cifar10.2"] / "cifar102_train.npz").is_file():  # read only with cifar102_train=true
+        try:
+            report.count("cifar10.2_train", len(load_cifar102_train(root)[1]), expected.get("cifar10.2_train"))
+        except UserError as e:
+            report.bad(str(e))
     try:
         arrays, labels, _, _ = cifar10c_pool(root, corruptions, severity, y_test)
         n = len(labels) // max(len(corruptions), 1)

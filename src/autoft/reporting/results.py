@@ -67,7 +67,13 @@ class RunResult:
 
     @property
     def ood_splits(self) -> list[str]:
-        return self.test_splits[1:]
+        """The OOD tests the OOD mean is taken over (every test but the ID test and the extras)."""
+        return [s for s in self.test_splits[1:] if s not in self.extra_splits]
+
+    @property
+    def extra_splits(self) -> list[str]:
+        """OOD tests reported for comparison only, outside the OOD mean (`Task.extra_tests`)."""
+        return [str(s) for s in self.data.get("extra_test_splits") or []]
 
     @property
     def trained(self) -> bool:
@@ -107,8 +113,10 @@ def problems_of(data: object) -> list[str]:
     id_test = data.get("id_test_split", ID_TEST)
     if not isinstance(metrics, dict) or id_test not in metrics:
         return [f"metrics has no '{id_test}' split (the ID test, id_test_split)"]
-    if not [s for s in metrics if s not in NON_TEST_SPLITS and s != id_test]:
+    extras = data.get("extra_test_splits") or []
+    if not [s for s in metrics if s not in NON_TEST_SPLITS and s != id_test and s not in extras]:
         out.append("metrics has no OOD test split")
+    out += [f"extra_test_splits names '{s}', which metrics does not hold" for s in extras if s not in metrics]
     id_metrics = data.get("id_test_metrics") or [metric]
     blocks = {"metrics": metrics, **{f"wise[{a}]": m for a, m in (data.get("wise") or {}).items()}}
     for where, block in blocks.items():

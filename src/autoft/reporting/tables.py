@@ -7,7 +7,9 @@ and its columns show `id_test_metrics` (default the objective): FMoW's ID column
 accuracy, as WILDS reports it, followed by the ID worst-region accuracy (column `id_worst_group_accuracy`). The
 standard deviation is the sample one (ddof=1) over seeds, omitted for a single seed. The OOD mean is
 computed per seed first (mean over the OOD tests), then averaged over seeds, so its std is the spread
-of the per-seed OOD means.
+of the per-seed OOD means. Extra tests (results' `extra_test_splits`, e.g. CIFAR-10's optional
+`cifar10.2_train`, the file the reference reports as CIFAR-10.2) follow the OOD mean as their own
+columns and never enter it.
 
 Reference file (YAML), e.g. `--reference paper_iwildcam.yaml`:
 
@@ -82,13 +84,14 @@ class Table:
     model: str
     metric: str
     higher_is_better: bool
-    columns: list[str]  # "id" (+ "id_<metric>"), OOD test names, "ood_mean"
+    columns: list[str]  # "id" (+ "id_<metric>"), OOD test names, "ood_mean", extra test names
     rows: list[Row]
     reference_columns: list[str] = field(default_factory=list)
     reference_source: Optional[str] = None
     wise_alpha: float = 0.5
     id_test: str = "id_test"
     id_metrics: list[str] = field(default_factory=list)  # default [metric]
+    extra_columns: list[str] = field(default_factory=list)  # OOD tests shown outside the OOD mean
 
     def __post_init__(self):
         self.id_metrics = list(self.id_metrics or [self.metric])
@@ -98,6 +101,8 @@ class Table:
         if col in ids:  # name the metric where the ID column does not show the objective
             plain = self.id_metrics == [self.metric]
             return "ID" if plain else f"ID {METRIC_LABELS.get(ids[col], ids[col])}"
+        if col in self.extra_columns:
+            return f"{col} (not in mean)"
         return {"ood_mean": "OOD mean"}.get(col, col)
 
     def best(self, col: str) -> Optional[float]:
@@ -110,7 +115,7 @@ class Table:
         """Machine-readable: every cell's per-seed values, mean and std (unscaled)."""
         return {"dataset": self.dataset, "model": self.model, "metric": self.metric,
                 "higher_is_better": self.higher_is_better, "columns": self.columns, "wise_alpha": self.wise_alpha,
-                "id_test": self.id_test, "id_metrics": self.id_metrics,
+                "id_test": self.id_test, "id_metrics": self.id_metrics, "extra_columns": self.extra_columns,
                 "headers": {c: self.header(c) for c in self.columns},
                 "reference_source": self.reference_source, "reference_columns": self.reference_columns,
                 "rows": [{"key": r.key, "label": r.label, "seeds": r.seeds, "reference": r.reference,
@@ -144,7 +149,7 @@ def _row(key: str, runs: Sequence[RunResult], alpha: Optional[float]) -> Row:
         m = r.wise_metrics(alpha) if alpha is not None else None
         for i, metric in enumerate(r.id_metrics):
             cells.setdefault(id_column(i, metric), []).append(r.value(r.id_test, m, metric))
-        for s in r.ood_splits:
+        for s in [*r.ood_splits, *r.extra_splits]:
             cells.setdefault(s, []).append(r.value(s, m))
         cells.setdefault("ood_mean", []).append(r.ood_mean(m))
     return Row(key, method_label(key, alpha or 0.0), [r.seed for r in runs], {c: Cell(v) for c, v in cells.items()})
@@ -167,10 +172,11 @@ def build_table(runs: Sequence[RunResult], wise_of: Iterable[str] = ("ft",), wis
     for m in wise_of:
         if m in by_method and all(r.trained for r in by_method[m]):
             rows.append(_row(WISE_PREFIX + m, by_method[m], wise_alpha))
-    columns = [*(id_column(i, m) for i, m in enumerate(first.id_metrics)), *first.ood_splits, "ood_mean"]
+    columns = [*(id_column(i, m) for i, m in enumerate(first.id_metrics)), *first.ood_splits, "ood_mean",
+               *first.extra_splits]
     table = Table(str(first.data["dataset"]), str(first.data["model"]), first.metric,
                   bool(first.data["higher_is_better"]), columns, rows, wise_alpha=wise_alpha,
-                  id_test=first.id_test, id_metrics=first.id_metrics)
+                  id_test=first.id_test, id_metrics=first.id_metrics, extra_columns=first.extra_splits)
     if reference:
         add_reference(table, reference)
     table.rows.sort(key=lambda r: _order(r.key))
@@ -242,12 +248,16 @@ def to_markdown(table: Table, digits: int = 1) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _outside_mean(table: Table) -> str:
+    return f" but {', '.join(table.extra_columns)} (shown for comparison)" if table.extra_columns else ""
+
+
 def caption(table: Table) -> str:
     direction = "higher is better" if table.higher_is_better else "lower is better"
     id_part = " and ".join(METRIC_LABELS.get(m, m) for m in table.id_metrics)
     text = (f"{table.dataset} ({table.model}): {table.metric} x100 ({direction}), mean ± std over seeds; "
             f"ID = {id_part} on {table.id_test}; OOD columns = {METRIC_LABELS.get(table.metric, table.metric)}, "
-            f"OOD mean = mean over the OOD test sets; WiSE-FT rows at α={table.wise_alpha:.1f}.")
+            f"OOD mean = mean over the OOD test sets{_outside_mean(table)}; WiSE-FT rows at α={table.wise_alpha:.1f}.")
     if table.reference_columns:
         text += f" (ref.) columns: {table.reference_source or 'reference file'}; empty where it gives no number."
     return text
