@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo foundation test test-slow test-all gpu-check clean-outputs
+.PHONY: install demo foundation test test-slow test-all gpu-check wandb-sync clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ OUT ?= gpu_check_report
 GPU_CHECK_ARGS ?=
 gpu-check: install  ## GPU readiness check (issue 13): the CUDA path once, report in $(OUT)/gpu_check.{md,json}
 	$(PY) scripts/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
+
+WANDB_SYNC_ARGS ?=
+wandb-sync: install  ## upload the offline W&B runs under outputs/ (WANDB_SYNC_ARGS=--dry-run lists them)
+	$(PY) -m autoft.reporting.wandb_sync outputs $(WANDB_SYNC_ARGS)
 
 clean-outputs:
 	rm -rf outputs multirun

@@ -117,12 +117,14 @@ def make_report(root: str | Path, wise_of: Sequence[str] = ("ft",), wise_alpha: 
 
 def log_to_wandb(report: Report, project: str = "autoft", entity: Optional[str] = None, mode: str = "auto") -> None:
     """One W&B run (job_type = report) per group: the table as a W&B table, the plots as images, and
-    every table and plot file as an artifact. Never raises."""
+    every table and plot file as an artifact; its id comes from the group's folder, so rerunning
+    updates it. Never raises."""
     from autoft.reporting import wandb_logger as W
 
     for g in report.groups:
         run = W.start_run(enabled=True, project=project, entity=entity, mode=mode, job_type="report",
                           name=f"report-{g.dataset}-{g.model}", group=f"{g.dataset}/{g.model}",
+                          run_id=W.run_id("report", Path(g.out_dir).resolve()),  # rerun: the same run, updated
                           config={"dataset": g.dataset, "model": g.model, "metric": g.table.metric,
                                   "wise_alpha": g.table.wise_alpha}, out_dir=g.out_dir)
         with run.closing():

@@ -1,13 +1,29 @@
 """Weights & Biases logging that can never stop training.
 
-One W&B run per search trial (group = the study, job_type = "trial") and per final run
-(job_type = "final"); config = the run's hyperparameters, summary = every metric (flattened as
-`split/metric`, `wise/<a>/split/metric`). `make_tables` logs the tables and plots as an artifact
-(job_type = "report").
+What each run type holds (README "Baselines, tables, W&B"):
+- trial (group = the study): the sampled hyperparameters as flat config keys (`lr_scale`,
+  `weight_decay`, `loss_weights/<term>`), `train/loss` and `train/lr` every `logger.log_every_n_steps`
+  steps and `val/ood_val` every `search.eval_every` steps against `global_step`, and the objective,
+  OOD-val metrics and chosen WiSE-FT alpha in the summary; a pruned trial finishes (not failed),
+  tagged `pruned`;
+- final (group = dataset/model/method): the same per-step curves, per-epoch `val/id_val/*` and
+  `val/objective` against `epoch`, every split's metrics and `ood_mean/<metric>` in the summary, the
+  WiSE-FT curve as a table with two line plots, results.json and the selected checkpoint as artifacts
+  (the checkpoint by reference unless `logger.upload_checkpoint`), the console log, and
+  `hparams_study`/`hparams_trial` when the hyperparameters came from a search;
+- study (one per study): see `log_study`; report (one per results folder): see report.log_to_wandb.
+
+Run ids are derived from what the run is (the study and trial number, or the run's directory), and
+runs start with resume="allow": a rerun continues its run instead of adding one. Per-step values
+are buffered on the host and written at epoch ends, after last.pt: a killed run's history stops at
+its last checkpoint, and its resumed run continues from there, so the history has no gap and no
+duplicate step.
 
 Mode (logger.mode): `auto` uses WANDB_MODE when it is set, else `online` when an API key is configured
 (WANDB_API_KEY or a `wandb login` netrc entry) and `offline` otherwise: offline runs are written
-under the run's output directory and sync later with `wandb sync <dir>/wandb/offline-run-*`.
+under the run's output directory and sync later with `python -m autoft.reporting.wandb_sync outputs/`.
+An online start that fails within `logger.init_timeout` seconds falls back to offline (one warning,
+and the process's later runs go offline at once).
 
 Every call is guarded: a W&B error (no network, full disk, bad setting) logs one warning and turns
 the run into a no-op. Under torch.distributed launchers only rank 0 logs; sequential launchers
@@ -16,6 +32,7 @@ the run into a no-op. Under torch.distributed launchers only rank 0 logs; sequen
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -71,21 +88,74 @@ def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str,
     return out
 
 
+def run_id(*parts: Any) -> str:
+    """A run id that is the same whenever the same run starts again (from the study and trial number,
+    or the run's directory): a rerun resumes its W&B run instead of adding a second one."""
+    return hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
 def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Every metric of a final run's results record, flattened (per-epoch history excluded)."""
-    out = flatten(record.get("metrics", {}))
-    out.update(flatten(record.get("wise", {}), "wise"))
-    for k in ("selected_epoch", "seconds"):
+    """A final run's summary from its results.json record: every split's metrics (`split/metric`),
+    `ood_mean/<metric>` over the OOD tests, `objective` (ID-val, what selected the epoch), and the
+    run's facts. The WiSE-FT curve is a table (`wise_rows`), not hundreds of scalars."""
+    from autoft.reporting.results import RunResult
+
+    metrics = record.get("metrics", {})
+    out = flatten(metrics)
+    if record.get("id_test_split", "id_test") in metrics:
+        ood = RunResult(Path("."), dict(record)).ood_splits
+        for m in sorted(set.intersection(*(set(metrics[s]) for s in ood)) if ood else ()):
+            out[f"ood_mean/{m}"] = sum(metrics[s][m] for s in ood) / len(ood)
+    if record.get("objective_metric") in metrics.get("id_val", {}):
+        out["objective"] = metrics["id_val"][record["objective_metric"]]
+    for k in ("selected_epoch", "wise_alpha", "seconds", "images_seen"):
         if k in record:
             out[k] = record[k]
+    if "lr" in record.get("hparams", {}):
+        out["lr"] = record["hparams"]["lr"]
+    return out
+
+
+def wise_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
+    """The WiSE-FT curve of a results record: per alpha, the objective metric on the ID test, the
+    OOD mean and each OOD test."""
+    from autoft.reporting.results import RunResult
+
+    if not record.get("wise"):
+        return []
+    run = RunResult(Path("."), dict(record))
+    rows = []
+    for a in run.wise_alphas():
+        block = run.wise_metrics(a)
+        rows.append({"alpha": a, "id_test": run.id_value(block), "ood_mean": run.ood_mean(block),
+                     **{s: run.value(s, block) for s in run.ood_splits}})
+    return rows
+
+
+def hparams_config(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters as flat config keys that W&B's parallel-coordinates and importance panels can
+    use: `loss_weights/<term>`, `weight_decay`, `wise_alpha`, and one lr key, `lr_scale`, the one the
+    search samples (the run's lr, base_lr x lr_scale x lr_mult, is in the summary as `lr`)."""
+    out = {k: v for k, v in hp.items() if k not in ("source", "lr", "loss_weights")}
+    out.update({f"loss_weights/{k}": v for k, v in (hp.get("loss_weights") or {}).items()})
     return out
 
 
 class WandbRun:
-    """A live W&B run behind guards; `WandbRun(None)` is the no-op used when logging is off."""
+    """A live W&B run behind guards; `WandbRun(None)` is the no-op used when logging is off.
 
-    def __init__(self, run=None):
+    Per-step values (`record_step`, `record_ood_val`) are kept on the host, keyed by step, and
+    written by `flush` (at epoch ends, and when the run finishes): no W&B call on the hot path."""
+
+    def __init__(self, run=None, log_every: int = 1, journal: bool = False):
         self.run = run
+        self.log_every = max(1, int(log_every))
+        self.step = 0  # the last optimiser step seen
+        self.metric: Optional[str] = None  # the objective metric (final runs' `val/objective`)
+        self._rows: dict[int, dict] = {}
+        # final runs: every flushed row also goes to a journal beside the run, read back on resume
+        self.journal = Path(run.dir).parents[1] / f"history-{run.id}.jsonl" if run is not None and journal else None
+        self._first_step = True
 
     @property
     def active(self) -> bool:
@@ -94,6 +164,11 @@ class WandbRun:
     @property
     def dir(self) -> Optional[Path]:
         return Path(self.run.dir).parent if self.run is not None else None
+
+    @property
+    def on_step(self):
+        """The Finetuner step callback, None when logging is off (nothing then runs per step)."""
+        return self.record_step if self.run is not None else None
 
     def _guard(self, what: str, fn, *args, **kwargs):
         if self.run is None:
@@ -110,6 +185,60 @@ class WandbRun:
                 pass
             return None
 
+    def record_step(self, step: int, info: Mapping[str, Any]) -> None:
+        """Every `log_every` steps: the step's loss and lr (host floats already: the engine syncs once
+        per step for its divergence check, so this adds no device sync)."""
+        self.step = step
+        if self._first_step:
+            self._first_step = False
+            if step > 1 and self.journal is not None:  # a resumed run
+                self._guard("log", self._replay, step)
+        if step % self.log_every == 0:
+            self._rows.setdefault(step, {"global_step": step}).update({"train/loss": info["loss"], "train/lr": info["lr"]})
+
+    def record_ood_val(self, step: int, value: float) -> None:
+        """An intermediate OOD-val objective (search.eval_every)."""
+        self._rows.setdefault(step, {"global_step": step})["val/ood_val"] = value
+
+    def flush(self, extra: Optional[Mapping[str, Any]] = None) -> None:
+        """Write the buffered rows as history (explicit steps = optimiser steps), `extra` at the last."""
+        rows, self._rows = self._rows, {}
+        if extra:
+            rows.setdefault(self.step, {"global_step": self.step}).update(flatten(extra))
+
+        def write():
+            for s in sorted(rows):
+                self.run.log(rows[s], step=s)
+            if self.journal is not None:
+                _append_lines(self.journal, [rows[s] for s in sorted(rows)])
+        if rows:
+            self._guard("log", write)
+
+    def _replay(self, step: int) -> None:
+        """A resumed run's first step: W&B writes a run's data in buffers that a killed process takes
+        with it, so the rows of the checkpointed steps (< step) that no earlier part of this run holds
+        are logged again from the journal; rows after the checkpoint are dropped from it."""
+        rows = [r for r in _read_lines(self.journal) if r.get("global_step", 0) < step]
+        held = self._held_step()
+        for r in rows:
+            if r["global_step"] > held:
+                self.run.log(r, step=r["global_step"])
+        _append_lines(self.journal, rows, mode="w")
+
+    def _held_step(self) -> int:
+        """The last step this run's earlier parts hold: the server's (online), else the offline
+        directories' with this id (a part cut short is read as far as it goes)."""
+        if not self.run.offline:
+            return max(0, int(getattr(self.run, "starting_step", 0) or 0) - 1)
+        held = 0
+        for part in offline_runs(self.journal.parent):
+            if part.name.endswith(f"-{self.run.id}") and part != Path(self.run.dir).parent:
+                try:
+                    held = max([held, *(h.get("_step", 0) for h in read_offline_run(part)["history"])])
+                except Exception:  # noqa: BLE001 (a torn file holds nothing usable)
+                    pass
+        return held
+
     def log(self, data: Mapping[str, Any], step: Optional[int] = None) -> None:
         self._guard("log", lambda: self.run.log(flatten(data), step=step))
 
@@ -119,12 +248,20 @@ class WandbRun:
     def config(self, data: Mapping[str, Any]) -> None:
         self._guard("config", lambda: self.run.config.update(dict(data), allow_val_change=True))
 
-    def artifact(self, name: str, kind: str, paths: Iterable[str | Path], metadata: Optional[dict] = None) -> None:
+    def tag(self, *tags: str) -> None:
+        self._guard("tags", lambda: setattr(self.run, "tags", tuple(dict.fromkeys([*self.run.tags, *tags]))))
+
+    def artifact(self, name: str, kind: str, paths: Iterable[str | Path], metadata: Optional[dict] = None,
+                 reference: bool = False) -> None:
+        """Log files as one artifact; `reference`: record them by their local path, uploading nothing."""
         def upload():
             import wandb
             art = wandb.Artifact(name, type=kind, metadata=metadata or {})
             for p in paths:
-                art.add_file(str(p), name=Path(p).name)
+                if reference:  # no checksum: a ViT-L/14 checkpoint is 1.7 GB to read
+                    art.add_reference(Path(p).resolve().as_uri(), name=Path(p).name, checksum=False)
+                else:
+                    art.add_file(str(p), name=Path(p).name)
             self.run.log_artifact(art)
         self._guard("artifact", upload)
 
@@ -134,30 +271,60 @@ class WandbRun:
             self.run.log({f"plots/{Path(p).stem}": wandb.Image(str(p)) for p in paths})
         self._guard("images", upload)
 
-    def table(self, key: str, rows: list[dict]) -> None:
+    def table(self, key: str, rows: list[dict], lines: Optional[Mapping[str, tuple[str, str]]] = None) -> None:
+        """A wandb.Table, with a line plot per `lines` entry (key -> (x column, y column))."""
         def upload():
             import wandb
             cols = list(rows[0]) if rows else []
-            self.run.log({key: wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
+            table = wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])
+            plots = {k: wandb.plot.line(table, x, y, title=f"{y} vs {x}") for k, (x, y) in (lines or {}).items()}
+            self.run.log({key: table, **plots})
         self._guard("table", upload)
 
     def log_epoch(self, epoch: int, results: Mapping[str, Any]) -> None:
-        """run_final's on_epoch_end hook: the epoch's training loss and ID-val metrics, under train/
-        (the summary's id_val/* are those of the selected epoch's model, logged at the end)."""
+        """run_final's on_epoch_end hook: the epoch's buffered steps, then its mean loss, ID-val
+        metrics and objective against `epoch`."""
         last = results["epochs"][-1]
-        self.log({"epoch": epoch, "train": {"loss": last["loss"], "id_val": last["id_val"]}})
+        row = {"epoch": epoch, "train": {"epoch_loss": last["loss"]}, "val": {"id_val": last["id_val"]}}
+        if self.metric in last["id_val"]:
+            row["val"]["objective"] = last["id_val"][self.metric]
+        self.flush(row)
+
+    def log_final(self, record: Mapping[str, Any], out_dir: Path, upload_checkpoint: bool = False) -> None:
+        """A final run's end: summary, WiSE-FT curve, results.json and the selected checkpoint."""
+        self.summary(summary_of(record))
+        rows = wise_rows(record)
+        if rows:
+            self.table("wise/curve", rows, lines={"wise/id_test_vs_alpha": ("alpha", "id_test"),
+                                                  "wise/ood_mean_vs_alpha": ("alpha", "ood_mean")})
+        if self.run is None:
+            return
+        meta = {k: record.get(k) for k in ("dataset", "model", "method", "seed", "objective_metric")}
+        self.artifact(f"results-{self.run.id}", "results", [out_dir / "results.json"], metadata=meta)
+        if (out_dir / "model.pt").is_file():
+            self.artifact(f"model-{self.run.id}", "model", [out_dir / "model.pt"],
+                          metadata={**meta, "selected_epoch": record.get("selected_epoch")},
+                          reference=not upload_checkpoint)
 
     @contextlib.contextmanager
     def closing(self):
-        """Finish the run when the block ends; a failed block marks the run failed and re-raises."""
+        """Finish the run when the block ends; a failed block marks the run failed and re-raises.
+        A pruned trial (optuna.TrialPruned) is an ordinary end: finished, tagged `pruned`."""
         try:
             yield self
-        except BaseException:
-            self.finish(exit_code=1)
+        except BaseException as err:
+            if type(err).__name__ == "TrialPruned":  # by name: optuna is not imported for trials outside a search
+                self.summary({"pruned": True, "pruned_at_step": self.step})
+                self.tag("pruned")
+                self.finish()
+            else:
+                self.finish(exit_code=1)
             raise
         self.finish()
 
     def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.flush()
         if self.run is not None:
             run, self.run = self.run, None
             try:
@@ -166,77 +333,155 @@ class WandbRun:
                 log.warning("W&B finish failed (%s: %s)", type(err).__name__, err)
 
 
+def _append_lines(path: Path, rows: list[dict], mode: str = "a") -> None:
+    """JSON lines, flushed to disk before returning (the journal must outlive a kill)."""
+    with open(path, mode) as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut by the kill
+            break
+    return out
+
+
+_STEP_METRICS = {"final": {"train/*": "global_step", "val/*": "epoch"},
+                 "trial": {"train/*": "global_step", "val/*": "global_step"}}
+_OFFLINE_FALLBACK = False  # an online start failed in this process: later runs go offline at once
+
+
 def start_run(*, enabled: bool, project: str, job_type: str, name: str, config: Mapping[str, Any],
               out_dir: str | Path, group: Optional[str] = None, entity: Optional[str] = None,
               mode: str = "auto", tags: Iterable[str] = (), wandb_dir: Optional[str | Path] = None,
-              init_timeout: float = 90.0) -> WandbRun:
-    """Start a run, or return a no-op one (logging off, not rank 0, or W&B failed to start)."""
+              run_id: Optional[str] = None, console: str = "off", init_timeout: float = 30.0,
+              log_every: int = 1, journal: bool = False) -> WandbRun:
+    """Start (or, with `run_id`, resume) a run, or return a no-op one (logging off, not rank 0, or
+    W&B failed to start). An online start that fails falls back to offline."""
+    global _OFFLINE_FALLBACK
     if not enabled or not is_main_process():
         return WandbRun(None)
     resolved = resolve_mode(mode)
     if resolved == "disabled":
         return WandbRun(None)
+    if resolved == "online" and _OFFLINE_FALLBACK:
+        resolved = "offline"
     root = Path(wandb_dir or os.environ.get("WANDB_DIR") or out_dir)
     try:
         import wandb
 
         root.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=project, entity=entity or None, group=group, job_type=job_type, name=name,
-                         config=dict(config), dir=str(root), mode=resolved, tags=list(tags) or None,
-                         reinit="finish_previous",  # trials run one after another in one process
-                         settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout))
+
+        def init(how: str):
+            return wandb.init(project=project, entity=entity or None, group=group, job_type=job_type, name=name,
+                              config=dict(config), dir=str(root), mode=how, tags=list(tags) or None,
+                              id=run_id, resume="allow" if run_id else None,
+                              reinit="finish_previous",  # trials run one after another in one process
+                              settings=wandb.Settings(silent=True, console=console, init_timeout=init_timeout))
+        try:
+            run = init(resolved)
+        except Exception as err:
+            if resolved != "online":
+                raise
+            log.warning("W&B could not start online within %gs (%s: %s); writing offline runs instead (upload "
+                        "them later: python -m autoft.reporting.wandb_sync %s)", init_timeout, type(err).__name__,
+                        " ".join(str(err).split())[:160], root)
+            _OFFLINE_FALLBACK, resolved = True, "offline"
+            wandb.teardown()  # the failed online run still holds its id in the W&B service
+            run = init(resolved)
+        for glob, step_metric in _STEP_METRICS.get(job_type, {}).items():
+            run.define_metric(step_metric)
+            run.define_metric(glob, step_metric=step_metric)
         log.info("W&B %s run %s (%s) in %s", resolved, run.id, job_type, root)
-        return WandbRun(run)
+        return WandbRun(run, log_every, journal=journal)
     except Exception as err:  # never let W&B stop training
         log.warning("W&B could not start (%s: %s); continuing without it", type(err).__name__, err)
         return WandbRun(None)
 
 
 def from_config(logger_cfg: Optional[Mapping[str, Any]], *, job_type: str, name: str, config: Mapping[str, Any],
-                out_dir: str | Path, group: Optional[str] = None, tags: Iterable[str] = ()) -> WandbRun:
+                out_dir: str | Path, group: Optional[str] = None, tags: Iterable[str] = (),
+                run_id: Optional[str] = None, console: str = "off", journal: bool = False) -> WandbRun:
     """start_run from the `logger` config group (conf/logger/*.yaml)."""
     cfg = dict(logger_cfg or {})
     return start_run(enabled=bool(cfg.get("wandb", False)), project=cfg.get("project") or "autoft",
                      entity=cfg.get("entity"), mode=cfg.get("mode") or "auto", job_type=job_type, name=name,
                      config=config, out_dir=out_dir, group=group, tags=[*(cfg.get("tags") or []), *tags],
-                     wandb_dir=cfg.get("dir"))
+                     wandb_dir=cfg.get("dir"), run_id=run_id, console=console, journal=journal,
+                     init_timeout=float(cfg.get("init_timeout") or 30.0),
+                     log_every=int(cfg.get("log_every_n_steps") or 1))
 
 
-def run_config(cfg, hp: Mapping[str, Any]) -> dict[str, Any]:
-    """W&B config of a train.py run: its hyperparameters plus what identifies it."""
+def make_tables_args(logger_cfg: Optional[Mapping[str, Any]]) -> list[str]:
+    """scripts/make_tables.py's W&B options for a composed `logger` config: the tables and plots go
+    to W&B whenever the runs did (logger=wandb, the default); [] when W&B is off."""
+    cfg = dict(logger_cfg or {})
+    if not cfg.get("wandb"):
+        return []
+    out = ["--wandb", "--wandb-project", str(cfg.get("project") or "autoft"), "--wandb-mode", str(cfg.get("mode") or "auto")]
+    return out + (["--wandb-entity", str(cfg["entity"])] if cfg.get("entity") else [])
+
+
+def run_config(cfg, hp: Mapping[str, Any], origin: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """W&B config of a train.py run: its hyperparameters (flat, `hparams_config`) plus what identifies
+    it, and for hyperparameters read from a search's file the study and trial they came from."""
     t = cfg.trainer
     budget = {"epochs": int(t.epochs)} if cfg.phase == "final" else {"inner_steps": int(t.inner_steps)}
-    return {"phase": cfg.phase, "dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name,
-            "seed": int(cfg.seed), "batch_size": int(t.batch_size), **budget,
-            **{k: v for k, v in hp.items() if k != "source"}, "hparams_source": hp.get("source")}
+    out = {"phase": cfg.phase, "dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name,
+           "seed": int(cfg.seed), "batch_size": int(t.batch_size), **budget, **hparams_config(hp),
+           "hparams_source": hp.get("source")}
+    if cfg.phase == "search":  # a trial's alpha is chosen (search.wise_alphas): the summary's wise_alpha
+        out.pop("wise_alpha", None)
+    origin = origin or {}
+    if origin.get("study_name") is not None:
+        out.update(hparams_study=origin["study_name"], hparams_trial=origin.get("trial_number"))
+    return out
 
 
-def for_run(cfg, hp: Mapping[str, Any], out_dir: str | Path, job_type: str) -> WandbRun:
-    """The W&B run of one train.py job: job_type "trial" (group = the study) or "final" (group =
-    dataset/model/method, so that W&B aggregates the seeds)."""
+def for_run(cfg, hp: Mapping[str, Any], out_dir: str | Path, job_type: str,
+            origin: Optional[Mapping[str, Any]] = None) -> WandbRun:
+    """The W&B run of one train.py job: job_type "trial" (group = the study, id from the study and
+    trial number) or "final" (group = dataset/model/method, so that W&B aggregates the seeds; id from
+    the run's directory, console captured)."""
     ident = f"{cfg.dataset.name}/{cfg.model.name}"
+    where = str(Path(out_dir).resolve())
     if job_type == "trial":
         search = cfg.get("search") or {}
         group = search.get("study_name") or f"{ident}/search-{cfg.method.name}"
         number = search.get("trial_number")
         name = f"trial-{number}" if number is not None else f"trial-{Path(out_dir).name}"
+        rid = run_id("trial", group, number) if number is not None else run_id("trial", where)
     else:
         group = f"{ident}/{cfg.method.name}"
         name = f"{cfg.method.name}-seed{int(cfg.seed)}"
-    return from_config(cfg.get("logger"), job_type=job_type, name=name, group=group,
-                       config=run_config(cfg, hp), out_dir=out_dir)
+        rid = run_id("final", where)
+    run = from_config(cfg.get("logger"), job_type=job_type, name=name, group=group, run_id=rid,
+                      config=run_config(cfg, hp, origin), out_dir=out_dir,
+                      console="wrap" if job_type == "final" else "off", journal=job_type == "final")
+    run.metric = cfg.dataset.metric
+    return run
 
 
 def trial_summary(trial_file: str | Path, objective: float) -> dict[str, Any]:
-    """Every metric of a search trial: the objective, per-seed scores, OOD-val metrics, CI."""
+    """Every metric of a search trial: the objective, per-seed scores, OOD-val metrics, CI, the
+    chosen WiSE-FT alpha (search.wise_alphas), and the run's lr."""
     out: dict[str, Any] = {"objective": objective}
     try:
         rec = json.loads(Path(trial_file).read_text())
     except (OSError, ValueError):
         return out
-    for k in ("per_seed", "ci"):
+    for k in ("per_seed", "ci", "wise_alpha"):
         if k in rec:
             out[k] = rec[k]
+    if "lr" in rec.get("hparams", {}):
+        out["lr"] = rec["hparams"]["lr"]
     runs = rec.get("runs") or ([rec] if "ood_val" in rec else [])
     if runs:
         out["ood_val"] = runs[0].get("ood_val", {})
@@ -244,6 +489,66 @@ def trial_summary(trial_file: str | Path, objective: float) -> dict[str, Any]:
             if k in runs[0]:
                 out[k] = runs[0][k]
     return out
+
+
+def _typed_columns(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """CSV cells as W&B table cells: a column whose cells all read as numbers holds floats (empty
+    cells None), any other column strings (a W&B table column has one type)."""
+    def num(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    cols = list(rows[0]) if rows else []
+    numeric = {c for c in cols if all(r[c] in ("", None) or num(r[c]) is not None for r in rows)}
+    return [{c: (num(r[c]) if r[c] not in ("", None) else None) if c in numeric else str(r[c] or "") for c in cols}
+            for r in rows]
+
+
+def log_study(logger_cfg: Optional[Mapping[str, Any]], study_dir: str | Path, study_name: str) -> WandbRun:
+    """The study's own W&B run (job_type = study, group = the study, like its trials), from the files
+    the sweeper wrote in `study_dir`: the best trial and its hyperparameters in the summary, the plots
+    as images, trials.csv as a table, best_hparams.yaml and optimization_results.yaml as an artifact.
+    Its id comes from the study name: a resumed search or a finished re-evaluation updates it."""
+    import csv
+
+    import yaml
+
+    study_dir = Path(study_dir)
+    best = _read_yaml(study_dir / "optimization_results.yaml", yaml)
+    hp = _read_yaml(study_dir / "best_hparams.yaml", yaml)
+    csv_file = study_dir / "trials.csv"
+    trials = list(csv.DictReader(csv_file.read_text().splitlines())) if csv_file.is_file() else []
+    states = [t.get("state") for t in trials]
+    run = from_config(logger_cfg, job_type="study", name=f"study-{study_name}", group=study_name, out_dir=study_dir,
+                      run_id=run_id("study", study_name),
+                      config={"study_name": study_name, "direction": best.get("direction")})
+    with run.closing():
+        run.summary({"trials": {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
+                     "best": {"objective": best.get("best_value"), "trial_number": best.get("best_trial_number"),
+                              **hparams_config({k: hp[k] for k in ("loss_weights", "lr_scale", "weight_decay",
+                                                                    "wise_alpha") if k in hp})}})
+        if trials:
+            run.table("trials", _typed_columns(trials))
+        run.images(sorted((study_dir / "plots").glob("*.png")))
+        files = [p for p in (study_dir / "best_hparams.yaml", study_dir / "optimization_results.yaml",
+                             study_dir / "trials.csv") if p.is_file()]
+        if files:
+            run.artifact(f"study-{_artifact_name(study_name)}", "study", files, metadata={"best": best})
+    return run
+
+
+def _read_yaml(path: Path, yaml) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, '-', '_' and '.'."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,15 +599,17 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     files = sorted(run_dir.glob("run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "artifacts": [], "run": {}}
+    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "artifacts": [], "run": {}, "metrics": {},
+                           "output": ""}
     for raw in _records(files[0]):
         rec = pb.Record()
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            out["run"] = {"id": r.run_id, "project": r.project, "group": r.run_group, "job_type": r.job_type,
-                          "name": r.display_name, "tags": list(r.tags)}
+            fields = {"id": r.run_id, "project": r.project, "group": r.run_group, "job_type": r.job_type,
+                      "name": r.display_name, "tags": list(r.tags)}
+            out["run"].update({k: v for k, v in fields.items() if v or k not in out["run"]})  # later: updates
             for item in r.config.update:
                 out["config"][_key(item)] = json.loads(item.value_json)
         elif kind == "config":
@@ -316,8 +623,34 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         elif kind == "artifact":
             a = rec.artifact
             out["artifacts"].append({"name": a.name, "type": a.type,
-                                     "files": [e.path for e in a.manifest.contents]})
+                                     "files": [e.path for e in a.manifest.contents],
+                                     "refs": [e.ref for e in a.manifest.contents if e.ref]})
+        elif kind == "exit":
+            out["run"]["exit_code"] = rec.exit.exit_code
+        elif kind == "metric":  # define_metric: the x-axis of a key or glob
+            m = rec.metric
+            if m.step_metric:
+                out["metrics"][m.name or m.glob_name] = m.step_metric
+        elif kind in ("output", "output_raw"):  # console capture
+            out["output"] += getattr(rec, kind).line
     out["config"].pop("_wandb", None)
+    return out
+
+
+def read_run(root: str | Path, run_id: str) -> dict[str, Any]:
+    """One W&B run as the server will hold it once every offline directory with its id is synced
+    (a resumed run writes one directory per start; `wandb sync` uploads them in start order): config
+    and summary updated in that order, history and artifacts concatenated, `parts` the count."""
+    parts = [read_offline_run(p) for p in offline_runs(root) if p.name.endswith(f"-{run_id}")]
+    if not parts:
+        raise FileNotFoundError(f"{root}: no offline run with id {run_id}")
+    out = {**parts[0], "config": {}, "summary": {}, "history": [], "artifacts": [], "output": "", "parts": len(parts)}
+    for part in parts:
+        for k in ("config", "summary", "metrics"):
+            out[k] = {**out.get(k, {}), **part[k]}
+        out["history"] += part["history"]
+        out["artifacts"] += part["artifacts"]
+        out["output"] += part["output"]
     return out
 
 

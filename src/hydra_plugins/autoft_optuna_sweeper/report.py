@@ -76,6 +76,10 @@ class ReportingMixin:
                 from autoft.reporting.plots import write_study_plots
 
                 write_study_plots(study, self.study_dir / "plots", reevaluations=recs, chosen=chosen)
+            if final and self.autoft_app and complete:  # the study's W&B run, from the files just written
+                from autoft.reporting.wandb_logger import log_study
+
+                log_study(self.config.get("logger"), self.study_dir, self.study_name)
         except Exception as err:  # outputs are derived from the storage: never fail the search for them
             log.warning("study outputs not fully written: %s", err)
 
