@@ -106,13 +106,13 @@ def main(argv=None) -> int:
     ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
     ap.add_argument("--study", help="Optuna storage URL: AutoFT uses the best trial of its study")
     ap.add_argument("--study-name", help="which study of --study (needed when it holds several)")
-    ap.add_argument("--out", help="results directory (default outputs/<dataset>/<model>)")
+    ap.add_argument("--out", help="results directory (default outputs/<dataset>/<model> of the current directory)")
     ap.add_argument("--config-dir", help="extra Hydra config directory (train.py --config-dir)")
     ap.add_argument("--skip-existing", action="store_true", help="keep complete runs, run only the missing ones")
     ap.add_argument("--no-tables", action="store_true")
     ap.add_argument("--wise", default="ft,autoft", help="make_tables --wise")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every train.py call")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before, between or after the options
 
     from autoft.errors import UserError
 
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
             from autoft.config import composition_error
             print(f"error: {composition_error(err)}", file=sys.stderr)
             return 2
-    out = Path(args.out) if args.out else ROOT / "outputs" / args.dataset / args.model
+    # outputs/ of the current directory, where `train.py -m search=autoft` (Hydra) wrote the search
+    out = (Path(args.out) if args.out else Path("outputs") / args.dataset / args.model).resolve()
     base = [sys.executable, str(ROOT / "train.py"), "-m"]
     if args.config_dir:
         base += ["--config-dir", str(Path(args.config_dir).resolve())]

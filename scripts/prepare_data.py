@@ -20,6 +20,7 @@ and ObjectNet need a licence or a login: the script prints what to do.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -87,15 +88,26 @@ def main(argv=None) -> int:
     mode.add_argument("--check", action="store_true", help="only check what is on disk (the default)")
     mode.add_argument("--download", action="store_true", help="download the public parts first")
     parser.add_argument("--verify-images", action="store_true", help="decode every image (slow) to find corrupt files")
+    parser.add_argument("--expect", metavar="JSON", help="iwildcam/fmow: the split sizes and class count to expect instead of "
+                        "the release's, as {\"counts\": {split: n}, \"classes\": n} (a subset, or a fabricated tree)")
     parser.add_argument("--sort-val", metavar="LOC_val_solution.csv",
                         help="imagenet: sort flat ILSVRC-2012 val images into <wnid>/ folders using this file")
     args = parser.parse_args(argv)
     root = Path(args.root)
+    expect = {}
+    if args.expect:
+        if args.dataset not in ("iwildcam", "fmow"):
+            raise UserError(f"--expect applies to iwildcam and fmow, not {args.dataset}")
+        try:
+            expect = json.loads(Path(args.expect).read_text())
+            expect = {"expected": dict(expect["counts"]), "n_classes": int(expect["classes"])}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"--expect {args.expect}: not a JSON file with 'counts' and 'classes' ({err})") from None
 
     if args.dataset in ("iwildcam", "fmow"):
         if args.download:
             wilds_tasks.download(args.dataset, root)
-        report = wilds_tasks.check(args.dataset, root, verify_images=args.verify_images)
+        report = wilds_tasks.check(args.dataset, root, verify_images=args.verify_images, **expect)
     elif args.dataset == "imagenet":
         if args.sort_val:
             n = imagenet.sort_val(root / imagenet.DEFAULT_PATHS["val"], args.sort_val)

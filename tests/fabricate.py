@@ -71,14 +71,17 @@ def _save_wildcam_image(path: Path, rng, size: tuple[int, int]) -> None:
         _photo(rng, size).save(path, format="JPEG", quality=85)
 
 
-def _iwildcam_layout(n_classes: int, per_class: dict[str, int]) -> dict:
+def _iwildcam_layout(n_classes: int, per_class: dict[str, int], sizes: dict[str, int] = {}) -> dict:
     """split -> (labels, locations): `per_class[split]` examples of every class in each split, so every
-    class is in train. The ID splits take the ID camera traps in turn between them, the OOD splits
+    class is in train; a split in `sizes` instead holds exactly that many, its labels cycling over the
+    classes (0, 1, ..., so that small evaluation splits stay cheap at 182 classes). The ID splits take
+    the ID camera traps in turn between them, the OOD splits
     their own; the traps actually used are then numbered 0..k-1, as wilds requires of
     `location_remapped` (no gaps), ID first, then OOD val, then OOD test."""
     layout, turn = {}, {}
     for split, locs in IWILDCAM_LOCATIONS.items():
-        ys = [y for y in range(n_classes) for _ in range(per_class[split])]
+        ys = ([i % n_classes for i in range(sizes[split])] if split in sizes
+              else [y for y in range(n_classes) for _ in range(per_class[split])])
         start = turn.get(locs, 0)
         layout[split] = (ys, [locs[(start + i) % len(locs)] for i in range(len(ys))])
         turn[locs] = start + len(ys)
@@ -87,19 +90,22 @@ def _iwildcam_layout(n_classes: int, per_class: dict[str, int]) -> dict:
     return {split: (ys, [renumber[loc] for loc in locs]) for split, (ys, locs) in layout.items()}
 
 
-def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8), per_class=None) -> dict:
+def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8), per_class=None,
+                  sizes: dict | None = None) -> dict:
     """iwildcam_v2.0/{RELEASE_v2.0.txt, metadata.csv, categories.csv, train/*.jpg}.
 
     Locations: ID splits 0-2, OOD val 3-4, OOD test 5-6 (camera traps never shared across ID/OOD;
     with few examples, only the traps used, renumbered without gaps as wilds requires).
     `n_classes` (up to 182): labels 0..n-1 of the shipped class table. `image_size` (width, height)
     of the JPEGs. `per_class`: examples of each class per split, an int for every split or a dict
-    {split: n} (missing splits: 1). Without `per_class` and with 5 classes the tree is the fixed
+    {split: n} (missing splits: 1); `sizes` {split: n} fixes a split's total instead (labels 0, 1, ...
+    in turn; the full-scale rehearsal keeps its evaluation splits small this way). Without `per_class`
+    or `sizes` and with 5 classes the tree is the fixed
     36-image one the tests know row by row; otherwise train holds 2 of each class, the others 1."""
     table = _iwildcam_classes(n_classes)
     if not 1 <= n_classes == len(table):
         raise ValueError(f"n_classes must be 1..{len(_iwildcam_classes(10_000))}, not {n_classes}")
-    if per_class is None and n_classes == 5:
+    if per_class is None and not sizes and n_classes == 5:
         layout = _IWILDCAM_LAYOUT
     else:
         counts = per_class if isinstance(per_class, dict) else \
@@ -107,7 +113,9 @@ def make_iwildcam(root, n_classes: int = 5, image_size: tuple[int, int] = (8, 8)
         counts = {s: int(counts.get(s, 1)) for s in IWILDCAM_LOCATIONS}
         if counts["train"] < 1 or min(counts.values()) < 0:
             raise ValueError(f"per_class: at least 1 per class in train and none negative, not {counts}")
-        layout = _iwildcam_layout(n_classes, counts)
+        if any(n < 1 for n in (sizes or {}).values()) or set(sizes or {}) - set(IWILDCAM_LOCATIONS):
+            raise ValueError(f"sizes: at least 1 example per split of {sorted(IWILDCAM_LOCATIONS)}, not {sizes}")
+        layout = _iwildcam_layout(n_classes, counts, sizes or {})
     rng = np.random.default_rng(RNG_SEED)
     size = tuple(int(v) for v in image_size)
     d = Path(root) / "iwildcam_v2.0"
