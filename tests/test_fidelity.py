@@ -13,6 +13,7 @@ from PIL import Image
 
 from autoft.data.base import Split, Task
 from autoft.data.cache import Normalizer, to_uint8
+from autoft.models import hub
 from autoft.models.clip import OPENAI_MEAN, OPENAI_STD, load_clip
 from autoft.pipeline import Workspace
 from autoft.reporting.results import RunResult
@@ -26,23 +27,13 @@ PAPER_DATASETS = ("iwildcam", "fmow", "imagenet", "cifar10")
 # ------------------------------------------------------------------------------------------------
 # OpenAI weights need QuickGELU; OpenAI's preprocessing (docs/fidelity.md, common settings)
 
-def fake_hub_weights(cache: Path, model) -> dict:
-    """Write `model`'s weights where open_clip's hub download of ViT-B-16/openai looks for them
-    (the Hugging Face cache layout), so that loading runs the real hub path offline."""
-    repo = cache / "models--timm--vit_base_patch16_clip_224.openai"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    state = {k: v.half() for k, v in model.state_dict().items()}  # half: the test writes 300 MB, not 600
-    torch.save(state, snapshot / "open_clip_pytorch_model.bin")
-    return state
-
-
 def test_vit_b16_openai_loads_through_the_hub_path_with_quickgelu(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    written = fake_hub_weights(tmp_path, open_clip.create_model("ViT-B-16", force_quick_gelu=True))
+    # the weights where open_clip's hub download looks, in open_clip's file (hub.write_hub_weights);
+    # half: the test writes 300 MB, not 600
+    written = {k: v.half() for k, v in open_clip.create_model("ViT-B-16", force_quick_gelu=True).state_dict().items()}
+    hub.write_hub_weights(written, "ViT-B-16", "openai", cache_dir=str(tmp_path))
     bundle = load_clip(arch="ViT-B-16", pretrained="openai", cache_dir=str(tmp_path))
     acts = [type(b.mlp.gelu).__name__ for t in (bundle.model.visual.transformer, bundle.model.transformer)
             for b in t.resblocks]

@@ -23,6 +23,7 @@ from autoft.engine import ADAMW, OptimizerFactory, optimizer_factory
 from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
 from autoft.metrics import METRICS
+from autoft.models import hub
 from autoft.models.clip import load_clip
 from autoft.pipeline import (FinalSpec, TrialSpec, Workspace, pool_indices, run_final, run_trial,  # noqa: F401
                              seed_everything)
@@ -119,8 +120,9 @@ def workspace(cfg: DictConfig) -> Workspace:
 
 def check_weights(model_cfg) -> None:
     """The model's weights can be loaded here, without downloading anything: a checkpoint is read and
-    matched to its architecture; an open_clip name and tag must be known, and with HF_HUB_OFFLINE=1
-    the tag's weights must already be in the hub cache."""
+    matched to its architecture; an open_clip name and tag must be known, and the file open_clip
+    will load must be readable: model.pretrained=<file> itself, or the tag's file in the hub cache,
+    which with HF_HUB_OFFLINE=1 must be there (autoft.models.hub.check_pretrained)."""
     import open_clip
 
     m = model_cfg
@@ -130,23 +132,13 @@ def check_weights(model_cfg) -> None:
     arch, tag = m.get("arch"), m.get("pretrained")
     if arch not in open_clip.list_models():
         raise UserError(f"model.arch={arch}: not an open_clip model; e.g. ViT-B-16, ViT-L-14 (open_clip.list_models())")
-    if not tag or Path(tag).is_file():
+    if not tag:
         return
     tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-    if tag not in tags:
-        raise UserError(f"model.pretrained={tag}: not a tag of {arch}; valid tags: {', '.join(tags)}")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no")
-    hub = (open_clip.get_pretrained_cfg(arch, tag) or {}).get("hf_hub")
-    if offline and hub:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo, name = os.path.split(hub)  # 'org/model/' (default file name) or 'org/model/file.bin'
-        name = name or "open_clip_pytorch_model.bin"
-        names = (name[:-4] + ".safetensors", name) if name.endswith(".bin") else (name,)
-        if not any(isinstance(try_to_load_from_cache(repo, n, cache_dir=m.get("cache_dir")), str) for n in names):
-            raise UserError(f"model={m.name}: the {arch}/{tag} weights (hub repo {repo}) are not in the Hugging Face "
-                            f"cache and HF_HUB_OFFLINE=1 forbids downloading them; download them once on a machine with "
-                            f"network access, or pass model.pretrained=/path/to/weights")
+    if tag not in tags and not Path(tag).is_file():
+        raise UserError(f"model.pretrained={tag}: neither a tag of {arch} nor an existing file; valid tags: "
+                        f"{', '.join(tags)}")
+    hub.check_pretrained(arch, tag, m.get("cache_dir"))
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -14,7 +14,9 @@ import torch
 from open_clip.model import CLIP
 
 from autoft.errors import UserError
+from autoft.models import hub
 from autoft.models.tokenizer import WordTokenizer
+from autoft.models.torch_files import read_torch_file, why_unreadable
 from autoft.reporting.io import atomic_write
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -57,10 +59,9 @@ def load_checkpoint(path: str | Path) -> ClipBundle:
     fix = ("point model.checkpoint at a CLIP checkpoint written by autoft.models.clip.save_checkpoint (e.g. by "
            "scripts/build_foundation.py), or rebuild it; a final run's model.pt holds a classifier, not a CLIP checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, corrupt or not a torch file at all
-        raise UserError(f"model checkpoint {path} cannot be read ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:160]}); {fix}") from None
+        payload = read_torch_file(path)  # weights-only: a checkpoint from someone else cannot run code
+    except Exception as err:  # truncated, corrupt, carrying code, or not a torch file at all
+        raise UserError(f"model checkpoint {path} cannot be read ({why_unreadable(err)}); {fix}") from None
     if not isinstance(payload, dict) or not {"config", "state_dict"} <= set(payload):
         raise UserError(f"model checkpoint {path} is not an autoft CLIP checkpoint (it lacks 'config' and "
                         f"'state_dict'); {fix}")
@@ -81,6 +82,22 @@ def pretrained_quick_gelu(arch: str, pretrained: Optional[str]) -> Optional[bool
     """Whether open_clip's pretrained tag was trained with QuickGELU (None: not a known tag)."""
     cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
     return bool(cfg.get("quick_gelu", False)) if cfg else None
+
+
+def load_openai_torchscript(model: CLIP, path: Path) -> None:
+    """Load OpenAI's original release (`ViT-B-16.pt` as the `clip` package caches it in ~/.cache/clip,
+    a TorchScript archive) into `model`. open_clip 3.3's create_model(pretrained=<file>) refuses it:
+    its torch.load(weights_only=True) cannot read TorchScript. open_clip's own reader of that format,
+    load_openai_model (torch.jit.load: TorchScript, no Python pickle; OpenAI's parameter names, which
+    are open_clip's), gives the weights; they must fit `model` exactly."""
+    try:
+        source = open_clip.load_openai_model(str(path), precision="fp32", device="cpu")
+        model.load_state_dict(source.state_dict())
+    except (RuntimeError, KeyError, ValueError) as err:
+        first = " ".join(str(err).split())[:200]
+        raise UserError(f"model.pretrained={path}: this TorchScript file is not OpenAI's CLIP release of the "
+                        f"model.arch architecture ({type(err).__name__}: {first}); pass OpenAI's file for that arch, "
+                        f"a state dict file or a tag") from None
 
 
 def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, custom: Optional[dict] = None,
@@ -116,20 +133,24 @@ def load_clip(arch: Optional[str] = None, pretrained: Optional[str] = None, cust
         tags = [t for a, t in open_clip.list_pretrained() if a == arch]
         if pretrained not in tags and not Path(pretrained).is_file():
             raise UserError(f"unknown model.pretrained '{pretrained}' for {arch}; valid tags: {', '.join(tags)}")
-    tag_gelu = pretrained_quick_gelu(arch, pretrained)
+    jit = bool(pretrained) and Path(pretrained).is_file() and hub.is_torchscript(Path(pretrained))
+    tag_gelu = True if jit else pretrained_quick_gelu(arch, pretrained)  # OpenAI's releases: QuickGELU
     if quick_gelu is None:
         quick_gelu = bool(tag_gelu)
     elif tag_gelu is not None and bool(quick_gelu) != tag_gelu:
         raise UserError(f"model.quick_gelu={quick_gelu} but the {arch}/{pretrained} weights were trained with "
                         f"quick_gelu={tag_gelu}; remove model.quick_gelu or set it to {tag_gelu}")
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained, cache_dir=cache_dir, force_quick_gelu=bool(quick_gelu))
-    except Exception as err:  # offline hub, missing file, bad cache
+        model = open_clip.create_model(arch, pretrained=None if jit else pretrained, cache_dir=cache_dir,
+                                       force_quick_gelu=bool(quick_gelu))
+        if jit:
+            load_openai_torchscript(model, Path(pretrained))
+    except UserError:
+        raise
+    except Exception as err:  # offline hub, missing or corrupt file, another architecture's weights
         if not pretrained:
             raise
-        hint = ("you are offline (HF_HUB_OFFLINE=1 or no network): download the weights once on a machine with "
-                "network access (they are cached under ~/.cache/huggingface), or pass model.pretrained=/path/to/weights")
-        raise UserError(f"cannot load pretrained weights {arch}/{pretrained}: {err.__class__.__name__}: {err}. {hint}") from None
+        raise UserError(hub.load_failure(arch, pretrained, cache_dir, err)) from None
     pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
