@@ -41,6 +41,7 @@ from autoft.losses import AutoFTObjective
 from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
 from autoft.models.clip import ClipBundle, atomic_torch_save
+from autoft.models.torch_files import read_torch_file, why_unreadable
 from autoft.wise import ALPHAS, interpolate
 
 log = logging.getLogger(__name__)
@@ -452,9 +453,9 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
         if score > best_score:
             best_score, results["selected_epoch"] = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in ws.classifier.state_dict().items()}
-        if dist_env.is_main:
         if on_epoch_end is not None:  # before the checkpoint: never a checkpointed epoch the hook missed
             on_epoch_end(epoch, results)
+        if dist_env.is_main:
             atomic_torch_save({"epoch": epoch, "settings": _settings_record(settings), "model": ws.classifier.state_dict(),
                                "tuner": tuner.state_dict(), "best_score": best_score, "best_state": best_state,
                                "results": results}, checkpoint)
@@ -471,9 +472,9 @@ def _resume_state(checkpoint: Path, settings: FinetuneSettings) -> Optional[dict
     if not checkpoint.is_file():
         return None
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as err:  # cut short (a full disk) or overwritten: say which file, never guess
-        raise UserError(f"cannot resume from {checkpoint} ({type(err).__name__}: {' '.join(str(err).split())[:160]}); "
+        state = read_torch_file(checkpoint)  # weights-only: a last.pt from someone else cannot run code
+    except Exception as err:  # cut short (a full disk), overwritten or carrying code: say which file, never guess
+        raise UserError(f"cannot resume from {checkpoint} ({why_unreadable(err)}); "
                         f"delete it to restart this run from epoch 1") from None
     if not isinstance(state, dict) or state.get("settings") != _settings_record(settings):
         log.warning("ignoring %s: it belongs to a run with other settings", checkpoint)

@@ -72,7 +72,7 @@ def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None
     With cache_file, the tensors are also stored on disk (atomically) so that other workers of the
     same study load them instead of decoding again."""
     if cache_file is not None and Path(cache_file).is_file():
-        blob = torch.load(cache_file, map_location="cpu")
+        blob = torch.load(cache_file, map_location="cpu", weights_only=True)  # a shared cache: never run code
         return blob["images"], blob["labels"]
     view = UInt8View(split, size, indices)
     images = torch.empty((len(view), 3, size, size), dtype=torch.uint8)
