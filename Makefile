@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo foundation test test-slow test-all gpu-check wandb-sync clean-outputs
+.PHONY: install demo foundation test test-slow test-all rehearsal gpu-check wandb-sync clean-outputs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-slow: install  ## longer end-to-end checks
 
 test-all: install
 	$(PY) -m pytest -q
+
+REHEARSAL_OUT ?= rehearsal
+rehearsal: install  ## the README's real-data commands at full size on fabricated data (ViT-B/16, 182 classes, 1024x768)
+	$(PY) scripts/rehearsal.py --out $(REHEARSAL_OUT)
 
 OUT ?= gpu_check_report
 GPU_CHECK_ARGS ?=

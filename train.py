@@ -3,7 +3,7 @@
     python train.py                                  # final run of the default method (ft) on the embedded task
     python train.py -m search=autoft                 # AutoFT search (Hydra multirun, our Optuna sweeper)
     python train.py method=autoft hparams=outputs/.../best_hparams.yaml seed=1   # final retrain
-    python train.py -m search=autoft experiment=iwildcam_vit_b16 data_root=...   # a paper benchmark
+    python train.py -m search=autoft dataset=iwildcam data_root=...   # a paper benchmark (its backbone: ViT-B/16)
 
 A bad input (an unknown key, a wrong type, a value out of range, an unreadable file) stops the run
 before any work with one message and exit status 2: src/autoft/config.py holds the schema and its checks.

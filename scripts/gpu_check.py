@@ -17,6 +17,9 @@ and say so):
   bench_search               scripts/bench_search.py: ours vs compute floor vs reference-style loop
                              (ViT-B/16, 224 px, batch 128, random weights), images/s, peak memory
   search_and_final           train.py -m search=autoft (3 trials), then train.py method=autoft hparams=...
+  rehearsal                  scripts/rehearsal.py: the README's real-data commands at full size (ViT-B/16 from
+                             open_clip's hub layout, 182 iWildCam classes at 1024x768); per phase: seconds,
+                             peak RSS, peak CUDA memory
   ddp_nccl_world1            torchrun, 1 process, NCCL: gradient all-reduce and feature all-gather
                              really run; same weights as a non-distributed run
   ddp_gloo_2proc             torchrun, 2 processes over gloo on the one GPU: identical weights on both ranks
@@ -950,6 +953,31 @@ def sec_search_final(r: Runner, sec: Section, check: Checker, limit: float) -> N
     sec.headline = f"search {sec.numbers['search_seconds']:.0f} s, final {sec.numbers['final_seconds']:.0f} s"
 
 
+def sec_rehearsal(r: Runner, sec: Section, check: Checker, limit: float) -> None:
+    """scripts/rehearsal.py at full size (the README's real-data commands, ViT-B/16 from open_clip's hub
+    layout, 182 iWildCam classes at 1024x768) on the GPU: each phase's time, peak RSS and peak CUDA
+    memory. The dry run runs its --tiny version (5 classes, the tiny CLIP), as tests/test_readme.py does."""
+    t = time.monotonic()
+    report = r.out / "rehearsal.json"
+    rc, out, secs = r.command(sec, "rehearsal", [sys.executable, "scripts/rehearsal.py", "--out", r.work / "rehearsal",
+                                                 "--json", report, *(["--tiny"] if r.dry else [])], r.remaining(limit, t))
+    if not report.is_file():
+        raise RuntimeError(f"rehearsal wrote no report (exit {rc})\n{out}")
+    rep = json.loads(report.read_text())
+    sec.files.append(report.name)
+    for p in rep["phases"]:
+        sec.numbers[f"{p['phase']}_seconds"] = p["seconds"]
+        if p.get("peak_rss_bytes"):
+            sec.numbers[f"{p['phase']}_peak_rss_mib"] = round(mib(p["peak_rss_bytes"]), 1)
+        if p.get("cuda_peak_allocated_bytes"):
+            sec.numbers[f"{p['phase']}_cuda_peak_mib"] = round(mib(p["cuda_peak_allocated_bytes"]), 1)
+    check("every phase of the README's commands succeeded", rep["ok"], [p["phase"] for p in rep["phases"]
+                                                                         if p["returncode"] or p.get("missing")])
+    if not rep["ok"]:
+        sec.error = out
+    sec.headline = f"{'ok' if rep['ok'] else 'FAILED'} in {rep['seconds']:.0f} s ({len(rep['phases'])} phases)"
+
+
 def sec_pytest(r: Runner, sec: Section, check: Checker, limit: float) -> None:
     t = time.monotonic()
     xml = r.out / "pytest_cuda.xml"
@@ -992,6 +1020,7 @@ SECTIONS = [
     ("memory_flat", "torch.cuda.max_memory_allocated flat across 5 trials", sec_memory, 45),
     ("bench_search", "bench_search: ours vs compute floor vs reference-style loop", sec_bench, 150),
     ("search_and_final", "3-trial search + final run through train.py", sec_search_final, 150),
+    ("rehearsal", "the README's real-data commands at full size (scripts/rehearsal.py)", sec_rehearsal, 180),
     ("ddp_nccl_world1", "DDP over NCCL, world size 1", sec_ddp_nccl, 60),
     ("ddp_gloo_2proc", "DDP over gloo, 2 processes on the GPU", sec_ddp_gloo, 75),
     ("pytest_cuda", "CUDA-marked tests (pytest -m cuda)", sec_pytest, 90),

@@ -185,7 +185,7 @@ def test_check_reports(inet_root):
 def test_dataset_config(inet_root, tmp_path):
     cfg = OmegaConf.merge({"data_root": str(inet_root[0]), "cache_dir": str(tmp_path)},
                           {"dataset": OmegaConf.load(CONF / "imagenet.yaml")})
-    ds, exp = cfg.dataset, OmegaConf.load(CONF.parent / "experiment" / "imagenet_vit_b16.yaml")  # the budgets' home
+    ds, exp = cfg.dataset, OmegaConf.load(CONF.parent / "budget" / "imagenet_vit_b16.yaml")  # the budgets' home
     t = exp.trainer
     assert (ds.metric, exp.search.n_trials, t.inner_steps, t.batch_size, t.epochs, t.base_lr, t.weight_decay,
             t.clip_grad_norm, ds.task.ood_val_size) == ("accuracy", 100, 5, 512, 10, 1e-5, 0.1, None, 1000)

@@ -313,7 +313,7 @@ def test_dataset_configs_build_their_tasks(wilds_root):
         cfg = OmegaConf.merge({"data_root": str(root)}, {"dataset": OmegaConf.load(CONF / f"{name}.yaml")})
         ds = cfg.dataset
         assert ds.metric == metric and ds.metric in METRICS and ds.higher_is_better is True
-        exp = OmegaConf.load(CONF.parent / "experiment" / f"{name}_vit_b16.yaml")  # the budgets' home
+        exp = OmegaConf.load(CONF.parent / "budget" / f"{name}_vit_b16.yaml")  # the budgets' home
         t = exp.trainer
         assert (exp.search.n_trials, t.inner_steps, t.batch_size, t.epochs, t.base_lr, t.clip_grad_norm) == \
             (500, 100, 256, 20, 1e-5, 1.0)
@@ -321,8 +321,8 @@ def test_dataset_configs_build_their_tasks(wilds_root):
         assert task.name == name and len(task.ood_val) == 4
     assert OmegaConf.load(CONF / "iwildcam.yaml").task.ood_val_size == 1000
     assert OmegaConf.load(CONF / "fmow.yaml").task.ood_val_size == 620
-    assert OmegaConf.load(CONF.parent / "experiment" / "fmow_vit_b16.yaml").trainer.weight_decay == 0.1
-    assert OmegaConf.load(CONF.parent / "experiment" / "iwildcam_vit_b16.yaml").trainer.weight_decay == 0.2
+    assert OmegaConf.load(CONF.parent / "budget" / "fmow_vit_b16.yaml").trainer.weight_decay == 0.1
+    assert OmegaConf.load(CONF.parent / "budget" / "iwildcam_vit_b16.yaml").trainer.weight_decay == 0.2
 
 
 # ------------------------------------------------------------------------------------------------

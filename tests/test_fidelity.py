@@ -149,15 +149,15 @@ def test_fmow_config_reports_both_id_metrics():
 
 
 # ------------------------------------------------------------------------------------------------
-# each paper benchmark's preset names the paper's backbone; the embedded model refuses them
+# each paper benchmark names the paper's backbone as its default model; the embedded model refuses them
 
 @pytest.mark.parametrize("dataset", PAPER_DATASETS)
 def test_paper_benchmarks_default_to_vit_b16_openai(dataset):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"experiment={dataset}_vit_b16"])
-        named = compose("config", overrides=[f"experiment={dataset}_vit_b16", "model=tiny_vit"])
+        cfg = compose("config", overrides=[f"dataset={dataset}"])
+        named = compose("config", overrides=[f"dataset={dataset}", "model=tiny_vit"])
         default = compose("config")
-    assert (cfg.dataset.name, cfg.experiment.name) == (dataset, f"{dataset}_vit_b16")
+    assert (cfg.dataset.name, cfg.budget.name) == (dataset, f"{dataset}_vit_b16")
     assert (cfg.model.arch, cfg.model.pretrained, cfg.model.quick_gelu) == ("ViT-B-16", "openai", True)
     assert named.model.name == "tiny_vit"  # the command line still wins
     assert (default.dataset.name, default.model.name) == ("shapes", "shapes_rn10t")

@@ -16,12 +16,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 ALL_SECTIONS = ["bf16_vs_fp32", "fused_adamw_channels_last", "theta0_reset_determinism", "memory_flat",
-                "bench_search", "search_and_final", "ddp_nccl_world1", "ddp_gloo_2proc", "pytest_cuda",
+                "bench_search", "search_and_final", "rehearsal", "ddp_nccl_world1", "ddp_gloo_2proc", "pytest_cuda",
                 "compile_reuse"]
-# the default suite leaves out the two slowest sections on the CPU (about 40 s together); their code
-# paths also have tests of their own (test_sweeper_train.py, test_distributed.py) and the slow test
-# below runs the whole dry run
-LIGHT = [s for s in ALL_SECTIONS if s not in ("search_and_final", "ddp_gloo_2proc")]
+# the default suite leaves out the three slowest sections on the CPU (about 100 s together); their code
+# paths also have tests of their own (test_sweeper_train.py, test_readme.py, test_distributed.py) and
+# the slow test below runs the whole dry run
+LIGHT = [s for s in ALL_SECTIONS if s not in ("search_and_final", "rehearsal", "ddp_gloo_2proc")]
 # what a CPU can and cannot judge
 CPU_SKIPPED = {"memory_flat", "ddp_nccl_world1", "pytest_cuda"}
 

@@ -187,6 +187,15 @@ def hparams_record(cfg: DictConfig, hp: Hyperparameters) -> dict[str, Any]:
     return record
 
 
+def resources(device: torch.device) -> dict[str, Any]:
+    """What this process used so far, for results.json and trial.json: the device and, on CUDA, the
+    peak memory torch allocated there (scripts/rehearsal.py reports it per phase)."""
+    record: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        record["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return record
+
+
 def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -216,7 +225,9 @@ def run(cfg: DictConfig) -> Optional[float]:
         record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
                   "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
                   "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
-                  "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res}
+                  "extra_test_splits": list(ws.task.extra_tests),
+                  "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res,
+                  "resources": resources(ws.device)}
         write_json(out / "results.json", record)
         wb.log_final(record, out, upload_checkpoint=bool((cfg.get("logger") or {}).get("upload_checkpoint", False)))
     log.info("results written to %s", out / "results.json")
@@ -307,6 +318,7 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
                        progress=reporter.progress if reporter is not None else None,
                        on_step=wb.on_step if logging_on else None)
     record["hparams"] = hparams_record(cfg, hp)
+    record["resources"] = resources(ws.device)
     write_json(out / "trial.json", record)
     if reporter is not None:
         attrs = {"per_seed": record["per_seed"], "seeds": record["seeds"], "peak_lr": record["runs"][0]["peak_lr"]}
