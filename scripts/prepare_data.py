@@ -5,6 +5,7 @@
     python scripts/prepare_data.py --dataset iwildcam --root /data --check    # the same, said explicitly
     python scripts/prepare_data.py --dataset iwildcam --root /data --download # fetch, then check
     python scripts/prepare_data.py --dataset imagenet --root /data --verify-images
+    python scripts/prepare_data.py --dataset iwildcam --root /data --cache [--splits id_val,ood_val,pool] [overrides]
 
 Checks: expected counts per split, class sets (the class masks of ImageNet-R/A and ObjectNet),
 every image file present (and decodable with --verify-images; each missing or corrupt file is
@@ -12,6 +13,12 @@ named). WILDS folders are also opened with the wilds package's own dataset class
 any difference from our reader in split sizes, labels, FMoW regions or sampled images is named
 (split and first differing position). Exit status 0 when the dataset is complete and both readers
 agree, 1 otherwise.
+
+--cache builds the preprocessed image cache (autoft.data.image_cache; docs/image_cache.md) of every
+split of the task that `train.py dataset=<dataset> data_root=<root> <overrides>` runs (or of --splits;
+`pool` = the search's ID pool, cached on its own), at the model's input size, on every core, with a
+progress bar; a killed build resumes; caches already up to date are only checked. Where the caches go:
+trainer.image_cache_dir (default <cache_dir>/images). A disk without room is an error (exit 2).
 
 Downloads: WILDS through the wilds package's own downloader; CIFAR-10, CIFAR-10.1, CIFAR-10.2,
 CIFAR-10-C, ImageNet-V2, -R, -A and -C from their public archives. ILSVRC-2012, ImageNet-Sketch
@@ -27,12 +34,15 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from autoft.data import cifar, imagenet, wilds_tasks
 from autoft.errors import UserError
 
 DATASETS = ("iwildcam", "fmow", "imagenet", "cifar10")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fetch(url: str, dest_dir: Path) -> Path:
@@ -80,6 +90,70 @@ def download_archives(root: Path, table: dict, parts) -> list[str]:
     return failed
 
 
+def compose(dataset: str, root: Path, overrides) -> "DictConfig":  # noqa: F821
+    """The config `train.py dataset=<dataset> data_root=<root> <overrides>` composes."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose("config", overrides=[f"dataset={dataset}", f"data_root={root}", *overrides])
+
+
+def model_image_size(model) -> int:
+    """The model's input resolution without loading its weights: open_clip's config of model.arch,
+    or model.custom's vision_cfg (a checkpoint's needs --image-size)."""
+    if model.get("custom"):
+        return int(model.custom.vision_cfg.get("image_size", 224))
+    if model.get("arch"):
+        import open_clip
+
+        return int(open_clip.get_model_config(model.arch)["vision_cfg"]["image_size"])
+    raise UserError(f"model={model.get('name')} is a checkpoint: give its input size with --image-size")
+
+
+def cache_splits(dataset: str, root: Path, names, image_size, workers: int, overrides) -> int:
+    """Build (or check) the image cache of each named split; prints one line per split."""
+    from autoft import cli
+    from autoft.data.cache import UInt8View, split_spec
+    from autoft.data.image_cache import _bytes, build, inspect
+
+    cfg = compose(dataset, root, overrides)
+    task = cli.build_task(cfg)
+    policy = replace(cli.image_cache_policy(cfg), mode="auto")
+    size = image_size or model_image_size(cfg.model)
+    splits = {"train": (task.train, None), "id_val": (task.id_val, None), "ood_val": (task.ood_val, None),
+              **{k: (s, None) for k, s in task.tests.items()}}
+    trial = cli.trial_spec(cfg, cli.hyperparameters(cfg))  # the search's pool, as run_trial draws it
+    splits["pool"] = (task.train, cli.pool_indices(len(task.train), trial.steps * trial.batch_size, trial.pool_seed))
+    names = names or [k for k in splits if k != "pool"]
+    unknown = [n for n in names if n not in splits]
+    if unknown:
+        raise UserError(f"--splits: unknown split(s) {unknown}; valid: {', '.join(splits)}")
+    print(f"image caches of {dataset} at {size}px under {policy.directory}")
+    total = 0
+    for name in names:
+        split, indices = splits[name]
+        spec = split_spec(split, size, policy.dataset, indices)
+        if spec is None:
+            print(f"  {name:16s} held in memory as tensors: nothing to cache")
+            continue
+        whole = split_spec(split, size, policy.dataset) if indices is not None else None
+        if whole is not None and (Path(policy.directory) / whole.name).is_dir() and \
+                inspect(Path(policy.directory) / whole.name, whole) is None:
+            print(f"  {name:16s} {spec.n:8d} images  read from the cache of {split.name}")
+            continue
+        folder = Path(policy.directory) / spec.name
+        problem = inspect(folder, spec) if folder.is_dir() else "not built"
+        t0 = time.perf_counter()
+        cache = build(UInt8View(split, size, indices), spec, policy.directory, workers)
+        seconds = time.perf_counter() - t0
+        nbytes = os.path.getsize(cache.folder / "images.npy")
+        total += nbytes
+        state = "up to date (checked)" if problem is None else f"built in {seconds:.1f} s ({spec.n / seconds:.1f} images/s; was: {problem})"
+        print(f"  {name:16s} {spec.n:8d} images  {_bytes(nbytes):>9s}  {state}  {cache.folder}", flush=True)
+    print(f"  total {_bytes(total)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, choices=DATASETS)
@@ -92,8 +166,18 @@ def main(argv=None) -> int:
                         "the release's, as {\"counts\": {split: n}, \"classes\": n} (a subset, or a fabricated tree)")
     parser.add_argument("--sort-val", metavar="LOC_val_solution.csv",
                         help="imagenet: sort flat ILSVRC-2012 val images into <wnid>/ folders using this file")
+    parser.add_argument("--cache", action="store_true", help="build the preprocessed image cache of the splits "
+                        "(after --download / --sort-val; instead of the check)")
+    parser.add_argument("--splits", help="--cache: comma-separated splits (train, id_val, ood_val, the tests, pool); "
+                        "default every split but pool")
+    parser.add_argument("--image-size", type=int, help="--cache: the model's input size (default: the model's config)")
+    parser.add_argument("--workers", type=int, default=0, help="--cache: decoding processes (default every core)")
+    parser.add_argument("overrides", nargs="*", help="--cache: config overrides as for train.py "
+                        "(trainer.image_cache_dir=..., model=..., dataset.task.ood_val_size=...)")
     args = parser.parse_args(argv)
     root = Path(args.root)
+    if args.overrides and not args.cache:
+        raise UserError(f"config overrides {args.overrides} only apply with --cache")
     expect = {}
     if args.expect:
         if args.dataset not in ("iwildcam", "fmow"):
@@ -107,6 +191,8 @@ def main(argv=None) -> int:
     if args.dataset in ("iwildcam", "fmow"):
         if args.download:
             wilds_tasks.download(args.dataset, root)
+        if args.cache:
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
         report = wilds_tasks.check(args.dataset, root, verify_images=args.verify_images, **expect)
     elif args.dataset == "imagenet":
         if args.sort_val:
@@ -114,13 +200,21 @@ def main(argv=None) -> int:
             print(f"moved {n} val images into class folders")
         if args.download:
             download_archives(root, imagenet.DOWNLOADS, imagenet.DOWNLOADS)
+        if args.cache:
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
         report = imagenet.check(root, verify_images=args.verify_images)
     else:
         if args.download:
             download_archives(root, cifar.DOWNLOADS, cifar.DOWNLOADS)
+        if args.cache:
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
         report = cifar.check(root)
     print(report.render())
     return 0 if report.complete else 1
+
+
+def _names(splits) -> list[str]:
+    return [s.strip() for s in splits.split(",") if s.strip()] if splits else []
 
 
 if __name__ == "__main__":

@@ -2,6 +2,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("WANDB_MODE", "disabled")
+if "AUTOFT_IMAGE_CACHE_DIR" not in os.environ:  # image caches of test runs (and their subprocesses) die with the session
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["AUTOFT_IMAGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoft-test-image-cache-")
+    atexit.register(shutil.rmtree, os.environ["AUTOFT_IMAGE_CACHE_DIR"], True)
 
 import numpy as np
 import pytest

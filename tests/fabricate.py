@@ -153,8 +153,18 @@ def fmow_split(column: str, year: int):
             ("val", "ood_val"): "val", ("test", "ood_test"): "test"}.get((column, period))
 
 
-def make_fmow(root) -> dict:
+def _save_sized(path: Path, rng, size, fmt: str) -> None:
+    """An 8x8 noise image (the default trees' exact bytes) or, with `size` (width, height), a `_photo`."""
+    if size is None:
+        _save(path, rng, fmt=fmt)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _photo(rng, tuple(int(v) for v in size)).save(path, format=fmt)
+
+
+def make_fmow(root, image_size=None) -> dict:
     """fmow_v1.1/{RELEASE_v1.1.txt, rgb_metadata.csv, country_code_mapping.csv, images/rgb_img_<row>.png}.
+    `image_size` (width, height): realistic PNGs of that size instead of 8x8 noise.
 
     Timestamps mix whole and fractional seconds, as in the real metadata. Split rule of the
     official scheme: before 2013 ID, 2013-2015 OOD val, from 2016 OOD test; 'seq' rows are
@@ -187,7 +197,7 @@ def make_fmow(root) -> dict:
         ts = f"{year}-0{1 + row % 9}-1{row % 10}T10:{row % 60:02d}:11" + (".123Z" if row % 2 else "Z")
         rows.append(f"{split},{cat}_{row}_0_rgb.jpg,train/{cat}/{cat}_{row},,4326,{cat},True,224,224,{cc},0,{ts},1.0,2.0")
         if split != "seq":
-            _save(d / "images" / f"rgb_img_{row}.png", rng, fmt="PNG")
+            _save_sized(d / "images" / f"rgb_img_{row}.png", rng, image_size, "PNG")
     (d / "rgb_metadata.csv").write_text(
         "split,img_filename,img_path,spatial_reference,epsg,category,visible,img_width,img_height,country_code,"
         "cloud_cover,timestamp,lat,lon\n" + "\n".join(rows) + "\n")
@@ -208,38 +218,41 @@ A_WNIDS = ["n01498041", "n03196217", "n07753592"]
 C_CORRUPTIONS = ["gaussian_noise", "fog"]
 
 
-def make_imagenet(root, train_per_class=6, val_per_class=3) -> dict:
+def make_imagenet(root, train_per_class=6, val_per_class=3, image_size=None) -> dict:
+    """The ImageNet family's folders; `image_size` (width, height): realistic JPEGs of that size for
+    train, val, ImageNet-C and the test sets instead of 8x8 noise (ObjectNet stays 12x12)."""
     rng = np.random.default_rng(RNG_SEED + 2)
     root = Path(root)
     val_names = {}
     k = 1
     for w in IMAGENET_WNIDS:
         for j in range(train_per_class):
-            _save(root / "imagenet" / "train" / w / f"{w}_{j}.JPEG", rng, fmt="JPEG")
+            _save_sized(root / "imagenet" / "train" / w / f"{w}_{j}.JPEG", rng, image_size, "JPEG")
         val_names[w] = []
         for j in range(val_per_class):
             name = f"ILSVRC2012_val_{k:08d}.JPEG"
             k += 1
-            _save(root / "imagenet" / "val" / w / name, rng, fmt="JPEG")
+            _save_sized(root / "imagenet" / "val" / w / name, rng, image_size, "JPEG")
             val_names[w].append(name)
     for c in C_CORRUPTIONS:  # ImageNet-C: corrupted val images, same file names, one folder per severity
         for sev in (3, 5):
             for w in IMAGENET_WNIDS:
                 for name in val_names[w]:
-                    _save(root / "ImageNet-C" / c / str(sev) / w / name, rng, fmt="JPEG")
+                    _save_sized(root / "ImageNet-C" / c / str(sev) / w / name, rng, image_size, "JPEG")
     for i in range(len(IMAGENET_WNIDS)):  # ImageNet-V2: folders named by class index
         for j in range(2):
-            _save(root / "imagenetv2-matched-frequency-format-val" / str(i) / f"{i:02d}{j}f3e9a.jpeg", rng, fmt="JPEG")
+            _save_sized(root / "imagenetv2-matched-frequency-format-val" / str(i) / f"{i:02d}{j}f3e9a.jpeg", rng,
+                        image_size, "JPEG")
     for w in R_WNIDS:
         for j in range(2):
-            _save(root / "imagenet-r" / w / f"art_{j}.jpg", rng, fmt="JPEG")
+            _save_sized(root / "imagenet-r" / w / f"art_{j}.jpg", rng, image_size, "JPEG")
     (root / "imagenet-r" / "README.txt").write_text("ImageNet-R (fabricated)\n")
     for w in A_WNIDS:
         for j in range(2):
-            _save(root / "imagenet-a" / w / f"0.{j}_{w}.jpg", rng, fmt="JPEG")
+            _save_sized(root / "imagenet-a" / w / f"0.{j}_{w}.jpg", rng, image_size, "JPEG")
     (root / "imagenet-a" / "README.txt").write_text("ImageNet-A (fabricated)\n")
     for w in IMAGENET_WNIDS:
-        _save(root / "sketch" / w / "sketch_1.JPEG", rng, fmt="JPEG")
+        _save_sized(root / "sketch" / w / "sketch_1.JPEG", rng, image_size, "JPEG")
     # ObjectNet: images with a red border, mapping files of the release
     on = root / "objectnet-1.0"
     folders = {"alarm_clock": "Alarm clock", "banana": "Banana", "air_freshener": "Air freshener"}

@@ -71,6 +71,11 @@ def test_dataset_folder_to_paper_table(tmp_path, dataset):
     # each results.json names its ID split and ID metrics, so the table can be rebuilt from it alone
     res = json.loads((out / "autoft" / "seed0" / "results.json").read_text())
     assert (res["id_test_split"], res["id_test_metrics"]) == (want["id_test"], want["id_metrics"])
+    # every split read from the image cache (trainer.image_cache=auto), the search's pool and OOD-val too
+    assert set(res["image_sources"]) >= {"train", "id_val", "ood_val", want["id_test"]}
+    assert set(res["image_sources"].values()) == {"cache"}
+    trial = json.loads(next((out / "search-autoft").glob("**/trial.json")).read_text())
+    assert set(trial["image_sources"].values()) == {"cache"} and "ood_val" in trial["image_sources"]
     for metric in want["id_metrics"]:
         assert table["rows"][3]["cells"]["id" if metric == want["id_metrics"][0] else f"id_{metric}"]["mean"] == \
             pytest.approx(res["metrics"][want["id_test"]][metric])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from autoft import config as schema
 from autoft.data.base import Task
+from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import ADAMW, OptimizerFactory, optimizer_factory
 from autoft.errors import UserError
@@ -93,7 +94,7 @@ def check_model_fits_dataset(cfg: DictConfig) -> None:
 
 def workspace(cfg: DictConfig) -> Workspace:
     key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
-                             "precision": cfg.trainer.precision})
+                             "precision": cfg.trainer.precision, "image_cache": cfg.trainer.get("image_cache")})
     if key not in _WORKSPACES:
         device = resolve_device(cfg.device, distributed_env(cfg).local_rank)
         if device.type == "cuda":
@@ -114,8 +115,16 @@ def workspace(cfg: DictConfig) -> Workspace:
                                            eval_batch_size=cfg.trainer.eval_batch_size,
                                            precision=resolve_precision(cfg.trainer.precision, device),
                                            compile=bool(cfg.trainer.get("compile", False)),
-                                           channels_last=resolve_channels_last(cfg.trainer.get("channels_last", "auto"), device))
+                                           channels_last=resolve_channels_last(cfg.trainer.get("channels_last", "auto"), device),
+                                           image_cache=image_cache_policy(cfg))
     return _WORKSPACES[key]
+
+
+def image_cache_policy(cfg: DictConfig) -> CachePolicy:
+    """trainer.image_cache (auto | read | off) and trainer.image_cache_dir (null: <cache_dir>/images)."""
+    t = cfg.trainer
+    directory = t.get("image_cache_dir") or str(Path(cfg.cache_dir) / "images")
+    return CachePolicy(mode=str(t.get("image_cache", "off")), directory=directory, dataset=str(cfg.dataset.name))
 
 
 def check_weights(model_cfg) -> None:
@@ -227,7 +236,7 @@ def run(cfg: DictConfig) -> Optional[float]:
                   "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
                   "extra_test_splits": list(ws.task.extra_tests),
                   "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res,
-                  "resources": resources(ws.device)}
+                  "resources": resources(ws.device), "image_sources": dict(ws.image_sources)}
         write_json(out / "results.json", record)
         wb.log_final(record, out, upload_checkpoint=bool((cfg.get("logger") or {}).get("upload_checkpoint", False)))
     log.info("results written to %s", out / "results.json")
@@ -319,6 +328,7 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
                        on_step=wb.on_step if logging_on else None)
     record["hparams"] = hparams_record(cfg, hp)
     record["resources"] = resources(ws.device)
+    record["image_sources"] = dict(ws.image_sources)  # cached or live images, per split
     write_json(out / "trial.json", record)
     if reporter is not None:
         attrs = {"per_seed": record["per_seed"], "seeds": record["seeds"], "peak_lr": record["runs"][0]["peak_lr"]}

@@ -99,6 +99,8 @@ class TrainerConf:
     max_loss: float = 1.0e4              # > 0: a loss above this (or NaN/inf) fails the run as diverged
     compile: bool = False                # torch.compile the classifier once per process
     channels_last: Any = "auto"          # auto | true | false
+    image_cache: str = "auto"            # auto | read | off: preprocessed images from disk (autoft.data.image_cache)
+    image_cache_dir: Optional[str] = None  # where the image caches live; null: <cache_dir>/images
     # the optimiser class as a partial (_target_ a torch.optim.Optimizer, _partial_: true), called with
     # the parameters, lr (base_lr x lr_scale x the method's lr_mult, on the warm-up/cosine schedule) and
     # weight_decay; other constructor arguments may be set here (betas, eps, ...), not lr or weight_decay
@@ -176,6 +178,7 @@ GROUP_SCHEMAS = {"model": ModelConf, "dataset": DatasetConf, "method": MethodCon
 PHASES = ("search", "final")
 TRAINABLE = ("all", "head")
 PRECISIONS = ("auto", "fp32", "bf16")
+IMAGE_CACHE_MODES = ("auto", "read", "off")  # = autoft.data.image_cache.MODES (kept torch-free here)
 
 
 def register() -> None:
@@ -593,6 +596,7 @@ def problems(cfg: DictConfig) -> list[str]:
     c.one_of(t, "precision", "trainer", PRECISIONS)
     c.need(t.get("channels_last") in ("auto", True, False), "trainer.channels_last", t.get("channels_last"),
            "auto, true or false")
+    c.one_of(t, "image_cache", "trainer", IMAGE_CACHE_MODES)
     opt = optimizer_problem(t.get("optimizer"))
     if opt:
         c.problems.append(opt)

@@ -13,7 +13,9 @@ each spec builds its runs' FinetuneSettings (`settings`).
 
 A `Workspace` holds what is built once per process and reused by every trial in it: the task, the
 model with its zero-shot head, theta0 (one separate copy, also used to reset the model between
-trials: no deep copies), and the decoded image tensors.
+trials: no deep copies), and the image tensors read once (the search's pool and OOD-val subset). Every
+split's images come from its image cache where the policy allows one (autoft.data.image_cache), else
+are decoded live; `image_sources` records which, per split, for results.json and trial.json.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from tqdm.auto import tqdm
 from autoft.data.base import Split, Task, format_prompt, project_logits
 from torch.utils.data import DistributedSampler
 
-from autoft.data.cache import Normalizer, TensorBatches, UInt8View, loader, materialize
+from autoft.data.cache import Normalizer, TensorBatches, image_view, loader, read_all
+from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError
 from autoft.engine import ADAMW, Finetuner, FinetuneSettings, OptimizerFactory
@@ -67,6 +70,8 @@ class Workspace:
     # what runs forward passes: the classifier itself, or its torch.compile'd wrapper (which shares
     # its parameters, so the in-place reset to theta0 never invalidates the compiled graph)
     net: Optional[torch.nn.Module] = None
+    image_cache: Optional[CachePolicy] = None  # trainer.image_cache; None: live images
+    image_sources: dict = field(default_factory=dict)  # split (subsets: 'train[n]') -> 'cache' | 'live'
 
     def __post_init__(self):
         if self.net is None:
@@ -75,7 +80,7 @@ class Workspace:
     @classmethod
     def build(cls, task: Task, bundle: ClipBundle, device: torch.device, num_workers: int = 0,
               eval_batch_size: int = 512, precision: str = "fp32", compile: bool = False,
-              channels_last: bool = False) -> "Workspace":
+              channels_last: bool = False, image_cache: Optional[CachePolicy] = None) -> "Workspace":
         clip = bundle.model.to(device)
         clip.eval()
         head = zeroshot_weights(clip, bundle.tokenizer, task.classnames, task.templates, device)
@@ -86,17 +91,22 @@ class Workspace:
         captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.caption_classnames])
         return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device, channels_last), device,
                    captions, num_workers, eval_batch_size, precision,
-                   net=torch.compile(classifier) if compile else classifier)
+                   net=torch.compile(classifier) if compile else classifier, image_cache=image_cache)
 
     def reset(self) -> None:
         """Put the working model back to theta0 (in place: parameters keep their identity)."""
         self.classifier.load_state_dict(self.theta0)
 
-    def split_tensors(self, split: Split, indices: Optional[np.ndarray] = None, cache_file=None):
+    def view(self, split: Split, indices: Optional[np.ndarray] = None):
+        """(a subset of) a split's (uint8 image, label) pairs: cached or live (recorded in image_sources)."""
+        view, source = image_view(split, self.bundle.image_size, indices, self.image_cache)
+        self.image_sources[split.name if indices is None else f"{split.name}[{len(indices)}]"] = source
+        return view
+
+    def split_tensors(self, split: Split, indices: Optional[np.ndarray] = None):
         key = (split.name, None if indices is None else tuple(int(i) for i in indices))
         if key not in self.tensors:
-            images, labels = materialize(split, self.bundle.image_size, indices, self.num_workers,
-                                         cache_file=cache_file, desc=f"decoding {split.name}")
+            images, labels = read_all(self.view(split, indices), self.num_workers, desc=f"decoding {split.name}")
             fits = images.numel() < IN_MEMORY_BYTES // 4 and self.device.type == "cuda"
             self.tensors[key] = (images.to(self.device) if fits else images, labels)
         return self.tensors[key]
@@ -116,7 +126,8 @@ class Workspace:
             images, _ = self.split_tensors(split, indices)
             batches = tensor_batches(images, self.eval_batch_size)
         else:
-            batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers, indices=indices)
+            batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers,
+                             view=self.view(split, indices))
         return predict(self.net, batches, self.normalizer, self.device)  # fp32 (see predict)
 
     def evaluate(self, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
@@ -322,11 +333,11 @@ class EpochSource:
             images, labels = ws.split_tensors(split)
             self.tensors = TensorBatches(images, labels, batch_size, seed, dist_env.rank, dist_env.world_size)
         else:
-            view = UInt8View(split, ws.bundle.image_size)
+            view = ws.view(split)
             self.sampler = DistributedSampler(view, dist_env.world_size, dist_env.rank, shuffle=True, seed=seed,
                                               drop_last=True)
             self.loader = loader(split, ws.bundle.image_size, batch_size // dist_env.world_size,
-                                 num_workers=ws.num_workers, drop_last=True, sampler=self.sampler)
+                                 num_workers=ws.num_workers, drop_last=True, sampler=self.sampler, view=view)
 
     def epoch(self, e: int) -> Iterator:
         for k in range(e * self.passes, (e + 1) * self.passes):  # passes=1: pass k = epoch e

@@ -2,16 +2,17 @@
 
 Every split is turned into uint8 CHW tensors at the model's resolution by one deterministic
 transform (OpenAI's: shorter side resized with PIL's bicubic filter, then centre-cropped); normalisation to
-the model's mean/std happens on the device. The search touches the same few thousand examples in
-every trial, so `materialize` decodes them once per study into one uint8 tensor (kept on the device
-when it fits) instead of decoding JPEGs hundreds of times. Fine-tuning uses no data augmentation, so
-the OOD-val objective is always measured with the evaluation transform.
+the model's mean/std happens on the device. `image_view` gives a split's (uint8 image, label) pairs
+from its on-disk image cache where one exists or may be built (autoft.data.image_cache,
+trainer.image_cache), else decoded live; both give the same bytes. The search touches the same few
+thousand examples in every trial, so `materialize` reads them once per process into one uint8 tensor
+(kept on the device when it fits). Fine-tuning uses no data augmentation, so the OOD-val objective is
+always measured with the evaluation transform.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from autoft.data.base import Split
-from autoft.models.clip import atomic_torch_save
+from autoft.data.image_cache import CachedImages, CachePolicy, CacheSpec, lookup, spec_for
 
 
 def to_uint8(image, size: int) -> torch.Tensor:
@@ -55,39 +56,72 @@ class UInt8View(Dataset):
         return to_uint8(image, self.size), int(label)
 
 
+def split_spec(split: Split, size: int, dataset: str, indices: Optional[Sequence[int]] = None) -> Optional[CacheSpec]:
+    """The identity of a whole split's cache, or of a subset's own (named '<split>-subset'); None for
+    datasets held as tensors (nothing to decode) and subsets of datasets that cannot select."""
+    if indices is None:
+        return spec_for(split.dataset, dataset, split.name, size)
+    if not hasattr(split.dataset, "select"):
+        return None
+    return spec_for(split.dataset.select(np.asarray(indices, dtype=np.int64)), dataset, f"{split.name}-subset", size)
+
+
+def image_view(split: Split, size: int, indices: Optional[Sequence[int]] = None,
+               policy: Optional[CachePolicy] = None, progress: bool = True) -> tuple[Dataset, str]:
+    """(a subset of) a split as (uint8 image, label) pairs, and where they come from: 'cache' or 'live'.
+
+    The split's own cache serves any subset of it. Without one, a whole split is cached on first use
+    (policy auto, when the disk has room) and a subset (the search's pool) gets a cache of its own;
+    datasets held as tensors, and policy off, are read live."""
+    live = UInt8View(split, size, indices)
+    whole = split_spec(split, size, policy.dataset) if policy and policy.mode != "off" else None
+    if whole is None:
+        return live, "live"
+    cache = lookup(whole, lambda: UInt8View(split, size), policy, build_missing=indices is None, progress=progress)
+    rows = np.arange(len(split)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if cache is not None:
+        return CachedImages(cache, rows, split.labels[rows]), "cache"
+    subset = None if indices is None else split_spec(split, size, policy.dataset, rows)
+    cache = None if subset is None else lookup(subset, lambda: live, policy, build_missing=True, progress=progress)
+    if cache is None:
+        return live, "live"
+    return CachedImages(cache, np.arange(len(rows)), split.labels[rows]), "cache"
+
+
 def loader(split: Split, size: int, batch_size: int, shuffle: bool = False, num_workers: int = 0,
            seed: int = 0, indices: Optional[Sequence[int]] = None, drop_last: bool = False,
-           sampler=None) -> DataLoader:
-    """Batches of (uint8 images, labels); a fixed order unless shuffle (seeded)."""
+           sampler=None, view: Optional[Dataset] = None) -> DataLoader:
+    """Batches of (uint8 images, labels); a fixed order unless shuffle (seeded). `view`: the pairs to
+    batch (from `image_view`); default the split's live images."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(UInt8View(split, size, indices), batch_size=batch_size, shuffle=shuffle and sampler is None,
-                      sampler=sampler, num_workers=num_workers, generator=generator, drop_last=drop_last,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(view if view is not None else UInt8View(split, size, indices), batch_size=batch_size,
+                      shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
+                      generator=generator, drop_last=drop_last, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
-def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None, num_workers: int = 0,
-                batch_size: int = 256, cache_file: Optional[str | Path] = None, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode (a subset of) a split once into (uint8 [N, 3, size, size], int64 labels [N]).
-
-    With cache_file, the tensors are also stored on disk (atomically) so that other workers of the
-    same study load them instead of decoding again."""
-    if cache_file is not None and Path(cache_file).is_file():
-        blob = torch.load(cache_file, map_location="cpu", weights_only=True)  # a shared cache: never run code
-        return blob["images"], blob["labels"]
-    view = UInt8View(split, size, indices)
-    images = torch.empty((len(view), 3, size, size), dtype=torch.uint8)
-    labels = torch.empty(len(view), dtype=torch.long)
-    pos = 0
+def read_all(view: Dataset, num_workers: int = 0, batch_size: int = 256, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of a view in memory: (uint8 [N, 3, S, S], int64 labels [N]); a cached view is read
+    (each image checked), a live one decoded on `num_workers` processes."""
+    if isinstance(view, CachedImages):
+        return view.all(), torch.as_tensor(view.labels, dtype=torch.long)
+    images = torch.empty((len(view), 3, view.size, view.size), dtype=torch.uint8)
+    labels, pos = torch.empty(len(view), dtype=torch.long), 0
     # worker processes only pay off when there is real decoding to spread
     batches = DataLoader(view, batch_size=batch_size, num_workers=num_workers if len(view) >= 2000 else 0)
-    for x, y in tqdm(batches, desc=desc or f"decoding {split.name}", leave=False,
-                     disable=len(view) < 5000 or not os.isatty(2)):
+    for x, y in tqdm(batches, desc=desc or "decoding", leave=False, disable=len(view) < 5000 or not os.isatty(2)):
         images[pos: pos + len(x)] = x
         labels[pos: pos + len(x)] = y
         pos += len(x)
-    if cache_file is not None:
-        atomic_torch_save({"images": images, "labels": labels}, cache_file)
     return images, labels
+
+
+def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None, num_workers: int = 0,
+                batch_size: int = 256, desc: str = "", policy: Optional[CachePolicy] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a subset of) a split in memory: (uint8 [N, 3, size, size], int64 labels [N]), from its image
+    cache under `policy`, else decoded."""
+    view, _ = image_view(split, size, indices, policy)
+    return read_all(view, num_workers, batch_size, desc or f"decoding {split.name}")
 
 
 def cache_key(*parts) -> str:

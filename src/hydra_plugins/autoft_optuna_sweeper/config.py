@@ -50,7 +50,8 @@ def _fingerprint_exclude() -> List[str]:
     # keys that never change a trial's objective: changing them must resume the same study
     return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "budget", "search.n_trials",
             "dataset.passes_per_epoch", "trainer.epochs", "trainer.num_workers",
-            "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "search.trial_id",
+            "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "trainer.image_cache",
+            "trainer.image_cache_dir", "search.trial_id",
             "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap",
             # re-evaluation happens after the search: changing it must resume the same study
             "search.reevaluate_top_k", "search.reevaluate_seeds", "search.reevaluate_seed_offset",
