@@ -20,7 +20,10 @@ Printed, per trial and per step:
   second), and its fixed per-trial cost (reset or deep copies, loader set-up), so that the cost of
   another budget (trials x inner steps x batch + OOD-val) can be projected (scripts/gpu_check.py);
 - peak memory of each loop (CUDA: max allocated, reset before each loop; CPU: the process's max RSS,
-  which only grows).
+  which only grows);
+- W&B logging: seconds per trial with logging off and on (an offline W&B run per trial, as train.py
+  starts one for each search trial, with its per-step loss and lr), alternated in this run; the
+  overhead per trial and as a share of the trial (it should stay under 2%).
 
 `--json PATH` (or `--out PATH`) writes every number as JSON; `main(argv)` returns the same dict.
 """
@@ -73,6 +76,33 @@ def loop_numbers(trial_s: float, train_s: float, eval_s: float, train_images: in
             "images_per_s": (train_images + eval_images) / trial_s, "peak_memory_mb": peak_mb}
 
 
+def logging_overhead(trial, device, trials: int) -> dict:
+    """Seconds per trial with W&B logging off and on (offline run per trial, every step recorded),
+    measured alternately in this process; the overhead is their difference over the trial."""
+    import tempfile
+
+    from autoft.reporting import wandb_logger as W
+
+    off, on = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(trials + 1):  # the first pair warms W&B's service up
+            t_off = timed(lambda: trial(None), device)[0]
+
+            def logged():
+                run = W.start_run(enabled=True, project="bench", job_type="trial", name=f"trial-{i}", config={"i": i},
+                                  out_dir=Path(tmp) / str(i), mode="offline", run_id=W.run_id("bench", i))
+                with run.closing():
+                    out = trial(run.on_step)
+                    run.summary({"objective": out["objective"], "ood_val": out["ood_val"]})
+            t_on = timed(logged, device)[0]
+            if i:
+                off.append(t_off)
+                on.append(t_on)
+    off_s, on_s = sum(off) / len(off), sum(on) / len(on)
+    return {"seconds_per_trial_off": off_s, "seconds_per_trial_on": on_s, "overhead_seconds": on_s - off_s,
+            "overhead_fraction": (on_s - off_s) / off_s}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=3, help="timed trials per loop (after one warm-up trial)")
@@ -110,6 +140,13 @@ def main(argv=None) -> dict:
     ours = [timed(lambda: search_trial(ws, weights, settings, trainable, pool, batch), device)[0] for _ in range(args.trials)]
     ours_s = sum(ours) / len(ours)
     mem_ours = peak_memory_mb(device)
+    # W&B logging on against off, interleaved: a trial's offline run (start, per-step loss and lr,
+    # summary, finish) as train.py runs it for a search trial
+    logging = logging_overhead(lambda on_step: search_trial(ws, weights, settings, trainable, pool, batch,
+                                                            on_step=on_step), device, args.trials)
+    print(f"  W&B logging     {logging['seconds_per_trial_on']:8.3f} s/trial on, {logging['seconds_per_trial_off']:.3f} off "
+          f"-> overhead {1000 * logging['overhead_seconds']:.0f} ms/trial ({100 * logging['overhead_fraction']:+.1f} %)",
+          flush=True)
     # its parts: the OOD-val pass (fp32, as the trial runs it) and the per-trial reset from theta0
     eval_ours = min(timed(lambda: ws.logits(task.ood_val), device)[0] for _ in range(args.trials))
     reset_ours = min(timed(ws.reset, device)[0] for _ in range(args.trials))
@@ -202,7 +239,7 @@ def main(argv=None) -> dict:
         "floor_with_adamw_seconds": floor_step_s, "overhead_ratio": ours_s / floor_s,
         "overhead_ratio_vs_floor_with_adamw": ours_s / floor_step_s, "data_share": data_s / ours_s,
         "reference_seconds_per_trial": ref_s, "speedup_vs_reference": ref_s / ours_s,
-        "peak_memory_mb_ours": mem_ours, "peak_memory_mb_all": mem_all,
+        "peak_memory_mb_ours": mem_ours, "peak_memory_mb_all": mem_all, "wandb_logging": logging,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "inner_steps": steps, "batch_size": batch,
         "dataset": cfg.dataset.name, "model": cfg.model.name, "image_size": ws.bundle.image_size,

@@ -302,3 +302,13 @@ def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
     assert any(k.startswith("plots/") and k.endswith("/_type") for k in s)  # the study's plots, as images
     files = {f for a in logged["artifacts"] if a["type"] == "study" for f in a["files"]}
     assert {"best_hparams.yaml", "optimization_results.yaml", "trials.csv"} <= files
+    # a final run from the study's best_hparams.yaml records the study and trial it came from
+    from hydra import compose, initialize_config_dir
+
+    from autoft import cli
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["method=autoft", f"hparams={sweep / 'best_hparams.yaml'}"])
+    hp = cli.hyperparameters(cfg)
+    config = W.run_config(cfg, cli.hparams_record(cfg, hp), hp.records)
+    assert config["hparams_study"] == name and config["hparams_trial"] == best.number

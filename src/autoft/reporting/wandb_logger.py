@@ -193,6 +193,8 @@ class WandbRun:
             self._first_step = False
             if step > 1 and self.journal is not None:  # a resumed run
                 self._guard("log", self._replay, step)
+            elif self.journal is not None and self.journal.is_file():  # a fresh start: an old journal is stale
+                self.journal.unlink()
         if step % self.log_every == 0:
             self._rows.setdefault(step, {"global_step": step}).update({"train/loss": info["loss"], "train/lr": info["lr"]})
 
@@ -384,7 +386,9 @@ def start_run(*, enabled: bool, project: str, job_type: str, name: str, config: 
                               config=dict(config), dir=str(root), mode=how, tags=list(tags) or None,
                               id=run_id, resume="allow" if run_id else None,
                               reinit="finish_previous",  # trials run one after another in one process
-                              settings=wandb.Settings(silent=True, console=console, init_timeout=init_timeout))
+                              # trials: no system-metrics sampler beside the (short) training loop
+                              settings=wandb.Settings(silent=True, console=console, init_timeout=init_timeout,
+                                                      x_disable_stats=job_type == "trial"))
         try:
             run = init(resolved)
         except Exception as err:
