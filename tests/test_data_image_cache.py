@@ -13,7 +13,7 @@ import torch
 import fabricate
 from autoft import config as schema
 from autoft.data import cifar, image_cache, imagenet, wilds_tasks
-from autoft.data.cache import UInt8View, image_view, materialize
+from autoft.data.cache import UInt8View, image_view, loader, materialize
 from autoft.data.image_cache import CachedImages, CachePolicy, build, spec_for
 from autoft.errors import UserError
 
@@ -58,8 +58,12 @@ def test_iwildcam_cache_equals_live_and_serves_the_search_subsets(wildcam, tmp_p
     images, labels = materialize(task.train, SIZE, pool, policy=p)
     assert torch.equal(images, torch.stack([UInt8View(task.train, SIZE, pool)[i][0] for i in range(3)]))
     assert labels.tolist() == task.train.labels[pool].tolist()
-    batch = view.__getitems__([2, 0])  # a DataLoader's batched read: in the asked order
-    assert torch.equal(batch[0][0], view[2][0]) and batch[1][1] == view[0][1]
+    x, y = view.batch([2, 0])  # a batched read: in the asked order
+    assert torch.equal(x[0], view[2][0]) and torch.equal(x[1], view[0][0]) and y.tolist() == [view[2][1], view[0][1]]
+    batches = list(loader(task.train, SIZE, 4, shuffle=True, seed=3, view=view))  # what EpochSource iterates
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(3)).tolist()  # the shuffle a live loader draws
+    assert [b[1].tolist() for b in batches] == [[view[i][1] for i in order]]
+    assert torch.equal(batches[0][0], torch.stack([view[i][0] for i in order]))
     manifest = json.loads((view.cache.folder / "manifest.json").read_text())
     assert manifest["shape"] == [len(task.train), 3, SIZE, SIZE] and manifest["dataset"] == "iwildcam"
     assert manifest["preprocessing"]["size"] == SIZE and len(manifest["checksum"]) == 64

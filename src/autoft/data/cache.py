@@ -18,12 +18,12 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from autoft.data.base import Split
-from autoft.data.image_cache import CachedImages, CachePolicy, CacheSpec, lookup, spec_for
+from autoft.data.image_cache import CachedBatches, CachedImages, CachePolicy, CacheSpec, lookup, spec_for
 
 
 def to_uint8(image, size: int) -> torch.Tensor:
@@ -94,6 +94,11 @@ def loader(split: Split, size: int, batch_size: int, shuffle: bool = False, num_
     """Batches of (uint8 images, labels); a fixed order unless shuffle (seeded). `view`: the pairs to
     batch (from `image_view`); default the split's live images."""
     generator = torch.Generator().manual_seed(seed)
+    if isinstance(view, CachedImages):  # whole batches per read (CachedBatches); the same order as below
+        order = sampler or (RandomSampler(view, generator=generator) if shuffle else SequentialSampler(view))
+        return DataLoader(CachedBatches(view), batch_size=None, sampler=BatchSampler(order, batch_size, drop_last),
+                          num_workers=num_workers, persistent_workers=num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
     return DataLoader(view if view is not None else UInt8View(split, size, indices), batch_size=batch_size,
                       shuffle=shuffle and sampler is None, sampler=sampler, num_workers=num_workers,
                       generator=generator, drop_last=drop_last, persistent_workers=num_workers > 0,
