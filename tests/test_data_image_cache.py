@@ -225,3 +225,19 @@ def test_prepare_data_builds_every_split_then_only_checks(wildcam, tmp_path, cap
     assert "read from the cache of train" in out and "up to date (checked)" in out and "built" not in out
     p = CachePolicy("read", str(tmp_path / "c"), "iwildcam")
     assert_identical(image_view(task.ood_val, SIZE, None, p)[0], task.ood_val)
+
+
+def test_bench_loader_reports_both_pipelines_on_a_fabricated_tree(tmp_path):
+    """The benchmark's keys and its identity check (its speeds are measured by running it, not here)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--images", "12", "--workers", "0", "--json", str(tmp_path / "loader.json")])
+    assert json.loads((tmp_path / "loader.json").read_text()) == out
+    assert out["identical"] is True and out["images"] == 12 and out["image_size"] == SIZE
+    assert out["live_images_per_s_per_core"] > 0 and out["cached_images_per_s_per_core"] > 0
+    assert out["cached_over_live"] == out["cached_images_per_s_per_core"] / out["live_images_per_s_per_core"]
