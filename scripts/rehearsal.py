@@ -131,10 +131,10 @@ def main(argv=None) -> int:
         link = work / name
         if not link.exists():
             link.symlink_to(ROOT / name)
-    # the weights' cache is the rehearsal's own; `python` in the README is this interpreter
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1",
+    # the weights' and autoft's caches are the rehearsal's own; `python` in the README is this interpreter
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", AUTOFT_CACHE_DIR=str(out / "cache"),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "AUTOFT_IMAGE_CACHE_DIR"):
         env.pop(var, None)
 
     phases, t_all = [], time.perf_counter()
