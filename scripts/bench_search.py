@@ -17,8 +17,13 @@ Printed, per trial and per step:
 - reference-style: a new DataLoader iterator every step, two deep copies of the model per trial,
   fp32, OOD-val decoded through a DataLoader every trial (the reference implementation's habits);
 - throughput: images per second of each loop (training images, OOD-val images, and both per trial
-  second), and its fixed per-trial cost (reset or deep copies, loader set-up), so that the cost of
-  another budget (trials x inner steps x batch + OOD-val) can be projected (scripts/gpu_check.py);
+  second), and its fixed per-trial cost (ours: the fixed cost below; the reference: deep copies, loader
+  set-up), so that the cost of another budget (trials x inner steps x batch + OOD-val) can be
+  projected (scripts/gpu_check.py);
+- fixed cost: the seconds of a trial outside its inner steps (`Finetuner.train_step`) and its OOD-val
+  forward (`Workspace.logits`), each call timed inside the same trials (synchronised on CUDA): reset
+  from theta0, optimiser and schedule construction, batches drawn, metrics, logger, transfers; and
+  their share of the trial (the cost projection's per-trial constant);
 - peak memory of each loop (CUDA: max allocated, reset before each loop; CPU: the process's max RSS,
   which only grows);
 - W&B logging: seconds per trial with logging off and on (an offline W&B run per trial, as train.py
@@ -30,7 +35,9 @@ Printed, per trial and per step:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import json
 import resource
 import sys
@@ -74,6 +81,54 @@ def loop_numbers(trial_s: float, train_s: float, eval_s: float, train_images: in
             "overhead_seconds": max(0.0, trial_s - train_s - eval_s),
             "train_images_per_s": train_images / train_s, "eval_images_per_s": eval_images / eval_s,
             "images_per_s": (train_images + eval_images) / trial_s, "peak_memory_mb": peak_mb}
+
+
+@contextlib.contextmanager
+def timed_parts(device: torch.device, parts: dict):
+    """Patch each `label: (owner, method)` for the block so that its calls are timed (synchronised, so
+    a call owns its kernels); yields label -> seconds summed. The instrumentation lives here, not in
+    the engine or the pipeline."""
+    seconds = dict.fromkeys(parts, 0.0)
+    originals = {label: getattr(owner, name) for label, (owner, name) in parts.items()}
+
+    def timer(label, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            dt, out = timed(lambda: fn(*a, **k), device)
+            seconds[label] += dt
+            return out
+        return wrapper
+
+    for label, (owner, name) in parts.items():
+        setattr(owner, name, timer(label, originals[label]))
+    try:
+        yield seconds
+    finally:
+        for label, (owner, name) in parts.items():
+            setattr(owner, name, originals[label])
+
+
+def fixed_cost(trial, workspace_cls, device, trials: int) -> dict:
+    """Seconds of a trial outside its inner steps and its OOD-val forward, both timed call by call in
+    the same trials: fixed = trial - (inner steps + OOD-val forward). Of it, the reset from theta0 and
+    the Finetuner's construction (optimiser, schedule) are timed too; the rest is batches drawn,
+    metrics, callbacks and transfers."""
+    from autoft.engine import Finetuner
+
+    parts = {"inner_steps": (Finetuner, "train_step"), "ood_val_forward": (workspace_cls, "logits"),
+             "reset": (workspace_cls, "reset"), "optimiser": (Finetuner, "__init__")}
+    rows = []
+    for _ in range(trials):
+        with timed_parts(device, parts) as seconds:
+            total = timed(trial, device)[0]
+        rows.append({"trial": total, **seconds})
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    fixed = max(0.0, mean["trial"] - mean["inner_steps"] - mean["ood_val_forward"])
+    return {"seconds_per_trial": mean["trial"], "inner_steps_seconds": mean["inner_steps"],
+            "ood_val_forward_seconds": mean["ood_val_forward"], "fixed_seconds": fixed,
+            "fixed_share": fixed / mean["trial"], "reset_seconds": mean["reset"],
+            "optimiser_seconds": mean["optimiser"],
+            "other_fixed_seconds": max(0.0, fixed - mean["reset"] - mean["optimiser"])}
 
 
 def logging_overhead(trial, device, trials: int) -> dict:
@@ -147,9 +202,10 @@ def main(argv=None) -> dict:
     print(f"  W&B logging     {logging['seconds_per_trial_on']:8.3f} s/trial on, {logging['seconds_per_trial_off']:.3f} off "
           f"-> overhead {1000 * logging['overhead_seconds']:.0f} ms/trial ({100 * logging['overhead_fraction']:+.1f} %)",
           flush=True)
-    # its parts: the OOD-val pass (fp32, as the trial runs it) and the per-trial reset from theta0
-    eval_ours = min(timed(lambda: ws.logits(task.ood_val), device)[0] for _ in range(args.trials))
-    reset_ours = min(timed(ws.reset, device)[0] for _ in range(args.trials))
+    # its parts, timed inside trials: inner steps, OOD-val forward (fp32), and the fixed rest
+    fixed = fixed_cost(lambda: search_trial(ws, weights, settings, trainable, pool, batch), type(ws), device,
+                       args.trials)
+    eval_ours, fixed_s = fixed["ood_val_forward_seconds"], fixed["fixed_seconds"]
 
     # data: drawing and normalising the same number of batches, no model
     images, labels = ws.split_tensors(task.train, pool)
@@ -240,6 +296,7 @@ def main(argv=None) -> dict:
         "overhead_ratio_vs_floor_with_adamw": ours_s / floor_step_s, "data_share": data_s / ours_s,
         "reference_seconds_per_trial": ref_s, "speedup_vs_reference": ref_s / ours_s,
         "peak_memory_mb_ours": mem_ours, "peak_memory_mb_all": mem_all, "wandb_logging": logging,
+        "fixed_cost": fixed,
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "inner_steps": steps, "batch_size": batch,
         "dataset": cfg.dataset.name, "model": cfg.model.name, "image_size": ws.bundle.image_size,
@@ -247,7 +304,7 @@ def main(argv=None) -> dict:
         "peak_memory": "torch.cuda.max_memory_allocated per loop" if device.type == "cuda"
         else "process max RSS (cumulative over the loops)",
         "loops": {
-            "ours": loop_numbers(ours_s, max(1e-9, ours_s - eval_ours - reset_ours), eval_ours, n_train, n_eval, mem_ours),
+            "ours": loop_numbers(ours_s, max(1e-9, ours_s - eval_ours - fixed_s), eval_ours, n_train, n_eval, mem_ours),
             "floor": loop_numbers(floor_s, *floor_parts, n_train, n_eval, mem_floor),
             "floor_with_adamw": loop_numbers(floor_step_s, *floor_step_parts, n_train, n_eval, mem_floor),
             "reference": loop_numbers(ref_s, ref_train, ref_eval, n_train, n_eval, mem_ref),
@@ -258,6 +315,10 @@ def main(argv=None) -> dict:
     print(f"  floor fwd+bwd   {floor_s:8.3f} s/trial  -> overhead ratio {rows['overhead_ratio']:.3f}")
     print(f"  floor +AdamW    {floor_step_s:8.3f} s/trial  -> overhead ratio {rows['overhead_ratio_vs_floor_with_adamw']:.3f}")
     print(f"  data share      {100 * rows['data_share']:7.1f} %")
+    print(f"  fixed cost      {fixed_s:8.3f} s/trial  ({100 * fixed['fixed_share']:.1f} % of a trial: reset "
+          f"{fixed['reset_seconds']:.3f}, optimiser {fixed['optimiser_seconds']:.3f}, other "
+          f"{fixed['other_fixed_seconds']:.3f}; inner steps {fixed['inner_steps_seconds']:.3f}, OOD-val forward "
+          f"{fixed['ood_val_forward_seconds']:.3f})")
     print(f"  reference-style {ref_s:8.3f} s/trial  -> ours is {rows['speedup_vs_reference']:.2f}x faster")
     for name in ("ours", "floor", "reference"):
         n = loops[name]

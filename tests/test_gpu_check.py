@@ -16,8 +16,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 ALL_SECTIONS = ["bf16_vs_fp32", "fused_adamw_channels_last", "theta0_reset_determinism", "memory_flat",
-                "bench_search", "search_and_final", "rehearsal", "ddp_nccl_world1", "ddp_gloo_2proc", "pytest_cuda",
-                "compile_reuse"]
+                "bench_search", "loader", "search_and_final", "rehearsal", "ddp_nccl_world1", "ddp_gloo_2proc",
+                "pytest_cuda", "compile_reuse"]
 # the default suite leaves out the three slowest sections on the CPU (about 100 s together); their code
 # paths also have tests of their own (test_sweeper_train.py, test_readme.py, test_distributed.py) and
 # the slow test below runs the whole dry run
@@ -64,6 +64,15 @@ def check_report(rep: dict, out: Path, names: list) -> None:
         assert f"{hours:.3g}" in md
     assert rows["iWildCam"]["reference_over_ours"] == pytest.approx(
         rows["iWildCam"]["gpu_hours"]["reference"] / rows["iWildCam"]["gpu_hours"]["ours"])
+
+    # the input line: bench_loader's cached images/s per core x the cores, against bench_search's training images/s
+    loader = json.loads((out / "bench_loader.json").read_text())
+    assert loader["identical"] is True
+    inp, cores = cost["input"], len(os.sched_getaffinity(0))
+    assert inp["cached_images_per_s"] == pytest.approx(loader["cached_images_per_s_per_core"] * cores)
+    assert inp["train_images_per_s"] == bench["loops"]["ours"]["train_images_per_s"]
+    assert inp["cached_over_train"] == pytest.approx(inp["cached_images_per_s"] / inp["train_images_per_s"])
+    assert f"{inp['cached_over_train']:.1f}x, the cached input" in md
 
     # a few numbers the GPU run will be read for
     sec = {s["name"]: s for s in rep["sections"]}
