@@ -118,7 +118,7 @@ def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def wise_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
     """The WiSE-FT curve of a results record: per alpha, the objective metric on the ID test, the
-    OOD mean and each OOD test."""
+    OOD mean and each OOD test (a task without OOD tests has no OOD mean)."""
     from autoft.reporting.results import RunResult
 
     if not record.get("wise"):
@@ -127,7 +127,8 @@ def wise_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
     rows = []
     for a in run.wise_alphas():
         block = run.wise_metrics(a)
-        rows.append({"alpha": a, "id_test": run.id_value(block), "ood_mean": run.ood_mean(block),
+        rows.append({"alpha": a, "id_test": run.id_value(block),
+                     **({"ood_mean": run.ood_mean(block)} if run.ood_splits else {}),
                      **{s: run.value(s, block) for s in run.ood_splits}})
     return rows
 
@@ -293,12 +294,18 @@ class WandbRun:
         self.flush(row)
 
     def log_final(self, record: Mapping[str, Any], out_dir: Path, upload_checkpoint: bool = False) -> None:
-        """A final run's end: summary, WiSE-FT curve, results.json and the selected checkpoint."""
+        """A final run's end: summary, WiSE-FT curve, results.json and the selected checkpoint. Any
+        error here (ours or W&B's) is one warning: the results are already on disk."""
+        self._guard("final logging", self._log_final, record, out_dir, upload_checkpoint)
+
+    def _log_final(self, record: Mapping[str, Any], out_dir: Path, upload_checkpoint: bool) -> None:
         self.summary(summary_of(record))
         rows = wise_rows(record)
         if rows:
-            self.table("wise/curve", rows, lines={"wise/id_test_vs_alpha": ("alpha", "id_test"),
-                                                  "wise/ood_mean_vs_alpha": ("alpha", "ood_mean")})
+            lines = {"wise/id_test_vs_alpha": ("alpha", "id_test")}
+            if "ood_mean" in rows[0]:
+                lines["wise/ood_mean_vs_alpha"] = ("alpha", "ood_mean")
+            self.table("wise/curve", rows, lines=lines)
         if self.run is None:
             return
         meta = {k: record.get(k) for k in ("dataset", "model", "method", "seed", "objective_metric")}
