@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, offline_env
+from test_paper_benchmarks import BENCHMARKS
 
 spec = importlib.util.spec_from_file_location("rehearsal_script", ROOT / "scripts" / "rehearsal.py")
 rehearsal = importlib.util.module_from_spec(spec)
@@ -54,8 +55,12 @@ def check_outputs(out: Path, model: str, n_classes: int) -> None:
     for res in (auto, zero):  # macro-F1 of 182 (or 5) classes, from the wilds evaluator, on every split
         assert set(res["metrics"]) == {"id_val", "ood_val", "id_test", "ood_test"}
         assert all(0.0 <= m["macro_f1"] <= 1.0 for m in res["metrics"].values())
-    table = json.loads((results / "results_table.json").read_text())
-    assert [r["label"] for r in table["rows"]][:1] == ["Zero-shot"] and "AutoFT" in [r["label"] for r in table["rows"]]
+    table = json.loads((results / "results_table.json").read_text())  # iWildCam's paper table (tiny or full)
+    want = BENCHMARKS["iwildcam"][2]
+    assert [r["label"] for r in table["rows"]] == ["Zero-shot", "AutoFT", "AutoFT + WiSE-FT (α=0.5)"]
+    assert (table["metric"], table["id_test"], table["columns"]) == (want["metric"], want["id_test"], want["columns"])
+    assert [table["headers"][c] for c in table["columns"]] == want["headers"]
+    assert table["rows"][1]["cells"]["id"]["mean"] == pytest.approx(auto["metrics"]["id_test"]["macro_f1"])
     classes = (out / "data" / "iwildcam_v2.0" / "categories.csv").read_text().splitlines()
     assert len(classes) - 3 == n_classes  # header and the two categories absent from the release
 
