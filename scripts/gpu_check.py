@@ -868,17 +868,22 @@ def sec_ddp_gloo(r: Runner, sec: Section, check: Checker, limit: float) -> None:
     sec.headline = f"ranks identical={same}, {secs:.0f} s"
 
 
-def sec_bench(r: Runner, sec: Section, check: Checker, limit: float) -> None:
-    t = time.monotonic()
-    path = r.out / "bench_search.json"
-    cmd = [sys.executable, str(ROOT / "scripts/bench_search.py"), "--trials", str(r.scale.bench_trials),
-           "--json", str(path), *r.scale.bench_overrides]
-    rc, out, secs = r.command(sec, "bench", cmd, r.remaining(limit, t))
+def json_report(r: Runner, sec: Section, label: str, script: str, path: Path, limit: float, args: list) -> dict:
+    """Run scripts/<script>.py with `args` inside the section's limit; the JSON it wrote to `path`
+    (recorded as the section's file and its time as `bench_seconds`), or an error with its output."""
+    rc, out, secs = r.command(sec, label, [sys.executable, str(ROOT / f"scripts/{script}.py"), *args],
+                              r.remaining(limit, time.monotonic()))
     sec.numbers["bench_seconds"] = round(secs, 1)
     if rc != 0:
-        raise RuntimeError(f"bench_search exited {rc}\n{out}")
-    b = json.loads(path.read_text())
+        raise RuntimeError(f"{script} exited {rc}\n{out}")
     sec.files.append(path.name)
+    return json.loads(path.read_text())
+
+
+def sec_bench(r: Runner, sec: Section, check: Checker, limit: float) -> None:
+    path = r.out / "bench_search.json"
+    b = json_report(r, sec, "bench", "bench_search", path, limit,
+                    ["--trials", str(r.scale.bench_trials), "--json", str(path), *r.scale.bench_overrides])
     loops = b["loops"]
     sec.numbers.update({
         "setting": f"{b['dataset']} / {b['model']} at {b['image_size']} px, batch {b['batch_size']}, "
@@ -910,15 +915,8 @@ def sec_bench(r: Runner, sec: Section, check: Checker, limit: float) -> None:
 def sec_loader(r: Runner, sec: Section, check: Checker, limit: float) -> None:
     """The final runs' input: scripts/bench_loader.py on a realistic tree it fabricates (the search's
     pool sits decoded on the device; final runs and evaluation sets stream from the loader)."""
-    t = time.monotonic()
     path = r.out / "bench_loader.json"
-    cmd = [sys.executable, str(ROOT / "scripts/bench_loader.py"), "--json", str(path), *r.scale.loader_args]
-    rc, out, secs = r.command(sec, "bench_loader", cmd, r.remaining(limit, t))
-    sec.numbers["bench_seconds"] = round(secs, 1)
-    if rc != 0:
-        raise RuntimeError(f"bench_loader exited {rc}\n{out}")
-    b = json.loads(path.read_text())
-    sec.files.append(path.name)
+    b = json_report(r, sec, "bench_loader", "bench_loader", path, limit, ["--json", str(path), *r.scale.loader_args])
     keys = ("live_images_per_s_per_core", "cached_images_per_s_per_core", "live_images_per_s_workers",
             "cached_images_per_s_workers")
     sec.numbers.update({
