@@ -44,7 +44,7 @@ def existing_ok(out: Path, method: str, seed: int) -> bool:
 def autoft_hparams(args, out: Path) -> Path:
     """The hyperparameters file AutoFT's final runs read (written from the study when asked)."""
     from autoft.errors import UserError
-    from autoft.reporting.results import best_hparams_from_study
+    from autoft.search.outputs import best_hparams_from_study
 
     if args.hparams:
         path = Path(args.hparams)

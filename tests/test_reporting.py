@@ -12,7 +12,8 @@ import pytest
 
 from autoft.errors import UserError
 from autoft.reporting.report import make_report
-from autoft.reporting.results import ResultsError, best_hparams_from_study, load_results
+from autoft.reporting.results import ResultsError, load_results
+from autoft.search.outputs import best_hparams_from_study
 from autoft.reporting.tables import build_table, latex_escape, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]

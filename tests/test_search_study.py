@@ -1,11 +1,14 @@
 """Lost trials: heartbeats, stale detection and retries, on real Optuna storages (in-process)."""
+import threading
 import time
 
 import optuna
 import pytest
 
+from autoft.search import reevaluation as rv
+from autoft.search.liveness import Heartbeat, fail_stale, trial_heartbeat
 from autoft.search.storage import ALIVE_ATTR, StudyStorage, open_storage, quiet_optuna
-from autoft.search.study import RETRY_OF, RetryLost, count, fail_reason, fail_stale, requeue
+from autoft.search.study import RETRY_OF, RetryLost, count, fail_reason, requeue
 
 quiet_optuna()
 
@@ -25,8 +28,8 @@ def test_a_silent_trial_is_failed_and_its_parameters_retried_once(tmp_path, kind
     for t in (alive, dead):
         t.suggest_float("x", 0, 1)
     store = StudyStorage(study)
-    hb_alive = store.heartbeat(alive, 0.5)
-    hb_dead = store.heartbeat(dead, 0.5)
+    hb_alive = trial_heartbeat(store, alive, 0.5)
+    hb_dead = trial_heartbeat(store, dead, 0.5)
     hb_dead.stop()  # its worker dies: no more heartbeats
     try:
         assert fail_stale(study, grace_period=2, retry=retry) == 0  # within the grace period
@@ -56,3 +59,38 @@ def test_a_worker_killed_before_its_first_heartbeat_is_detected(tmp_path):
     time.sleep(2.5)  # twice the grace period, on the trial's own start time
     assert fail_stale(study, grace_period=1, retry=retry) == 1
     assert count(study.get_trials()).waiting == 1
+
+
+def test_one_heartbeat_thread_beats_until_stopped_and_never_after():
+    beats, third = [], threading.Event()
+
+    def beat():
+        beats.append(time.time())
+        if len(beats) >= 3:
+            third.set()
+
+    hb = Heartbeat(beat, 0.1, name="test-heartbeat").start()
+    assert len(beats) == 1  # start() beats once in the caller's thread
+    assert third.wait(5)
+    hb.stop()  # joined: its thread is gone, so no beat can land after a final write
+    assert not hb.running
+    n = len(beats)
+    hb.stop()  # stopping twice is harmless
+    assert len(beats) == n and hb.last_beat >= beats[-1]
+
+
+def test_a_reevaluation_claim_beats_until_another_worker_takes_it_over(tmp_path):
+    study, _ = make(f"sqlite:///{tmp_path}/s.db")
+    t = study.ask()
+    t.suggest_float("x", 0, 1)
+    study.tell(t, 0.5)
+    claim = rv.claim_record(study.trials[0], [1000], "host:1", None)
+    rv.write_record(study, 0, {**claim, "heartbeat": 0.0})
+    assert rv.refresh_claim(study, 0, claim["token"])  # ours: its heartbeat moves
+    assert rv.records(study)[0]["heartbeat"] > 0.0
+    taken = rv.claim_record(study.trials[0], [1000], "host:2", None)  # declared lost, taken over
+    rv.write_record(study, 0, taken)
+    hb = Heartbeat(lambda: rv.refresh_claim(study, 0, claim["token"]), 0.1).start(beat_now=False)
+    hb.join(5)  # the first beat sees another token and ends the thread by itself
+    assert not hb.running
+    assert rv.records(study)[0] == taken  # the new owner's record is left alone

@@ -13,9 +13,11 @@ import time
 import optuna
 import pytest
 
-from autoft.search import workers as wk
+from autoft.search import liveness as lv
+from autoft.search import threads as th
 from autoft.search.storage import StudyStorage, open_storage, quiet_optuna
-from autoft.search.study import RetryLost, fail_stale
+from autoft.search.liveness import fail_stale
+from autoft.search.study import RetryLost
 from sweep_helpers import APP, FAST, run_app
 from test_sweeper import the_study
 from test_sweeper_postgres import pg_url  # noqa: F401 (fixture)
@@ -24,11 +26,11 @@ quiet_optuna()
 
 
 def test_parse_threads():
-    assert wk.parse_threads("auto") == "auto" and wk.parse_threads(3) == 3 and wk.parse_threads("2") == 2
-    assert wk.parse_threads(None) is None and wk.parse_threads("null") is None
+    assert th.parse_threads("auto") == "auto" and th.parse_threads(3) == 3 and th.parse_threads("2") == 2
+    assert th.parse_threads(None) is None and th.parse_threads("null") is None
     for bad in (0, -1, "many", 1.5, True):
         with pytest.raises(ValueError):
-            wk.parse_threads(bad)
+            th.parse_threads(bad)
 
 
 def test_apply_threads_sets_torch_and_the_omp_variables(monkeypatch):
@@ -37,7 +39,7 @@ def test_apply_threads_sets_torch_and_the_omp_variables(monkeypatch):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     try:
-        assert wk.apply_threads(1) == 1
+        assert th.apply_threads(1) == 1
         assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
     finally:
         torch.set_num_threads(before)
@@ -53,19 +55,19 @@ def _study(tmp_path, grace=2):
 def test_the_budget_divides_the_cores_among_live_workers_of_this_host(tmp_path):
     study, _ = _study(tmp_path)
     store = StudyStorage(study)
-    me = wk.WorkerRegistry(store, interval=0.2, grace_period=2, directory=tmp_path / "registry").start()
+    me = lv.WorkerRegistry(store, interval=0.2, grace_period=2, directory=tmp_path / "registry").start()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        assert me.live_on_host() == 1 and me.budget("auto") == wk.cpu_count() and me.budget(3) == 3
+        assert me.live_on_host() == 1 and me.budget("auto") == th.cpu_count() and me.budget(3) == 3
         assert me.budget(None) is None
         host = socket.gethostname()
         # another live worker here (its process exists), one on another host, one that stopped, one long dead
         for tag, rec in ((f"{host}:{sleeper.pid}", {"host": host, "pid": sleeper.pid, "stopped": False}),
                          ("elsewhere:1", {"host": "elsewhere", "pid": 1, "stopped": False}),
                          (f"{host}:2", {"host": host, "pid": 2, "stopped": True})):
-            store.write_study_record(wk.WORKER_PREFIX + tag, {**rec, "time": time.time()}, system=True)
+            store.write_study_record(lv.WORKER_PREFIX + tag, {**rec, "time": time.time()}, system=True)
         assert me.live_on_host() == 2
-        assert me.budget("auto") == max(1, wk.cpu_count() // 2)
+        assert me.budget("auto") == max(1, th.cpu_count() // 2)
         sleeper.kill()
         sleeper.wait()
         # its record is still fresh (within the grace period): it counts until it goes stale
@@ -88,7 +90,7 @@ def test_a_starved_heartbeat_of_a_live_local_worker_is_slow_not_lost(tmp_path, c
     try:
         store = StudyStorage(study)
         store.set_trial_user_attrs(trial, {"worker": f"{socket.gethostname()}:{worker.pid}"})
-        hb = store.heartbeat(trial, 0.5)
+        hb = lv.trial_heartbeat(store, trial, 0.5)
         hb.stop()  # its heartbeat thread is starved: no beat for longer than the grace period
         time.sleep(2.5)
         with caplog.at_level("WARNING"):
@@ -123,7 +125,7 @@ def test_long_trials_log_their_progress_and_record_their_threads(tmp_path):
 @pytest.mark.postgres
 def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_url, monkeypatch):  # noqa: F811
     n, k = 12, 4
-    monkeypatch.setenv(wk.WORKERS_DIR_ENV, str(tmp_path / "registry"))  # not other test runs' workers
+    monkeypatch.setenv(lv.WORKERS_DIR_ENV, str(tmp_path / "registry"))  # not other test runs' workers
     cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, f"hydra.sweeper.storage={pg_url}",
            f"search.n_trials={n}", "toy.sleep=0.15", "hydra.sweeper.threads=auto",
            "hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10"]
@@ -149,13 +151,13 @@ def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_ur
     trials = study.trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * n  # no lost trial, no surplus
     assert len({tuple(sorted(t.params.items())) for t in trials}) == n  # no duplicate
-    cores = wk.cpu_count()
+    cores = th.cpu_count()
     for t in trials:  # every worker recorded the budget it used, and its process ran with it
         assert 1 <= t.user_attrs["threads"] <= cores
         assert t.user_attrs["omp_threads"] == str(t.user_attrs["threads"])
     # once the workers saw each other, they split the cores
     assert min(t.user_attrs["threads"] for t in trials) == max(1, cores // k)
-    recs = list(StudyStorage(study).study_records(wk.WORKER_PREFIX, system=True).values())
+    recs = list(StudyStorage(study).study_records(lv.WORKER_PREFIX, system=True).values())
     assert len(recs) == k and all(r["stopped"] for r in recs)
     for out in outs:
         assert "was lost" not in out and f"{n}/{n} finished" in out

@@ -13,14 +13,15 @@ import time
 import optuna
 import pytest
 
-from autoft.search import workers as wk
+from autoft.search import liveness as lv
+from autoft.search import threads as th
 from autoft.search.storage import StudyStorage, open_storage, quiet_optuna
 from sweep_helpers import run_app
 from test_sweeper import the_study
 
 quiet_optuna()
 
-HOLD = ("import sys, time\nfrom autoft.search.workers import register_worker\n"
+HOLD = ("import sys, time\nfrom autoft.search.liveness import register_worker\n"
         "print(register_worker(int(sys.argv[1]), sys.argv[2], sys.argv[3]), flush=True)\ntime.sleep(120)\n")
 
 
@@ -41,8 +42,8 @@ def stop(*procs):
 
 
 def test_thread_budget_divides_the_cores_among_concurrent_trials():
-    assert wk.thread_budget(8, 1) == 8 and wk.thread_budget(8, 3) == 2 and wk.thread_budget(2, 8) == 1
-    assert wk.thread_budget(4, 0) == 4  # never divides by zero
+    assert th.thread_budget(8, 1) == 8 and th.thread_budget(8, 3) == 2 and th.thread_budget(2, 8) == 1
+    assert th.thread_budget(4, 0) == 4  # never divides by zero
 
 
 def test_the_machine_registry_counts_live_workers_and_drops_dead_ones(tmp_path):
@@ -58,13 +59,13 @@ def test_the_machine_registry_counts_live_workers_and_drops_dead_ones(tmp_path):
         (tmp_path / name).write_text(json.dumps(entry))
     (tmp_path / "garbage.json").write_text("{not json")
     try:
-        assert sorted(e["pid"] for e in wk.live_workers(tmp_path)) == sorted([a.pid, b.pid])
-        assert wk.concurrent_trials_here(tmp_path) == 3
+        assert sorted(e["pid"] for e in lv.live_workers(tmp_path)) == sorted([a.pid, b.pid])
+        assert lv.concurrent_trials_here(tmp_path) == 3
         assert not (tmp_path / f"{host}-{dead.pid}.json").exists()  # dead: removed
         assert not (tmp_path / f"{host}-{os.getpid()}.json").exists()  # pid reused: removed
         assert (tmp_path / "elsewhere-1.json").exists()  # not ours to judge
         stop(a)  # killed: no clean-up of its own, its file is ignored from now on
-        assert wk.concurrent_trials_here(tmp_path) == 1
+        assert lv.concurrent_trials_here(tmp_path) == 1
     finally:
         stop(a, b)
 
@@ -72,7 +73,7 @@ def test_the_machine_registry_counts_live_workers_and_drops_dead_ones(tmp_path):
 def test_a_worker_registers_on_start_and_leaves_on_stop(tmp_path):
     directory = tmp_path / "registry"  # created on first use, shared by every user (sticky, writable)
     study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    me = wk.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=directory).start()
+    me = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=directory).start()
     try:
         entry = json.loads(me.machine_file.read_text())
         assert entry["pid"] == os.getpid() and entry["slots"] == 2 and entry["study"] == "s"
@@ -81,21 +82,21 @@ def test_a_worker_registers_on_start_and_leaves_on_stop(tmp_path):
     finally:
         me.stop()
     assert list(directory.glob("*.json")) == []
-    remote = wk.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=0, directory=directory).start()
+    remote = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=0, directory=directory).start()
     remote.stop()  # trials on other nodes: not registered here, and no budget
     assert remote.machine_file is None and list(directory.glob("*.json")) == []
 
 
 def test_auto_counts_this_workers_slots_and_other_studies_workers(tmp_path):
     study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    me = wk.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=tmp_path).start()
+    me = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=tmp_path).start()
     other = hold_worker(tmp_path, 3)
     try:
         assert me.concurrent_here() == 2 + 3
-        assert me.budget("auto") == wk.thread_budget(wk.cpu_count(), 5) and me.concurrent == 5
+        assert me.budget("auto") == th.thread_budget(th.cpu_count(), 5) and me.concurrent == 5
         assert me.budget(3) == 3 and me.budget(None) is None  # an explicit integer stays
         stop(other)
-        assert me.concurrent_here() == 2 and me.budget("auto") == wk.thread_budget(wk.cpu_count(), 2)
+        assert me.concurrent_here() == 2 and me.budget("auto") == th.thread_budget(th.cpu_count(), 2)
     finally:
         stop(other)
         me.stop()
@@ -105,10 +106,10 @@ def test_the_study_records_count_when_the_registry_cannot_see_a_worker(tmp_path)
     """A worker of this study whose temp dir differs is still counted through the study."""
     study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
     store = StudyStorage(study)
-    me = wk.WorkerRegistry(store, 0.2, 5, slots=1, directory=tmp_path / "mine").start()
+    me = lv.WorkerRegistry(store, 0.2, 5, slots=1, directory=tmp_path / "mine").start()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        store.write_study_record(f"{wk.WORKER_PREFIX}{socket.gethostname()}:{other.pid}", {
+        store.write_study_record(f"{lv.WORKER_PREFIX}{socket.gethostname()}:{other.pid}", {
             "host": socket.gethostname(), "pid": other.pid, "time": time.time(), "slots": 2, "stopped": False},
             system=True)
         assert me.concurrent_here() == 1 + 2
@@ -122,7 +123,7 @@ def test_joblib_trials_each_run_with_their_share(tmp_path, monkeypatch):
     joblib worker process applies its own budget (the task records what it saw)."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     registry = tmp_path / "registry"
-    monkeypatch.setenv(wk.WORKERS_DIR_ENV, str(registry))
+    monkeypatch.setenv(lv.WORKERS_DIR_ENV, str(registry))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     other = hold_worker(registry, 1)
     try:
@@ -130,10 +131,10 @@ def test_joblib_trials_each_run_with_their_share(tmp_path, monkeypatch):
                        "hydra.sweeper.n_jobs=2", "hydra.sweeper.threads=auto", "toy.sleep=0.05", timeout=300)
     finally:
         stop(other)
-    expected = wk.thread_budget(wk.cpu_count(), 3)
-    assert f"threads per trial: {expected} ({wk.cpu_count()} cores, 3 concurrent trial(s)" in done.stdout
+    expected = th.thread_budget(th.cpu_count(), 3)
+    assert f"threads per trial: {expected} ({th.cpu_count()} cores, 3 concurrent trial(s)" in done.stdout
     trials = the_study(tmp_path).trials
     assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:
         assert t.user_attrs["threads"] == expected and t.user_attrs["omp_threads"] == str(expected)
-    assert wk.live_workers(registry) == []  # the sweeper unregistered; the killed worker's file is ignored
+    assert lv.live_workers(registry) == []  # the sweeper unregistered; the killed worker's file is ignored

@@ -7,14 +7,15 @@ without a display and leave a notebook's inline backend alone.
   WiSE-FT curve: the effective-robustness view (a method above the line through zero-shot and its
   fine-tuned model is more robust than interpolation alone).
 - wise_curves: ID and OOD mean as functions of the mixing coefficient a.
-- search_history / search_importances: an Optuna study's objective per trial with the best so far,
-  and fANOVA hyperparameter importances.
+- search_history / search_importances: a study's objective per trial with the best so far, and
+  fANOVA hyperparameter importances, from its trials (records read by autoft.search.study; a
+  study's own plots beside it are autoft.search.outputs').
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -97,27 +98,16 @@ def plot_wise_curves(runs: Sequence[RunResult], path: Path, metric: str) -> Opti
 # ------------------------------------------------------------------------------------------------
 # the search
 
-def study_frame(study) -> list[dict]:
-    """Finished trials of a study as plain rows: number, value, state, params."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        rows.append({"number": t.number, "value": t.value if t.values else None, "state": t.state.name,
-                     "params": dict(t.params)})
-    return rows
-
-
-def plot_search_history(study, path: Path, higher_is_better: Optional[bool] = None) -> Optional[Path]:
-    import optuna
-
-    rows = [r for r in study_frame(study) if r["state"] == "COMPLETE" and r["value"] is not None]
-    if not rows:
+def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path) -> Optional[Path]:
+    """A study's objective per trial (FrozenTrials, as autoft.search.study.load_studies gives them)
+    with the best so far, and its failed/pruned trials."""
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.values]
+    if not done:
         return None
-    if higher_is_better is None:
-        higher_is_better = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    nums = [r["number"] for r in rows]
-    vals = [r["value"] for r in rows]
-    best = np.maximum.accumulate(vals) if higher_is_better else np.minimum.accumulate(vals)
-    failed = [r["number"] for r in study_frame(study) if r["state"] in ("FAIL", "PRUNED")]
+    nums = [t.number for t in done]
+    vals = [float(t.value) for t in done]
+    best = np.maximum.accumulate(vals) if maximize else np.minimum.accumulate(vals)
+    failed = [t.number for t in trials if t.state.name in ("FAIL", "PRUNED")]
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     ax.scatter(nums, vals, s=14, alpha=0.7, label="trial objective (OOD-val)")
@@ -127,29 +117,32 @@ def plot_search_history(study, path: Path, higher_is_better: Optional[bool] = No
         ax.scatter(failed, [y0] * len(failed), marker="x", color="grey", s=18, label="failed / pruned")
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
-    ax.set_title(f"search history: {study.study_name}")
+    ax.set_title(f"search history: {name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
-def param_importances(study) -> dict[str, float]:
-    """fANOVA importances of the searched hyperparameters; {} when the study is too small for it."""
+def param_importances(name: str, trials: Sequence, maximize: bool) -> dict[str, float]:
+    """fANOVA importances of the searched hyperparameters; {} when the study is too small for it.
+    Computed on an in-memory copy of the trials (no storage is opened here)."""
     import optuna
 
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}
+    copy = optuna.create_study(direction="maximize" if maximize else "minimize")
+    copy.add_trials(complete)
     try:
         return dict(optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+            copy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
     except (RuntimeError, ValueError) as err:  # e.g. every trial had the same params
-        log.warning("hyperparameter importances unavailable for study %s: %s", study.study_name, err)
+        log.warning("hyperparameter importances unavailable for study %s: %s", name, err)
         return {}
 
 
-def plot_importances(study, path: Path) -> Optional[Path]:
-    imp = param_importances(study)
+def plot_importances(name: str, trials: Sequence, maximize: bool, path: Path) -> Optional[Path]:
+    imp = param_importances(name, trials, maximize)
     if not imp:
         return None
     names = list(imp)[::-1]
@@ -157,128 +150,19 @@ def plot_importances(study, path: Path) -> Optional[Path]:
     ax = fig.subplots()
     ax.barh(names, [imp[n] for n in names], color="C0")
     ax.set_xlabel("importance (fANOVA)")
-    ax.set_title(f"hyperparameter importances: {study.study_name}")
+    ax.set_title(f"hyperparameter importances: {name}")
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
-def plot_studies(storage: str, out_dir: Path) -> list[Path]:
-    """History and importance plots of every study in an Optuna storage URL."""
-    import optuna
-
+def plot_studies(studies: Sequence, out_dir: Path) -> list[Path]:
+    """History and importance plots of studies read by autoft.search.study.load_studies."""
     written = []
-    for summary in optuna.study.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in summary.study_name)
-        for fn, name in ((plot_search_history, "history"), (plot_importances, "importances")):
-            p = fn(study, Path(out_dir) / f"search_{name}_{safe}.png")
+    for s in studies:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s.name)
+        maximize = s.directions[0] == "maximize"
+        for fn, what in ((plot_search_history, "history"), (plot_importances, "importances")):
+            p = fn(s.name, s.trials, maximize, Path(out_dir) / f"search_{what}_{safe}.png")
             if p is not None:
                 written.append(p)
-    return written
-
-
-# ----------------------------------------------------------------------------- a study's own plots
-# (written by the autoft_optuna sweeper next to the study: <study dir>/plots/)
-
-def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                 chosen: Optional[int] = None) -> Optional[Path]:
-    """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
-    the best so far, failed/pruned trials, and the re-evaluated candidates (fresh seeds, with their
-    interval) joined to their search score, so a lucky winner shows as a long drop."""
-    from matplotlib.figure import Figure
-    from optuna.study import StudyDirection
-    from optuna.trial import TrialState
-
-    from autoft.search.outputs import finite
-
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value)]
-    if not done:
-        return None
-    maximize = study.direction == StudyDirection.MAXIMIZE
-    x = [t.number for t in done]
-    y = [float(t.value) for t in done]
-
-    def err(values, lows, highs):
-        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
-        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
-        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
-
-    fig = Figure(figsize=(9, 5))
-    ax = fig.subplots()
-    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
-    has_ci = any(a or b for a, b in zip(*yerr))
-    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
-                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
-    best, run = [], None
-    for v in y:
-        run = v if run is None else (max(run, v) if maximize else min(run, v))
-        best.append(run)
-    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
-    bad = [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
-    if bad:
-        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
-    by_number = {t.number: t for t in done}
-    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
-          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
-    if re:
-        rx = [n + 0.25 for n, _ in re]
-        ry = [float(r["value"]) for _, r in re]
-        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
-        for (n, _), yy in zip(re, ry):
-            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
-        seeds = re[0][1].get("seeds") or []
-        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
-                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
-    if chosen is not None and chosen in by_number:
-        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
-                   label=f"chosen: trial {chosen}", zorder=5)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel("objective")
-    ax.set_title(f"search history: {study.study_name}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _save(fig, path, dpi=110)  # the writer creates the folder
-
-
-def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                chosen: Optional[int] = None) -> list[Path]:
-    """Optimisation history (with intervals and re-evaluations), hyperparameter importances, parallel
-    coordinates (PNG)."""
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-    from optuna.visualization import matplotlib as ovm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return []
-    written = []
-    try:
-        p = plot_study_history(study, out_dir / "optimization_history.png", reevaluations, chosen)
-        if p is not None:
-            written.append(p)
-    except Exception as err:  # a plot must never fail a search
-        log.warning("plot optimization_history not written: %s", err)
-    plots = {"parallel_coordinate": ovm.plot_parallel_coordinate}
-    varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
-    if len(complete) >= 2 and varied:
-        plots["param_importances"] = ovm.plot_param_importances
-    for name, fn in plots.items():
-        try:
-            ax = fn(study)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
-            _save(fig, out_dir / f"{name}.png", dpi=110)
-            plt.close(fig)
-            written.append(out_dir / f"{name}.png")
-        except Exception as err:  # a plot must never fail a search
-            log.warning("plot %s not written: %s", name, err)
-            plt.close("all")
     return written

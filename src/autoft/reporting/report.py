@@ -86,8 +86,11 @@ def write_plots(table: Table, runs: Sequence[RunResult], out_dir: Path, studies:
     w = P.plot_wise_curves(runs, plot_dir / "wise_curves.png", table.metric)
     if w is not None:
         written.append(w)
-    for storage in studies:
-        written += P.plot_studies(storage, plot_dir)
+    if studies:
+        from autoft.search.study import load_studies
+
+        for storage in studies:
+            written += P.plot_studies(load_studies(storage), plot_dir)
     return written
 
 

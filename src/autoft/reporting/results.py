@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from autoft.errors import UserError
-from autoft.hparams import Hyperparameters
 
 RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
@@ -206,38 +205,3 @@ def group_runs(runs: Iterable[RunResult]) -> dict[tuple[str, str], list[RunResul
     for r in runs:
         out.setdefault(r.group, []).append(r)
     return out
-
-
-def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
-                            defaults: Optional[Hyperparameters] = None) -> Hyperparameters:
-    """The chosen trial of an Optuna study (a finished top-k re-evaluation's winner, else the best
-    trial) as the hyperparameters `train.py hparams=<file>` reads. Values the study did not search
-    come from `defaults` (the config's, Hyperparameters.from_config); records name the study, the
-    trial, its objective and what selected it."""
-    import optuna
-
-    try:
-        from autoft.search.storage import normalize_url
-
-        names = [s.study_name for s in optuna.study.get_all_study_summaries(normalize_url(storage), include_best_trial=False)]
-    except Exception as err:
-        raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
-    if study_name is None:
-        if len(names) != 1:
-            raise UserError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                            "name one with --study-name")
-        study_name = names[0]
-    elif study_name not in names:
-        raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
-    from autoft.search.reevaluation import chosen_trial_number
-
-    study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
-    chosen = chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
-    try:
-        best = study.trials[chosen] if chosen is not None else study.best_trial
-    except ValueError:
-        raise UserError(f"study '{study_name}' has no completed trial yet") from None
-    records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
-               "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
-    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults,
-                                      where=f"trial {best.number} of study {study_name} in {storage}", records=records)

@@ -1,4 +1,17 @@
-"""AutoFT search: the space, study helpers and outputs behind the `autoft_optuna` Hydra sweeper.
+"""AutoFT search: everything behind the `autoft_optuna` Hydra sweeper, each concept once.
+
+    space.py         hydra.sweeper.params (Hydra's override grammar) -> Optuna distributions
+    storage.py       storage URLs, opening, the claim lock; StudyStorage, the one wrapper of Optuna's privates
+    study.py         naming, fingerprint, creation/resume, counting toward n_trials, retries, samplers,
+                     pruners, warm starts
+    liveness.py      one heartbeat thread (trials, re-evaluation claims, worker records), stale trials,
+                     the worker registry
+    threads.py       the thread budget per trial
+    outcome.py       launch a job and classify what came back (trials and re-evaluations alike)
+    reevaluation.py  top-k re-evaluation: settings, records, claims, the selection
+    outputs.py       every file beside a study (trials.csv, best_hparams.yaml, optimization_results.yaml, plots/)
+    trial.py         the running trial seen from inside the task (TrialReporter)
+    run.py           one search run (Search): its state, its slots, ask -> launch -> tell
 
 `load_best_hparams(path)` reads what a search wrote for the final retrain; `TrialReporter` lets a
 running trial report intermediate objectives (pruning) and extra scores to its study.

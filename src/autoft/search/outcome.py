@@ -9,6 +9,12 @@ re-evaluations (the sweeper records each kind its own way).
     error        any other exception                              FAIL, goes on (traceback logged)
     user_error   a UserError anywhere in the exception's chain    stops everything with its message
     bad_return   not an objective (None, a string, wrong length)  stops: the app is misconfigured
+    lost         the cluster lost the job (submitit)              FAIL, parameters retried
+    launcher     the launcher itself raised                       FAIL, stops (re-raised)
+
+`run_job` is the one launch-and-classify of trials and re-evaluations alike: it calls the launcher
+(a plain callable `launch(overrides, job_idx) -> JobReturn`, so this package never imports Hydra's
+launcher machinery) and classifies what came back; KeyboardInterrupt passes through.
 
 A UserError counts however deeply it is wrapped: the chain of __cause__/__context__ is walked
 (Hydra wraps a builder's UserError in an InstantiationException; apps wrap in RuntimeError).
@@ -18,7 +24,7 @@ from __future__ import annotations
 import math
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from autoft.errors import UserError
 
@@ -43,6 +49,7 @@ class Outcome:
     error: Optional[BaseException] = None  # the exception (user_error: the UserError itself)
     returned: Any = None  # bad_return: what came back
     traceback: str = ""  # error: the formatted traceback
+    job: Any = None  # the launcher's JobReturn (None when the launch itself failed)
 
 
 def _number(x: Any) -> bool:
@@ -99,3 +106,24 @@ def classify(ret, n_objectives: int = 1) -> Outcome:
         return Outcome("diverged", error=exc, reason=f"diverged: {exc}")
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc is not None else ""
     return Outcome("error", error=exc, reason=f"{type(exc).__name__}: {exc}", traceback=tb.rstrip())
+
+
+def is_lost_job(err: BaseException) -> bool:
+    """submitit raises these when the cluster killed, preempted or timed out the job."""
+    return type(err).__module__.startswith("submitit") and type(err).__name__ in (
+        "UncompletedJobError", "FailedJobError", "FailedSubmissionError")
+
+
+def run_job(launch: Callable[[list, int], Any], overrides: list, job_idx: int, n_objectives: int = 1) -> Outcome:
+    """Launch one job and classify it (the table above); KeyboardInterrupt is the caller's."""
+    try:
+        ret = launch(overrides, job_idx)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 (classified; the caller re-raises a launcher error)
+        if is_lost_job(err):
+            return Outcome("lost", error=err, reason=f"lost: the cluster job ended without a result ({err})")
+        return Outcome("launcher", error=err, reason=f"launcher: {type(err).__name__}: {err}")
+    out = classify(ret, n_objectives)
+    out.job = ret
+    return out

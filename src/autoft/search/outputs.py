@@ -1,4 +1,8 @@
-"""What a study leaves beside it: best_hparams.yaml (read by the final retrain), trials.csv, plots.
+"""What a study leaves beside it, all derived from the storage: best_hparams.yaml (read by the final
+retrain), trials.csv, optimization_results.yaml (hydra-optuna-sweeper's file), plots/.
+
+    write_study_outputs(study, place, ...)   everything at once (the search calls it after each trial)
+    best_hparams_from_study(url)             the chosen trial of any study, for the final retrain
 
 With top-k re-evaluation (autoft.search.reevaluation) each of them shows both scores: the trial's
 search score (with its bootstrap interval and per-seed scores) and its re-evaluated score.
@@ -14,11 +18,14 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from autoft.hparams import Hyperparameters
-from autoft.reporting.io import atomic_write_text
+from autoft.errors import UserError
+from autoft.reporting.io import atomic_write, atomic_write_text
+from autoft.search.reevaluation import chosen_trial_number
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 
 log = logging.getLogger(__name__)
@@ -168,24 +175,227 @@ def write_trials_csv(path: str | Path, trials, reevaluations: Optional[Mapping[i
     atomic_write_text(path, buf.getvalue())
 
 
-def plot_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                 chosen: Optional[int] = None) -> Optional[Path]:
-    """Moved to autoft.reporting.plots.plot_study_history (kept here for callers)."""
-    from autoft.reporting.plots import plot_study_history
-
-    return plot_study_history(study, path, reevaluations, chosen)
-
-
-def write_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                chosen: Optional[int] = None) -> list[Path]:
-    """Moved to autoft.reporting.plots.write_study_plots (kept here for callers)."""
-    from autoft.reporting.plots import write_study_plots
-
-    return write_study_plots(study, out_dir, reevaluations, chosen)
-
-
 def finite(x: Any) -> bool:
     try:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
+
+
+# ----------------------------------------------------------------------------- plots/
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    return Path(path)
+
+def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                 chosen: Optional[int] = None) -> Optional[Path]:
+    """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
+    the best so far, failed/pruned trials, and the re-evaluated candidates (fresh seeds, with their
+    interval) joined to their search score, so a lucky winner shows as a long drop."""
+    from matplotlib.figure import Figure
+    from optuna.study import StudyDirection
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value)]
+    if not done:
+        return None
+    maximize = study.direction == StudyDirection.MAXIMIZE
+    x = [t.number for t in done]
+    y = [float(t.value) for t in done]
+
+    def err(values, lows, highs):
+        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
+        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
+        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
+
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
+    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
+    has_ci = any(a or b for a, b in zip(*yerr))
+    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
+                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
+    best, run = [], None
+    for v in y:
+        run = v if run is None else (max(run, v) if maximize else min(run, v))
+        best.append(run)
+    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
+    bad = [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
+    if bad:
+        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
+    by_number = {t.number: t for t in done}
+    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
+          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
+    if re:
+        rx = [n + 0.25 for n, _ in re]
+        ry = [float(r["value"]) for _, r in re]
+        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
+        for (n, _), yy in zip(re, ry):
+            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
+        seeds = re[0][1].get("seeds") or []
+        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
+                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
+    if chosen is not None and chosen in by_number:
+        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
+                   label=f"chosen: trial {chosen}", zorder=5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    ax.set_title(f"search history: {study.study_name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)  # the writer creates the folder
+
+
+def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                chosen: Optional[int] = None) -> list[Path]:
+    """Optimisation history (with intervals and re-evaluations), hyperparameter importances, parallel
+    coordinates (PNG)."""
+    import matplotlib
+
+    if "matplotlib.pyplot" not in __import__("sys").modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    written = []
+    try:
+        p = plot_study_history(study, out_dir / "optimization_history.png", reevaluations, chosen)
+        if p is not None:
+            written.append(p)
+    except Exception as err:  # a plot must never fail a search
+        log.warning("plot optimization_history not written: %s", err)
+    plots = {"parallel_coordinate": ovm.plot_parallel_coordinate}
+    varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
+    if len(complete) >= 2 and varied:
+        plots["param_importances"] = ovm.plot_param_importances
+    for name, fn in plots.items():
+        try:
+            ax = fn(study)
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
+            _save(fig, out_dir / f"{name}.png")
+            plt.close(fig)
+            written.append(out_dir / f"{name}.png")
+        except Exception as err:  # a plot must never fail a search
+            log.warning("plot %s not written: %s", name, err)
+            plt.close("all")
+    return written
+
+
+# ----------------------------------------------------------------------------- optimization_results.yaml
+
+def write_results(dirs, study_name: str, direction: Any, best=None, front=None) -> None:
+    """optimization_results.yaml (hydra-optuna-sweeper's file) in each of `dirs`: name, study_name,
+    direction, and best_params/best_value of `best`, or for a multi-objective study the Pareto
+    `front` as `solutions` (number, params, values per trial)."""
+    import yaml
+
+    out: dict = {"name": "optuna", "study_name": study_name, "direction": direction}
+    if front is not None:
+        out["solutions"] = [{"number": int(t.number), "params": dict(t.params),
+                             "values": [float(v) for v in t.values]} for t in front]
+    else:
+        out["best_params"] = dict(best.params)
+        out["best_value"] = float(best.value)
+        out["best_trial_number"] = int(best.number)
+    text = yaml.safe_dump(out, sort_keys=False)
+    for d in dirs:
+        atomic_write_text(Path(d) / "optimization_results.yaml", text)
+
+
+# ----------------------------------------------------------------------------- all of it
+
+def write_config(study_dir: str | Path, config) -> None:
+    """multirun.yaml: the composed config the study was searched with (as Hydra's sweeps write it)."""
+    from omegaconf import OmegaConf
+
+    Path(study_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(study_dir) / "multirun.yaml", OmegaConf.to_yaml(config))
+
+
+@dataclass
+class StudyPlace:
+    """Where a study's outputs go and what they name."""
+
+    study_dir: Path  # <sweep dir>/<study name>: every file
+    sweep_dir: Path  # also optimization_results.yaml and best_hparams.yaml (the study last run here)
+    study_name: str
+    storage: str  # masked URL
+    direction: Any  # 'maximize' | 'minimize', or a list of them
+
+
+def write_study_outputs(study, place: StudyPlace, *, selection, reevaluations=None, config=None,
+                        plots: bool = False) -> None:
+    """Every file beside a study, from its storage. `selection`: autoft.search.reevaluation.select's
+    answer (single objective; None for a multi-objective study, which gets its Pareto front in
+    optimization_results.yaml only); `reevaluations`: the re-evaluation records (None: no
+    re-evaluation columns); `config`: the composed config of an autoft app (best_hparams.yaml is
+    written only then); `plots`: write plots/ too (at the end of a run)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    dirs = (place.sweep_dir, place.study_dir)
+    if selection is None:
+        if complete:
+            write_results(dirs, place.study_name, place.direction, front=study.best_trials)
+        return
+    chosen = selection.winner.number if selection.winner is not None else None
+    # trials.csv even before any trial completed: it holds the failures' reasons
+    write_trials_csv(place.study_dir / "trials.csv", trials, reevaluations=reevaluations, chosen=chosen)
+    if not complete or selection.winner is None:
+        return
+    write_results(dirs, place.study_name, place.direction, best=selection.winner)
+    if config is not None:
+        hp = best_hparams(config, selection.winner, study_name=place.study_name, storage=place.storage,
+                          direction=place.direction, n_complete=len(complete),
+                          selection=selection if reevaluations is not None else None)
+        write_best_hparams(place.study_dir / "best_hparams.yaml", hp)
+        # the study last run in this sweep dir: what `hparams=<sweep dir>/best_hparams.yaml` reads
+        write_best_hparams(place.sweep_dir / "best_hparams.yaml", hp)
+    if plots:
+        write_study_plots(study, place.study_dir / "plots", reevaluations=reevaluations, chosen=chosen)
+
+
+def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
+                            defaults: Optional[Hyperparameters] = None) -> Hyperparameters:
+    """The chosen trial of an Optuna study (a finished top-k re-evaluation's winner, else the best
+    trial) as the hyperparameters `train.py hparams=<file>` reads. Values the study did not search
+    come from `defaults` (the config's, Hyperparameters.from_config); records name the study, the
+    trial, its objective and what selected it."""
+    import optuna
+
+    from autoft.search.storage import normalize_url
+
+    try:
+        names = [s.study_name for s in optuna.study.get_all_study_summaries(normalize_url(storage),
+                                                                            include_best_trial=False)]
+    except Exception as err:
+        raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise UserError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                            "name one with --study-name")
+        study_name = names[0]
+    elif study_name not in names:
+        raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
+    chosen = chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
+    try:
+        best = study.trials[chosen] if chosen is not None else study.best_trial
+    except ValueError:
+        raise UserError(f"study '{study_name}' has no completed trial yet") from None
+    records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
+               "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
+    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults,
+                                      where=f"trial {best.number} of study {study_name} in {storage}", records=records)

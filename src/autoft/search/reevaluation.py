@@ -17,7 +17,7 @@ Where the results live (the design): one study user attribute per re-evaluated t
 - So the study holds exactly its search trials, and a re-evaluation is a keyed, idempotent record:
   running the same (trial, seeds) twice rewrites the same record, never adds a second one.
 Resume and several workers: a worker claims a record under the study's claim lock (state `running`,
-its worker tag and a heartbeat timestamp that a thread refreshes); another worker takes over a claim
+its worker tag and a heartbeat timestamp that a liveness.Heartbeat refreshes through refresh_claim); another worker takes over a claim
 whose heartbeat is older than the grace period (the owner was killed), so a study killed during
 re-evaluation, rerun, runs only the re-evaluations that are missing. Storages without a claim lock
 may at worst run one re-evaluation twice (the same record is written twice).
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -227,32 +226,14 @@ def chosen_trial_number(study) -> Optional[int]:
 
 # ----------------------------------------------------------------------------- claims
 
-class ClaimHeartbeat:
-    """Refreshes a running record's heartbeat from a daemon thread until `stop()`."""
-
-    def __init__(self, study, number: int, record: dict, interval: float):
-        self.study, self.number, self.record, self.interval = study, number, dict(record), max(float(interval), 0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"autoft-reeval-heartbeat-{number}", daemon=True)
-
-    def start(self) -> "ClaimHeartbeat":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                current = records(self.study).get(self.number)
-                if not current or current.get("token") != self.record["token"] or current.get("state") != RUNNING:
-                    return  # taken over (declared lost) or finished: leave it alone
-                write_record(self.study, self.number, {**current, "heartbeat": time.time()})
-            except Exception as err:  # a storage hiccup: try again next time
-                log.debug("re-evaluation heartbeat of trial %d failed: %s", self.number, err)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
+def refresh_claim(study, number: int, token: str) -> bool:
+    """One beat of a running claim (autoft.search.liveness.Heartbeat calls it); False once the claim
+    was taken over (declared lost) or finished: the beat then stops and leaves the record alone."""
+    current = records(study).get(number)
+    if not current or current.get("token") != token or current.get("state") != RUNNING:
+        return False
+    write_record(study, number, {**current, "heartbeat": time.time()})
+    return True
 
 
 def claim_record(trial, seeds: Sequence[int], worker: str, previous: Optional[Mapping]) -> dict:

@@ -253,13 +253,6 @@ def grid_values(space: SearchSpace) -> dict:
     return out
 
 
-def grid_size(space: SearchSpace) -> int:
-    n = 1
-    for values in grid_values(space).values():
-        n *= len(values)
-    return n
-
-
 def midpoint(dist) -> Any:
     """A representative value of a distribution (to check that a trial's config composes)."""
     from optuna.distributions import CategoricalDistribution, IntDistribution

@@ -1,4 +1,4 @@
-"""Study storage: URLs, opening, the claim lock, and trial heartbeats.
+"""Study storage: URLs, opening, the claim lock, and the one wrapper of Optuna's private access.
 
 Storages (any Optuna storage the URL names):
 - `sqlite:///<path>` (default: `<sweep dir>/optuna.db`): one machine, any number of processes;
@@ -7,12 +7,10 @@ Storages (any Optuna storage the URL names):
 - `journal:///<path>` (or a path ending in .log/.journal): an append-only file for shared file
   systems without a database server.
 
-Liveness: RDB storages use Optuna's heartbeat (`RDBStorage(heartbeat_interval, grace_period)`,
-written by a thread while the trial runs, judged on the database's clock). Journal storages have
-none, so the same thread writes a `autoft:heartbeat` system attribute (the workers' clocks). Either
-way, a trial also gets `autoft:alive` once its heartbeat runs, so a worker killed between asking
-for a trial and starting its heartbeat is detected too (`datetime_start` older than twice the
-grace period).
+Heartbeats: RDB storages keep Optuna's (`RDBStorage(heartbeat_interval, grace_period)`, judged
+on the database's clock); journal storages have none, so a beat writes an `autoft:heartbeat` system
+attribute instead (StudyStorage.record_heartbeat). The threads that beat, and the judgement of
+stale trials, live in autoft.search.liveness.
 
 StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
 sweeper and the search layer reach trials, heartbeats and records only through it.
@@ -219,96 +217,6 @@ def has_claim_lock(url: str) -> bool:
 PROGRESS_ATTR = "autoft:progress"  # trial system attribute: the task's last reported step
 
 
-class Heartbeat:
-    """Keeps one RUNNING trial alive in the storage from a daemon thread until `stop()`.
-
-    It also watches itself: a beat that comes much later than its interval means the machine is
-    overloaded (too many threads per core), which is logged; and every `progress_interval` seconds
-    it logs how long the trial has run, its last heartbeat and the step the task last reported
-    (`TrialReporter.progress`), so a slow trial and a stuck one can be told apart.
-    """
-
-    def __init__(self, store: "StudyStorage", trial_id: int, interval: float, *, label: str = "",
-                 progress_interval: float = 0.0, grace_period: Optional[float] = None):
-        self.store, self.trial_id, self.interval = store, int(trial_id), max(float(interval), 0.1)
-        self.label = label or f"trial id {trial_id}"
-        self.progress_interval = float(progress_interval or 0.0)
-        self.grace_period = grace_period
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self.started = time.time()
-        self.last_beat: Optional[float] = None
-        self._last_log = self.started
-
-    def beat(self) -> None:
-        self.store.record_heartbeat(self.trial_id)
-        self.last_beat = time.time()
-
-    def start(self) -> "Heartbeat":
-        self.beat()
-        self.store.set_trial_system_attr(self.trial_id, ALIVE_ATTR, True)
-        self._thread = threading.Thread(target=self._run, name=f"autoft-heartbeat-{self.trial_id}", daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            now = time.time()
-            late = now - (self.last_beat or now) - self.interval
-            if self.grace_period and late > 0.5 * (self.grace_period - self.interval):
-                log.warning("%s: heartbeat %.0fs late (the machine is overloaded; lower hydra.sweeper.threads or "
-                            "run fewer workers); other workers declare it lost %ss after its last beat",
-                            self.label, late, self.grace_period)
-            try:
-                self.beat()
-            except Exception as err:  # a finished trial or a storage hiccup: try again next time
-                log.debug("heartbeat of trial id %s failed: %s", self.trial_id, err)
-            if self.progress_interval and time.time() - self._last_log >= self.progress_interval:
-                self._last_log = time.time()
-                self.log_progress()
-
-    def log_progress(self) -> None:
-        now = time.time()
-        what = ""
-        try:
-            p = self.store.trial_system_attrs(self.trial_id).get(PROGRESS_ATTR)
-            if isinstance(p, dict) and p.get("step") is not None:
-                total = f"/{p['total']}" if p.get("total") else ""
-                what = f", step {p['step']}{total} reported {now - float(p.get('time', now)):.0f}s ago"
-            else:
-                what = ", no step reported yet"
-        except Exception:  # noqa: BLE001 (a log line only)
-            pass
-        beat = f"{now - self.last_beat:.0f}s ago" if self.last_beat else "never"
-        log.info("%s running for %.0fs, last heartbeat %s%s", self.label, now - self.started, beat, what)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
-
-
-def worker_alive_here(worker: Optional[str]) -> bool:
-    """Whether a trial's `worker` tag (host:pid) names a process alive on this machine: a
-    starved heartbeat of a live local worker is a slow trial, not a lost one."""
-    import socket
-
-    from autoft.search.workers import pid_alive
-
-    if not worker or ":" not in str(worker):
-        return False
-    host, _, pid = str(worker).rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return int(pid) == os.getpid() or pid_alive(int(pid))
-
-
-def pid_tag() -> str:
-    import socket
-
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 # ----------------------------------------------------------------------------- the one wrapper
 
 class StudyStorage:
@@ -392,10 +300,6 @@ class StudyStorage:
             self.storage.record_heartbeat(self.trial_id(trial))
         else:
             self.set_trial_system_attr(trial, HEARTBEAT_ATTR, time.time())
-
-    def heartbeat(self, trial, interval: float, **kwargs) -> "Heartbeat":
-        """A started Heartbeat for a RUNNING trial (see Heartbeat)."""
-        return Heartbeat(self, self.trial_id(trial), interval, **kwargs).start()
 
     def stale_trial_ids(self) -> list[int]:
         """RUNNING trials whose RDB heartbeat is older than the grace period (database clock)."""

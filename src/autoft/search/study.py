@@ -1,5 +1,7 @@
 """Study helpers: naming, creation/resume, counting toward n_trials, lost trials, warm starts.
 
+Lost trials are found by autoft.search.liveness.fail_stale and retried here (RetryLost, requeue).
+
 Counting: `n_trials` is the study's total of *finished* trials, COMPLETE plus PRUNED (a pruned
 trial was evaluated and judged by the pruner: its budget is spent as the user asked; set
 `count_pruned: false` to count COMPLETE only). FAILED trials never count: a lost trial (dead
@@ -14,13 +16,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
 from autoft.search.space import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY, SearchSpace
-from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,31 @@ def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, 
     return study, created
 
 
+@dataclass
+class StudyRecord:
+    """A study as readers outside the search see it: its name, directions and trials (FrozenTrials)."""
+
+    name: str
+    directions: list
+    trials: list
+    user_attrs: dict
+
+
+def load_studies(url: str) -> list[StudyRecord]:
+    """Every study in a storage URL, read once (reports and plots take these, never the storage)."""
+    import optuna
+
+    from autoft.search.storage import normalize_url
+
+    url = normalize_url(url)
+    out = []
+    for summary in optuna.study.get_all_study_summaries(url, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        out.append(StudyRecord(summary.study_name, [d.name.lower() for d in study.directions],
+                               study.get_trials(deepcopy=False), dict(study.user_attrs)))
+    return out
+
+
 # ----------------------------------------------------------------------------- counting
 
 @dataclass
@@ -226,49 +251,6 @@ class RetryLost:
     def __call__(self, study, trial) -> None:
         log.warning("trial %d was lost (no heartbeat): marked FAIL", trial.number)
         requeue(study, trial, max_retries=self.max_retries, why="lost worker")
-
-
-def fail_stale(study, *, grace_period: float, retry: RetryLost) -> int:
-    """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many.
-
-    Stale means no heartbeat for `grace_period` seconds (RDB: the database's clock; journal: our
-    own heartbeat attribute). A stale trial whose worker is a process still alive on this machine
-    is not failed: its heartbeat thread was starved by an overloaded CPU, the trial is slow, not lost.
-    """
-    from optuna.trial import TrialState
-
-    from autoft.search.storage import StudyStorage, worker_alive_here
-
-    store = StudyStorage(study)
-    now = time.time()
-    candidates = store.stale_trial_ids()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.system_attrs.get(HEARTBEAT_ATTR)
-        started = t.datetime_start.timestamp() if t.datetime_start else now
-        if beat is not None:
-            stale = now - float(beat) > grace_period  # journal storages: our own heartbeat
-        else:
-            # never got a heartbeat: its worker died between ask and heartbeat start
-            stale = not t.system_attrs.get(ALIVE_ATTR) and now - started > 2 * grace_period
-        if stale and store.trial_id(t) not in candidates:
-            candidates.append(store.trial_id(t))
-    n = 0
-    for trial_id in candidates:
-        t = store.trial(trial_id)
-        if t.state != TrialState.RUNNING:
-            continue
-        if worker_alive_here(t.user_attrs.get("worker")):
-            log.warning("trial %d has had no heartbeat for over %ss but its worker %s is alive on this machine: "
-                        "slow (overloaded CPU), not lost; left running", t.number, grace_period,
-                        t.user_attrs.get("worker"))
-            continue
-        # False: another worker got there first, or it just finished
-        if not store.fail_trial(trial_id, {FAIL_REASON: "lost: its worker stopped sending heartbeats "
-                                                        "(killed or crashed)", FAIL_KIND: "lost"}):
-            continue
-        n += 1
-        retry(study, store.trial(trial_id))
-    return n
 
 
 # ----------------------------------------------------------------------------- samplers and pruners
@@ -498,7 +480,3 @@ def duration_s(trial) -> Optional[float]:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return None
-
-
-def now_iso() -> str:
-    return datetime.now().isoformat(timespec="seconds")

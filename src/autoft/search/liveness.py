@@ -1,0 +1,367 @@
+"""Liveness: one heartbeat thread, and what is judged from it.
+
+- `Heartbeat` calls a `beat()` every interval from a daemon thread until `stop()` (or until the
+  beat returns False). Three things beat through it: a RUNNING trial (`trial_heartbeat`: Optuna's
+  RDB heartbeat, or an `autoft:heartbeat` attribute on journal storages), a top-k re-evaluation's
+  claim (autoft.search.reevaluation.refresh_claim), and this worker's record (`WorkerRegistry`).
+- Stale trials (`fail_stale`): RUNNING, silent for the grace period, and not the trial of a process
+  alive on this machine: marked FAIL and retried. A trial also gets `autoft:alive` once its
+  heartbeat runs, so a worker killed between asking for a trial and its first beat is found too
+  (`datetime_start` older than twice the grace period).
+- The worker registry counts the trials that share this machine's cores, for the thread budget
+  (autoft.search.threads). Concurrent trials are counted two ways, and the larger count wins:
+  the machine registry, one small JSON file per live worker process, `<host>-<pid>.json` in
+  `$AUTOFT_WORKERS_DIR` (default `<temp dir>/autoft-workers`, shared by all users), holding how
+  many trials it runs at once here (1 with the basic launcher, n_jobs with joblib); it sees
+  workers of every study, and a file whose process is gone (or whose pid now names another
+  process: its start time differs) is ignored and removed. And the study's worker records
+  (`autoft:worker:<host>:<pid>` system attributes -> {host, pid, time, threads, slots, stopped}),
+  beaten every heartbeat interval and marked stopped on exit: a record counts while fresh (within
+  the grace period) or, on this host, while its process exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from autoft.search import threads
+from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR, PROGRESS_ATTR, StudyStorage
+from autoft.search.study import FAIL_KIND, FAIL_REASON
+
+log = logging.getLogger(__name__)
+
+WORKER_PREFIX = "autoft:worker:"
+WORKERS_DIR_ENV = "AUTOFT_WORKERS_DIR"
+
+
+class Heartbeat:
+    """Calls `beat()` every `interval` s from a daemon thread until `stop()`, or until a beat returns
+    False (the thing it keeps alive was taken over). `start()` beats once in the caller's thread
+    first (an error there is the caller's); later errors are storage hiccups, retried next time.
+    `after_beat(heartbeat, late)` runs after each threaded beat, `late` being how many seconds the
+    beat came after its due time (a starved thread: an overloaded machine)."""
+
+    def __init__(self, beat: Callable[[], Any], interval: float, *, name: str = "autoft-heartbeat",
+                 after_beat: Optional[Callable[["Heartbeat", float], None]] = None):
+        self.beat, self.interval, self.name = beat, max(float(interval), 0.1), name
+        self.after_beat = after_beat
+        self.started = time.time()
+        self.last_beat: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, beat_now: bool = True) -> "Heartbeat":
+        if beat_now:
+            self.beat()
+            self.last_beat = time.time()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.time()
+            late = now - (self.last_beat or now) - self.interval
+            try:
+                if self.beat() is False:
+                    return
+                self.last_beat = time.time()
+            except Exception as err:  # noqa: BLE001 (a storage hiccup, or the trial just finished)
+                log.debug("%s: beat failed: %s", self.name, err)
+            if self.after_beat is not None:
+                self.after_beat(self, late)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait for the thread to end by itself (a beat returned False)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        """Stop beating; joined, so no beat lands after this returns (it would undo a final write)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+
+# ----------------------------------------------------------------------------- trials
+
+def trial_heartbeat(store: StudyStorage, trial, interval: float, *, label: str = "",
+                    progress_interval: float = 0.0, grace_period: Optional[float] = None) -> Heartbeat:
+    """A started Heartbeat that keeps a RUNNING trial alive. It also watches itself: a beat much
+    later than its interval means the machine is overloaded (logged), and every `progress_interval`
+    seconds it logs how long the trial has run, its last heartbeat and the step the task last
+    reported (`TrialReporter.progress`), so a slow trial and a stuck one can be told apart."""
+    trial_id = store.trial_id(trial)
+    label = label or f"trial id {trial_id}"
+    last_log = [time.time()]
+
+    def watch(hb: Heartbeat, late: float) -> None:
+        if grace_period and late > 0.5 * (grace_period - hb.interval):
+            log.warning("%s: heartbeat %.0fs late (the machine is overloaded; lower hydra.sweeper.threads or "
+                        "run fewer workers); other workers declare it lost %ss after its last beat",
+                        label, late, grace_period)
+        if progress_interval and time.time() - last_log[0] >= progress_interval:
+            last_log[0] = time.time()
+            log_progress(store, trial_id, hb, label)
+
+    hb = Heartbeat(lambda: store.record_heartbeat(trial_id), interval, name=f"autoft-heartbeat-{trial_id}",
+                   after_beat=watch if (grace_period or progress_interval) else None).start()
+    store.set_trial_system_attr(trial_id, ALIVE_ATTR, True)
+    return hb
+
+
+def log_progress(store: StudyStorage, trial_id: int, hb: Heartbeat, label: str) -> None:
+    now, what = time.time(), ""
+    try:
+        p = store.trial_system_attrs(trial_id).get(PROGRESS_ATTR)
+        if isinstance(p, dict) and p.get("step") is not None:
+            total = f"/{p['total']}" if p.get("total") else ""
+            what = f", step {p['step']}{total} reported {now - float(p.get('time', now)):.0f}s ago"
+        else:
+            what = ", no step reported yet"
+    except Exception:  # noqa: BLE001 (a log line only)
+        pass
+    beat = f"{now - hb.last_beat:.0f}s ago" if hb.last_beat else "never"
+    log.info("%s running for %.0fs, last heartbeat %s%s", label, now - hb.started, beat, what)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def pid_tag() -> str:
+    """This process as a trial's `worker` attribute: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive_here(worker: Optional[str]) -> bool:
+    """Whether a trial's `worker` tag (host:pid) names a process alive on this machine: a
+    starved heartbeat of a live local worker is a slow trial, not a lost one."""
+    if not worker or ":" not in str(worker):
+        return False
+    host, _, pid = str(worker).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or pid_alive(int(pid))
+
+
+def fail_stale(study, *, grace_period: float, retry: Callable) -> int:
+    """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many.
+
+    Stale means no heartbeat for `grace_period` seconds (RDB: the database's clock; journal: our
+    own heartbeat attribute). A stale trial whose worker is a process still alive on this machine
+    is not failed: its heartbeat thread was starved by an overloaded CPU, the trial is slow, not lost.
+    """
+    from optuna.trial import TrialState
+
+    store = StudyStorage(study)
+    now = time.time()
+    candidates = store.stale_trial_ids()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(HEARTBEAT_ATTR)
+        started = t.datetime_start.timestamp() if t.datetime_start else now
+        if beat is not None:
+            stale = now - float(beat) > grace_period  # journal storages: our own heartbeat
+        else:
+            # never got a heartbeat: its worker died between ask and heartbeat start
+            stale = not t.system_attrs.get(ALIVE_ATTR) and now - started > 2 * grace_period
+        if stale and store.trial_id(t) not in candidates:
+            candidates.append(store.trial_id(t))
+    n = 0
+    for trial_id in candidates:
+        t = store.trial(trial_id)
+        if t.state != TrialState.RUNNING:
+            continue
+        if worker_alive_here(t.user_attrs.get("worker")):
+            log.warning("trial %d has had no heartbeat for over %ss but its worker %s is alive on this machine: "
+                        "slow (overloaded CPU), not lost; left running", t.number, grace_period,
+                        t.user_attrs.get("worker"))
+            continue
+        # False: another worker got there first, or it just finished
+        if not store.fail_trial(trial_id, {FAIL_REASON: "lost: its worker stopped sending heartbeats "
+                                                        "(killed or crashed)", FAIL_KIND: "lost"}):
+            continue
+        n += 1
+        retry(study, store.trial(trial_id))
+    return n
+
+
+# ----------------------------------------------------------------------------- the machine registry
+
+def workers_dir() -> Path:
+    """Where live workers of this machine register: $AUTOFT_WORKERS_DIR, else <temp dir>/autoft-workers."""
+    return Path(os.environ.get(WORKERS_DIR_ENV) or Path(tempfile.gettempdir()) / "autoft-workers")
+
+
+def process_start(pid: int) -> Optional[str]:
+    """The kernel's start time of a process (Linux; None elsewhere or when it is gone): a pid that
+    was reused after a worker died has another start time."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after 'pid (comm) '; field 22 is the start time
+    return fields[19] if len(fields) > 19 else None
+
+
+def _entry_alive(entry: dict, host: str) -> bool:
+    if entry.get("host") != host:
+        return True  # another machine sharing the directory: not ours to judge (and not counted)
+    pid = int(entry.get("pid", -1))
+    if pid <= 0 or not pid_alive(pid):
+        return False
+    start = process_start(pid)
+    return start is None or entry.get("start") in (None, start)
+
+
+def register_worker(slots: int, study: str = "", directory: Optional[Path] = None) -> Optional[Path]:
+    """Announce this process and the trials it runs at once on this machine; the file's path, or
+    None when the directory cannot be written (then only the study's records count)."""
+    directory = Path(directory or workers_dir())
+    host, pid = socket.gethostname(), os.getpid()
+    path = directory / f"{host}-{pid}.json"
+    try:
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o1777)  # every user's workers register here; each removes only its own
+        tmp = directory / f".{host}-{pid}.{threading.get_ident()}.tmp"
+        tmp.write_text(json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots),
+                                   "study": study, "time": time.time()}))
+        os.replace(tmp, path)
+        return path
+    except OSError as err:
+        log.debug("worker not registered in %s: %s", directory, err)
+        return None
+
+
+def unregister_worker(path: Optional[Path]) -> None:
+    if path is not None:
+        try:
+            Path(path).unlink()
+        except OSError:
+            pass
+
+
+def live_workers(directory: Optional[Path] = None) -> list[dict]:
+    """The registered workers of this machine whose process still runs (dead ones' files removed)."""
+    directory = Path(directory or workers_dir())
+    host, out = socket.gethostname(), []
+    try:
+        paths = sorted(directory.glob("*.json"))
+    except OSError:
+        return out
+    for path in paths:
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or being replaced
+        if not isinstance(entry, dict) or entry.get("host") != host:
+            continue
+        if _entry_alive(entry, host):
+            out.append(entry)
+        else:
+            unregister_worker(path)  # best effort: another user's file stays (sticky directory)
+    return out
+
+
+def concurrent_trials_here(directory: Optional[Path] = None) -> int:
+    """Trials that live registered workers of any study run at once on this machine."""
+    return sum(max(0, int(e.get("slots", 1))) for e in live_workers(directory))
+
+
+# ----------------------------------------------------------------------------- one worker
+
+class WorkerRegistry:
+    """This worker in the study's records (kept fresh by a daemon thread) and in the machine
+    registry; counts the trials that share this machine's cores.
+
+    `slots`: the trials this worker runs at once on this machine (1 with the basic launcher,
+    n_jobs with joblib; 0 when its trials run elsewhere, e.g. SLURM: then it is not registered).
+    """
+
+    def __init__(self, store, interval: float, grace_period: float, *, slots: int = 1,
+                 directory: Optional[Path] = None):
+        self.store = store  # autoft.search.storage.StudyStorage
+        self.interval, self.grace_period = float(interval), float(grace_period)
+        self.slots, self.directory = max(0, int(slots)), directory
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.key = f"{WORKER_PREFIX}{self.host}:{self.pid}"
+        self.threads: Optional[int] = None
+        self.concurrent = 1
+        self.machine_file: Optional[Path] = None
+        self._heartbeat: Optional[Heartbeat] = None
+
+    def beat(self, stopped: bool = False) -> None:
+        self.store.write_study_record(self.key, {
+            "host": self.host, "pid": self.pid, "time": time.time(), "threads": self.threads, "slots": self.slots,
+            "stopped": stopped}, system=True)
+
+    def start(self) -> "WorkerRegistry":
+        self._heartbeat = Heartbeat(self.beat, self.interval, name="autoft-worker-heartbeat").start()
+        if self.slots:
+            self.machine_file = register_worker(self.slots, self.store.name, self.directory)
+        return self
+
+    def stop(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        unregister_worker(self.machine_file)
+        self.machine_file = None
+        try:
+            self.beat(stopped=True)
+        except Exception as err:
+            log.debug("worker record not closed: %s", err)
+
+    def records(self) -> dict:
+        recs = self.store.study_records(WORKER_PREFIX, system=True)
+        return {tag: rec for tag, rec in recs.items() if isinstance(rec, dict)}
+
+    def _others_here(self) -> list[dict]:
+        """Live records of this study's other workers on this machine."""
+        now, out = time.time(), []
+        for rec in self.records().values():
+            if rec.get("host") != self.host or rec.get("stopped") or int(rec.get("pid", -1)) == self.pid:
+                continue
+            if now - float(rec.get("time", 0)) <= self.grace_period or pid_alive(rec.get("pid", -1)):
+                out.append(rec)
+        return out
+
+    def live_on_host(self) -> int:
+        """Live workers of this study on this machine, this one included."""
+        return len(self._others_here()) + 1
+
+    def concurrent_here(self) -> int:
+        """Trials running at once on this machine, this worker's included: the larger of the
+        machine registry's count (every study) and this study's records' count."""
+        own = max(self.slots, 1)
+        machine = sum(max(0, int(e.get("slots", 1))) for e in live_workers(self.directory)
+                      if int(e.get("pid", -1)) != self.pid)
+        study = sum(max(0, int(r.get("slots", 1))) for r in self._others_here())
+        return own + max(machine, study)
+
+    def budget(self, setting: Any) -> Optional[int]:
+        """The thread count for each of this worker's next trials (None: leave torch's default);
+        `auto` also keeps the count it divided by in `self.concurrent` (for the log line)."""
+        if setting is None:
+            return None
+        if setting == "auto":
+            self.concurrent = self.concurrent_here()
+            return threads.thread_budget(threads.cpu_count(), self.concurrent)
+        return int(setting)

@@ -1,0 +1,766 @@
+"""One search run: claim a trial, launch it, classify what came back, tell the study; then top-k
+re-evaluation, the outputs beside the study, the summary.
+
+    search = Search(settings, config, arguments, launch=launch, sweep_dir=..., ...)
+    search.prepare()          # the space, the study, checks: every UserError before any trial
+    returns = search.run()    # the slots until the study holds n_trials finished trials
+
+Each slot (hydra.sweeper.n_jobs) loops: under the study's claim lock (never more than n_trials
+finished or running) fail stale trials (liveness.fail_stale), ask, suggest, start the trial's
+heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; trials
+still out are given back (FAIL, parameters re-queued). Once the study is complete, each slot claims
+missing re-evaluations (autoft.search.reevaluation explains the records) and runs them through the
+same run_job. The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`: the Hydra
+plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports Hydra's
+launcher machinery.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, List, Optional
+
+from omegaconf import OmegaConf
+
+from autoft.errors import UserError
+from autoft.search import liveness as lv
+from autoft.search import outputs as out
+from autoft.search import reevaluation as rv
+from autoft.search import space as sp
+from autoft.search import storage as st
+from autoft.search import study as su
+from autoft.search.outcome import Outcome, find_user_error, run_job
+from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
+
+log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # one logger for the search's lines
+
+
+def plain(x: Any) -> Any:
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+
+
+@dataclass
+class SearchSettings:
+    """The sweeper's keys (hydra_plugins.autoft_optuna_sweeper.config documents each)."""
+
+    direction: Any = None
+    study_name: Optional[str] = None
+    storage: Optional[str] = None
+    n_trials: int = 20
+    n_jobs: int = 1
+    sampler: dict = field(default_factory=dict)
+    params: Optional[dict] = None
+    custom_search_space: Optional[str] = None
+    heartbeat_interval: int = 20
+    grace_period: int = 60
+    max_retries: int = 2
+    max_failures: Optional[int] = None
+    max_failure_rate: Optional[float] = None
+    threads: Any = "auto"
+    progress_interval: float = 120.0
+    preflight: Optional[str] = None
+    count_pruned: bool = True
+    warm_start: List[str] = field(default_factory=list)
+    plots: bool = True
+    poll_interval: float = 5.0
+    fingerprint_exclude: List[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.max_retries, self.count_pruned, self.plots = int(self.max_retries), bool(self.count_pruned), bool(self.plots)
+        self.poll_interval, self.progress_interval = float(self.poll_interval), float(self.progress_interval or 0)
+        self.sampler, self.warm_start = dict(self.sampler or {}), list(self.warm_start or [])
+        self.fingerprint_exclude = list(self.fingerprint_exclude or [])
+
+
+def load_callable(path: str, what: str) -> Callable:
+    """A function from a dotpath. `fn`, `__main__.fn` or `.<script stem>.fn` name one in the app's
+    own script (hydra-optuna-sweeper's examples write `.custom-search-space-objective.configure`)."""
+    module_name, _, name = str(path).lstrip(".").rpartition(".")
+    main = sys.modules.get("__main__")
+    stem = Path(getattr(main, "__file__", "") or "").stem
+    try:
+        if not module_name or module_name in ("__main__", stem):
+            module = main
+        else:
+            module = importlib.import_module(module_name)
+        fn = getattr(module, name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"hydra.sweeper.{what} '{path}' cannot be imported: {err}") from None
+    if not callable(fn):
+        raise UserError(f"hydra.sweeper.{what} '{path}' is not a function")
+    return fn
+
+
+class Search:
+    """The state of one search run in one worker process (see the module's docstring).
+
+    `config`: the composed sweep config; `arguments`: the command line's overrides; `launch`: runs
+    one job; `sweep_dir`: where studies live; `slots`: trials at once in this process; `local_slots`:
+    those sharing this machine's cores (for the thread budget; 0 when they run elsewhere);
+    `in_process`: trials run in this process (the budget is applied here); `check_composes(batch)`:
+    raises UserError when a batch of overrides does not compose; `trial_config(overrides)`: a context
+    manager giving one trial's composed task config (pre-flight); `publish(study_dir, study_name)`:
+    called once the final outputs of an autoft app's study are written (the study's W&B run)."""
+
+    def __init__(self, settings: SearchSettings, config, arguments: List[str], *,
+                 launch: Callable[[list, int], Any], sweep_dir: Path, slots: int = 1, local_slots: int = 1,
+                 in_process: bool = True, check_composes: Optional[Callable[[list], None]] = None,
+                 trial_config: Optional[Callable[[list], ContextManager]] = None,
+                 publish: Optional[Callable[[Path, str], None]] = None):
+        self.s, self.config, self.arguments = settings, config, list(arguments)
+        self.launch, self.sweep_dir = launch, Path(sweep_dir).absolute()
+        self.slots, self.local_slots, self.in_process = slots, local_slots, in_process
+        self.check_composes, self.trial_config, self.publish = check_composes, trial_config, publish
+        self.n_trials = settings.n_trials
+        self.study = self.registry = None
+        self._stop = threading.Event()
+        self._changed = threading.Event()  # a slot finished a trial: waiting slots look again
+        self._lock = threading.Lock()
+        self._inflight: dict[int, Any] = {}  # trial number -> trial, across slots
+        self._inflight_reeval: dict[int, tuple] = {}  # trial number -> (claim, heartbeat) of this process
+        self._threads_of: dict[int, int] = {}  # trial number -> its thread budget
+        self.returns: list = []
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self) -> None:
+        """Parse and check everything, then open (or resume) the study; UserError before any trial."""
+        import optuna  # noqa: F401  (fail here, not in a thread, if it is missing)
+
+        s, cfg = self.s, self.config
+        st.quiet_optuna()
+        search = OmegaConf.select(cfg, "search", default=None) or {}
+        losses = search.get("losses") if search else None
+        if losses is None:
+            losses = OmegaConf.select(cfg, "method.search_losses", default=None)
+        self.space, self.passthrough = sp.parse_space(s.params or {}, self.arguments, config=cfg,
+                                                      losses=plain(losses) if losses is not None else None)
+        if not self.space.distributions:
+            raise UserError("search space: hydra.sweeper.params holds no searched parameter (interval, range or "
+                            "choice); nothing to search")
+        self.pruner_spec = plain(search.get("pruner")) if search else None
+        su.make_pruner(self.pruner_spec)  # validate before any trial
+        if self.pruner_spec not in (None, "none") and search and not int(search.get("eval_every", 0) or 0):
+            raise UserError(f"search.pruner={self.pruner_spec} needs intermediate reports: set search.eval_every "
+                            "to the number of inner steps between OOD-val evaluations (e.g. search.eval_every=10)")
+        self.direction = su.direction_for(s.direction, cfg)
+        self.multi = isinstance(self.direction, list)
+        self.n_objectives = len(self.direction) if self.multi else 1
+        # the trial identity goes into the app's `search` block only when it has one (autoft)
+        self.autoft_app = bool(search) and "trial_id" in search
+        self._prepare_reevaluation(search)
+        if self.multi and self.reeval.enabled:
+            raise UserError("search.reevaluate_top_k needs a single objective; this study has directions "
+                            f"{self.direction}")
+        for name, value, low in (("n_trials", s.n_trials, 1), ("n_jobs", s.n_jobs, 1),
+                                 ("heartbeat_interval", s.heartbeat_interval, 1), ("max_retries", s.max_retries, 0)):
+            if not isinstance(value, int) or value < low:
+                raise UserError(f"hydra.sweeper.{name} must be an integer >= {low}, got {value!r}")
+        if not s.grace_period or s.grace_period <= s.heartbeat_interval:
+            raise UserError(f"hydra.sweeper.grace_period ({s.grace_period}) must exceed heartbeat_interval "
+                            f"({s.heartbeat_interval}); 3x is a safe choice")
+        try:
+            self.threads = parse_threads(s.threads)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        self.max_failures_n = int(s.max_failures) if s.max_failures is not None else int(self.n_trials)
+        rate = s.max_failure_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                                 or not 0.0 <= float(rate) <= 1.0):
+            raise UserError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1] (or null), got {rate!r}")
+        self._prepare_grid()
+        self.custom_fn = load_callable(s.custom_search_space, "custom_search_space") if s.custom_search_space \
+            else None
+
+        self.storage_url = st.normalize_url(s.storage or st.default_storage_url(self.sweep_dir))
+        st.storage_kind(self.storage_url)  # validate the URL's form
+        sampler_fp = dict(s.sampler)
+        if s.custom_search_space:
+            sampler_fp["custom_search_space"] = str(s.custom_search_space)
+        self.fingerprint = su.fingerprint(cfg, space=self.space, direction=self.direction, sampler=sampler_fp,
+                                          pruner=self.pruner_spec, exclude=s.fingerprint_exclude)
+        self.study_name = s.study_name or su.study_name_for(cfg, self.fingerprint)
+        self.study_dir = self.sweep_dir / self.study_name.replace("/", "_")
+        self.place = out.StudyPlace(self.study_dir, self.sweep_dir, self.study_name, st.mask_url(self.storage_url),
+                                    self.direction)
+        self._check_composes()
+        self._preflight()
+        warm_entries = su.load_warm_starts(s.warm_start, search.get("warm_start") if search else None)
+        self._open_study(warm_entries)
+
+    def _prepare_reevaluation(self, search) -> None:
+        """Top-k re-evaluation settings and its fresh seeds (new to the search: checked here)."""
+        self.reeval = rv.settings_from(search)
+        fixed = {k.lstrip("+"): v for k, v in self.space.fixed.items()}
+        try:
+            base = int(fixed.get(sp.SEED_KEY, OmegaConf.select(self.config, "seed", default=0) or 0))
+            k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1) if search else 1) or 1)
+        except (TypeError, ValueError):
+            base, k = 0, 1  # not integers: train.py itself reports that
+        self.reeval_seeds = rv.fresh_seeds(base, self.reeval)
+        if self.reeval.enabled:
+            rv.check_fresh(self.reeval_seeds, rv.search_seeds(base, k, self.space.distributions.get(sp.SEED_KEY)))
+
+    def _prepare_grid(self) -> None:
+        """A grid sampler walks hydra.sweeper.params' values; a grid smaller than n_trials ends the search."""
+        sampler = self.s.sampler
+        self.grid_space = None
+        if not str(sampler.get("_target_", "")).endswith("GridSampler"):
+            return
+        if sampler.get("search_space") is None:
+            self.grid_space = sp.grid_values(self.space)
+        size = 1
+        for values in (self.grid_space or sampler["search_space"]).values():
+            size *= len(values)
+        if size < self.n_trials:
+            log.info("grid sampler: the grid holds %d points, fewer than n_trials=%d: the search ends after %d",
+                     size, self.n_trials, size)
+            self.n_trials = size
+
+    def _check_composes(self) -> None:
+        """Compose one trial's config (mid-space values) so a bad key fails before any training."""
+        if self.check_composes is None:
+            return
+        point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
+        batch = [self.overrides(point, trial_id=0, number=0)]
+        if self.reeval.enabled:
+            batch.append(self.reeval_overrides(point, number=0))
+        self.check_composes(batch)
+
+    def _preflight(self) -> None:
+        """hydra.sweeper.preflight: fn(cfg) on the first trial's composed config, before any study
+        row or trial exists; its UserError stops the search."""
+        if not self.s.preflight or self.trial_config is None:
+            return
+        fn = load_callable(self.s.preflight, "preflight")
+        point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
+        with self.trial_config(self.overrides(point, trial_id=0, number=0)) as task_cfg:
+            try:
+                fn(task_cfg)
+            except BaseException as err:
+                user = find_user_error(err)
+                if user is not None:
+                    raise UserError(f"pre-flight check ({self.s.preflight}) failed, nothing was trained: {user}") \
+                        from None
+                raise
+
+    def _open_study(self, warm_entries) -> None:
+        s, cfg = self.s, self.config
+        self.retry = su.RetryLost(s.max_retries)
+        self.storage = st.open_storage(self.storage_url, heartbeat_interval=s.heartbeat_interval,
+                                       grace_period=s.grace_period, stale_callback=self.retry)
+        attrs = {"n_trials": int(self.n_trials), "search_space": self.space.describe(),
+                 "metric": OmegaConf.select(cfg, "dataset.metric", default=None),
+                 "dataset": OmegaConf.select(cfg, "dataset.name", default=None),
+                 "model": OmegaConf.select(cfg, "model.name", default=None),
+                 "method": OmegaConf.select(cfg, "method.name", default=None)}
+        self.study, created = su.open_study(self.storage, self.study_name, self.direction, self.fingerprint, attrs,
+                                            sampler=su.make_sampler(s.sampler, self.grid_space),
+                                            pruner=su.make_pruner(self.pruner_spec))
+        self.study.set_user_attr("n_trials", int(self.n_trials))
+        self.store = st.StudyStorage(self.study)
+        if warm_entries:
+            with self.store.claim_lock(self.storage_url):
+                base_lr = OmegaConf.select(cfg, "trainer.base_lr", default=None)
+                su.enqueue_warm_starts(self.study, warm_entries, self.space, base_lr)
+        out.write_config(self.study_dir, cfg)
+        self.registry = lv.WorkerRegistry(self.store, s.heartbeat_interval, s.grace_period,
+                                          slots=self.local_slots).start()
+        c = su.count(self.study.get_trials(deepcopy=False))
+        log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
+                 self.study_name, "new" if created else "resumed", st.mask_url(self.storage_url),
+                 c.done(s.count_pruned), self.n_trials, c.running, c.failed, self.direction,
+                 len(self.space.distributions), self.study_dir)
+
+    # ------------------------------------------------------------------ overrides
+
+    def overrides(self, params: dict, *, trial_id: int, number: int, threads: Optional[int] = None) -> list[str]:
+        """One trial's overrides. Its identity always goes to `hydra.sweeper.trial` (any app reads
+        it through HydraConfig; autoft.search.trial.TrialReporter does); into `search.*` only when
+        the app's config has those keys (autoft's train.py). No key the app lacks is added."""
+        fmt = sp.format_value
+        budget = f",threads:{int(threads)}" if threads else ""
+        ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{fmt(self.study_name)},"
+                 f"storage:{fmt(self.storage_url)}{budget}}}")
+        ovs = [*self.passthrough, *self.space.overrides(params),
+               f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
+        if self.autoft_app:
+            ovs += [f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
+                    f"++search.study_name={fmt(self.study_name)}", f"++search.storage={fmt(self.storage_url)}"]
+        return ovs
+
+    def reeval_overrides(self, params: dict, *, number: int) -> list[str]:
+        """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
+        (it is not a search trial: nothing reports to the study from inside it)."""
+        replaced = {sp.SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
+        keep = [o for o in [*self.passthrough, *self.space.overrides({k: v for k, v in params.items()
+                                                                      if k != sp.SEED_KEY})]
+                if o.split("=", 1)[0].lstrip("+~") not in replaced]
+        return [*keep, f"hydra.sweep.dir={sp.format_value(str(self.study_dir))}",
+                f"hydra.sweep.subdir=reevaluation/trial_{number}", f"++seed={self.reeval_seeds[0]}",
+                f"++search.seeds_per_trial={len(self.reeval_seeds)}", f"++search.reevaluation_of={number}"]
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> list:
+        """Run the slots; the launcher's job returns. Outputs are written however it ends."""
+        self._t0 = time.time()
+        self._done0 = su.count(self.study.get_trials(deepcopy=False)).done(self.s.count_pruned)
+        errors: list[BaseException] = []
+        try:
+            if self.slots == 1:
+                self._slot(0)
+            else:
+                def body(i: int) -> None:
+                    try:
+                        self._slot(i)
+                    except BaseException as err:  # noqa: BLE001 (handed to the main thread)
+                        errors.append(err)
+                        self._stop.set()
+                        self._changed.set()
+
+                threads = [threading.Thread(target=body, args=(i,), name=f"autoft-slot-{i}", daemon=True)
+                           for i in range(self.slots)]
+                for t in threads:
+                    t.start()
+                while any(t.is_alive() for t in threads) and not errors:
+                    self._changed.wait(0.5)
+                if errors:  # stop at once: trials still out are given back (FAIL, parameters re-queued)
+                    self._abandon_inflight()
+        except KeyboardInterrupt:
+            self._stop.set()
+            self._abandon_inflight()
+            raise
+        finally:
+            self.write_outputs(final=True)
+            if self.registry is not None:
+                self.registry.stop()
+        if errors:
+            raise errors[0]
+        self._summary()
+        return self.returns
+
+    def _abandon_inflight(self) -> None:
+        with self._lock:
+            trials = list(self._inflight.values())
+            self._inflight.clear()
+            claims = dict(self._inflight_reeval)
+            self._inflight_reeval.clear()
+        for trial in trials:
+            self._interrupted(self.study, trial)
+        for number, (claim, heartbeat) in claims.items():  # a rerun takes them up at once, no grace period
+            self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
+
+    def _slot(self, slot: int) -> None:
+        # each slot has a Study object of its own (its own sampler; the storage shared)
+        study = self.study if slot == 0 else self.store.load(
+            sampler=su.make_sampler(self.s.sampler, self.grid_space), pruner=su.make_pruner(self.pruner_spec))
+        while not self._stop.is_set():
+            claimed = self._claim(study)
+            if claimed is None:
+                break
+            trial, heartbeat = claimed
+            with self._lock:
+                self._inflight[trial.number] = trial
+            try:
+                self._run_trial(study, trial)
+            finally:
+                heartbeat.stop()
+                with self._lock:
+                    self._inflight.pop(trial.number, None)
+        if self.reeval.enabled and not self._stop.is_set():
+            self._reevaluate(study)
+
+    def _wait(self, announced: bool, message: str, *args) -> bool:
+        if not announced:
+            log.info(message, *args)
+        self._changed.wait(self.s.poll_interval)
+        self._changed.clear()
+        return True
+
+    # ------------------------------------------------------------------ claiming a trial
+
+    def _claim(self, study):
+        s = self.s
+        announced = False
+        locked = st.has_claim_lock(self.storage_url)
+        while not self._stop.is_set():
+            with self.store.claim_lock(self.storage_url):
+                lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
+                c = su.count(study.get_trials(deepcopy=False))
+                done = c.done(s.count_pruned)
+                if done >= self.n_trials:
+                    return None
+                self._check_failures(c)
+                if done + c.running < self.n_trials:
+                    trial = study.ask()
+                    heartbeat = lv.trial_heartbeat(self.store, trial, s.heartbeat_interval,
+                                                   label=f"trial {trial.number}",
+                                                   progress_interval=s.progress_interval,
+                                                   grace_period=s.grace_period)
+                    try:
+                        trial.set_user_attr("worker", lv.pid_tag())
+                        n_threads = self._apply_threads()
+                        if n_threads is not None:
+                            trial.set_user_attr(THREADS_ATTR, n_threads)
+                            with self._lock:
+                                self._threads_of[trial.number] = n_threads
+                        self._suggest(trial)
+                    except BaseException:
+                        heartbeat.stop()
+                        self._fail(study, trial, "error", "sampling failed: " + traceback.format_exc(limit=2))
+                        raise
+                    if locked or not self._surplus(study, trial):
+                        return trial, heartbeat
+                    heartbeat.stop()
+                    continue
+            announced = self._wait(announced, "%d/%d trials finished and %d running elsewhere: waiting for them (a "
+                                   "lost one is retried %ds after its last heartbeat)", done, self.n_trials,
+                                   c.running, s.grace_period)
+        return None
+
+    def _check_failures(self, c) -> None:
+        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials."""
+        rate = self.s.max_failure_rate
+        where = self.study_dir / "trials.csv"
+        if c.counted_failures >= self.max_failures_n:
+            raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
+                            f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
+                            f"Their reasons are in {where}.")
+        if rate is not None:
+            allowed = int(float(rate) * self.n_trials + 1e-9)
+            if c.counted_failures > allowed:
+                raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
+                                f"returned NaN), more than hydra.sweeper.max_failure_rate={rate} x "
+                                f"n_trials={self.n_trials} ({allowed} allowed). Their reasons are in {where}.")
+
+    def _apply_threads(self) -> Optional[int]:
+        """The thread budget for the next trial (hydra.sweeper.threads); applied here when trials run
+        in this process, and by the task (threads.BudgetedTask) in a joblib worker process."""
+        reg = self.registry
+        if self.threads is None or reg is None or not reg.slots:
+            return None  # trials on other nodes: their launcher's resources (cpus_per_task) govern
+        try:
+            n = reg.budget(self.threads)
+        except Exception as err:  # noqa: BLE001 (the storage hiccuped: keep the last budget)
+            log.debug("thread budget not re-evaluated: %s", err)
+            n = reg.threads
+        if n is None:
+            return None
+        if n != reg.threads:
+            why = (f" ({cpu_count()} cores, {reg.concurrent} concurrent trial(s) on this machine, "
+                   f"{reg.slots} of them this worker's)" if self.threads == "auto" else " (hydra.sweeper.threads)")
+            log.info("threads per trial: %d%s", n, why)
+        reg.threads = apply_threads(n) if self.in_process else n
+        return n
+
+    def _suggest(self, trial) -> None:
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        for key, d in self.space.distributions.items():
+            if isinstance(d, FloatDistribution):
+                trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
+            elif isinstance(d, IntDistribution):
+                trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
+            elif isinstance(d, CategoricalDistribution):
+                trial.suggest_categorical(key, d.choices)
+        if self.custom_fn is not None:  # hydra.sweeper.custom_search_space: more parameters, conditional ones
+            self.custom_fn(self.config, trial)
+
+    def _surplus(self, study, trial) -> bool:
+        """Storages without a claim lock: after asking, the later of two racing trials gives way."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        running = sorted(t.number for t in trials if t.state == TrialState.RUNNING)
+        ahead = running.index(trial.number) if trial.number in running else 0
+        if su.count(trials).done(self.s.count_pruned) + ahead + 1 <= self.n_trials:
+            return False
+        if self._fail(study, trial, "surplus", "surplus: other workers already run the study's last trials") \
+                and self.store.trial(trial).system_attrs.get("fixed_params"):
+            su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries,
+                       why="surplus", count_retry=False)
+        return True
+
+    # ------------------------------------------------------------------ one trial
+
+    def _launch(self, overrides: list, job_idx: int, n_objectives: int = 1) -> Outcome:
+        o = run_job(self.launch, overrides, job_idx, n_objectives)
+        if o.job is not None:
+            with self._lock:
+                self.returns.append(o.job)
+        return o
+
+    def _bad_return(self, o: Outcome, where: str = "") -> UserError:
+        want = (f"{self.n_objectives} objectives (a list or tuple of floats, one per direction)"
+                if self.multi else "the objective (a float)")
+        hint = "" if self.multi or where else "; with train.py the search needs phase=search (search=autoft sets it)"
+        return UserError(f"the task function returned {o.returned!r} instead of {want}{where}{hint}")
+
+    def _run_trial(self, study, trial) -> None:
+        import optuna
+
+        with self._lock:
+            threads = self._threads_of.pop(trial.number, None)
+        ovs = self.overrides(trial.params, trial_id=self.store.trial_id(trial), number=trial.number, threads=threads)
+        try:
+            o = self._launch(ovs, trial.number, self.n_objectives)
+        except KeyboardInterrupt:
+            self._interrupted(study, trial)
+            raise
+        if o.kind == "lost":
+            if self._fail(study, trial, "lost", o.reason):
+                su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="lost job")
+        elif o.kind == "launcher":
+            self._fail(study, trial, "error", o.reason)
+            raise o.error
+        elif o.kind == "bad_return":
+            self._fail(study, trial, "user_error", o.reason)
+            raise self._bad_return(o)
+        elif o.kind == "user_error":
+            self._fail(study, trial, "user_error", o.reason)
+            self._stop.set()
+            raise o.error
+        else:
+            if o.extra:
+                self.store.set_trial_user_attrs(trial, {k: v for k, v in o.extra.items()
+                                                        if isinstance(v, (int, float, str, bool))})
+            if o.kind == "complete":
+                self._tell(study, trial, values=o.values if self.multi else o.values[0])
+            elif o.kind == "pruned":
+                self._tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+            else:  # nan | diverged | error: recorded, the search goes on
+                if o.traceback:
+                    log.warning("trial %d raised:\n%s", trial.number, o.traceback)
+                self._fail(study, trial, o.kind, o.reason)
+        self._progress(study, trial)
+
+    def _tell(self, study, trial, **kwargs) -> bool:
+        try:
+            study.tell(trial, **kwargs)
+            return True
+        except (ValueError, RuntimeError) as err:
+            # another worker declared it lost (heartbeat older than the grace period) and re-queued it
+            log.warning("trial %d could not be recorded (%s): it was declared lost meanwhile; its parameters "
+                        "were re-queued", trial.number, err)
+            return False
+
+    def _fail(self, study, trial, kind: str, reason: str) -> bool:
+        """Record the trial FAILED with its reason; False when it had already finished elsewhere."""
+        import optuna
+
+        if self.store.set_trial_user_attrs(trial, {su.FAIL_REASON: reason[:2000], su.FAIL_KIND: kind}):
+            return self._tell(study, trial, state=optuna.trial.TrialState.FAIL)
+        return False
+
+    def _interrupted(self, study, trial) -> None:
+        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued."""
+        try:
+            if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
+                su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="interrupted",
+                           count_retry=False)
+        except Exception as err:  # never mask the interrupt
+            log.warning("could not record interrupted trial %d: %s", trial.number, err)
+
+    # ------------------------------------------------------------------ top-k re-evaluation
+
+    def _reevaluate(self, study) -> None:
+        """Claim and run missing re-evaluations of the top-k trials until none is left here; then
+        wait for those running elsewhere (a lost one is taken over after the grace period)."""
+        s = self.s
+        announced = False
+        while not self._stop.is_set():
+            with self.store.claim_lock(self.storage_url):
+                recs = rv.records(study)
+                trial, live, stale = rv.next_claim(study.get_trials(deepcopy=False), recs, self.direction,
+                                                   self.reeval, self.reeval_seeds, s.max_retries, s.grace_period)
+                if trial is not None:
+                    claim = rv.claim_record(trial, self.reeval_seeds, lv.pid_tag(), recs.get(trial.number))
+                    rv.write_record(study, trial.number, claim)
+            if trial is None:
+                if not live:
+                    return
+                announced = self._wait(announced, "re-evaluation: %d running elsewhere: waiting for them (a lost "
+                                       "one is taken over %ds after its last heartbeat)", live, s.grace_period)
+                continue
+            if stale:
+                log.warning("re-evaluation of trial %d was lost (no heartbeat): running it again", trial.number)
+            log.info("re-evaluating trial %d (search %.6g) with seeds %s", trial.number, trial.value,
+                     ", ".join(map(str, self.reeval_seeds)))
+            number, token = trial.number, claim["token"]
+            heartbeat = lv.Heartbeat(lambda: rv.refresh_claim(study, number, token), s.heartbeat_interval,
+                                     name=f"autoft-reeval-heartbeat-{number}").start(beat_now=False)
+            with self._lock:
+                self._inflight_reeval[number] = (claim, heartbeat)
+            try:
+                self._run_reevaluation(study, trial, claim, heartbeat)
+            finally:
+                heartbeat.stop()
+                with self._lock:
+                    self._inflight_reeval.pop(number, None)
+
+    def _run_reevaluation(self, study, trial, claim: dict, heartbeat) -> None:
+        n = trial.number
+        t0 = time.time()
+        try:
+            o = self._launch(self.reeval_overrides(trial.params, number=n), n)
+        except KeyboardInterrupt:  # give the claim back: a rerun takes it up at once
+            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
+            raise
+        if o.kind in ("bad_return", "user_error"):
+            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
+            if o.kind == "user_error":
+                self._stop.set()
+                raise o.error
+            raise self._bad_return(o, f" in the re-evaluation of trial {n}")
+        if o.kind == "launcher":
+            self._finish_reeval(study, n, claim, rv.failed_record(claim, "error", o.reason), heartbeat)
+            raise o.error
+        if o.kind == "complete":
+            info, path = None, self.study_dir / "reevaluation" / f"trial_{n}" / "trial.json"
+            if path.is_file() and path.stat().st_mtime >= t0 - 1:  # this run's, not a killed run's
+                try:
+                    info = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    info = None
+            record = rv.result_record(claim, o.values[0], info, time.time() - t0)
+        elif o.kind in ("nan", "diverged", "lost"):  # lost: retried like a failed run (max_retries times)
+            record = rv.failed_record(claim, o.kind, o.reason)
+        else:  # error, or a pruned re-evaluation (no pruner runs there: recorded as an error)
+            if o.traceback:
+                log.warning("re-evaluation of trial %d raised:\n%s", n, o.traceback)
+            record = rv.failed_record(claim, "error", o.reason if o.kind == "error"
+                                      else f"{type(o.error).__name__}: {o.error}")
+        self._finish_reeval(study, n, claim, record, heartbeat)
+        self._reeval_progress(study, trial, record)
+
+    def _finish_reeval(self, study, number: int, claim: dict, record: dict, heartbeat=None) -> None:
+        """Write a re-evaluation's outcome, unless another worker took the claim over meanwhile."""
+        if heartbeat is not None:
+            heartbeat.stop()  # joined first: a late heartbeat must not turn the outcome back into 'running'
+        try:
+            with self.store.claim_lock(self.storage_url):
+                current = rv.records(study).get(number)
+                if current is not None and current.get("token") not in (None, claim["token"]) \
+                        and current.get("state") == rv.RUNNING:
+                    log.warning("re-evaluation of trial %d was taken over by %s meanwhile: its result stays theirs",
+                                number, current.get("worker"))
+                    return
+                if current is not None and current.get("state") == rv.COMPLETE and record["state"] != rv.COMPLETE \
+                        and rv.same_seeds(current, claim["seeds"]):
+                    return  # a result already there wins over a release or a failure
+                rv.write_record(study, number, record)
+        except Exception as err:  # never mask the error that brought us here
+            log.warning("could not record the re-evaluation of trial %d: %s", number, err)
+
+    # ------------------------------------------------------------------ progress, outputs, summary
+
+    def _selection(self, study, trials):
+        """The trial best_hparams.yaml holds (re-evaluated winner, or the search's best) and the records."""
+        recs = rv.records(study) if self.reeval.enabled else None  # None: no re-evaluation columns
+        return rv.select(trials, recs or {}, self.direction, self.reeval, self.reeval_seeds,
+                         self.s.max_retries), recs
+
+    def _progress(self, study, trial) -> None:
+        c = su.count(study.get_trials(deepcopy=False))
+        done = c.done(self.s.count_pruned)
+        t = self.store.trial(trial)
+        what = t.state.name
+        if what == "COMPLETE":
+            what = ", ".join(f"{v:.6g}" for v in t.values)
+        elif what == "FAIL":
+            what += f" ({su.fail_reason(t)})"
+        elif what == "PRUNED" and t.last_step is not None:
+            what += f" at step {t.last_step}"
+        if self.multi:
+            front = study.best_trials
+            best_txt = f"Pareto front of {len(front)} trial(s)" if front else "no complete trial yet"
+        else:
+            try:
+                best = study.best_trial
+                best_txt = f"best {best.value:.6g} (trial {best.number})"
+            except ValueError:
+                best_txt = "no complete trial yet"
+        finished = done - self._done0
+        eta = (self.n_trials - done) * (time.time() - self._t0) / finished if finished > 0 else None
+        log.info("trial %d: %s | %s | %d/%d finished, %d running, %d failed | ETA %s", t.number, what, best_txt,
+                 done, self.n_trials, c.running, c.failed, su.format_eta(eta) if done < self.n_trials else "0:00:00")
+        self.write_outputs(final=False)
+        self._changed.set()
+
+    def _reeval_progress(self, study, trial, record: dict) -> None:
+        recs = rv.records(study)
+        cands = rv.candidates(study.get_trials(deepcopy=False), self.direction, self.reeval.top_k)
+        done = sum(rv.is_done(recs.get(t.number), self.reeval_seeds, self.s.max_retries) for t in cands)
+        if record["state"] == rv.COMPLETE:
+            what = f"{record['value']:.6g}"
+            if record.get("per_seed") and len(record["per_seed"]) > 1:
+                what += " (per seed " + ", ".join(f"{x:.4g}" for x in record["per_seed"]) + ")"
+            if "ci_low" in record:
+                what += f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]"
+        else:
+            what = f"FAIL ({record.get('fail_reason')})"
+        log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
+                 trial.value, what, done, len(cands))
+        self.write_outputs(final=False)
+        self._changed.set()
+
+    def write_outputs(self, final: bool) -> None:
+        """The files beside the study (autoft.search.outputs); the chosen trial as a study attribute
+        (readers of the storage: reevaluation.chosen_trial_number); at the end, plots and publish."""
+        study = self.study
+        if study is None:
+            return
+        try:
+            sel, recs = (None, None) if self.multi else self._selection(study, study.get_trials(deepcopy=False))
+            out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs,
+                                    config=self.config if self.autoft_app else None, plots=final and self.s.plots)
+            if sel is not None and sel.winner is not None and self.reeval.enabled:
+                winner = {"trial_number": int(sel.winner.number), **sel.summary()} if sel.complete else None
+                if study.user_attrs.get(rv.WINNER_ATTR) != winner:
+                    study.set_user_attr(rv.WINNER_ATTR, winner)
+            if final and self.publish is not None and self.autoft_app and sel is not None and sel.winner is not None:
+                self.publish(self.study_dir, self.study_name)
+        except Exception as err:  # outputs are derived from the storage: never fail the search for them
+            log.warning("study outputs not fully written: %s", err)
+
+    def _summary(self) -> None:
+        study, n = self.study, self.n_trials
+        c = su.count(study.get_trials(deepcopy=False))
+        done = c.done(self.s.count_pruned)
+        if self.multi:
+            front = study.best_trials
+            log.info("study %s: %d/%d finished (%d complete, %d failed); Pareto front (%s): %s", self.study_name,
+                     done, n, c.complete, c.failed, ", ".join(self.direction),
+                     "; ".join(f"trial {t.number}: " + ", ".join(f"{v:.6g}" for v in t.values) for t in front)
+                     or "empty")
+            log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
+            return
+        try:
+            best = study.best_trial
+        except ValueError:
+            log.info("study %s: %d/%d finished, no complete trial", self.study_name, done, n)
+            return
+        log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
+                 self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
+        if self.reeval.enabled:
+            sel, _ = self._selection(study, study.get_trials(deepcopy=False))
+            log.info("top-%d re-evaluation with seeds %s (trial: search score -> re-evaluated mean):",
+                     self.reeval.top_k, ", ".join(map(str, self.reeval_seeds)))
+            for e in sel.summary()["candidates"]:
+                after = (f"{e['reevaluated_objective']:.6g}" if "reevaluated_objective" in e
+                         else f"{e['state']}" + (f" ({e['fail_reason']})" if e.get("fail_reason") else ""))
+                mark = "  <- chosen" if sel.winner is not None and e["trial_number"] == sel.winner.number else ""
+                log.info("  trial %d: %.6g -> %s%s", e["trial_number"], e["search_objective"], after, mark)
+            if sel.note:
+                log.info("%s", sel.note)
+        if self.autoft_app:
+            log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")
+        log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
