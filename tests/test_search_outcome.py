@@ -7,7 +7,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import InstantiationException
 
 from autoft.errors import TrialDiverged, UserError
-from autoft.search.outcome import classify, find_user_error
+from autoft.search.outcome import classify, find_user_error, run_job
 
 
 def job(value=None, exc=None):
@@ -69,3 +69,40 @@ def test_classify(ret, n, kind):
         assert out.reason == "RuntimeError: boom" and out.traceback.endswith("RuntimeError: boom")
     if isinstance(ret._return_value, dict):
         assert out.extra == {"id_val": 0.9}
+
+
+def test_one_launch_and_classify_for_trials_and_reevaluations():
+    calls = []
+
+    def launch(overrides, job_idx):
+        calls.append((list(overrides), job_idx))
+        return job(value={"objective": 0.25, "id_val": 0.5})
+
+    out = run_job(launch, ["x=1"], 7)
+    assert calls == [(["x=1"], 7)]
+    assert out.kind == "complete" and out.values == [0.25] and out.extra == {"id_val": 0.5}
+    assert out.job is not None and out.job.return_value == {"objective": 0.25, "id_val": 0.5}
+    assert run_job(lambda o, i: job(value=[1.0, 2.0]), [], 0, n_objectives=2).values == [1.0, 2.0]
+
+
+def test_a_lost_cluster_job_and_a_failing_launcher_are_told_apart():
+    lost_type = type("UncompletedJobError", (RuntimeError,), {"__module__": "submitit.core.utils"})
+
+    def lose(overrides, job_idx):
+        raise lost_type("job 123 was preempted")
+
+    lost = run_job(lose, [], 0)
+    assert lost.kind == "lost" and "job 123 was preempted" in lost.reason and lost.job is None
+
+    def broken(overrides, job_idx):
+        raise OSError("no space left on device")
+
+    failed = run_job(broken, [], 0)
+    assert failed.kind == "launcher" and isinstance(failed.error, OSError)
+    assert failed.reason == "launcher: OSError: no space left on device"
+
+    def interrupted(overrides, job_idx):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # the caller gives its trial or claim back
+        run_job(interrupted, [], 0)
