@@ -379,6 +379,7 @@ class Search:
             self._reevaluate(study)
 
     def _wait(self, announced: bool, message: str, *args) -> bool:
+        """Log why this slot waits (once), then wait for another slot's news or poll_interval; True."""
         if not announced:
             log.info(message, *args)
         self._changed.wait(self.s.poll_interval)
