@@ -22,7 +22,6 @@ import fcntl
 import functools
 import hashlib
 import logging
-import os
 import random
 import re
 import threading
