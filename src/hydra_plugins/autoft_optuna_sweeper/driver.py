@@ -113,11 +113,12 @@ class SearchDriverMixin:
         while not self._stop.is_set():
             with self.store.claim_lock(self.storage_url):
                 su.fail_stale(study, grace_period=self.grace_period, retry=self.retry)
-                c = su.count(study.get_trials(deepcopy=False))
+                trials = study.get_trials(deepcopy=False)
+                c = su.count(trials)
                 done = c.done(self.count_pruned)
                 if done >= self.n_trials:
                     return None
-                self._check_failures(c)
+                self._check_failures(c, trials)
                 if done + c.running < self.n_trials:
                     trial = study.ask()
                     heartbeat = self.store.heartbeat(trial, self.heartbeat_interval, label=f"trial {trial.number}",
@@ -147,19 +148,22 @@ class SearchDriverMixin:
             self._changed.clear()
         return None
 
-    def _check_failures(self, c) -> None:
-        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials."""
+    def _check_failures(self, c, trials) -> None:
+        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials. Past the
+        rate, the message quotes the last failure's error (hydra-optuna-sweeper re-raises it)."""
         if c.counted_failures >= self.max_failures_n:
             raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
                             f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
                             f"Their reasons are in {self.study_dir / 'trials.csv'}.")
         if self.max_failure_rate is not None:
+            from autoft.search.study import last_failure
+
             allowed = int(float(self.max_failure_rate) * self.n_trials + 1e-9)
             if c.counted_failures > allowed:
                 raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
                                 f"returned NaN), more than hydra.sweeper.max_failure_rate={self.max_failure_rate} x "
-                                f"n_trials={self.n_trials} ({allowed} allowed). Their reasons are in "
-                                f"{self.study_dir / 'trials.csv'}.")
+                                f"n_trials={self.n_trials} ({allowed} allowed). The last: {last_failure(trials)}. "
+                                f"Their reasons are in {self.study_dir / 'trials.csv'}.")
 
     def _local_slots(self) -> int:
         """Trials this worker runs at once on this machine: 1 in this process (basic launcher), the

@@ -150,9 +150,9 @@ class AutoFTOptunaSweeper(SearchDriverMixin, ReevaluationMixin, ReportingMixin, 
         self.params = space_params(self.params, self.search_space) or {}  # the deprecated search_space too
         self.space, self.passthrough = sp.parse_space(self.params, arguments, config=cfg,
                                                       losses=_plain(losses) if losses is not None else None)
-        if not self.space.distributions:
+        if not self.space.distributions and not self.custom_search_space:
             raise UserError("search space: hydra.sweeper.params holds no searched parameter (interval, range or "
-                            "choice); nothing to search")
+                            "choice) and hydra.sweeper.custom_search_space is not set; nothing to search")
         self.pruner_spec = _plain(search.get("pruner")) if search else None
         su.make_pruner(self.pruner_spec)  # validate before any trial
         if self.pruner_spec not in (None, "none") and search and not int(search.get("eval_every", 0) or 0):
@@ -201,6 +201,7 @@ class AutoFTOptunaSweeper(SearchDriverMixin, ReevaluationMixin, ReportingMixin, 
                 log.info("grid sampler: the grid holds %d points, fewer than n_trials=%d: the search ends after %d",
                          size, self.n_trials, size)
                 self.n_trials = size
+        su.make_sampler(self.sampler_cfg, self.grid_space)  # validate before any study row
         self.custom_fn = _load_callable(self.custom_search_space, "custom_search_space") \
             if self.custom_search_space else None
 
