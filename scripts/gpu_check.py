@@ -20,6 +20,7 @@ still leaves one; the exit status is 0 when every part passed (or skipped for wa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -67,21 +68,28 @@ def run_part(name: str, cmd: list, limit: float, out: Path) -> dict:
         fh.write(f"$ {shlex.join(cmd)}\n")
         fh.flush()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        timed_out = False
         try:
-            rc = proc.wait(timeout=limit)
+            rc, timed_out = proc.wait(timeout=limit), False
         except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                rc = proc.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                rc = proc.wait()
+            rc, timed_out = stop(proc, GRACE_S), True
+        except BaseException:  # the reporter itself interrupted: the part goes with it
+            stop(proc, 0)
+            raise
     status = "timeout" if timed_out else "pass" if rc == 0 else "fail"
     return {"status": status, "exit_code": rc, "seconds": round(time.monotonic() - t, 1), "budget_s": round(limit, 1),
             "command": shlex.join(cmd), "log": str(log.relative_to(out)),
             "log_tail": None if status == "pass" else log.read_text(errors="replace")[-3000:]}
+
+
+def stop(proc: subprocess.Popen, grace: float) -> int:
+    """SIGINT to the part's process group (pytest still writes its XML), then SIGKILL to what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
 
 
 def read_junit(path: Path) -> dict:
@@ -93,7 +101,8 @@ def read_junit(path: Path) -> dict:
         outcome, message = "passed", ""
         for tag in ("failure", "error", "skipped"):
             if (el := case.find(tag)) is not None:
-                outcome, message = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag], el.get("message", "")
+                outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                message = el.get("message", "")
         tests.append({"test": f"{case.get('classname')}::{case.get('name')}", "outcome": outcome,
                       "seconds": round(float(case.get("time", 0)), 2), "message": message[:300]})
     counts = {k: sum(t["outcome"] == k for t in tests) for k in ("passed", "failed", "error", "skipped")}
@@ -112,9 +121,10 @@ def measured(name: str, out: Path) -> tuple[dict, str]:
                  for k in LOOPS}
         nums = {"setting": f"{b['model']} at {b['image_size']} px, batch {b['batch_size']}, {b['inner_steps']} "
                            f"inner steps, {b['ood_val']} OOD-val images, {b['precision']}, {b['device_name']}",
-                "loops": loops, "overhead_ratio": b["overhead_ratio"], "speedup_vs_reference": b["speedup_vs_reference"]}
-        return nums, (f"images/s ours {loops['ours']['images_per_s']:.0f}, floor {loops['floor']['images_per_s']:.0f}, "
-                      f"reference {loops['reference']['images_per_s']:.0f}; ours/floor {b['overhead_ratio']:.2f}; "
+                "loops": loops, "overhead_ratio": b["overhead_ratio"],
+                "speedup_vs_reference": b["speedup_vs_reference"]}
+        rates = ", ".join(f"{k} {v['images_per_s']:.0f}" for k, v in loops.items())
+        return nums, (f"images/s {rates}; ours/floor {b['overhead_ratio']:.2f}; "
                       f"peak {loops['ours']['peak_memory_mb']:.0f} MiB")
     if name == "bench_loader":
         keys = ("live_images_per_s_per_core", "cached_images_per_s_per_core", "cached_over_live", "identical")
@@ -185,8 +195,8 @@ def markdown(rep: dict) -> str:
                       p["log_tail"].strip(), "```"]
     cost = rep["cost_projection"]
     lines += ["", "## Cost projection (GPU-hours of the paper's search budgets)", ""]
-    if not cost:
-        lines.append("Not available: bench_search did not finish.")
+    if not cost or "error" in cost:
+        lines.append(f"Not available: {cost['error'] if cost else 'bench_search did not finish'}.")
     else:
         lines += [f"`{cost['formula']}`, measured with {cost['measured_with']}.", "",
                   "| task | trials x inner steps x batch + OOD-val | ours | compute floor | reference-style | "
@@ -261,11 +271,16 @@ def report(rep: dict, out: Path, cuda: bool, dry: bool, wall_s: float) -> None:
             part["reason"] = "; ".join(sorted({t["message"] for t in part["numbers"]["tests"]}))
     bench, loader = (rep["parts"].get(k, {}) for k in ("bench_search", "bench_loader"))
     if bench.get("status") == "pass":
-        rep["cost_projection"] = cost_projection(bench["numbers"], loader.get("numbers") if loader.get(
-            "status") == "pass" else None, dry)
+        try:
+            rep["cost_projection"] = cost_projection(bench["numbers"], loader.get("numbers") if loader.get(
+                "status") == "pass" else None, dry)
+        except Exception as exc:  # noqa: BLE001 - the report is still written
+            rep["cost_projection"], rep["ok"] = {"error": repr(exc)}, False
     rep["wall_s"] = round(wall_s, 1)
     rep["ok"] = all(p["status"] in ("pass", "skipped") for p in rep["parts"].values())
     (out / "gpu_check.json").write_text(json.dumps(rep, indent=2))
     (out / "gpu_check.md").write_text(markdown(rep))
+
+
 if __name__ == "__main__":
     sys.exit(main())

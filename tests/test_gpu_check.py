@@ -43,8 +43,9 @@ def test_dry_run_reports_the_skipped_cuda_tests_and_projects_the_paper_budgets(t
     md = (out / "gpu_check.md").read_text()
     for task, loop in (("iwildcam_vit_b16", "ours"), ("imagenet_vit_b16", "reference")):
         row, m = rows[task], bench[loop]
-        hours = row["trials"] * (m["overhead_seconds"] + row["inner_steps"] * row["batch_size"] / m["train_images_per_s"]
-                                 + row["ood_val"] / m["eval_images_per_s"]) / 3600
+        per_trial = (m["overhead_seconds"] + row["inner_steps"] * row["batch_size"] / m["train_images_per_s"]
+                     + row["ood_val"] / m["eval_images_per_s"])
+        hours = row["trials"] * per_trial / 3600
         assert row["gpu_hours"][loop] == pytest.approx(hours, rel=1e-12)
         assert f"{hours:.3g}" in md
     assert "DRY RUN" in md and "| pytest | skipped |" in md and "| bench_search | pass |" in md
