@@ -78,3 +78,18 @@ def test_an_unknown_part_is_refused_by_name(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "unknown part(s) ['bench']" in done.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+@pytest.mark.slow
+def test_the_whole_dry_run_passes_and_sets_the_input_beside_training(tmp_path):
+    out = tmp_path / "report"
+    done, rep = gpu_check(out, "--part-budget", "rehearsal=300", timeout=600)  # shared CPU cores: room to spare
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert {k: p["status"] for k, p in rep["parts"].items()} == {
+        "pytest": "skipped", "bench_search": "pass", "bench_loader": "pass", "rehearsal": "pass"}
+    assert set(rep["parts"]["rehearsal"]["numbers"]["phases"]) == {"data", "check", "search", "final"}
+    loader = json.loads((out / "bench_loader.json").read_text())
+    train = json.loads((out / "bench_search.json").read_text())["loops"]["ours"]["train_images_per_s"]
+    inp = rep["cost_projection"]["input"]
+    assert loader["identical"] is True and inp["train_images_per_s"] == train
+    assert inp["cached_over_train"] == pytest.approx(loader["cached_images_per_s_per_core"] * inp["cores"] / train)
