@@ -37,7 +37,7 @@ rehearsal: install  ## the README's real-data commands at full size on fabricate
 
 OUT ?= gpu_check_report
 GPU_CHECK_ARGS ?=
-gpu-check: install  ## GPU readiness check (issue 13): the CUDA path once, report in $(OUT)/gpu_check.{md,json}
+gpu-check: install  ## on a GPU, in one call (<= 8 min): pytest -m cuda, bench_search, bench_loader, rehearsal --tiny; report in $(OUT)/gpu_check.{md,json}
 	$(PY) scripts/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
 
 WANDB_SYNC_ARGS ?=

@@ -76,3 +76,13 @@ def compose_config(*overrides, return_hydra_config: bool = False):
     searchpath = [] if own else [f"hydra.searchpath=[file://{TEST_CONF}]"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` (pytest -m cuda; make gpu-check) skip themselves, saying why, without a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on one with pytest -m cuda or make gpu-check)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -56,21 +56,21 @@ def test_paper_space_parses_to_the_papers_distributions():
 
 def test_grammar_int_range_choice_and_command_line():
     params = {"trainer.weight_decay": "interval(0, 1)", "seed": "tag(int, interval(0, 10))"}
-    space, passthrough = parse_space(params, ["dataset=toy", "trainer.inner_steps=range(2, 11, 4)",
+    space, passthrough = parse_space(params, ["dataset=toy", "trainer.inner_steps=range(2, 10, 4)",
                                               "model.name=choice(a, b)", "trainer.weight_decay=0.3"],
                                      config=config())
     d = space.distributions
     assert isinstance(d["seed"], optuna.distributions.IntDistribution) and (d["seed"].low, d["seed"].high) == (0, 10)
     steps = d["trainer.inner_steps"]
-    assert (steps.low, steps.high, steps.step) == (2, 10, 4)  # range(2, 11, 4) = 2, 6, 10
+    assert (steps.low, steps.high, steps.step) == (2, 10, 4)  # range(2, 10, 4) = 2, 6, 10 (both ends included)
     assert d["model.name"].choices == ("a", "b")
     # a plain command-line value of a searched key fixes it; other overrides pass through
     assert "trainer.weight_decay" not in d and space.fixed["trainer.weight_decay"] == "0.3"
     assert passthrough == ["dataset=toy"]
     ov = space.overrides({"seed": 3, "model.name": "b"})
     assert "seed=3" in ov and "model.name='b'" in ov and "trainer.weight_decay=0.3" in ov
-    # `seed=range(0,11)` on the command line turns the reference code's seed search on
-    space, _ = parse_space(OmegaConf.to_container(PAPER), ["seed=range(0,11)"], config=config())
+    # `seed=range(0,10)` on the command line turns the reference code's seed search on
+    space, _ = parse_space(OmegaConf.to_container(PAPER), ["seed=range(0,10)"], config=config())
     assert (space.distributions["seed"].low, space.distributions["seed"].high) == (0, 10)
 
 
@@ -78,7 +78,8 @@ def test_grammar_int_range_choice_and_command_line():
     ("trainer.weight_decay", "interval(1, 0)", ["trainer.weight_decay", "empty or negative range"]),
     ("trainer.weight_decay", "interval(0.5, 0.5)", ["trainer.weight_decay", "empty or negative range"]),
     ("method.loss_weights.flyp", "tag(log, interval(0, 10))", ["method.loss_weights.flyp", "low bound must be > 0"]),
-    ("seed", "range(5, 5)", ["seed", "empty range"]),
+    ("seed", "range(6, 5)", ["seed", "empty range"]),
+    ("seed", "range(5, 5)", ["seed", "holds a single value"]),
     ("seed", "tag(int, interval(0.5, 3))", ["seed", "non-integer"]),
     ("trainer.lr_scale", "tag(cosine, interval(1, 2))", ["trainer.lr_scale", "unknown tag"]),
     ("trainer.weight_dekay", "interval(0, 1)", ["trainer.weight_dekay", "unknown config key"]),
@@ -269,5 +270,6 @@ def test_contains_checks_bounds_step_grid_and_choices():
     space, _ = parse_space({"a": "tag(log, interval(1e-4, 10))", "n": "range(0, 10, step=2)", "c": "choice(x, y)"}, [])
     assert space.contains("a", 1e-4) and space.contains("a", 10) and not space.contains("a", 11)
     assert not space.contains("a", float("nan")) and not space.contains("a", "1")
-    assert space.contains("n", 4) and not space.contains("n", 5) and not space.contains("n", 10)
+    assert space.contains("n", 4) and not space.contains("n", 5) and space.contains("n", 10)
+    assert not space.contains("n", 12)
     assert space.contains("c", "x") and not space.contains("c", "z")

@@ -142,9 +142,9 @@ class Search:
             losses = OmegaConf.select(cfg, "method.search_losses", default=None)
         self.space, self.passthrough = sp.parse_space(s.params or {}, self.arguments, config=cfg,
                                                       losses=plain(losses) if losses is not None else None)
-        if not self.space.distributions:
+        if not self.space.distributions and not s.custom_search_space:
             raise UserError("search space: hydra.sweeper.params holds no searched parameter (interval, range or "
-                            "choice); nothing to search")
+                            "choice) and hydra.sweeper.custom_search_space is not set; nothing to search")
         self.pruner_spec = plain(search.get("pruner")) if search else None
         su.make_pruner(self.pruner_spec)  # validate before any trial
         if self.pruner_spec not in (None, "none") and search and not int(search.get("eval_every", 0) or 0):
@@ -176,6 +176,7 @@ class Search:
                                  or not 0.0 <= float(rate) <= 1.0):
             raise UserError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1] (or null), got {rate!r}")
         self._prepare_grid()
+        su.make_sampler(s.sampler, self.grid_space)  # validate before any study row
         self.custom_fn = load_callable(s.custom_search_space, "custom_search_space") if s.custom_search_space \
             else None
 
@@ -395,11 +396,12 @@ class Search:
         while not self._stop.is_set():
             with self.store.claim_lock(self.storage_url):
                 lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
-                c = su.count(study.get_trials(deepcopy=False))
+                trials = study.get_trials(deepcopy=False)
+                c = su.count(trials)
                 done = c.done(s.count_pruned)
                 if done >= self.n_trials:
                     return None
-                self._check_failures(c)
+                self._check_failures(c, trials)
                 if done + c.running < self.n_trials:
                     trial = study.ask()
                     heartbeat = lv.trial_heartbeat(self.store, trial, s.heartbeat_interval,
@@ -427,8 +429,9 @@ class Search:
                                    c.running, s.grace_period)
         return None
 
-    def _check_failures(self, c) -> None:
-        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials."""
+    def _check_failures(self, c, trials) -> None:
+        """Stop the search when failures exceed max_failures or max_failure_rate x n_trials. Past the
+        rate, the message quotes the last failure's error (hydra-optuna-sweeper re-raises it)."""
         rate = self.s.max_failure_rate
         where = self.study_dir / "trials.csv"
         if c.counted_failures >= self.max_failures_n:
@@ -440,7 +443,8 @@ class Search:
             if c.counted_failures > allowed:
                 raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
                                 f"returned NaN), more than hydra.sweeper.max_failure_rate={rate} x "
-                                f"n_trials={self.n_trials} ({allowed} allowed). Their reasons are in {where}.")
+                                f"n_trials={self.n_trials} ({allowed} allowed). The last: {su.last_failure(trials)}. "
+                                f"Their reasons are in {where}.")
 
     def _apply_threads(self) -> Optional[int]:
         """The thread budget for the next trial (hydra.sweeper.threads); applied here when trials run

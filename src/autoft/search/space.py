@@ -3,12 +3,15 @@
     method.loss_weights.hinge: tag(log, interval(1e-4, 10))   -> FloatDistribution(1e-4, 10, log=True)
     trainer.weight_decay: interval(0, 1)                      -> FloatDistribution(0, 1)
     seed: tag(int, interval(0, 10))  or  int(interval(0, 10))  -> IntDistribution(0, 10)
-    seed: range(0, 11)   (stop excluded, as Python's range)   -> IntDistribution(0, 10)
-    x: range(0.5, 5.5, step=1)                                -> FloatDistribution(0.5, 4.5, step=1)
+    seed: range(0, 10)                                        -> IntDistribution(0, 10)
+    x: range(0.5, 5.5, step=1)                                -> FloatDistribution(0.5, 5.5, step=1)
     n: tag(log, int(interval(1, 100)))                        -> IntDistribution(1, 100, log=True)
     model: choice(a, b)   or   x=1,2,3 on the command line    -> CategoricalDistribution
     k: shuffle(range(1, 4))                                   -> CategoricalDistribution([1, 2, 3])
     trainer.inner_steps: 50                                   -> fixed: passed to every trial
+
+`range(a, b, step)` includes b, as hydra-optuna-sweeper reads it (Hydra's basic sweeper and
+`shuffle(range(...))` stop before b); a float bound or step makes it a float range.
 
 Every mistake is a UserError naming the key, raised before any trial exists.
 """
@@ -122,23 +125,19 @@ def _distribution(key: str, text: str, override) -> Any:
         start, stop, step = value.start, value.stop, value.step
         if step is None or step <= 0:
             raise _bad(key, text, "needs a positive step")
-        if not start < stop:
-            raise _bad(key, text, f"is an empty range (start {start:g} must be below stop {stop:g})")
-        if all(float(x) == int(x) for x in (start, stop, step)):
-            start, stop, step = int(start), int(stop), int(step)
-            last = start + step * ((stop - start - 1) // step)  # Python range: stop excluded
+        if start > stop:
+            raise _bad(key, text, f"is an empty range (start {start:g} must not exceed stop {stop:g})")
+        # both ends included (hydra-optuna-sweeper's reading); the last point is the last step at or below stop
+        n = math.floor(round((stop - start) / step, 9))
+        if n < 1:
+            raise _bad(key, text, "holds a single value; write the value itself to fix it")
+        if not any(isinstance(x, float) for x in (start, stop, step)):  # a float anywhere: a float range
             if log and (step != 1 or start <= 0):
                 raise _bad(key, text, "is log-scaled, so it needs step 1 and start > 0")
-            if last == start:
-                raise _bad(key, text, "holds a single value; write the value itself to fix it")
-            return IntDistribution(start, last, log=log, step=step)
+            return IntDistribution(start, start + n * step, log=log, step=step)
         if log:
             raise _bad(key, text, "is a log-scaled float range; use tag(log, interval(low, high))")
-        n = math.ceil(round((stop - start) / step, 9))
-        last = start + (n - 1) * step
-        if n < 2:
-            raise _bad(key, text, "holds a single value; write the value itself to fix it")
-        return FloatDistribution(float(start), float(round(last, 12)), step=float(step))
+        return FloatDistribution(float(start), float(round(start + n * step, 12)), step=float(step))
     if isinstance(value, ChoiceSweep):
         choices = list(value.list)
         if not choices:

@@ -214,6 +214,14 @@ def fail_reason(trial) -> Optional[str]:
     return trial.user_attrs.get(FAIL_REASON) or "lost: its worker stopped sending heartbeats (killed or crashed)"
 
 
+def last_failure(trials: Sequence) -> Optional[str]:
+    """The reason of the latest trial whose failure counts against the limits (error, diverged, nan)."""
+    from optuna.trial import TrialState
+
+    counted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES]
+    return fail_reason(max(counted, key=lambda t: t.number)) if counted else None
+
+
 # ----------------------------------------------------------------------------- retries
 
 def requeue(study, trial, *, max_retries: int, why: str, count_retry: bool = True) -> bool:
@@ -275,6 +283,9 @@ def make_sampler(spec: Optional[Mapping], grid_space: Optional[Mapping] = None):
 
     spec = dict(spec or {"_target_": "optuna.samplers.TPESampler"})
     target = str(spec.get("_target_", ""))
+    if target.endswith("MOTPESampler"):
+        raise UserError("hydra.sweeper.sampler: The 'motpe' sampler was removed in Optuna 4.0. Use "
+                        "hydra/sweeper/sampler=tpe instead: TPESampler handles multi-objective studies")
     if target.endswith("GridSampler") and spec.get("search_space") is None:
         if grid_space is None:
             raise UserError("hydra/sweeper/sampler=grid needs a grid: every searched parameter a choice or a range")

@@ -1,7 +1,7 @@
 """hydra-optuna-sweeper's deprecated `search_space` key (Hydra 1.1's schema, still read by 1.3).
 
     hydra.sweeper.search_space:                     same space as hydra.sweeper.params:
-      x: {type: float, low: -5.5, high: 5.5, step: 0.5}     x: range(-5.5, 5.75, step=0.5)
+      x: {type: float, low: -5.5, high: 5.5, step: 0.5}     x: range(-5.5, 5.5, step=0.5)
       y: {type: categorical, choices: [-5, 0, 5]}           y: choice(-5, 0, 5)
       n: {type: int, low: 1, high: 100, log: true}          n: tag(log, int(interval(1, 100)))
 
@@ -75,12 +75,9 @@ def entry_params(key: str, entry: Any) -> str:
             return f"tag(log, int(interval({low}, {high})))"
         if step is None or int(step) == 1:
             return f"int(interval({low}, {high}))"
-        return f"range({low}, {high + 1}, step={int(step)})"  # range excludes its stop: high is kept
+        return f"range({low}, {high}, step={int(step)})"
     if entry.get("log"):
         return f"tag(log, interval({float(low)!r}, {float(high)!r}))"
     if step is None:
         return f"interval({float(low)!r}, {float(high)!r})"
-    # a stop past the last step that is not an integer, so integral bounds and step stay a float range
-    last = low + math.floor((high - low) / step + 1e-9) * step
-    stop = last + (0.5 if all(float(x).is_integer() for x in (low, step)) else step / 2)
-    return f"range({float(low)!r}, {float(stop)!r}, step={float(step)!r})"
+    return f"range({float(low)!r}, {float(high)!r}, step={float(step)!r})"

@@ -5,10 +5,10 @@ autoft_optuna`): `direction` (one value, or a list for a multi-objective study),
 `storage`, `n_trials`, `n_jobs`, `params`, `max_failure_rate`, `custom_search_space`, and the
 `hydra/sweeper/sampler` group (tpe, random, cmaes, grid, nsgaii, nsgaiii, qmc, gp, bruteforce),
 registered here so that any Hydra app using this sweeper finds it; the deprecated `search_space`
-is read as there, with a warning (compat.py). Differences: `n_trials` is the
-study's *total* of finished trials (a rerun resumes to it); `range(a, b)` excludes b as Python's
-range and Hydra's basic sweeper do; `max_failure_rate` counts failures over the whole study (see
-below). The other keys are ours; conf/search/autoft.yaml documents them.
+is read as there, with a warning (compat.py); `range(a, b)` includes b as there; the removed `motpe`
+sampler names its replacement. Differences: `n_trials` is the study's *total* of finished trials (a
+rerun resumes to it); `max_failure_rate` counts failures over the whole study (see below). The other
+keys are ours; conf/search/autoft.yaml documents them.
 Hydra imports this module on every run (plugin discovery, outside sys.modules): keep it free of
 heavy imports and of `from __future__ import annotations` (dataclasses then cannot resolve types).
 """
@@ -44,6 +44,11 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
     "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10, "deterministic_objective": False},
     "bruteforce": {"_target_": "optuna.samplers.BruteForceSampler", "seed": None},
 }
+
+
+# removed from Optuna, still named by hydra-optuna-sweeper's configs: building one gives the replacement
+# (autoft.search.study.make_sampler)
+REMOVED_SAMPLERS: Dict[str, Dict[str, Any]] = {"motpe": {"_target_": "optuna.samplers.MOTPESampler", "seed": None}}
 
 
 def _fingerprint_exclude() -> List[str]:
@@ -130,5 +135,5 @@ class AutoFTOptunaSweeperConf:
 
 ConfigStore.instance().store(group="hydra/sweeper", name="autoft_optuna", node=AutoFTOptunaSweeperConf,
                              provider="autoft")
-for _name, _node in SAMPLERS.items():
+for _name, _node in {**SAMPLERS, **REMOVED_SAMPLERS}.items():
     ConfigStore.instance().store(group="hydra/sweeper/sampler", name=_name, node=dict(_node), provider="autoft")

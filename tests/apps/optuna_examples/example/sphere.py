@@ -1,8 +1,7 @@
-"""The sphere function as a Hydra app whose config names only `hydra/sweeper: autoft_optuna`: the
-shape of hydra-optuna-sweeper's example, to check that its users switch by changing that line.
+"""hydra-optuna-sweeper's example/sphere.py (its config names `hydra/sweeper: autoft_optuna`).
 
-    python tests/apps/optuna_examples/sphere.py -m
-    python tests/apps/optuna_examples/sphere.py -m --config-name=grid      # the grid sampler
+    python tests/apps/optuna_examples/example/sphere.py -m
+    python tests/apps/optuna_examples/example/sphere.py -m +report=true   # reports to its trial
 """
 import hydra
 from omegaconf import DictConfig
@@ -10,9 +9,13 @@ from omegaconf import DictConfig
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def sphere(cfg: DictConfig) -> float:
+    x: float = cfg.x
+    y: float = cfg.y
+
     if cfg.get("error", False):
         raise RuntimeError("cfg.error is True")
-    value = float(cfg.x) ** 2 + float(cfg.y) ** 2
+
+    value = x**2 + y**2
     if cfg.get("report", False):  # any app can report to its trial (identity in hydra.sweeper.trial)
         from autoft.search.trial import TrialReporter
 
