@@ -146,7 +146,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
 def collect(grid: Grid, out: Path) -> Optional[Path]:
     from autoft.reporting.benchmark import (CellRuns, as_dict, per_split_markdown, plot_benchmark,
                                             summary_markdown)
-    from autoft.reporting.io import atomic_write_text
+    from autoft.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
     required = ["zeroshot", *grid.baselines, "autoft"]  # a cell counts once all of these finished
@@ -225,7 +225,7 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
     from autoft.errors import UserError
     from autoft.hparams import Hyperparameters
     from autoft.reporting.benchmark import BudgetPoint, plot_budget
-    from autoft.reporting.io import atomic_write_text
+    from autoft.io import atomic_write_text
     from autoft.reporting.results import read_result
 
     title = "Budget study (OOD-val garden; tests: the other seven domains; final seed 0)"

@@ -18,7 +18,7 @@ from conftest import TINY_CLIP
 
 
 def test_zeroshot_head_equals_open_clip(tiny_bundle, tiny_task):
-    ours = zeroshot_weights(tiny_bundle.model, tiny_bundle.tokenizer, tiny_task.classnames, tiny_task.templates)
+    ours = zeroshot_weights(tiny_bundle.model, tiny_bundle.tokenizer, [tiny_task.prompts(c) for c in tiny_task.classnames])
     theirs = open_clip.build_zero_shot_classifier(tiny_bundle.model, tiny_bundle.tokenizer, tiny_task.classnames,
                                                   tiny_task.templates, num_classes_per_batch=2, device="cpu")
     torch.testing.assert_close(ours, theirs.T, atol=1e-5, rtol=1e-5)
@@ -26,7 +26,7 @@ def test_zeroshot_head_equals_open_clip(tiny_bundle, tiny_task):
 
 def test_classifier_starts_as_zero_shot_clip(tiny_bundle, tiny_task):
     clip = tiny_bundle.model
-    head = zeroshot_weights(clip, tiny_bundle.tokenizer, tiny_task.classnames, tiny_task.templates)
+    head = zeroshot_weights(clip, tiny_bundle.tokenizer, [tiny_task.prompts(c) for c in tiny_task.classnames])
     model = CLIPClassifier(clip, head).eval()
     images = torch.randn(4, 3, 16, 16)
     logits, feats = model(images)

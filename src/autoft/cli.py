@@ -29,7 +29,7 @@ from autoft.models.clip import load_clip
 from autoft.pipeline import (FinalSpec, TrialSpec, Workspace, pool_indices, run_final, run_trial,  # noqa: F401
                              seed_everything)
 from autoft.reporting import wandb_logger
-from autoft.reporting.io import write_json
+from autoft.io import write_json
 
 log = logging.getLogger("autoft")
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from autoft.data.base import Split, Task, format_prompt, project_logits
+from autoft.data.base import Split, Task, project_logits
 from torch.utils.data import DistributedSampler
 
 from autoft.data.cache import Normalizer, TensorBatches, image_view, loader, read_all
@@ -83,12 +83,12 @@ class Workspace:
               channels_last: bool = False, image_cache: Optional[CachePolicy] = None) -> "Workspace":
         clip = bundle.model.to(device)
         clip.eval()
-        head = zeroshot_weights(clip, bundle.tokenizer, task.classnames, task.templates, device)
+        head = zeroshot_weights(clip, bundle.tokenizer, [task.prompts(c) for c in task.classnames], device)
         classifier = CLIPClassifier(clip, head).to(device)
         if channels_last:  # faster convolutions on GPUs for conv backbones
             classifier = classifier.to(memory_format=torch.channels_last)
         theta0 = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
-        captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.caption_classnames])
+        captions = torch.stack([bundle.tokenizer(task.prompts(c)) for c in task.caption_classnames])
         return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device, channels_last), device,
                    captions, num_workers, eval_batch_size, precision,
                    net=torch.compile(classifier) if compile else classifier, image_cache=image_cache)
@@ -517,7 +517,7 @@ def refresh_zeroshot_head(ws: Workspace) -> None:
     `get_zeroshot_classifier` builds a new head with a zero bias too)."""
     clip = ws.classifier.clip
     clip.eval()  # the fine-tuning loop puts the model back in train mode (BN frozen) itself
-    emb = zeroshot_weights(clip, ws.bundle.tokenizer, ws.task.classnames, ws.task.templates, ws.device)
+    emb = zeroshot_weights(clip, ws.bundle.tokenizer, [ws.task.prompts(c) for c in ws.task.classnames], ws.device)
     ws.classifier.head.weight.copy_(emb * clip.logit_scale.exp())
     ws.classifier.head.bias.zero_()
 

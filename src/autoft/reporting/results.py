@@ -239,5 +239,4 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
         raise UserError(f"study '{study_name}' has no completed trial yet") from None
     records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
                "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
-    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults,
-                                      where=f"trial {best.number} of study {study_name} in {storage}", records=records)
+    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults, records=records)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from autoft.hparams import Hyperparameters
-from autoft.reporting.io import atomic_write_text
+from autoft.io import atomic_write_text
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
                 records["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
         records["reevaluation"] = selection.summary()
     defaults = Hyperparameters.from_config(config) if config is not None else None
-    return Hyperparameters.from_trial(params, attrs, defaults, where=f"trial {trial.number} of study {study_name}",
-                                      records=records)
+    return Hyperparameters.from_trial(params, attrs, defaults, records=records)
 
 
 def write_best_hparams(path: str | Path, hparams: Hyperparameters | Mapping[str, Any]) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
-from autoft.search.space import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY, SearchSpace
+from autoft.hparams import search_params
+from autoft.search.space import SearchSpace
 from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR
 
 log = logging.getLogger(__name__)
@@ -439,20 +440,7 @@ def warm_start_params(entry: Mapping, space: SearchSpace, base_lr: Optional[floa
     """Map one hyperparameter entry onto the searched keys (values outside the space are skipped)."""
     from optuna.distributions import IntDistribution
 
-    values: dict[str, Any] = {}
-    for name, w in (entry.get("loss_weights") or {}).items():
-        values[LOSS_PREFIX + str(name)] = w
-    if entry.get("lr_scale") is not None:
-        values[LR_SCALE_KEY] = float(entry["lr_scale"])
-    elif entry.get("lr") is not None:
-        ref = entry.get("base_lr", base_lr)
-        if ref:
-            values[LR_SCALE_KEY] = float(f"{float(entry['lr']) / float(ref):.12g}")  # 2.52e-5/1e-5 -> 2.52
-    if entry.get("weight_decay") is not None:
-        values[WEIGHT_DECAY_KEY] = entry["weight_decay"]
-    if entry.get("seed") is not None:
-        values[SEED_KEY] = entry["seed"]
-    values.update(entry.get("params") or {})
+    values = {**search_params(entry, base_lr), **(entry.get("params") or {})}
     params = {}
     for key, value in values.items():
         if key not in space.distributions:

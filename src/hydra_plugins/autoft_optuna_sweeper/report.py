@@ -90,7 +90,7 @@ class ReportingMixin:
         import yaml
         from optuna.trial import TrialState
 
-        from autoft.reporting.io import atomic_write_text
+        from autoft.io import atomic_write_text
 
         if not any(t.state == TrialState.COMPLETE for t in trials):
             return

@@ -238,7 +238,7 @@ class AutoFTOptunaSweeper(SearchDriverMixin, ReevaluationMixin, ReportingMixin, 
                 base_lr = OmegaConf.select(cfg, "trainer.base_lr", default=None)
                 su.enqueue_warm_starts(self.study, self.warm_entries, self.space, base_lr)
         self.study_dir.mkdir(parents=True, exist_ok=True)
-        from autoft.reporting.io import atomic_write_text
+        from autoft.io import atomic_write_text
 
         atomic_write_text(self.study_dir / "multirun.yaml", OmegaConf.to_yaml(cfg))
         self.registry = wk.WorkerRegistry(self.store, self.heartbeat_interval, self.grace_period,
@@ -252,7 +252,7 @@ class AutoFTOptunaSweeper(SearchDriverMixin, ReevaluationMixin, ReportingMixin, 
     def _prepare_reevaluation(self, cfg, search) -> None:
         """Top-k re-evaluation settings and its fresh seeds (new to the search: checked here)."""
         from autoft.search import reevaluation as rv
-        from autoft.search.space import SEED_KEY
+        from autoft.names import SEED_KEY
 
         self.reeval = rv.settings_from(search)
         fixed = {k.lstrip("+"): v for k, v in self.space.fixed.items()}
@@ -328,7 +328,8 @@ class AutoFTOptunaSweeper(SearchDriverMixin, ReevaluationMixin, ReportingMixin, 
     def _reeval_overrides(self, params: dict, *, number: int) -> list[str]:
         """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
         (it is not a search trial: nothing reports to the study from inside it)."""
-        from autoft.search.space import SEED_KEY, format_value
+        from autoft.names import SEED_KEY
+        from autoft.search.space import format_value
 
         replaced = {SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
         keep = [o for o in [*self.passthrough, *self.space.overrides({k: v for k, v in params.items()
