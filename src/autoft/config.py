@@ -593,10 +593,8 @@ def problems(cfg: DictConfig) -> list[str]:
                           f"(micro-batches of equal size); e.g. trainer.accum_steps={max(d for d in range(1, a + 1) if b % d == 0)}")
 
     s = copy.get("search")
-    if isinstance(s, DictConfig) and "n_trials" in s:  # the search's budget (the sweeper reads it)
-        c.int_at_least(s, "n_trials", "search", 1)
-    if isinstance(s, DictConfig) and "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
-        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
+    if isinstance(s, DictConfig):  # the search group's keys (conf/search/autoft.yaml), those it sets
+        _search_problems(c, s)
 
     # dataset
     c.one_of(ds, "metric", "dataset", METRIC_NAMES)
@@ -633,6 +631,24 @@ def problems(cfg: DictConfig) -> list[str]:
         if not (isinstance(lg.get("init_timeout"), (int, float)) and lg.init_timeout > 0):
             c.problems.append(f"logger.init_timeout={lg.get('init_timeout')}: must be a number of seconds > 0")
     return c.problems
+
+
+def _search_problems(c: "_Checker", s: DictConfig) -> None:
+    """The search's budget and a trial's settings (autoft.cli.run_spec reads them as they are)."""
+    if "n_trials" in s:  # the search's budget (hydra.sweeper.n_trials reads it)
+        c.int_at_least(s, "n_trials", "search", 1)
+    if "seeds_per_trial" in s:  # inner runs per trial
+        c.int_at_least(s, "seeds_per_trial", "search", 1)
+    for k in ("pool_seed", "eval_every", "bootstrap"):  # eval_every, bootstrap: null or 0 is off
+        v = s.get(k)
+        if k in s and not (k != "pool_seed" and v is None):
+            c.int_at_least(s, k, "search", 0)
+    if "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
+        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
+    a = s.get("wise_alphas")
+    ok = a is None or (isinstance(a, ListConfig) and len(a) > 0 and all(_number(x) and 0 <= x <= 1 for x in a)
+                       and len({float(x) for x in a}) == len(a))
+    c.need(ok, "search.wise_alphas", a, "null or a non-empty list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
 
 
 def check_files(cfg: DictConfig) -> None:
