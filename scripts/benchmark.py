@@ -128,7 +128,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
                 sdir = where / f"{dirname}-s{s}"
                 steps.append(Step(f"{sp.id}/{dirname}-s{s}",
                                   py + ["-m", "search=autoft", f"seed={s}", f"hydra.sweep.dir={sdir}",
-                                        f"hydra.sweeper.n_trials={grid.trials}", "hydra.sweeper.threads=1", *opts, *base],
+                                        f"search.n_trials={grid.trials}", "hydra.sweeper.threads=1", *opts, *base],
                                   [sdir / f".complete-{grid.trials}"], UNITS["trial"] * grid.trials, marker=True))
                 name_opt = [] if method == "autoft" else [f"method.name={method}"]
                 steps.append(Step(f"{sp.id}/{method}-s{s}",
@@ -205,7 +205,7 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
         for k in (0, top_k):
             tag = f"b{b}-top{k}"
             hp = out / "budget" / f"{tag}.yaml"
-            search = py + ["-m", "search=autoft", "seed=0", f"hydra.sweep.dir={sdir}", f"hydra.sweeper.n_trials={b}",
+            search = py + ["-m", "search=autoft", "seed=0", f"hydra.sweep.dir={sdir}", f"search.n_trials={b}",
                            "hydra.sweeper.threads=1", f"search.reevaluate_top_k={k}", *base]
             # the search writes <sweep dir>/best_hparams.yaml; keep a copy per (budget, k)
             copy = f" && cp {shlex.quote(str(sdir / 'best_hparams.yaml'))} {shlex.quote(str(hp))}"

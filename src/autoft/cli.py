@@ -172,8 +172,8 @@ def distributed_env(cfg: DictConfig) -> DistEnv:
 def hyperparameters(cfg: DictConfig) -> Hyperparameters:
     """This run's hyperparameters: the config's, or (hparams=<best_hparams.yaml>) the file's, whose
     loss terms it leaves out keep the config's weights. ce is always the config's (never searched; the
-    reference code used a sampled ce weight in the final run). base_lr is the config's: the run's lr
-    is trainer.base_lr x lr_scale x method.lr_mult."""
+    reference code used a sampled ce weight in the final run). base_lr is the config's: run_spec
+    computes the run's lr from it (Hyperparameters.lr)."""
     hp = Hyperparameters.from_config(cfg)
     if cfg.get("hparams"):  # one message naming the file and the key when it is missing or bad
         hp = Hyperparameters.load(cfg.hparams, defaults=hp)

@@ -42,7 +42,7 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
     """The chosen trial as the hyperparameters of a final run, with where they came from as records.
 
     Unsearched values come from the composed config, so the file is complete on its own: all nine
-    loss weights (ce 1.0), lr_scale, the absolute lr (base_lr x lr_scale), weight_decay, seed when it
+    loss weights (ce 1.0), the lr's scale and the absolute lr (Hyperparameters.values), weight_decay, seed when it
     was searched, and the WiSE-FT alpha the trial chose (search.wise_alphas; else 1). `objective` is
     the trial's search score; its bootstrap interval and per-seed scores follow when the trial
     recorded them. With a re-evaluation `selection` (autoft.search.reevaluation.Selection), the

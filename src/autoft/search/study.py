@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
-from autoft.hparams import search_params
+from autoft.hparams import HPARAMS_FIELDS, search_params
 from autoft.search.space import SearchSpace
 from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR
 
@@ -406,7 +406,7 @@ def _entries(obj: Any, origin: str) -> list[tuple[str, dict]]:
     """A hyperparameter mapping (best_hparams.yaml schema), or a mapping of name -> such mapping."""
     if not isinstance(obj, Mapping):
         raise UserError(f"warm start {origin}: expected a mapping of hyperparameters, got {type(obj).__name__}")
-    keys = {"loss_weights", "lr", "lr_scale", "weight_decay", "params", "seed"}
+    keys = {*HPARAMS_FIELDS, "params"}
     if keys & set(obj):
         return [(origin, dict(obj))]
     out = []
