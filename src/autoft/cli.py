@@ -23,7 +23,6 @@ from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import ADAMW, OptimizerFactory, optimizer_factory
 from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
-from autoft.metrics import METRICS
 from autoft.models import hub
 from autoft.models.clip import load_clip
 from autoft.pipeline import RunSpec, Workspace, run_final, run_trial, seed_everything
@@ -58,9 +57,8 @@ def resolve_channels_last(value, device: torch.device) -> bool:
 
 
 def build_task(cfg: DictConfig) -> Task:
+    """The dataset's task, from a config the schema checked (autoft.config.validate)."""
     ds = cfg.dataset
-    if ds.metric not in METRICS:
-        raise UserError(f"dataset.metric '{ds.metric}' is not a metric; valid: {', '.join(sorted(METRICS))}")
     task_cfg = ds.task
     if "subset_dir" in task_cfg and task_cfg.subset_dir is None and HydraConfig.initialized():
         # record the OOD-val subset beside the study (multirun) or the run
@@ -68,9 +66,6 @@ def build_task(cfg: DictConfig) -> Task:
         where = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir
         task_cfg = OmegaConf.merge(task_cfg, {"subset_dir": str(where)})
     id_metrics = list(ds.get("id_test_metrics") or [ds.metric])
-    unknown = [m for m in id_metrics if m not in METRICS]
-    if unknown:
-        raise UserError(f"dataset.id_test_metrics: {unknown} are not metrics; valid: {', '.join(sorted(METRICS))}")
     try:
         task = instantiate(task_cfg, _convert_="all")
     except InstantiationException as err:  # Hydra wraps the builder's UserError: unwrap it, so that a
@@ -82,15 +77,6 @@ def build_task(cfg: DictConfig) -> Task:
     return task
 
 
-def check_model_fits_dataset(cfg: DictConfig) -> None:
-    """A model built for one task family (model.for_tasks: task builder targets) refuses the others:
-    the embedded shapes model knows 48 words and 32-px images, and would score any real dataset
-    without complaint, only meaninglessly."""
-    problem = schema.model_fit_problem(cfg)
-    if problem:
-        raise UserError(problem)
-
-
 def workspace(cfg: DictConfig) -> Workspace:
     key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
                              "precision": cfg.trainer.precision, "image_cache": cfg.trainer.get("image_cache")})
@@ -99,9 +85,6 @@ def workspace(cfg: DictConfig) -> Workspace:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         m = cfg.model
-        if m.get("checkpoint") and not Path(m.checkpoint).is_file():
-            hint = m.get("build_command") or "point model.checkpoint at an existing file"
-            raise UserError(f"model.checkpoint not found: {m.checkpoint}. Build it with: {hint}")
         # the model first: a bad checkpoint is refused before any data is read or cached
         bundle = load_clip(arch=m.get("arch"), pretrained=m.get("pretrained"),
                            custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
@@ -151,11 +134,10 @@ def check_weights(model_cfg) -> None:
 
 def preflight(cfg: DictConfig) -> None:
     """What every trial of a search needs, checked once before the first trial (the sweeper calls it
-    when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values and files, the
-    model/dataset fit, the dataset builds, the model's weights load. Raises UserError; builds nothing
-    on the accelerator and downloads nothing."""
+    when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values, files and
+    model/dataset fit (autoft.config.validate), the optimiser builds, the dataset builds, the model's
+    weights load. Raises UserError; builds nothing on the accelerator and downloads nothing."""
     schema.validate(cfg)
-    check_model_fits_dataset(cfg)
     run_spec(cfg, hyperparameters(cfg))
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
     build_task(cfg)
