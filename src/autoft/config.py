@@ -29,7 +29,7 @@ import math
 import re
 import sys
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -605,7 +605,8 @@ def problems(cfg: DictConfig) -> list[str]:
     c.problems += _task_problems(ds.task)
 
     # method.loss_weights, trainer.lr_scale, trainer.weight_decay: the hyperparameters' own check
-    c.problems += Hyperparameters.from_config(copy).problems(config_keys=True)
+    # (trainer.base_lr, their record of the base lr, is the trainer's: checked above)
+    c.problems += replace(Hyperparameters.from_config(copy), base_lr=None).problems(config_keys=True)
     # method
     c.one_of(m, "trainable", "method", TRAINABLE)
     c.positive(m, "lr_mult", "method")
