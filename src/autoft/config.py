@@ -56,6 +56,7 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")                     # = 
 # number >= 0: ce 1 (fixed, never searched: the final run always uses the config's ce), the others 0.
 LossWeightsConf = make_dataclass("LossWeightsConf", [(name, float, field(default=w))
                                                      for name, w in default_weights().items()])
+LossWeightsConf.__module__ = __name__  # pickled by reference (joblib, submitit workers), like the other schemas
 
 
 @dataclass
