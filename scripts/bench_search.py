@@ -171,17 +171,17 @@ def main(argv=None) -> dict:
     from autoft.data.cache import TensorBatches, loader
     from autoft.engine import Finetuner, make_optimizer
     from autoft.evaluation import predict
-    from autoft.pipeline import search_trial
+    from autoft.pipeline import pool_indices, search_trial
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["phase=search", *args.overrides])
-    spec = cli.trial_spec(cfg, cli.hyperparameters(cfg))
+    spec = cli.run_spec(cfg, cli.hyperparameters(cfg))
     ws = cli.workspace(cfg)
     device, task = ws.device, ws.task
     steps, batch = spec.steps, spec.batch_size
     weights = spec.weights
     settings = spec.settings(ws.precision, seed=0)  # the settings of the trial's first inner run
-    pool = cli.pool_indices(len(task.train), steps * batch, spec.pool_seed)
+    pool = pool_indices(len(task.train), steps * batch, spec.pool_seed)
     trainable = spec.trainable
     print(f"bench: dataset={cfg.dataset.name} model={cfg.model.name} device={device} precision={ws.precision} "
           f"inner_steps={steps} batch={batch} pool={len(pool)} ood_val={len(task.ood_val)} "

@@ -128,7 +128,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
                 sdir = where / f"{dirname}-s{s}"
                 steps.append(Step(f"{sp.id}/{dirname}-s{s}",
                                   py + ["-m", "search=autoft", f"seed={s}", f"hydra.sweep.dir={sdir}",
-                                        f"hydra.sweeper.n_trials={grid.trials}", "hydra.sweeper.threads=1", *opts, *base],
+                                        f"search.n_trials={grid.trials}", "hydra.sweeper.threads=1", *opts, *base],
                                   [sdir / f".complete-{grid.trials}"], UNITS["trial"] * grid.trials, marker=True))
                 name_opt = [] if method == "autoft" else [f"method.name={method}"]
                 steps.append(Step(f"{sp.id}/{method}-s{s}",
@@ -146,7 +146,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
 def collect(grid: Grid, out: Path) -> Optional[Path]:
     from autoft.reporting.benchmark import (CellRuns, as_dict, per_split_markdown, plot_benchmark,
                                             summary_markdown)
-    from autoft.reporting.io import atomic_write_text
+    from autoft.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
     required = ["zeroshot", *grid.baselines, "autoft"]  # a cell counts once all of these finished
@@ -205,7 +205,7 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
         for k in (0, top_k):
             tag = f"b{b}-top{k}"
             hp = out / "budget" / f"{tag}.yaml"
-            search = py + ["-m", "search=autoft", "seed=0", f"hydra.sweep.dir={sdir}", f"hydra.sweeper.n_trials={b}",
+            search = py + ["-m", "search=autoft", "seed=0", f"hydra.sweep.dir={sdir}", f"search.n_trials={b}",
                            "hydra.sweeper.threads=1", f"search.reevaluate_top_k={k}", *base]
             # the search writes <sweep dir>/best_hparams.yaml; keep a copy per (budget, k)
             copy = f" && cp {shlex.quote(str(sdir / 'best_hparams.yaml'))} {shlex.quote(str(hp))}"
@@ -225,7 +225,7 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
     from autoft.errors import UserError
     from autoft.hparams import Hyperparameters
     from autoft.reporting.benchmark import BudgetPoint, plot_budget
-    from autoft.reporting.io import atomic_write_text
+    from autoft.io import atomic_write_text
     from autoft.reporting.results import read_result
 
     title = "Budget study (OOD-val garden; tests: the other seven domains; final seed 0)"

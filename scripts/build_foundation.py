@@ -36,7 +36,7 @@ from autoft.data import shapes
 from autoft.errors import UserError
 from autoft.models.clip import build_custom_clip, load_checkpoint, save_checkpoint
 from autoft.models.tokenizer import WordTokenizer
-from autoft.reporting.io import atomic_write
+from autoft.io import atomic_write
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "src" / "autoft" / "models" / "foundation"

@@ -60,7 +60,7 @@ import torch
 
 from autoft.data import shapes
 from autoft.models.clip import load_checkpoint
-from autoft.pipeline import FinalSpec, Workspace, evaluate_all, run_final
+from autoft.pipeline import RunSpec, Workspace, evaluate_all, run_final
 
 
 def main() -> None:
@@ -109,9 +109,9 @@ def main() -> None:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.time()
-                spec = FinalSpec(weights={"ce": 1.0}, lr=lr, weight_decay=args.weight_decay, epochs=args.epochs,
-                                 batch_size=args.batch_size, seed=seed, clip_grad_norm=args.clip_grad_norm,
-                                 wise_alphas=(0.5,))
+                spec = RunSpec(weights={"ce": 1.0}, lr=lr, weight_decay=args.weight_decay, epochs=args.epochs,
+                               batch_size=args.batch_size, seed=seed, clip_grad_norm=args.clip_grad_norm,
+                               curve_alphas=(0.5,))
                 res = run_final(ws, spec, Path(tmp), progress=False)
             extra = dict(lr=lr, seed=seed, epochs=args.epochs, batch=args.batch_size, n_train=args.n_train,
                          selected_epoch=res["selected_epoch"], seconds=round(time.time() - t, 1))

@@ -114,6 +114,7 @@ def cache_splits(dataset: str, root: Path, names, image_size, workers: int, over
     """Build (or check) the image cache of each named split; prints one line per split."""
     from autoft import cli
     from autoft.data.cache import UInt8View, split_spec
+    from autoft.pipeline import pool_indices
     from autoft.data.image_cache import _bytes, build, inspect
 
     cfg = compose(dataset, root, overrides)
@@ -122,8 +123,8 @@ def cache_splits(dataset: str, root: Path, names, image_size, workers: int, over
     size = image_size or model_image_size(cfg.model)
     splits = {"train": (task.train, None), "id_val": (task.id_val, None), "ood_val": (task.ood_val, None),
               **{k: (s, None) for k, s in task.tests.items()}}
-    trial = cli.trial_spec(cfg, cli.hyperparameters(cfg))  # the search's pool, as run_trial draws it
-    splits["pool"] = (task.train, cli.pool_indices(len(task.train), trial.steps * trial.batch_size, trial.pool_seed))
+    trial = cli.run_spec(cfg, cli.hyperparameters(cfg))  # the search's pool, as run_trial draws it
+    splits["pool"] = (task.train, pool_indices(len(task.train), trial.steps * trial.batch_size, trial.pool_seed))
     names = names or [k for k in splits if k != "pool"]
     unknown = [n for n in names if n not in splits]
     if unknown:

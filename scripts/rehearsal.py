@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     except Exception:  # the report must still be written
         pass
     dest = Path(args.json) if args.json else out / "rehearsal.json"
-    from autoft.reporting.io import write_json
+    from autoft.io import write_json
     write_json(dest, report)
     print("\n phase    seconds  peak RSS   CUDA peak  status")
     for p in phases:

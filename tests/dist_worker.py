@@ -14,7 +14,7 @@ from conftest import TINY_CLIP, tiny_task_value  # noqa: E402
 
 from autoft.distributed import from_environment  # noqa: E402
 from autoft.models.clip import load_clip  # noqa: E402
-from autoft.pipeline import FinalSpec, Workspace, run_final  # noqa: E402
+from autoft.pipeline import RunSpec, Workspace, run_final  # noqa: E402
 
 out = Path(sys.argv[1])
 device_type = sys.argv[2] if len(sys.argv) > 2 else "cpu"
@@ -25,7 +25,7 @@ if device.type == "cuda":
 env = from_environment(device_type)
 torch.manual_seed(0)
 ws = Workspace.build(tiny_task_value(), load_clip(custom=TINY_CLIP), device)
-spec = FinalSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=2, batch_size=8, wise_alphas=())
+spec = RunSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=2, batch_size=8, curve_alphas=())
 res = run_final(ws, spec, out / "run", progress=False, dist_env=env)
 torch.save({k: v.cpu() for k, v in ws.classifier.state_dict().items()}, out / f"rank{env.rank}.pt")
 dist.destroy_process_group()

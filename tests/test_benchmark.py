@@ -118,7 +118,7 @@ def test_plan_runs_only_what_is_missing_and_collect_pairs_the_cells(tmp_path):
     assert not steps["garden/baselines-s1"].done() and not steps["garden/search-s0"].done()
     assert steps["garden/autoft-s0"].after == ["garden/search-s0"]
     search = steps["garden/search-s1"].cmd
-    assert "seed=1" in search and "hydra.sweeper.n_trials=4" in search
+    assert "seed=1" in search and "search.n_trials=4" in search
     assert "dataset.task.test_domains=[snow,night,fog,clutter,sketch,outline,texture]" in search
     path = b.collect(grid, tmp_path)
     text = path.read_text()
@@ -164,7 +164,7 @@ def test_budget_study_grows_one_study_in_a_chain_and_retrains_each_choice(tmp_pa
     assert [s.after for s in searches] == [[], [names[0]], [names[2]], [names[4]]]
     assert all(s.after == [names[i - 1]] for i, s in enumerate(steps) if "/final-" in s.name)
     cmd = " ".join(searches[3].cmd)
-    assert "hydra.sweeper.n_trials=48" in cmd and "search.reevaluate_top_k=5" in cmd
+    assert "search.n_trials=48" in cmd and "search.reevaluate_top_k=5" in cmd
     assert len({" ".join(s.cmd).split("hydra.sweep.dir=")[1].split()[0] for s in searches}) == 1  # one study dir
     assert [s.units for s in searches] == [16, 10, 32, 10]
 

@@ -19,7 +19,7 @@ from autoft import engine
 from autoft.cli import resolve_channels_last, resolve_precision
 from autoft.engine import FinetuneSettings
 from autoft.models.clip import load_clip
-from autoft.pipeline import FinalSpec, Workspace, run_final, search_trial
+from autoft.pipeline import RunSpec, Workspace, run_final, search_trial
 from conftest import TINY_CLIP, tiny_task_value
 from sweep_helpers import TINY, train
 
@@ -184,8 +184,8 @@ def test_search_then_final_run_through_train_py(tmp_path):
 
 def test_final_run_on_cuda(tmp_path):
     ws = build()
-    spec = FinalSpec(weights={"ce": 1.0, "flyp": 0.5, "l2init": 1.0}, lr=3e-3, weight_decay=0.1, epochs=2,
-                     batch_size=8, wise_alphas=(0.0, 0.5, 1.0))
+    spec = RunSpec(weights={"ce": 1.0, "flyp": 0.5, "l2init": 1.0}, lr=3e-3, weight_decay=0.1, epochs=2,
+                   batch_size=8, curve_alphas=(0.0, 0.5, 1.0))
     res = run_final(ws, spec, tmp_path, progress=False)
     assert (tmp_path / "model.pt").is_file() and not (tmp_path / "last.pt").exists()
     assert set(res["wise"]) == {"0.0", "0.5", "1.0"} and "id_test" in res["metrics"]

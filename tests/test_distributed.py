@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoft.models.clip import load_clip
-from autoft.pipeline import FinalSpec, Workspace, run_final
+from autoft.pipeline import RunSpec, Workspace, run_final
 from conftest import TINY_CLIP, tiny_task_value
 
 HERE = Path(__file__).parent
@@ -47,7 +47,7 @@ class Killed(Exception):
 
 def test_final_run_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path):
     weights = {"ce": 1.0, "flyp": 0.3, "l1init": 1.0}
-    spec = FinalSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, seed=4, wise_alphas=())
+    spec = RunSpec(weights=weights, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, seed=4, curve_alphas=())
     ws = build_ws()
     whole = run_final(ws, spec, tmp_path / "whole", progress=False)
     reference = {k: v.clone() for k, v in ws.classifier.state_dict().items()}

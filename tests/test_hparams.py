@@ -8,8 +8,8 @@ import yaml
 
 from autoft import config
 from autoft.errors import UserError
-from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
-from autoft.losses import LOSS_NAMES
+from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters, search_params
+from autoft.names import LOSS_NAMES
 from autoft.reporting.selection import same_hparams
 from autoft.reporting.results import RunResult
 from autoft.search.outputs import best_hparams, write_best_hparams
@@ -122,6 +122,18 @@ def test_from_trial_takes_the_searched_values_and_the_config_for_the_rest(tmp_pa
     assert "method=autoft method.name=autoft_alpha hparams=<this file>" in text  # the final command says it
     assert yaml.safe_load(text)["wise_alpha"] == 0.75 and Hyperparameters.load(tmp_path / "best.yaml") == hp
     assert math.isclose(hp.lr(0.01, lr_mult=2.0), 0.01 * hp.lr_scale * 2.0)
+
+
+def test_override_keys_map_both_ways_in_one_place():
+    hp = Hyperparameters(loss_weights={"dcm": 0.5, "flyp": 0.02}, lr_scale=2.5, weight_decay=0.1, seed=7)
+    params = search_params(hp.values())
+    assert params["method.loss_weights.dcm"] == 0.5 and params["trainer.lr_scale"] == 2.5
+    assert (params["trainer.weight_decay"], params["seed"]) == (0.1, 7) and len(params) == len(LOSS_NAMES) + 3
+    assert Hyperparameters.from_trial(params) == hp  # the inverse
+    # a warm-start entry: the published lr with the base lr it was found with; what it leaves out stays out
+    assert search_params({"lr": 1.36e-4, "base_lr": 1.0e-5}) == {"trainer.lr_scale": 13.6}
+    assert search_params({"lr": 3e-4}, base_lr=1e-4) == {"trainer.lr_scale": 3.0}
+    assert search_params({"lr": 3e-4}) == {}  # no base lr: no lr_scale, left to the sampler
 
 
 def test_a_final_run_matches_the_file_it_was_run_with(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from autoft.errors import UserError
-from autoft.losses import AutoFTObjective, cross_entropy, dcm, entropy, flyp, hinge, validate_weights
+from autoft.hparams import Hyperparameters
+from autoft.losses import AutoFTObjective, cross_entropy, dcm, entropy, flyp, hinge
 
 LOGITS = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
 LABELS = torch.tensor([0, 2])
@@ -99,5 +100,6 @@ def test_theta0_must_not_alias_live_parameters():
 @pytest.mark.parametrize("weights,key", [({"ce": 1.0, "hinge": -1.0}, "hinge"), ({"focal": 1.0}, "focal"),
                                          ({"flyp": float("nan")}, "flyp")])
 def test_bad_weights_name_the_key(weights, key):
+    # the one check of the weights: the hyperparameters type's (the objective receives them checked)
     with pytest.raises(UserError, match=key):
-        validate_weights(weights)
+        Hyperparameters(loss_weights=weights).validate("method.loss_weights")

@@ -117,7 +117,7 @@ def test_flyp_is_contrastive_only_with_the_head_of_its_own_text_tower(runs, thet
     clf = theta0.classifier
     clf.load_state_dict(state)
     try:
-        head = zeroshot_weights(clf.clip, theta0.bundle.tokenizer, theta0.task.classnames, theta0.task.templates)
+        head = zeroshot_weights(clf.clip, theta0.bundle.tokenizer, [theta0.task.prompts(c) for c in theta0.task.classnames])
         torch.testing.assert_close(state["head.weight"], head * clf.clip.logit_scale.exp(), atol=1e-4, rtol=1e-4)
     finally:
         theta0.reset()

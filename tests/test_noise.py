@@ -34,8 +34,11 @@ def test_k_seed_trial_is_the_mean_of_k_single_seed_trials(tmp_path):
     assert lo <= both <= hi and hi > lo
 
 
-def test_bad_seed_count_is_a_user_error(tmp_path):
+def test_bad_seed_count_is_a_user_error():
+    from autoft.config import validate
     from autoft.errors import UserError
 
-    with pytest.raises(UserError, match="seeds_per_trial"):
-        trial(tmp_path, "bad", "+search.seeds_per_trial=0")
+    with initialize_config_dir(CONF, version_base="1.3"):
+        cfg = compose("config", overrides=[*BASE, "+search.seeds_per_trial=0"])
+    with pytest.raises(UserError, match="seeds_per_trial"):  # refused before a trial runs (cli.run validates first)
+        validate(cfg)

@@ -31,7 +31,7 @@ def test_results_notebook_runs_on_the_demo_results(tmp_path, monkeypatch):
     common = [f"experiment={dataset}_tiny_vit", "device=cpu", "trainer.num_workers=0", "logger=none", *small]
     steps = [
         [sys.executable, "train.py", "-m", "--config-dir", str(TEST_CONF), "search=autoft", *common,
-         "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={out}/search-autoft"],
+         "search.n_trials=3", f"hydra.sweep.dir={out}/search-autoft"],
         [sys.executable, "scripts/final_retrain.py", "--config-dir", str(TEST_CONF), "--dataset", dataset,
          "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft", "--seeds", "0,1", "--out", str(out),
          *common[1:]],

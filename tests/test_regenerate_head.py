@@ -14,14 +14,14 @@ from autoft import cli
 from autoft.config import validate
 from autoft.data.base import Task
 from autoft.errors import UserError
-from autoft.pipeline import TrialSpec, Workspace, run_trial
+from autoft.pipeline import RunSpec, Workspace, run_trial
 from autoft.search.space import parse_space
 from autoft.search.study import fingerprint
 from conftest import ROOT, compose_config, random_split
 
 TRIAL = ["experiment=tinyshapes_tiny_vit", "device=cpu", "trainer.num_workers=0", "logger=none", "search=autoft"]
 # ce moves the head, flyp the text tower (and both the image tower); 12 steps learn the colour cue
-SPEC = TrialSpec(weights={"ce": 1.0, "flyp": 1.0}, lr=3e-3, weight_decay=0.0, steps=12, batch_size=8, bootstrap=0)
+SPEC = RunSpec(weights={"ce": 1.0, "flyp": 1.0}, lr=3e-3, weight_decay=0.0, steps=12, batch_size=8, bootstrap=0)
 
 
 @pytest.fixture
@@ -88,9 +88,9 @@ def test_intermediate_reports_use_the_rebuilt_head_without_changing_training(ws)
 
 
 def test_the_option_reaches_the_trial_and_a_bad_value_is_refused():
-    assert cli.trial_spec(compose_config(*TRIAL), cli.hyperparameters(compose_config(*TRIAL))).regenerate_head is False
+    assert cli.run_spec(compose_config(*TRIAL), cli.hyperparameters(compose_config(*TRIAL))).regenerate_head is False
     cfg = compose_config(*TRIAL, "search.regenerate_head=true")
-    assert cli.trial_spec(cfg, cli.hyperparameters(cfg)).regenerate_head is True
+    assert cli.run_spec(cfg, cli.hyperparameters(cfg)).regenerate_head is True
     with pytest.raises(UserError, match=r"search.regenerate_head='?yes'?: must be true or false"):
         validate(compose_config(*TRIAL, "search.regenerate_head=yes"))
 

@@ -310,5 +310,5 @@ def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["method=autoft", f"hparams={sweep / 'best_hparams.yaml'}"])
     hp = cli.hyperparameters(cfg)
-    config = W.run_config(cfg, cli.hparams_record(cfg, hp), hp.records)
+    config = W.run_config(cfg, cli.hparams_record(cfg, hp, cli.run_spec(cfg, hp)), hp.records)
     assert config["hparams_study"] == name and config["hparams_trial"] == best.number

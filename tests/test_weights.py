@@ -330,7 +330,7 @@ def test_weights_carrying_code_are_refused_unread(tmp_path):
 
 def test_our_own_payloads_read_weights_only(tmp_path):
     """What save_checkpoint and run_final's last.pt hold needs no allow-list."""
-    from autoft.pipeline import FinalSpec, Workspace, run_final
+    from autoft.pipeline import RunSpec, Workspace, run_final
     from conftest import tiny_task_value
 
     save_checkpoint(tmp_path / "clip.pt", build_custom_clip(TINY_CLIP), TINY_CLIP, vocab=["a", "b"], image_size=16,
@@ -346,8 +346,8 @@ def test_our_own_payloads_read_weights_only(tmp_path):
 
     torch.manual_seed(0)
     ws = Workspace.build(tiny_task_value(), load_clip(custom=TINY_CLIP), torch.device("cpu"))
-    spec = FinalSpec(weights={"ce": 1.0, "flyp": 0.3}, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, seed=0,
-                     wise_alphas=(), lp_epochs=1)
+    spec = RunSpec(weights={"ce": 1.0, "flyp": 0.3}, lr=3e-3, weight_decay=0.1, epochs=3, batch_size=8, seed=0,
+                   curve_alphas=(), lp_epochs=1)
     with pytest.raises(Stop):
         run_final(ws, spec, tmp_path / "run", progress=False, on_epoch_end=stop_after_second)
     state = read_torch_file(tmp_path / "run" / "last.pt")

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from autoft import cli
 from autoft.data.base import project_logits
 from autoft.hparams import Hyperparameters
-from autoft.pipeline import FinalSpec, Workspace, run_final
+from autoft.pipeline import RunSpec, Workspace, run_final
 from autoft.reporting.results import read_result
 from autoft.reporting.tables import build_table
 from autoft.search.space import parse_space
@@ -80,11 +80,12 @@ def test_a_trial_keeps_the_best_mixture_on_ood_val(tmp_path):
 
 @pytest.mark.parametrize("bad", ["[1.5]", "[]", "[0.5,0.5]", "0.5"])
 def test_bad_alphas_are_refused_before_any_work(bad, tmp_path):
+    from autoft.config import validate
     from autoft.errors import UserError
 
     cfg = compose_config(*TRIAL, f"search.wise_alphas={bad}")
     with pytest.raises(UserError, match="search.wise_alphas"):
-        cli.trial_spec(cfg, cli.hyperparameters(cfg))
+        validate(cfg)
 
 
 def test_the_study_fingerprint_follows_the_alphas():
@@ -110,11 +111,11 @@ def test_the_study_fingerprint_follows_the_alphas():
 
 def test_a_final_run_applies_its_alpha(tiny_bundle, tiny_task, tmp_path):
     ws = Workspace.build(tiny_task, tiny_bundle, torch.device("cpu"))
-    common = dict(weights={"ce": 1.0}, lr=3e-2, weight_decay=0.1, epochs=2, batch_size=8, wise_alphas=(0.0, 0.5, 1.0))
-    zero_shot = run_final(ws, FinalSpec(**common, train=False), tmp_path / "zs", progress=False)
-    at_zero = run_final(ws, FinalSpec(**common, wise_alpha=0.0), tmp_path / "a0", progress=False)
-    at_half = run_final(ws, FinalSpec(**common, wise_alpha=0.5), tmp_path / "a5", progress=False)
-    plain = run_final(ws, FinalSpec(**common), tmp_path / "a1", progress=False)
+    common = dict(weights={"ce": 1.0}, lr=3e-2, weight_decay=0.1, epochs=2, batch_size=8, curve_alphas=(0.0, 0.5, 1.0))
+    zero_shot = run_final(ws, RunSpec(**common, train=False), tmp_path / "zs", progress=False)
+    at_zero = run_final(ws, RunSpec(**common, wise_alpha=0.0), tmp_path / "a0", progress=False)
+    at_half = run_final(ws, RunSpec(**common, wise_alpha=0.5), tmp_path / "a5", progress=False)
+    plain = run_final(ws, RunSpec(**common), tmp_path / "a1", progress=False)
     assert at_zero["metrics"] == zero_shot["metrics"]  # theta(0) is the zero-shot model, exactly
     assert at_half["metrics"] == at_half["wise"]["0.5"] and plain["metrics"] == plain["wise"]["1.0"]
     assert at_half["wise"] == plain["wise"]  # the curve is the fine-tuned run's, whatever the alpha

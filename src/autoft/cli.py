@@ -1,5 +1,5 @@
 """Turns a composed Hydra config into the typed objects autoft.pipeline runs on: the run's
-Hyperparameters (autoft.hparams), a TrialSpec (search) or a FinalSpec (final), and the Workspace.
+Hyperparameters (autoft.hparams), its RunSpec (a search trial's or a final run's), and the Workspace.
 The library itself never reads the config or Hydra globals; only this module and train.py do."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from autoft import config as schema
 from autoft.data.base import Task
@@ -23,13 +23,11 @@ from autoft.distributed import SINGLE, DistEnv, from_environment
 from autoft.engine import ADAMW, OptimizerFactory, optimizer_factory
 from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
-from autoft.metrics import METRICS
 from autoft.models import hub
 from autoft.models.clip import load_clip
-from autoft.pipeline import (FinalSpec, TrialSpec, Workspace, pool_indices, run_final, run_trial,  # noqa: F401
-                             seed_everything)
+from autoft.pipeline import RunSpec, Workspace, run_final, run_trial, seed_everything
 from autoft.reporting import wandb_logger
-from autoft.reporting.io import write_json
+from autoft.io import write_json
 
 log = logging.getLogger("autoft")
 
@@ -59,9 +57,8 @@ def resolve_channels_last(value, device: torch.device) -> bool:
 
 
 def build_task(cfg: DictConfig) -> Task:
+    """The dataset's task, from a config the schema checked (autoft.config.validate)."""
     ds = cfg.dataset
-    if ds.metric not in METRICS:
-        raise UserError(f"dataset.metric '{ds.metric}' is not a metric; valid: {', '.join(sorted(METRICS))}")
     task_cfg = ds.task
     if "subset_dir" in task_cfg and task_cfg.subset_dir is None and HydraConfig.initialized():
         # record the OOD-val subset beside the study (multirun) or the run
@@ -69,9 +66,6 @@ def build_task(cfg: DictConfig) -> Task:
         where = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else hc.runtime.output_dir
         task_cfg = OmegaConf.merge(task_cfg, {"subset_dir": str(where)})
     id_metrics = list(ds.get("id_test_metrics") or [ds.metric])
-    unknown = [m for m in id_metrics if m not in METRICS]
-    if unknown:
-        raise UserError(f"dataset.id_test_metrics: {unknown} are not metrics; valid: {', '.join(sorted(METRICS))}")
     try:
         task = instantiate(task_cfg, _convert_="all")
     except InstantiationException as err:  # Hydra wraps the builder's UserError: unwrap it, so that a
@@ -83,15 +77,6 @@ def build_task(cfg: DictConfig) -> Task:
     return task
 
 
-def check_model_fits_dataset(cfg: DictConfig) -> None:
-    """A model built for one task family (model.for_tasks: task builder targets) refuses the others:
-    the embedded shapes model knows 48 words and 32-px images, and would score any real dataset
-    without complaint, only meaninglessly."""
-    problem = schema.model_fit_problem(cfg)
-    if problem:
-        raise UserError(problem)
-
-
 def workspace(cfg: DictConfig) -> Workspace:
     key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
                              "precision": cfg.trainer.precision, "image_cache": cfg.trainer.get("image_cache")})
@@ -100,9 +85,6 @@ def workspace(cfg: DictConfig) -> Workspace:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         m = cfg.model
-        if m.get("checkpoint") and not Path(m.checkpoint).is_file():
-            hint = m.get("build_command") or "point model.checkpoint at an existing file"
-            raise UserError(f"model.checkpoint not found: {m.checkpoint}. Build it with: {hint}")
         # the model first: a bad checkpoint is refused before any data is read or cached
         bundle = load_clip(arch=m.get("arch"), pretrained=m.get("pretrained"),
                            custom=OmegaConf.to_container(m.custom) if m.get("custom") else None,
@@ -152,11 +134,10 @@ def check_weights(model_cfg) -> None:
 
 def preflight(cfg: DictConfig) -> None:
     """What every trial of a search needs, checked once before the first trial (the sweeper calls it
-    when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values and files, the
-    model/dataset fit, the dataset builds, the model's weights load. Raises UserError; builds nothing
-    on the accelerator and downloads nothing."""
+    when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values, files and
+    model/dataset fit (autoft.config.validate), the optimiser builds, the dataset builds, the model's
+    weights load. Raises UserError; builds nothing on the accelerator and downloads nothing."""
     schema.validate(cfg)
-    check_model_fits_dataset(cfg)
     run_spec(cfg, hyperparameters(cfg))
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
     build_task(cfg)
@@ -173,8 +154,8 @@ def distributed_env(cfg: DictConfig) -> DistEnv:
 def hyperparameters(cfg: DictConfig) -> Hyperparameters:
     """This run's hyperparameters: the config's, or (hparams=<best_hparams.yaml>) the file's, whose
     loss terms it leaves out keep the config's weights. ce is always the config's (never searched; the
-    reference code used a sampled ce weight in the final run). base_lr is the config's: the run's lr
-    is trainer.base_lr x lr_scale x method.lr_mult."""
+    reference code used a sampled ce weight in the final run). base_lr is the config's: run_spec
+    computes the run's lr from it (Hyperparameters.lr)."""
     hp = Hyperparameters.from_config(cfg)
     if cfg.get("hparams"):  # one message naming the file and the key when it is missing or bad
         hp = Hyperparameters.load(cfg.hparams, defaults=hp)
@@ -182,17 +163,17 @@ def hyperparameters(cfg: DictConfig) -> Hyperparameters:
                    base_lr=float(cfg.trainer.base_lr))
 
 
-def hparams_record(cfg: DictConfig, hp: Hyperparameters) -> dict[str, Any]:
+def hparams_record(cfg: DictConfig, hp: Hyperparameters, spec: RunSpec) -> dict[str, Any]:
     """The `hparams` of trial.json and results.json (and the W&B config): the hyperparameters, the
-    run's own lr, where they came from, and the method's lr settings."""
+    run's own lr (the spec's), where they came from, and the method's lr settings."""
     m = cfg.method
+    record = {**hp.values(), "lr": spec.lr, "source": str(cfg.hparams) if cfg.get("hparams") else "config"}
     lr_mult = float(m.get("lr_mult", 1.0))
-    record = {**hp.values(), "lr": hp.lr(hp.base_lr, lr_mult), "source": str(cfg.hparams) if cfg.get("hparams") else "config"}
     if lr_mult != 1.0:
         record["lr_mult"] = lr_mult
-    if int(m.get("lp_epochs", 0) or 0) > 0:  # LP-FT: the head-only stage's lr
-        record["lp_epochs"] = int(m.lp_epochs)
-        record["lp_lr"] = hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0)))
+    if spec.lp_epochs > 0:  # LP-FT: the head-only stage's lr
+        record["lp_epochs"] = spec.lp_epochs
+        record["lp_lr"] = spec.lp_lr
     return record
 
 
@@ -212,8 +193,8 @@ def output_dir() -> Path:
 def run(cfg: DictConfig) -> Optional[float]:
     schema.validate(cfg)  # every key, range and file first: nothing is built before this passes
     hp = hyperparameters(cfg)
-    used = hparams_record(cfg, hp)
-    spec = run_spec(cfg, hp)  # checked before anything is built
+    spec = run_spec(cfg, hp)
+    used = hparams_record(cfg, hp, spec)
     seed_everything(int(cfg.seed))
     ws = workspace(cfg)
     out = output_dir()
@@ -247,48 +228,27 @@ def run(cfg: DictConfig) -> Optional[float]:
     return res["metrics"]["id_val"][ws.task.metric]
 
 
-def run_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec | FinalSpec:
-    """The spec of this run's phase: a search trial's, or a final run's."""
-    return trial_spec(cfg, hp) if cfg.phase == "search" else final_spec(cfg, hp)
-
-
-def final_spec(cfg: DictConfig, hp: Hyperparameters) -> FinalSpec:
-    """The final run's spec: the config's method, trainer and dataset settings with this run's
-    hyperparameters (the only place a final run's settings are read from the config)."""
-    t, m = cfg.trainer, cfg.method
+def run_spec(cfg: DictConfig, hp: Hyperparameters) -> RunSpec:
+    """This run's spec, for either phase: the config's method, trainer, dataset and search settings
+    with this run's hyperparameters (the only place a run's settings are read from the config, and
+    the one place its learning rates are computed). A trial runs trainer.inner_steps steps per inner
+    run, search.seeds_per_trial seeds (seed, seed+1, ...), scored on OOD-val; a final run trains
+    trainer.epochs epochs."""
+    t, m, search = cfg.trainer, cfg.method, cfg.get("search") or {}
     lp_epochs = int(m.get("lp_epochs", 0) or 0)
-    return FinalSpec(weights=dict(hp.loss_weights), lr=hp.lr(hp.base_lr, float(m.get("lr_mult", 1.0))),
-                     weight_decay=hp.weight_decay, epochs=int(t.epochs), batch_size=int(t.batch_size),
-                     trainable=str(m.trainable), train=bool(m.train), seed=int(cfg.seed),
-                     warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
-                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss), lp_epochs=lp_epochs,
-                     lp_lr=hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0))) if lp_epochs > 0 else None,
-                     refresh_head=bool(m.get("refresh_head", False)),
-                     passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)), wise_alpha=hp.wise_alpha,
-                     optimizer=optimizer(cfg))
-
-
-def trial_spec(cfg: DictConfig, hp: Hyperparameters) -> TrialSpec:
-    """A search trial's spec: trainer.inner_steps steps per inner run with this trial's
-    hyperparameters, search.seeds_per_trial seeds (seed, seed+1, ...), scored on OOD-val (the only
-    place a trial's settings are read from the config)."""
-    t, search = cfg.trainer, cfg.get("search") or {}
-    k = int(search.get("seeds_per_trial", 1))
-    if k < 1:
-        raise UserError(f"search.seeds_per_trial must be >= 1, got {k}")
-    alphas = search.get("wise_alphas")
-    if alphas is not None and not (isinstance(alphas, ListConfig) and len(alphas) > 0):
-        raise UserError(f"search.wise_alphas={alphas}: must be null or a non-empty list of numbers in [0, 1], "
-                        "e.g. [0.25,0.5,0.75,1.0]")
-    return TrialSpec(weights=dict(hp.loss_weights), lr=hp.lr(hp.base_lr, float(cfg.method.get("lr_mult", 1.0))),
-                     weight_decay=hp.weight_decay, steps=int(t.inner_steps), batch_size=int(t.batch_size),
-                     trainable=str(cfg.method.trainable), seeds=tuple(int(cfg.seed) + i for i in range(k)),
-                     warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
-                     accum_steps=int(t.accum_steps), max_loss=float(t.max_loss),
-                     pool_seed=int(search.get("pool_seed", 0)), eval_every=int(search.get("eval_every", 0) or 0),
-                     bootstrap=int(search.get("bootstrap", 1000) or 0),
-                     wise_alphas=tuple(_alpha(a) for a in alphas or ()),
-                     regenerate_head=search.get("regenerate_head", False), optimizer=optimizer(cfg))
+    return RunSpec(weights=dict(hp.loss_weights), lr=hp.lr(hp.base_lr, float(m.get("lr_mult", 1.0))),
+                   weight_decay=hp.weight_decay, batch_size=int(t.batch_size), trainable=str(m.trainable),
+                   seed=int(cfg.seed), warmup_fraction=float(t.warmup_fraction), clip_grad_norm=t.clip_grad_norm,
+                   accum_steps=int(t.accum_steps), max_loss=float(t.max_loss), optimizer=optimizer(cfg),
+                   steps=int(t.inner_steps), seeds_per_trial=int(search.get("seeds_per_trial", 1)),
+                   pool_seed=int(search.get("pool_seed", 0)), eval_every=int(search.get("eval_every", 0) or 0),
+                   bootstrap=int(search.get("bootstrap", 1000) or 0),
+                   wise_alphas=tuple(float(a) for a in search.get("wise_alphas") or ()),
+                   regenerate_head=bool(search.get("regenerate_head", False)),
+                   epochs=int(t.epochs), train=bool(m.train), lp_epochs=lp_epochs,
+                   lp_lr=hp.lr(hp.base_lr, float(m.get("lp_lr_mult", 1.0))) if lp_epochs > 0 else None,
+                   refresh_head=bool(m.get("refresh_head", False)),
+                   passes_per_epoch=int(cfg.dataset.get("passes_per_epoch", 1)), wise_alpha=hp.wise_alpha)
 
 
 def optimizer(cfg: DictConfig) -> OptimizerFactory:
@@ -297,19 +257,12 @@ def optimizer(cfg: DictConfig) -> OptimizerFactory:
     return optimizer_factory(node) if node is not None else ADAMW
 
 
-def _alpha(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"search.wise_alphas: {value!r} is not a number in [0, 1]") from None
-
-
 def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
-               spec: Optional[TrialSpec] = None, wb: Optional[wandb_logger.WandbRun] = None) -> float:
+               spec: Optional[RunSpec] = None, wb: Optional[wandb_logger.WandbRun] = None) -> float:
     """One trial (pipeline.run_trial): writes trial.json and reports the per-seed scores, the
     interval and the chosen WiSE-FT alpha (search.wise_alphas) to the study; `wb` records the
     per-step loss and lr and the intermediate OOD-val scores (search.eval_every)."""
-    spec = spec or trial_spec(cfg, hp)
+    spec = spec or run_spec(cfg, hp)
     reporter = None
     search = cfg.get("search") or {}
     if search.get("trial_id") is not None:
@@ -326,7 +279,7 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
     record = run_trial(ws, spec, report=report if reporter is not None or logging_on else None,
                        progress=reporter.progress if reporter is not None else None,
                        on_step=wb.on_step if logging_on else None)
-    record["hparams"] = hparams_record(cfg, hp)
+    record["hparams"] = hparams_record(cfg, hp, spec)
     record["resources"] = resources(ws.device)
     record["image_sources"] = dict(ws.image_sources)  # cached or live images, per split
     write_json(out / "trial.json", record)

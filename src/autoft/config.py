@@ -14,8 +14,12 @@ picks from the two choices (`dataset=iwildcam` alone: its paper backbone, vit_b1
 iwildcam_vit_b16's budgets). The file records the pair it was set for (`budget`); a pair without one,
 or a budget file chosen for another pair, is refused.
 
-This module imports only the standard library, OmegaConf and Hydra's ConfigStore: a bad config is
-refused in a second, before torch is imported.
+The hyperparameters' values (method.loss_weights, trainer.lr_scale, trainer.weight_decay) are
+checked by their own type's check (autoft.hparams.Hyperparameters.problems), which a hparams file
+goes through too.
+
+This module imports only the standard library, OmegaConf, Hydra's ConfigStore and autoft.hparams
+(itself torch-free): a bad config is refused in a second, before torch is imported.
 """
 import ast
 import importlib
@@ -25,7 +29,7 @@ import math
 import re
 import sys
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -33,6 +37,8 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from autoft.errors import UserError
+from autoft.hparams import Hyperparameters, default_weights
+from autoft.names import SEARCHED_LOSSES
 
 # names the schema checks against; tests/test_configs.py proves they equal the library's own lists
 METRIC_NAMES = ("accuracy", "macro_f1", "worst_group_accuracy")            # = autoft.metrics.METRICS
@@ -46,21 +52,11 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")                     # = 
 # ----------------------------------------------------------------------------------------------
 # the schema
 # ----------------------------------------------------------------------------------------------
-@dataclass
-class LossWeightsConf:
-    """Weights of the nine loss terms (docs/design.md section 3): each a finite number >= 0."""
-    ce: float = 1.0        # fixed, never searched (the final run always uses the config's ce)
-    hinge: float = 0.0
-    entropy: float = 0.0
-    dcm: float = 0.0
-    flyp: float = 0.0
-    l1init: float = 0.0
-    l2init: float = 0.0
-    l1zero: float = 0.0
-    l2zero: float = 0.0
-
-
-LOSS_TERMS = tuple(f.name for f in fields(LossWeightsConf))  # = autoft.losses.LOSS_NAMES
+# Weights of the nine loss terms (autoft.names.LOSS_NAMES; docs/design.md section 3), each a finite
+# number >= 0: ce 1 (fixed, never searched: the final run always uses the config's ce), the others 0.
+LossWeightsConf = make_dataclass("LossWeightsConf", [(name, float, field(default=w))
+                                                     for name, w in default_weights().items()])
+LossWeightsConf.__module__ = __name__  # pickled by reference (joblib, submitit workers), like the other schemas
 
 
 @dataclass
@@ -73,7 +69,7 @@ class MethodConf:
     lp_epochs: int = 0                   # >= 0: LP-FT's head-only epochs before full fine-tuning
     lp_lr_mult: float = 1.0              # > 0: the probe stage's lr multiplier (LP-FT)
     refresh_head: bool = False           # rebuild the zero-shot head from the text tower before each evaluation (FLYP)
-    search_losses: Optional[List[str]] = None  # null, or a subset of the eight searchable terms (all but ce)
+    search_losses: Optional[List[str]] = None  # null, or a subset of autoft.names.SEARCHED_LOSSES (all but ce)
 
 
 def _adamw() -> Dict[str, Any]:
@@ -408,10 +404,6 @@ class _Checker:
         v = node.get(key)
         self.need(_number(v) and v > 0, f"{prefix}.{key}", v, "a finite number > 0")
 
-    def non_negative(self, node, key: str, prefix: str) -> None:
-        v = node.get(key)
-        self.need(_number(v) and v >= 0, f"{prefix}.{key}", v, "a finite number >= 0")
-
     def optional_positive(self, node, key: str, prefix: str) -> None:
         v = node.get(key)
         self.need(v is None or (_number(v) and v > 0), f"{prefix}.{key}", v, "null (none) or a number > 0")
@@ -442,8 +434,6 @@ def read_hparams(path):
     """A best_hparams.yaml, checked (autoft.hparams.Hyperparameters.load): a readable YAML mapping
     whose loss weights are known terms with finite values >= 0, lr_scale > 0, weight_decay >= 0 and
     wise_alpha in [0, 1]; one UserError names the file and every bad or missing key."""
-    from autoft.hparams import Hyperparameters  # imports this module: not at the top
-
     return Hyperparameters.load(path)
 
 
@@ -587,8 +577,6 @@ def problems(cfg: DictConfig) -> list[str]:
     c.int_at_least(t, "epochs", "trainer", 1 if final_trains else 0)
     c.int_at_least(t, "num_workers", "trainer", 0)
     c.positive(t, "base_lr", "trainer")
-    c.positive(t, "lr_scale", "trainer")
-    c.non_negative(t, "weight_decay", "trainer")
     c.positive(t, "max_loss", "trainer")
     wf = t.get("warmup_fraction")
     c.need(_number(wf) and 0 <= wf < 1, "trainer.warmup_fraction", wf, "a number in [0, 1)")
@@ -606,10 +594,8 @@ def problems(cfg: DictConfig) -> list[str]:
                           f"(micro-batches of equal size); e.g. trainer.accum_steps={max(d for d in range(1, a + 1) if b % d == 0)}")
 
     s = copy.get("search")
-    if isinstance(s, DictConfig) and "n_trials" in s:  # the search's budget (the sweeper reads it)
-        c.int_at_least(s, "n_trials", "search", 1)
-    if isinstance(s, DictConfig) and "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
-        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
+    if isinstance(s, DictConfig):  # the search group's keys (conf/search/autoft.yaml), those it sets
+        _search_problems(c, s)
 
     # dataset
     c.one_of(ds, "metric", "dataset", METRIC_NAMES)
@@ -619,18 +605,17 @@ def problems(cfg: DictConfig) -> list[str]:
     c.int_at_least(ds, "passes_per_epoch", "dataset", 1)
     c.problems += _task_problems(ds.task)
 
+    # method.loss_weights, trainer.lr_scale, trainer.weight_decay: the hyperparameters' own check
+    # (trainer.base_lr, their record of the base lr, is the trainer's: checked above)
+    c.problems += replace(Hyperparameters.from_config(copy), base_lr=None).problems(config_keys=True)
     # method
-    for k in LOSS_TERMS:
-        w = m.loss_weights.get(k)
-        c.need(_number(w) and w >= 0, f"method.loss_weights.{k}", w, "a finite number >= 0")
     c.one_of(m, "trainable", "method", TRAINABLE)
     c.positive(m, "lr_mult", "method")
     c.positive(m, "lp_lr_mult", "method")
     c.int_at_least(m, "lp_epochs", "method", 0)
     sl = m.get("search_losses")
-    searchable = [x for x in LOSS_TERMS if x != "ce"]
-    c.need(sl is None or all(x in searchable for x in sl), "method.search_losses", sl,
-           f"null or a list of {', '.join(searchable)}")
+    c.need(sl is None or all(x in SEARCHED_LOSSES for x in sl), "method.search_losses", sl,
+           f"null or a list of {', '.join(SEARCHED_LOSSES)}")
 
     # model: exactly one source
     sources = [k for k in ("arch", "custom", "checkpoint") if mo.get(k)]
@@ -648,6 +633,24 @@ def problems(cfg: DictConfig) -> list[str]:
         if not (isinstance(lg.get("init_timeout"), (int, float)) and lg.init_timeout > 0):
             c.problems.append(f"logger.init_timeout={lg.get('init_timeout')}: must be a number of seconds > 0")
     return c.problems
+
+
+def _search_problems(c: "_Checker", s: DictConfig) -> None:
+    """The search's budget and a trial's settings (autoft.cli.run_spec reads them as they are)."""
+    if "n_trials" in s:  # the search's budget (hydra.sweeper.n_trials reads it)
+        c.int_at_least(s, "n_trials", "search", 1)
+    if "seeds_per_trial" in s:  # inner runs per trial
+        c.int_at_least(s, "seeds_per_trial", "search", 1)
+    for k in ("pool_seed", "eval_every", "bootstrap"):  # eval_every, bootstrap: null or 0 is off
+        v = s.get(k)
+        if k in s and not (k != "pool_seed" and v is None):
+            c.int_at_least(s, k, "search", 0)
+    if "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
+        c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
+    a = s.get("wise_alphas")
+    ok = a is None or (isinstance(a, ListConfig) and len(a) > 0 and all(_number(x) and 0 <= x <= 1 for x in a)
+                       and len({float(x) for x in a}) == len(a))
+    c.need(ok, "search.wise_alphas", a, "null or a non-empty list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
 
 
 def check_files(cfg: DictConfig) -> None:

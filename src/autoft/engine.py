@@ -47,6 +47,7 @@ def optimizer_factory(node: Any) -> OptimizerFactory:
 
 @dataclass
 class FinetuneSettings:
+    """One run's settings, from values the schema checked (autoft.config.validate: each value once)."""
     steps: int  # optimiser steps of the whole run (sets the schedule's length)
     lr: float  # peak learning rate
     weight_decay: float
@@ -68,20 +69,6 @@ class FinetuneSettings:
         return cls(steps=steps, lr=lr, weight_decay=weight_decay, warmup_steps=int(round(warmup_fraction * steps)),
                    clip_grad_norm=clip_grad_norm, accum_steps=accum_steps, precision=precision,
                    max_loss=max_loss, seed=seed, optimizer=optimizer)
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise UserError(f"the run needs at least 1 step, got {self.steps} (trainer.inner_steps / trainer.epochs)")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"trainer.base_lr x trainer.lr_scale must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0):
-            raise UserError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.accum_steps < 1:
-            raise UserError(f"trainer.accum_steps must be >= 1, got {self.accum_steps}")
-        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
-            raise UserError(f"trainer.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision}")
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:

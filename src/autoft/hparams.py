@@ -1,13 +1,17 @@
 """The hyperparameters a search chooses and a final run uses: one type for a trial's parameters,
-best_hparams.yaml, the final run's config and the `hparams` record of results.json.
+best_hparams.yaml, the final run's config and the `hparams` record of results.json, and the one
+mapping between them and the override keys a search space searches (autoft.names).
 
-    loss_weights   the nine loss terms (autoft.losses.LOSS_NAMES), each a finite weight >= 0
+    loss_weights   the nine loss terms (autoft.names.LOSS_NAMES), each a finite weight >= 0
     lr_scale       peak lr = trainer.base_lr x lr_scale (x the method's lr_mult), > 0
     weight_decay   >= 0
     wise_alpha     the final model is theta(a) = (1 - a) theta_zeroshot + a theta_finetuned, a in [0, 1];
                    1 (the default, and what a file without the key means) is the fine-tuned model
     base_lr        the base lr the values were found with (a record: the final run uses its own)
     seed           the searched seed, when the search searched it
+
+Their allowed values are checked here only (`problems`): for the config's own values by the schema's
+validation (autoft.config.problems), for a file when it is read (`from_mapping`).
 
 Everything else in a best_hparams.yaml (objective, study, trial, re-evaluation, ...) says where the
 values came from: it is kept as `records` and written back unchanged.
@@ -16,8 +20,8 @@ The file format is the one searches have always written: `lr` (= base_lr x lr_sc
 when base_lr is known, a file with `lr` and `base_lr` but no `lr_scale` (the warm-start files) reads
 as lr / base_lr, and loss terms a file leaves out take their default (ce 1, the others 0).
 
-This module imports only the standard library, OmegaConf and the schema's list of loss terms, so
-that a bad file is refused before torch is imported (autoft.config.read_hparams).
+This module imports only the standard library, OmegaConf and the ground floor (autoft.names,
+autoft.io), so that a bad file is refused before torch is imported (autoft.config.read_hparams).
 """
 from __future__ import annotations
 
@@ -26,14 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from autoft.config import LOSS_TERMS
 from autoft.errors import UserError
+from autoft.io import atomic_write_text
+from autoft.names import LOSS_NAMES, LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY
 
-# a trial's parameters are Hydra override paths (the search space's keys)
-LOSS_PREFIX = "method.loss_weights."
-LR_SCALE_KEY = "trainer.lr_scale"
-WEIGHT_DECAY_KEY = "trainer.weight_decay"
-SEED_KEY = "seed"
 # the WiSE-FT mixing weight a trial chose (search.wise_alphas): a trial user attribute, not a parameter
 WISE_ALPHA_ATTR = "wise_alpha"
 
@@ -44,7 +44,7 @@ FIX = "pass the best_hparams.yaml a search wrote (rerunning the search command r
 
 def default_weights() -> dict[str, float]:
     """ce 1 and every other term 0: plain fine-tuning."""
-    return {k: 1.0 if k == "ce" else 0.0 for k in LOSS_TERMS}
+    return {k: 1.0 if k == "ce" else 0.0 for k in LOSS_NAMES}
 
 
 def _number(v) -> bool:
@@ -66,24 +66,28 @@ class Hyperparameters:
     records: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        # every term, in LOSS_TERMS order (unknown names are kept for `problems` to name)
+        # every term, in LOSS_NAMES order (unknown names are kept for `problems` to name)
         weights = {**default_weights(), **dict(self.loss_weights)}
         object.__setattr__(self, "loss_weights", weights)
         object.__setattr__(self, "records", dict(self.records))
 
     # ------------------------------------------------------------------ checks
-    def problems(self) -> list[str]:
-        """`key=value: must be ...` for every bad value (empty: valid)."""
+    def problems(self, config_keys: bool = False) -> list[str]:
+        """`key=value: must be ...` for every bad value (empty: valid): the one check of these values.
+        Keys are named as a best_hparams.yaml spells them, or with `config_keys` as the config does
+        (method.loss_weights.<term>, trainer.lr_scale, trainer.weight_decay)."""
+        weights, lr_scale, weight_decay = ((LOSS_PREFIX, LR_SCALE_KEY, WEIGHT_DECAY_KEY) if config_keys
+                                           else ("loss_weights.", "lr_scale", "weight_decay"))
         out = []
         for k, w in self.loss_weights.items():
-            if k not in LOSS_TERMS:
-                out.append(f"loss_weights.{k}: unknown loss term; valid: {', '.join(LOSS_TERMS)}")
+            if k not in LOSS_NAMES:
+                out.append(f"{weights}{k}: unknown loss term; valid: {', '.join(LOSS_NAMES)}")
             elif not (_number(w) and w >= 0):
-                out.append(f"loss_weights.{k}={_show(w)}: must be a finite number >= 0")
+                out.append(f"{weights}{k}={_show(w)}: must be a finite number >= 0")
         if not (_number(self.lr_scale) and self.lr_scale > 0):
-            out.append(f"lr_scale={_show(self.lr_scale)}: must be a finite number > 0")
+            out.append(f"{lr_scale}={_show(self.lr_scale)}: must be a finite number > 0")
         if not (_number(self.weight_decay) and self.weight_decay >= 0):
-            out.append(f"weight_decay={_show(self.weight_decay)}: must be a finite number >= 0")
+            out.append(f"{weight_decay}={_show(self.weight_decay)}: must be a finite number >= 0")
         if not (_number(self.wise_alpha) and 0 <= self.wise_alpha <= 1):
             out.append(f"wise_alpha={_show(self.wise_alpha)}: must be a number in [0, 1] (1: the fine-tuned model)")
         if self.base_lr is not None and not (_number(self.base_lr) and self.base_lr > 0):
@@ -122,13 +126,9 @@ class Hyperparameters:
             raise UserError(f"{where}: holds {type(data).__name__}, not a mapping with "
                             f"{', '.join(REQUIRED)} and lr_scale; {fix}")
         missing = [k for k in REQUIRED if data.get(k) is None]
-        lr_scale = data.get("lr_scale")
+        lr_scale = _lr_scale(data)
         if lr_scale is None:
-            lr, base = data.get("lr"), data.get("base_lr")
-            if _number(lr) and _number(base) and base > 0:
-                lr_scale = float(f"{lr / base:.12g}")  # 1.36e-4 / 1e-5 -> 13.6, not 13.600000000000001
-            else:
-                missing.append("lr_scale (or lr with base_lr)")
+            missing.append("lr_scale (or lr with base_lr)")
         if missing:
             raise UserError(f"{where}: missing key {', '.join(missing)}; {fix}")
         weights = data["loss_weights"]
@@ -162,7 +162,8 @@ class Hyperparameters:
 
     @classmethod
     def from_config(cls, cfg) -> "Hyperparameters":
-        """The config's own values: method.loss_weights, trainer.lr_scale, trainer.weight_decay."""
+        """The config's own values: method.loss_weights, trainer.lr_scale, trainer.weight_decay, as
+        they are (autoft.config.validate checks them, with `problems`)."""
         from omegaconf import OmegaConf
 
         def get(key, default=None):
@@ -171,16 +172,16 @@ class Hyperparameters:
         weights = get("method.loss_weights")
         weights = OmegaConf.to_container(weights, resolve=True) if weights is not None else {}
         base_lr = get("trainer.base_lr")
-        hp = cls(loss_weights=weights, lr_scale=get("trainer.lr_scale", 1.0), weight_decay=get("trainer.weight_decay", 0.0),
-                 base_lr=float(base_lr) if _number(base_lr) else None)
-        return hp.validate("method.loss_weights / trainer.lr_scale / trainer.weight_decay")._as_floats()
+        return cls(loss_weights=weights, lr_scale=get(LR_SCALE_KEY, 1.0), weight_decay=get(WEIGHT_DECAY_KEY, 0.0),
+                   base_lr=float(base_lr) if _number(base_lr) else None)
 
     @classmethod
     def from_trial(cls, params: Mapping[str, Any], user_attrs: Optional[Mapping[str, Any]] = None,
-                   defaults: Optional["Hyperparameters"] = None, where: str = "trial",
+                   defaults: Optional["Hyperparameters"] = None,
                    records: Optional[Mapping[str, Any]] = None) -> "Hyperparameters":
-        """A trial's values: its searched parameters (override paths), the WiSE-FT alpha it chose
-        (a user attribute), and `defaults` (usually `from_config`) for everything unsearched."""
+        """A trial's values: its searched parameters (override keys; the inverse of `search_params`),
+        the WiSE-FT alpha it chose (a user attribute), and `defaults` (usually `from_config`) for
+        everything unsearched. The trial's own run checked its values (autoft.config.validate)."""
         base = defaults if defaults is not None else cls()
         weights = dict(base.loss_weights)
         weights.update({k[len(LOSS_PREFIX):]: float(v) for k, v in params.items() if k.startswith(LOSS_PREFIX)})
@@ -190,7 +191,7 @@ class Hyperparameters:
                      weight_decay=float(params.get(WEIGHT_DECAY_KEY, base.weight_decay)),
                      seed=int(params[SEED_KEY]) if SEED_KEY in params else base.seed,
                      wise_alpha=float(alpha) if alpha is not None else 1.0, records=dict(records or {}))
-        return hp.validate(where)._as_floats()
+        return hp._as_floats()
 
     def _as_floats(self) -> "Hyperparameters":
         return replace(self, loss_weights={k: float(v) for k, v in self.loss_weights.items()},
@@ -200,7 +201,8 @@ class Hyperparameters:
 
     # ------------------------------------------------------------------ what they become
     def lr(self, base_lr: float, lr_mult: float = 1.0) -> float:
-        """The peak lr of a run with this base lr (the final run's trainer.base_lr) and method multiplier."""
+        """The peak lr of a run with this base lr (the run's trainer.base_lr) and method multiplier:
+        base_lr x lr_scale x lr_mult, the one place a learning rate is computed."""
         return float(base_lr) * self.lr_scale * float(lr_mult)
 
     def values(self) -> dict[str, Any]:
@@ -223,7 +225,31 @@ class Hyperparameters:
         """Write best_hparams.yaml atomically (several workers may rewrite it at once)."""
         from omegaconf import OmegaConf
 
-        from autoft.reporting.io import atomic_write_text
-
         atomic_write_text(path, header + OmegaConf.to_yaml(OmegaConf.create(self.to_dict())))
         return Path(path)
+
+
+def _lr_scale(data: Mapping[str, Any], base_lr: Optional[float] = None) -> Optional[float]:
+    """A mapping's lr_scale, or its lr / base_lr (its own base_lr, else `base_lr`): the published
+    values give the lr and the base lr they were found with. None when neither is there."""
+    if data.get("lr_scale") is not None:
+        return data["lr_scale"]
+    lr, base = data.get("lr"), data.get("base_lr", base_lr)
+    if _number(lr) and _number(base) and base > 0:
+        return float(f"{lr / base:.12g}")  # 1.36e-4 / 1e-5 -> 13.6, not 13.600000000000001
+    return None
+
+
+def search_params(values: Mapping[str, Any], base_lr: Optional[float] = None) -> dict[str, Any]:
+    """A best_hparams.yaml mapping (or a warm-start entry) as the override keys a search space
+    searches: loss_weights.<term> -> method.loss_weights.<term>, lr_scale (or lr / base_lr) ->
+    trainer.lr_scale, weight_decay, seed. The inverse of `Hyperparameters.from_trial`; keys the
+    mapping leaves out are left out (a warm start leaves them to the sampler)."""
+    out: dict[str, Any] = {LOSS_PREFIX + str(k): w for k, w in (values.get("loss_weights") or {}).items()}
+    lr_scale = _lr_scale(values, base_lr)
+    if lr_scale is not None:
+        out[LR_SCALE_KEY] = float(lr_scale)
+    for key, name in ((WEIGHT_DECAY_KEY, "weight_decay"), (SEED_KEY, "seed")):
+        if values.get(name) is not None:
+            out[key] = values[name]
+    return out

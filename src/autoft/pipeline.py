@@ -1,15 +1,15 @@
 """The two phases of AutoFT on plain arguments (train.py converts the Hydra config into these).
 
-- `run_trial` (a `TrialSpec`): one search trial, an inner run per seed (`search_trial`: reset the
+- `run_trial` (a `RunSpec`): one search trial, an inner run per seed (`search_trial`: reset the
   working model to theta0, fine-tune for the inner budget on the cached ID pool with the trial's
   objective, score the cached OOD-val subset, and with `wise_alphas` each WiSE-FT mixture of it),
   scored by the seeds' mean.
-- `run_final` (a `FinalSpec`): fine-tune for whole epochs on ID train, keep the epoch with the best
+- `run_final` (the same `RunSpec`): fine-tune for whole epochs on ID train, keep the epoch with the best
   ID-val objective, evaluate ID test and every OOD test at the spec's WiSE-FT alpha (1: the
   fine-tuned model), and the WiSE-FT curve.
 
-autoft.cli builds both specs from the config, each in one place (`trial_spec`, `final_spec`), and
-each spec builds its runs' FinetuneSettings (`settings`).
+autoft.cli builds the spec from the config in one place (`run_spec`), and the spec builds every
+run's FinetuneSettings (`settings`).
 
 A `Workspace` holds what is built once per process and reused by every trial in it: the task, the
 model with its zero-shot head, theta0 (one separate copy, also used to reset the model between
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from autoft.data.base import Split, Task, format_prompt, project_logits
+from autoft.data.base import Split, Task, project_logits
 from torch.utils.data import DistributedSampler
 
 from autoft.data.cache import Normalizer, TensorBatches, image_view, loader, read_all
@@ -83,12 +83,12 @@ class Workspace:
               channels_last: bool = False, image_cache: Optional[CachePolicy] = None) -> "Workspace":
         clip = bundle.model.to(device)
         clip.eval()
-        head = zeroshot_weights(clip, bundle.tokenizer, task.classnames, task.templates, device)
+        head = zeroshot_weights(clip, bundle.tokenizer, [task.prompts(c) for c in task.classnames], device)
         classifier = CLIPClassifier(clip, head).to(device)
         if channels_last:  # faster convolutions on GPUs for conv backbones
             classifier = classifier.to(memory_format=torch.channels_last)
         theta0 = {k: v.detach().clone() for k, v in classifier.state_dict().items()}
-        captions = torch.stack([bundle.tokenizer([format_prompt(t, c) for t in task.templates]) for c in task.caption_classnames])
+        captions = torch.stack([bundle.tokenizer(task.prompts(c)) for c in task.caption_classnames])
         return cls(task, bundle, classifier, theta0, Normalizer(bundle.mean, bundle.std, device, channels_last), device,
                    captions, num_workers, eval_batch_size, precision,
                    net=torch.compile(classifier) if compile else classifier, image_cache=image_cache)
@@ -213,49 +213,56 @@ def best_alpha(scores: dict[float, float], higher_is_better: bool = True) -> flo
 
 
 @dataclass(frozen=True)
-class TrialSpec:
-    """Everything a search trial depends on, beside the workspace (autoft.cli builds it from the
-    config in one place: `trial_spec`)."""
-    weights: dict                        # loss term -> weight (autoft.losses.LOSS_NAMES)
-    lr: float                            # peak lr of the inner runs
+class RunSpec:
+    """Everything a run depends on beside the workspace (and a final run's output directory): one
+    spec for a search trial (`run_trial`) and a final run (`run_final`). autoft.cli builds it from the
+    config in one place (`run_spec`); `settings` builds every run's FinetuneSettings. The values
+    arrive checked (autoft.config.validate)."""
+    weights: dict                        # loss term -> weight (autoft.names.LOSS_NAMES)
+    lr: float                            # peak lr (trainer.base_lr x the hyperparameters' scale x lr_mult)
     weight_decay: float
-    steps: int                           # optimiser steps of each inner run
     batch_size: int
     trainable: str = "all"               # all | head
-    seeds: tuple = (0,)                  # one inner run per seed, scored by their mean
+    seed: int = 0                        # a final run's seed; a trial's inner runs use seed, seed + 1, ...
     warmup_fraction: float = 0.1
     clip_grad_norm: Optional[float] = None
     accum_steps: int = 1
     max_loss: float = 1e4
+    optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
+    # a search trial
+    steps: int = 0                       # optimiser steps of each inner run (trainer.inner_steps)
+    seeds_per_trial: int = 1             # inner runs per trial, scored by their mean
     pool_seed: int = 0                   # seed of the fixed ID subset the inner runs train on
     eval_every: int = 0                  # > 0: report OOD-val every so many steps (pruning)
     bootstrap: int = 1000                # resamples of the OOD-val interval (0: none)
     wise_alphas: tuple = ()              # score theta(a) for each a too; the objective is the best a's
     regenerate_head: bool = False        # score with the tuned text tower's zero-shot head (reference --regenerate_head)
-    optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
+    # a final run
+    epochs: int = 0                      # epochs of the fine-tuning stage (after the LP stage, if any)
+    train: bool = True                   # false: evaluate the zero-shot model as it is
+    lp_epochs: int = 0                   # LP-FT: head-only epochs first, at lp_lr
+    lp_lr: Optional[float] = None
+    refresh_head: bool = False           # FLYP: rebuild the zero-shot head before each evaluation
+    passes_per_epoch: int = 1
+    wise_alpha: float = 1.0              # the final model: theta(a) of the selected epoch (1: as fine-tuned)
+    curve_alphas: tuple = tuple(ALPHAS)  # the WiSE-FT curve's mixing weights (empty: none)
 
-    def __post_init__(self):
-        if not isinstance(self.regenerate_head, bool):
-            raise UserError(f"search.regenerate_head={self.regenerate_head!r}: must be true or false")
-        if len(self.seeds) < 1:
-            raise UserError("search.seeds_per_trial must be >= 1, got 0")
-        if self.eval_every < 0:
-            raise UserError(f"search.eval_every must be >= 0, got {self.eval_every}")
-        if self.bootstrap < 0:
-            raise UserError(f"search.bootstrap must be >= 0, got {self.bootstrap}")
-        if any(not (isinstance(a, (int, float)) and 0 <= a <= 1) for a in self.wise_alphas) or \
-                len(set(self.wise_alphas)) != len(self.wise_alphas):
-            raise UserError(f"search.wise_alphas={list(self.wise_alphas)}: must be null or a list of distinct numbers "
-                            "in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
+    @property
+    def seeds(self) -> tuple:
+        """The seeds of a trial's inner runs."""
+        return tuple(self.seed + i for i in range(self.seeds_per_trial))
 
-    def settings(self, precision: str, seed: int) -> FinetuneSettings:
-        """The settings of the inner run with this seed (every trial's runs are built here)."""
-        return FinetuneSettings.for_run(self.steps, self.lr, self.weight_decay, self.warmup_fraction,
-                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, seed,
-                                        self.optimizer)
+    def settings(self, precision: str, *, steps: Optional[int] = None, seed: Optional[int] = None,
+                 lr: Optional[float] = None) -> FinetuneSettings:
+        """The settings of one run: a trial's inner run (`steps` steps, at its `seed`), or a final
+        run's stage of `steps` steps (fine-tuning, or the LP stage at its own `lr`)."""
+        return FinetuneSettings.for_run(self.steps if steps is None else steps, self.lr if lr is None else lr,
+                                        self.weight_decay, self.warmup_fraction, self.clip_grad_norm,
+                                        self.accum_steps, precision, self.max_loss,
+                                        self.seed if seed is None else seed, self.optimizer)
 
 
-def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, float], None]] = None,
+def run_trial(ws: Workspace, spec: RunSpec, report: Optional[Callable[[int, float], None]] = None,
               progress: Optional[Callable[[int, int], None]] = None,
               on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """One trial: an inner run per seed, scored by the mean of their OOD-val scores, with a bootstrap
@@ -269,7 +276,7 @@ def run_trial(ws: Workspace, spec: TrialSpec, report: Optional[Callable[[int, fl
     pool = pool_indices(len(task.train), spec.steps * spec.batch_size, spec.pool_seed)
     runs = []
     for i, seed in enumerate(spec.seeds):
-        settings = spec.settings(ws.precision, seed)
+        settings = spec.settings(ws.precision, seed=seed)
         seed_everything(settings.seed)
         runs.append(search_trial(ws, spec.weights, settings, spec.trainable, pool, spec.batch_size,
                                  eval_every=spec.eval_every, report=report if i == 0 else None, progress=progress,
@@ -320,8 +327,6 @@ class EpochSource:
 
     def __init__(self, ws: Workspace, split: Split, batch_size: int, seed: int, dist_env: DistEnv = SINGLE,
                  passes: int = 1):
-        if passes < 1:
-            raise UserError(f"dataset.passes_per_epoch must be >= 1, got {passes}")
         self.passes = passes
         self.steps = len(split) // batch_size * passes
         if self.steps < 1:
@@ -348,48 +353,13 @@ class EpochSource:
                 yield from self.loader
 
 
-@dataclass(frozen=True)
-class FinalSpec:
-    """Everything a final run depends on, beside the workspace and the output directory (autoft.cli
-    builds it from the config in one place: `final_spec`)."""
-    weights: dict                        # loss term -> weight (autoft.losses.LOSS_NAMES)
-    lr: float                            # peak lr of the fine-tuning stage
-    weight_decay: float
-    epochs: int                          # epochs of the fine-tuning stage (after the LP stage, if any)
-    batch_size: int
-    trainable: str = "all"               # all | head
-    train: bool = True                   # false: evaluate the zero-shot model as it is
-    seed: int = 0
-    warmup_fraction: float = 0.1
-    clip_grad_norm: Optional[float] = None
-    accum_steps: int = 1
-    max_loss: float = 1e4
-    wise_alphas: tuple = tuple(ALPHAS)   # the WiSE-FT curve's mixing weights (empty: none)
-    lp_epochs: int = 0                   # LP-FT: head-only epochs first, at lp_lr
-    lp_lr: Optional[float] = None
-    refresh_head: bool = False           # FLYP: rebuild the zero-shot head before each evaluation
-    passes_per_epoch: int = 1
-    wise_alpha: float = 1.0              # the final model: theta(a) of the selected epoch (1: as fine-tuned)
-    optimizer: OptimizerFactory = field(default=ADAMW, compare=False)  # trainer.optimizer (engine.optimizer_factory)
-
-    def __post_init__(self):
-        if not (isinstance(self.wise_alpha, (int, float)) and 0 <= self.wise_alpha <= 1):
-            raise UserError(f"wise_alpha={self.wise_alpha}: must be a number in [0, 1] (1: the fine-tuned model)")
-
-    def settings(self, steps: int, precision: str, lr: Optional[float] = None) -> FinetuneSettings:
-        """The settings of a stage of `steps` steps (fine-tuning, or the LP stage at its own lr)."""
-        return FinetuneSettings.for_run(steps, self.lr if lr is None else lr, self.weight_decay, self.warmup_fraction,
-                                        self.clip_grad_norm, self.accum_steps, precision, self.max_loss, self.seed,
-                                        self.optimizer)
-
-
 def _settings_record(settings: FinetuneSettings) -> dict:
     """What last.pt records of the settings, to resume only a run with the same ones (the optimiser
     factory by its description: a partial compares by identity)."""
     return {**asdict(settings), "optimizer": repr(settings.optimizer)}
 
 
-def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
+def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
               on_epoch_end: Optional[Callable[[int, dict], None]] = None,
               on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Fine-tune on all of ID train for `spec.epochs`, select the epoch on ID val, evaluate everything.
@@ -416,13 +386,13 @@ def run_final(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool =
     else:
         results["metrics"] = evaluate_all(ws)
     results["wise_alpha"] = float(spec.wise_alpha) if spec.train else 1.0
-    if spec.train and spec.wise_alphas:
-        results["wise"] = wise_curve(ws, spec.wise_alphas)
+    if spec.train and spec.curve_alphas:
+        results["wise"] = wise_curve(ws, spec.curve_alphas)
     results["seconds"] = time.perf_counter() - t0
     return results
 
 
-def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool, dist_env: DistEnv,
+def _fine_tune(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool, dist_env: DistEnv,
                on_epoch_end, results: dict, on_step=None) -> dict:
     task = ws.task
     torch.manual_seed(spec.seed)
@@ -430,7 +400,7 @@ def _fine_tune(ws: Workspace, spec: FinalSpec, output_dir: Path, progress: bool,
     source = EpochSource(ws, task.train, spec.batch_size, spec.seed, dist_env, spec.passes_per_epoch)
     total = source.steps * spec.epochs
     results["images_seen"] = total * spec.batch_size
-    settings = spec.settings(total, ws.precision)
+    settings = spec.settings(ws.precision, steps=total)
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens, dist_env)
     checkpoint = output_dir / "last.pt"
     best_score, best_state, first_epoch = -math.inf, None, 1
@@ -493,12 +463,12 @@ def _resume_state(checkpoint: Path, settings: FinetuneSettings) -> Optional[dict
     return state
 
 
-def linear_probe(ws: Workspace, source: "EpochSource", spec: FinalSpec, dist_env: DistEnv = SINGLE) -> list[dict]:
+def linear_probe(ws: Workspace, source: "EpochSource", spec: RunSpec, dist_env: DistEnv = SINGLE) -> list[dict]:
     """The LP stage of LP-FT: the head alone, cross-entropy, `spec.lp_epochs` epochs at `spec.lp_lr`
     (default the spec's lr), with its own warm-up and cosine schedule."""
     params, objective = ws.objective({"ce": 1.0}, "head")
     epochs = spec.lp_epochs
-    settings = spec.settings(source.steps * epochs, ws.precision, lr=spec.lp_lr or spec.lr)
+    settings = spec.settings(ws.precision, steps=source.steps * epochs, lr=spec.lp_lr or spec.lr)
     tuner = Finetuner(ws.net, params, objective, ws.normalizer, settings, ws.device, None, dist_env)
     history = []
     for epoch in range(1, epochs + 1):
@@ -517,7 +487,7 @@ def refresh_zeroshot_head(ws: Workspace) -> None:
     `get_zeroshot_classifier` builds a new head with a zero bias too)."""
     clip = ws.classifier.clip
     clip.eval()  # the fine-tuning loop puts the model back in train mode (BN frozen) itself
-    emb = zeroshot_weights(clip, ws.bundle.tokenizer, ws.task.classnames, ws.task.templates, ws.device)
+    emb = zeroshot_weights(clip, ws.bundle.tokenizer, [ws.task.prompts(c) for c in ws.task.classnames], ws.device)
     ws.classifier.head.weight.copy_(emb * clip.logit_scale.exp())
     ws.classifier.head.bias.zero_()
 

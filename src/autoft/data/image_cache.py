@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from autoft.errors import UserError
-from autoft.reporting.io import atomic_write_text
+from autoft.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from autoft.errors import UserError
-from autoft.reporting.io import atomic_write_text
+from autoft.io import atomic_write_text
 
 
 def _grouped_permutation(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

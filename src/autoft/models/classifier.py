@@ -8,16 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from autoft.data.base import format_prompt
-
 
 @torch.no_grad()
-def zeroshot_weights(clip: nn.Module, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str],
+def zeroshot_weights(clip: nn.Module, tokenizer: Callable, prompts: Sequence[Sequence[str]],
                      device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
-    """[C, D] class embeddings: per class, encode every prompt, L2-normalise, average, L2-normalise."""
+    """[C, D] class embeddings from each class's prompts (prompts[c], e.g. autoft.data.base.Task.prompts):
+    per class, encode every prompt, L2-normalise, average, L2-normalise."""
     rows = []
-    for name in tqdm(classnames, desc="zero-shot head", disable=not progress, leave=False):
-        tokens = tokenizer([format_prompt(t, name) for t in templates]).to(device)
+    for texts in tqdm(prompts, desc="zero-shot head", disable=not progress, leave=False):
+        tokens = tokenizer(list(texts)).to(device)
         emb = F.normalize(clip.encode_text(tokens).float(), dim=-1).mean(dim=0)
         rows.append(F.normalize(emb, dim=0))
     return torch.stack(rows)

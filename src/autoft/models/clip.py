@@ -17,7 +17,7 @@ from autoft.errors import UserError
 from autoft.models import hub
 from autoft.models.tokenizer import WordTokenizer
 from autoft.models.torch_files import read_torch_file, why_unreadable
-from autoft.reporting.io import atomic_write
+from autoft.io import atomic_write
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

@@ -21,7 +21,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no display, no global backend switch (notebooks keep theirs)
 
-from autoft.reporting.io import atomic_write
+from autoft.io import atomic_write
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Table, method_label
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from autoft.reporting import plots as P
-from autoft.reporting.io import atomic_write_text, write_json
+from autoft.io import atomic_write_text, write_json
 from autoft.reporting.results import RunResult, group_runs, load_results
 from autoft.reporting.tables import Table, build_table, caption, load_reference, to_csv_rows, to_latex, to_markdown
 

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
-from autoft.reporting.io import atomic_write_text, write_json
+from autoft.io import atomic_write_text, write_json
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Cell
 

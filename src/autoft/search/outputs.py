@@ -24,7 +24,7 @@ from typing import Any, Mapping, Optional
 
 from autoft.hparams import Hyperparameters
 from autoft.errors import UserError
-from autoft.reporting.io import atomic_write, atomic_write_text
+from autoft.io import atomic_write, atomic_write_text
 from autoft.search.reevaluation import chosen_trial_number
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 
@@ -49,7 +49,7 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
     """The chosen trial as the hyperparameters of a final run, with where they came from as records.
 
     Unsearched values come from the composed config, so the file is complete on its own: all nine
-    loss weights (ce 1.0), lr_scale, the absolute lr (base_lr x lr_scale), weight_decay, seed when it
+    loss weights (ce 1.0), the lr's scale and the absolute lr (Hyperparameters.values), weight_decay, seed when it
     was searched, and the WiSE-FT alpha the trial chose (search.wise_alphas; else 1). `objective` is
     the trial's search score; its bootstrap interval and per-seed scores follow when the trial
     recorded them. With a re-evaluation `selection` (autoft.search.reevaluation.Selection), the
@@ -82,8 +82,7 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
                 records["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
         records["reevaluation"] = selection.summary()
     defaults = Hyperparameters.from_config(config) if config is not None else None
-    return Hyperparameters.from_trial(params, attrs, defaults, where=f"trial {trial.number} of study {study_name}",
-                                      records=records)
+    return Hyperparameters.from_trial(params, attrs, defaults, records=records)
 
 
 def write_best_hparams(path: str | Path, hparams: Hyperparameters | Mapping[str, Any]) -> None:
@@ -397,5 +396,4 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
         raise UserError(f"study '{study_name}' has no completed trial yet") from None
     records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
                "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
-    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults,
-                                      where=f"trial {best.number} of study {study_name} in {storage}", records=records)
+    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults, records=records)

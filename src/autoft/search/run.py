@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, List, Optional
 from omegaconf import OmegaConf
 
 from autoft.errors import UserError
+from autoft.names import SEED_KEY
 from autoft.search import liveness as lv
 from autoft.search import outputs as out
 from autoft.search import reevaluation as rv
@@ -201,13 +202,13 @@ class Search:
         self.reeval = rv.settings_from(search)
         fixed = {k.lstrip("+"): v for k, v in self.space.fixed.items()}
         try:
-            base = int(fixed.get(sp.SEED_KEY, OmegaConf.select(self.config, "seed", default=0) or 0))
+            base = int(fixed.get(SEED_KEY, OmegaConf.select(self.config, "seed", default=0) or 0))
             k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1) if search else 1) or 1)
         except (TypeError, ValueError):
             base, k = 0, 1  # not integers: train.py itself reports that
         self.reeval_seeds = rv.fresh_seeds(base, self.reeval)
         if self.reeval.enabled:
-            rv.check_fresh(self.reeval_seeds, rv.search_seeds(base, k, self.space.distributions.get(sp.SEED_KEY)))
+            rv.check_fresh(self.reeval_seeds, rv.search_seeds(base, k, self.space.distributions.get(SEED_KEY)))
 
     def _prepare_grid(self) -> None:
         """A grid sampler walks hydra.sweeper.params' values; a grid smaller than n_trials ends the search."""
@@ -300,9 +301,9 @@ class Search:
     def reeval_overrides(self, params: dict, *, number: int) -> list[str]:
         """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
         (it is not a search trial: nothing reports to the study from inside it)."""
-        replaced = {sp.SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
+        replaced = {SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
         keep = [o for o in [*self.passthrough, *self.space.overrides({k: v for k, v in params.items()
-                                                                      if k != sp.SEED_KEY})]
+                                                                      if k != SEED_KEY})]
                 if o.split("=", 1)[0].lstrip("+~") not in replaced]
         return [*keep, f"hydra.sweep.dir={sp.format_value(str(self.study_dir))}",
                 f"hydra.sweep.subdir=reevaluation/trial_{number}", f"++seed={self.reeval_seeds[0]}",

@@ -22,11 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
-# the override paths of the searched hyperparameters: their home is the hyperparameters type
-from autoft.hparams import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY  # noqa: F401
-
-# The eight searched loss terms; ce is fixed to 1 and never searched (docs/design.md section 3).
-SEARCHED_LOSSES = ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")
+from autoft.names import LOSS_PREFIX, SEARCHED_LOSSES
 
 _TAGS = {"log", "int"}
 

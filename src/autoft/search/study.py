@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
-from autoft.search.space import LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY, SearchSpace
+from autoft.hparams import HPARAMS_FIELDS, search_params
+from autoft.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +398,7 @@ def _entries(obj: Any, origin: str) -> list[tuple[str, dict]]:
     """A hyperparameter mapping (best_hparams.yaml schema), or a mapping of name -> such mapping."""
     if not isinstance(obj, Mapping):
         raise UserError(f"warm start {origin}: expected a mapping of hyperparameters, got {type(obj).__name__}")
-    keys = {"loss_weights", "lr", "lr_scale", "weight_decay", "params", "seed"}
+    keys = {*HPARAMS_FIELDS, "params"}
     if keys & set(obj):
         return [(origin, dict(obj))]
     out = []
@@ -431,20 +432,7 @@ def warm_start_params(entry: Mapping, space: SearchSpace, base_lr: Optional[floa
     """Map one hyperparameter entry onto the searched keys (values outside the space are skipped)."""
     from optuna.distributions import IntDistribution
 
-    values: dict[str, Any] = {}
-    for name, w in (entry.get("loss_weights") or {}).items():
-        values[LOSS_PREFIX + str(name)] = w
-    if entry.get("lr_scale") is not None:
-        values[LR_SCALE_KEY] = float(entry["lr_scale"])
-    elif entry.get("lr") is not None:
-        ref = entry.get("base_lr", base_lr)
-        if ref:
-            values[LR_SCALE_KEY] = float(f"{float(entry['lr']) / float(ref):.12g}")  # 2.52e-5/1e-5 -> 2.52
-    if entry.get("weight_decay") is not None:
-        values[WEIGHT_DECAY_KEY] = entry["weight_decay"]
-    if entry.get("seed") is not None:
-        values[SEED_KEY] = entry["seed"]
-    values.update(entry.get("params") or {})
+    values = {**search_params(entry, base_lr), **(entry.get("params") or {})}
     params = {}
     for key, value in values.items():
         if key not in space.distributions:

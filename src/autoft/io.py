@@ -1,4 +1,4 @@
-"""Atomic writes: a kill never leaves a half-written results file behind."""
+"""Atomic writes: a kill never leaves a half-written file behind (results, caches, checkpoints, study outputs)."""
 from __future__ import annotations
 
 import json
