@@ -45,14 +45,18 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from autoft.reporting.report import log_to_wandb, make_report
+    from autoft.search.study import load_studies, load_studies_under
 
     wise = [] if args.wise == "none" else [m.strip() for m in args.wise.split(",") if m.strip()]
     if not 0.0 <= args.alpha <= 1.0:
         print("error: --alpha must be in [0, 1]", file=sys.stderr)
         return 2
     try:
+        # the studies are read here, once; reporting takes their records and opens no storage
+        studies = {} if args.no_plots else {**load_studies_under(args.root),
+                                             **{url: load_studies(url) for url in args.study}}
         report = make_report(args.root, wise_of=wise, wise_alpha=args.alpha, reference=args.reference,
-                             strict=not args.skip_bad, plots=not args.no_plots, studies=args.study)
+                             strict=not args.skip_bad, plots=not args.no_plots, studies=studies)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         if "unusable results" in str(err):

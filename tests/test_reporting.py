@@ -14,6 +14,7 @@ from autoft.errors import UserError
 from autoft.reporting.report import make_report
 from autoft.reporting.results import ResultsError, load_results
 from autoft.search.outputs import best_hparams_from_study
+from autoft.search.study import load_studies, load_studies_under
 from autoft.reporting.tables import build_table, latex_escape, to_latex, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +209,7 @@ def test_search_plots_and_best_hparams_from_a_real_study(tmp_path, results):
     assert best.records["trial_number"] == study.best_trial.number and best.records["study_name"] == "s1"
     assert best.wise_alpha == 1.0
 
-    report = make_report(root)
+    report = make_report(root, studies=load_studies_under(root))
     names = {p.name for p in report.files}
     assert {"search_history_s1.png", "search_importances_s1.png"} <= names
     for n in ("search_history_s1.png", "search_importances_s1.png"):
@@ -217,6 +218,38 @@ def test_search_plots_and_best_hparams_from_a_real_study(tmp_path, results):
     with pytest.raises(UserError, match="holds 2 studies"):
         optuna.create_study(study_name="s2", storage=storage)
         best_hparams_from_study(storage)
+
+
+def small_study(storage: str, name: str) -> None:
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(lambda t: t.suggest_float("trainer.weight_decay", 0, 1), n_trials=4)
+
+
+def test_each_group_plots_the_studies_under_it_and_reporting_opens_no_storage(tmp_path):
+    for ds in ("shapes", "iwildcam"):
+        write_run(tmp_path / "outputs", "ft", 0, dataset=ds)
+    root = tmp_path / "outputs"
+    (root / "shapes" / "rn" / "search-autoft").mkdir()
+    small_study(f"sqlite:///{root / 'shapes' / 'rn' / 'search-autoft' / 'optuna.db'}", "mine")
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    small_study(elsewhere, "shared")
+    studies = {**load_studies_under(root), elsewhere: load_studies(elsewhere)}
+    assert [p.relative_to(root) for p in studies if isinstance(p, Path)] == [
+        Path("shapes/rn/search-autoft/optuna.db")]
+    for db in [*root.rglob("optuna.db"), tmp_path / "elsewhere.db"]:
+        db.unlink()  # the records are all make_report needs: it must not reopen a storage
+
+    report = make_report(root, studies=studies)
+    plotted = {g.dataset: sorted(p.name for p in g.files if p.name.startswith("search_history")) for g in report.groups}
+    assert plotted == {"shapes": ["search_history_mine.png", "search_history_shared.png"],
+                       "iwildcam": ["search_history_shared.png"]}
+    assert not list(root.rglob("optuna.db"))
+    loaded = subprocess.run([sys.executable, "-c", "import sys, autoft.reporting.report, autoft.reporting.selection; "
+                             "print(sorted(m for m in sys.modules if m.startswith(('autoft.search', 'optuna'))))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_one_table_per_dataset_and_model_next_to_its_results(tmp_path):

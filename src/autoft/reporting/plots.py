@@ -8,8 +8,8 @@ without a display and leave a notebook's inline backend alone.
   fine-tuned model is more robust than interpolation alone).
 - wise_curves: ID and OOD mean as functions of the mixing coefficient a.
 - search_history / search_importances: a study's objective per trial with the best so far, and
-  fANOVA hyperparameter importances, from its trials (records read by autoft.search.study; a
-  study's own plots beside it are autoft.search.outputs').
+  fANOVA hyperparameter importances, from its records (loaded by autoft.search.study.load_studies;
+  no storage is opened here; a study's own plots beside it are autoft.search.outputs').
 """
 from __future__ import annotations
 
@@ -156,7 +156,8 @@ def plot_importances(name: str, trials: Sequence, maximize: bool, path: Path) ->
 
 
 def plot_studies(studies: Sequence, out_dir: Path) -> list[Path]:
-    """History and importance plots of studies read by autoft.search.study.load_studies."""
+    """History and importance plots of study records (name, directions, trials), as
+    autoft.search.study.load_studies gives them."""
     written = []
     for s in studies:
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s.name)

@@ -3,7 +3,10 @@
 For each (dataset, model) found under the root, writes next to the results:
   results_table.md / .tex / .csv / .json    the paper-style table (see autoft.reporting.tables)
   plots/id_vs_ood.png, plots/wise_curves.png
-  plots/search_history_<study>.png, plots/search_importances_<study>.png   for each Optuna study found
+  plots/search_history_<study>.png, plots/search_importances_<study>.png   for each study given
+
+Reporting only reads records: results.json files, and studies already loaded by the caller
+(autoft.search.study.load_studies_under / load_studies); it opens no Optuna storage.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from os import PathLike
+from typing import Any, Mapping, Optional, Sequence
 
 from autoft.reporting import plots as P
 from autoft.io import atomic_write_text, write_json
@@ -20,7 +24,6 @@ from autoft.reporting.results import RunResult, group_runs, load_results
 from autoft.reporting.tables import Table, build_table, caption, load_reference, to_csv_rows, to_latex, to_markdown
 
 log = logging.getLogger(__name__)
-STUDY_FILE = "optuna.db"
 
 
 @dataclass
@@ -45,11 +48,6 @@ class Report:
     @property
     def files(self) -> list[Path]:
         return [f for g in self.groups for f in g.files]
-
-
-def find_studies(root: Path) -> list[Path]:
-    """SQLite study files (the sweeper's optuna.db) under root."""
-    return sorted(Path(root).rglob(STUDY_FILE))
 
 
 def _group_dir(root: Path, runs: Sequence[RunResult], n_groups: int) -> Path:
@@ -80,40 +78,47 @@ def write_table_files(table: Table, out_dir: Path, problems: Sequence[str] = ())
     return list(paths.values())
 
 
-def write_plots(table: Table, runs: Sequence[RunResult], out_dir: Path, studies: Iterable[str] = ()) -> list[Path]:
+def write_plots(table: Table, runs: Sequence[RunResult], out_dir: Path, studies: Sequence[Any] = ()) -> list[Path]:
+    """studies: study records (name, directions, trials; autoft.search.study.StudyRecord)."""
     plot_dir = out_dir / "plots"
     written = [P.plot_id_vs_ood(table, runs, plot_dir / "id_vs_ood.png")]
     w = P.plot_wise_curves(runs, plot_dir / "wise_curves.png", table.metric)
     if w is not None:
         written.append(w)
-    if studies:
-        from autoft.search.study import load_studies
-
-        for storage in studies:
-            written += P.plot_studies(load_studies(storage), plot_dir)
+    written += P.plot_studies(studies, plot_dir)
     return written
+
+
+def _studies_of(out_dir: Path, studies: Mapping[Any, Sequence[Any]], n_groups: int) -> list:
+    """The records a group plots: those whose study file lies under its directory (with one group, all),
+    and those of storages given by URL rather than path (every group)."""
+    mine = []
+    for place, records in studies.items():
+        if n_groups == 1 or not isinstance(place, PathLike) or out_dir.resolve() in Path(place).resolve().parents:
+            mine += records
+    return mine
 
 
 def make_report(root: str | Path, wise_of: Sequence[str] = ("ft",), wise_alpha: float = 0.5,
                 reference: Optional[str | Path] = None, strict: bool = True, plots: bool = True,
-                studies: Sequence[str] = ()) -> Report:
+                studies: Mapping[Any, Sequence[Any]] = {}) -> Report:
     """Tables (and plots) for every (dataset, model) under root. strict: unusable results files stop
     it with a message naming each; not strict: they are listed in the report and the table files.
-    studies: extra Optuna storage URLs (SQLite studies under root are found by themselves)."""
+    studies: where a study lives -> its loaded records (autoft.search.study.load_studies_under(root),
+    plus {url: load_studies(url)} for other storages). A Path key is plotted with the group whose
+    directory holds it (with one group, every study is); any other key (a storage URL) with every group."""
     root = Path(root)
     runs, problems = load_results(root, strict=strict)
     ref = load_reference(reference) if reference else None
     groups = group_runs(runs)
-    sqlite = {p.resolve(): f"sqlite:///{p.resolve()}" for p in find_studies(root)}
     reports = []
     for (dataset, model), members in sorted(groups.items()):
         out_dir = _group_dir(root, members, len(groups))
         table = build_table(members, wise_of=wise_of, wise_alpha=wise_alpha, reference=ref)
-        mine = [url for path, url in sqlite.items() if out_dir.resolve() in path.parents or len(groups) == 1]
         g = GroupReport(dataset, model, out_dir, table, members)
         g.files = write_table_files(table, out_dir, problems)
         if plots:
-            g.files += write_plots(table, members, out_dir, [*mine, *studies])
+            g.files += write_plots(table, members, out_dir, _studies_of(out_dir, studies, len(groups)))
         reports.append(g)
     return Report(reports, problems)
 

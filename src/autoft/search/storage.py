@@ -48,8 +48,11 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
 
 
+STUDY_FILE = "optuna.db"  # the SQLite file a sweep keeps its study in, by default
+
+
 def default_storage_url(sweep_dir: str | Path) -> str:
-    return f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
+    return f"sqlite:///{(Path(sweep_dir) / STUDY_FILE).resolve()}"
 
 
 def storage_kind(url: str) -> str:

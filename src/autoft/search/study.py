@@ -1,4 +1,5 @@
-"""Study helpers: naming, creation/resume, counting toward n_trials, lost trials, warm starts.
+"""Study helpers: naming, creation/resume, reading studies as records (for reports), counting toward
+n_trials, lost trials, warm starts.
 
 Lost trials are found by autoft.search.liveness.fail_stale and retried here (RetryLost, requeue).
 
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 from autoft.errors import UserError
 from autoft.hparams import HPARAMS_FIELDS, search_params
 from autoft.search.space import SearchSpace
+from autoft.search.storage import STUDY_FILE, normalize_url
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +162,6 @@ def load_studies(url: str) -> list[StudyRecord]:
     """Every study in a storage URL, read once (reports and plots take these, never the storage)."""
     import optuna
 
-    from autoft.search.storage import normalize_url
-
     url = normalize_url(url)
     out = []
     for summary in optuna.study.get_all_study_summaries(url, include_best_trial=False):
@@ -169,6 +169,17 @@ def load_studies(url: str) -> list[StudyRecord]:
         out.append(StudyRecord(summary.study_name, [d.name.lower() for d in study.directions],
                                study.get_trials(deepcopy=False), dict(study.user_attrs)))
     return out
+
+
+def find_studies(root: Path) -> list[Path]:
+    """SQLite study files (the sweeper's optuna.db) under root."""
+    return sorted(Path(root).rglob(STUDY_FILE))
+
+
+def load_studies_under(root: Path) -> dict[Path, list[StudyRecord]]:
+    """Every study stored in a SQLite file under root: study file -> its studies' records (what
+    autoft.reporting.report.make_report takes as `studies`)."""
+    return {db: load_studies(f"sqlite:///{db.resolve()}") for db in find_studies(root)}
 
 
 # ----------------------------------------------------------------------------- counting
