@@ -7,18 +7,21 @@ without a display and leave a notebook's inline backend alone.
   WiSE-FT curve: the effective-robustness view (a method above the line through zero-shot and its
   fine-tuned model is more robust than interpolation alone).
 - wise_curves: ID and OOD mean as functions of the mixing coefficient a.
-- search_history / search_importances: a study's objective per trial with the best so far, and
-  fANOVA hyperparameter importances, from its records (loaded by autoft.search.study.load_studies;
-  no storage is opened here; a study's own plots beside it are autoft.search.outputs').
+- search_history / search_importances: a study's objective per trial with its interval, the best
+  so far and the re-evaluated candidates, and fANOVA hyperparameter importances, from its records
+  (no storage is opened here). The search draws the plots beside each study with these same
+  functions (autoft.search.outputs.write_study_plots); reports draw them from loaded records.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 from matplotlib.figure import Figure  # no pyplot: no display, no global backend switch (notebooks keep theirs)
 
 from autoft.io import atomic_write
@@ -98,28 +101,63 @@ def plot_wise_curves(runs: Sequence[RunResult], path: Path, metric: str) -> Opti
 # ------------------------------------------------------------------------------------------------
 # the search
 
-def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path) -> Optional[Path]:
-    """A study's objective per trial (FrozenTrials, as autoft.search.study.load_studies gives them)
-    with the best so far, and its failed/pruned trials."""
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values]
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path,
+                        reevaluations: Optional[Mapping[int, Mapping]] = None,
+                        chosen: Optional[int] = None) -> Optional[Path]:
+    """A study's history from its trials (FrozenTrials): each trial's objective with its bootstrap 95%
+    interval (user attributes ci_low/ci_high) as an error bar, the best so far, failed/pruned trials,
+    and the re-evaluated candidates (records {number: {state, value, ci_low, ci_high, seeds}})
+    joined to their search score, so a lucky winner shows as a long drop."""
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.values and _finite(t.value)]
     if not done:
         return None
-    nums = [t.number for t in done]
-    vals = [float(t.value) for t in done]
-    best = np.maximum.accumulate(vals) if maximize else np.minimum.accumulate(vals)
-    failed = [t.number for t in trials if t.state.name in ("FAIL", "PRUNED")]
-    fig = Figure(figsize=(7, 4))
+    x = [t.number for t in done]
+    y = [float(t.value) for t in done]
+
+    def err(values, lows, highs):
+        lo = [v - float(l) if _finite(l) else 0.0 for v, l in zip(values, lows)]
+        hi = [float(h) - v if _finite(h) else 0.0 for v, h in zip(values, highs)]
+        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
+
+    fig = Figure(figsize=(9, 5))
     ax = fig.subplots()
-    ax.scatter(nums, vals, s=14, alpha=0.7, label="trial objective (OOD-val)")
-    ax.step(nums, best, where="post", color="C3", label="best so far")
-    if failed:
-        y0 = min(vals)
-        ax.scatter(failed, [y0] * len(failed), marker="x", color="grey", s=18, label="failed / pruned")
+    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
+    has_ci = any(a or b for a, b in zip(*yerr))
+    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
+                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
+    best = np.maximum.accumulate(y) if maximize else np.minimum.accumulate(y)
+    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
+    bad = [t.number for t in trials if t.state.name in ("FAIL", "PRUNED")]
+    if bad:
+        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
+    by_number = {t.number: t for t in done}
+    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
+          if r.get("state") == "complete" and n in by_number and _finite(r.get("value"))]
+    if re:
+        rx = [n + 0.25 for n, _ in re]
+        ry = [float(r["value"]) for _, r in re]
+        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
+        for (n, _), yy in zip(re, ry):
+            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
+        seeds = re[0][1].get("seeds") or []
+        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
+                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
+    if chosen is not None and chosen in by_number:
+        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
+                   label=f"chosen: trial {chosen}", zorder=5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("objective")
-    ax.set_title(f"search history: {name}")
+    ax.set_title(f"search history: {name}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
 

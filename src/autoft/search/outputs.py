@@ -183,112 +183,54 @@ def finite(x: Any) -> bool:
 
 # ----------------------------------------------------------------------------- plots/
 
-def _save(fig, path: Path, dpi: int = 110) -> Path:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
-    return Path(path)
-
-def plot_study_history(study, path: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                 chosen: Optional[int] = None) -> Optional[Path]:
-    """The study's history: each trial's objective with its bootstrap 95% interval as an error bar,
-    the best so far, failed/pruned trials, and the re-evaluated candidates (fresh seeds, with their
-    interval) joined to their search score, so a lucky winner shows as a long drop."""
-    from matplotlib.figure import Figure
+def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
+                      chosen: Optional[int] = None) -> list[Path]:
+    """Optimisation history (with intervals and re-evaluations) and hyperparameter importances, drawn
+    by autoft.reporting.plots from the study's trials (the same plots a report draws), and optuna's
+    parallel coordinates (PNG). A plot never fails the search."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
+    from autoft.reporting import plots as P
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and finite(t.value)]
-    if not done:
-        return None
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return []
     maximize = study.direction == StudyDirection.MAXIMIZE
-    x = [t.number for t in done]
-    y = [float(t.value) for t in done]
-
-    def err(values, lows, highs):
-        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
-        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
-        return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
-
-    fig = Figure(figsize=(9, 5))
-    ax = fig.subplots()
-    yerr = err(y, [t.user_attrs.get("ci_low") for t in done], [t.user_attrs.get("ci_high") for t in done])
-    has_ci = any(a or b for a, b in zip(*yerr))
-    ax.errorbar(x, y, yerr=yerr if has_ci else None, fmt="o", ms=4, color="C0", ecolor="C0", elinewidth=0.8,
-                alpha=0.75, capsize=2, label="trial objective (OOD-val)" + (", 95% CI" if has_ci else ""))
-    best, run = [], None
-    for v in y:
-        run = v if run is None else (max(run, v) if maximize else min(run, v))
-        best.append(run)
-    ax.step(x, best, where="post", color="C3", lw=1.2, label="best so far (search)")
-    bad = [t.number for t in trials if t.state in (TrialState.FAIL, TrialState.PRUNED)]
-    if bad:
-        ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
-    by_number = {t.number: t for t in done}
-    re = [(n, r) for n, r in sorted((reevaluations or {}).items())
-          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
-    if re:
-        rx = [n + 0.25 for n, _ in re]
-        ry = [float(r["value"]) for _, r in re]
-        rerr = err(ry, [r.get("ci_low") for _, r in re], [r.get("ci_high") for _, r in re])
-        for (n, _), yy in zip(re, ry):
-            ax.plot([n, n + 0.25], [by_number[n].value, yy], color="C2", lw=0.8, alpha=0.7)
-        seeds = re[0][1].get("seeds") or []
-        ax.errorbar(rx, ry, yerr=rerr if any(a or b for a, b in zip(*rerr)) else None, fmt="D", ms=5, color="C2",
-                    capsize=2, label=f"re-evaluated (fresh seeds {', '.join(map(str, seeds))})")
-    if chosen is not None and chosen in by_number:
-        ax.scatter([chosen], [by_number[chosen].value], s=160, facecolors="none", edgecolors="black", lw=1.2,
-                   label=f"chosen: trial {chosen}", zorder=5)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial")
-    ax.set_ylabel("objective")
-    ax.set_title(f"search history: {study.study_name}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)  # the writer creates the folder
+    drawn = {"optimization_history": lambda p: P.plot_search_history(study.study_name, trials, maximize, p,
+                                                                      reevaluations, chosen),
+             "param_importances": lambda p: P.plot_importances(study.study_name, trials, maximize, p),
+             "parallel_coordinate": lambda p: _parallel_coordinate(study, p)}
+    written = []
+    for name, draw in drawn.items():
+        try:
+            path = draw(out_dir / f"{name}.png")
+            if path is not None:
+                written.append(Path(path))
+        except Exception as err:  # a plot must never fail a search
+            log.warning("plot %s not written: %s", name, err)
+    return written
 
 
-def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
-                chosen: Optional[int] = None) -> list[Path]:
-    """Optimisation history (with intervals and re-evaluations), hyperparameter importances, parallel
-    coordinates (PNG)."""
+def _parallel_coordinate(study, path: Path) -> Path:
     import matplotlib
 
     if "matplotlib.pyplot" not in __import__("sys").modules:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return []
-    written = []
+    ax = ovm.plot_parallel_coordinate(study)
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+    fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
     try:
-        p = plot_study_history(study, out_dir / "optimization_history.png", reevaluations, chosen)
-        if p is not None:
-            written.append(p)
-    except Exception as err:  # a plot must never fail a search
-        log.warning("plot optimization_history not written: %s", err)
-    plots = {"parallel_coordinate": ovm.plot_parallel_coordinate}
-    varied = [k for k in complete[0].params if len({t.params.get(k) for t in complete}) > 1]
-    if len(complete) >= 2 and varied:
-        plots["param_importances"] = ovm.plot_param_importances
-    for name, fn in plots.items():
-        try:
-            ax = fn(study)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
-            _save(fig, out_dir / f"{name}.png")
-            plt.close(fig)
-            written.append(out_dir / f"{name}.png")
-        except Exception as err:  # a plot must never fail a search
-            log.warning("plot %s not written: %s", name, err)
-            plt.close("all")
-    return written
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
+    return path
 
 
 # ----------------------------------------------------------------------------- optimization_results.yaml

@@ -107,18 +107,18 @@ class Search:
     those sharing this machine's cores (for the thread budget; 0 when they run elsewhere);
     `in_process`: trials run in this process (the budget is applied here); `check_composes(batch)`:
     raises UserError when a batch of overrides does not compose; `trial_config(overrides)`: a context
-    manager giving one trial's composed task config (pre-flight); `publish(study_dir, study_name)`:
-    called once the final outputs of an autoft app's study are written (the study's W&B run)."""
+    manager giving one trial's composed task config (pre-flight). Once an autoft app's study has its
+    final outputs, its W&B run (autoft.reporting.wandb_logger.log_study, per the app's `logger`)
+    is written from them."""
 
     def __init__(self, settings: SearchSettings, config, arguments: List[str], *,
                  launch: Callable[[list, int], Any], sweep_dir: Path, slots: int = 1, local_slots: int = 1,
                  in_process: bool = True, check_composes: Optional[Callable[[list], None]] = None,
-                 trial_config: Optional[Callable[[list], ContextManager]] = None,
-                 publish: Optional[Callable[[Path, str], None]] = None):
+                 trial_config: Optional[Callable[[list], ContextManager]] = None):
         self.s, self.config, self.arguments = settings, config, list(arguments)
         self.launch, self.sweep_dir = launch, Path(sweep_dir).absolute()
         self.slots, self.local_slots, self.in_process = slots, local_slots, in_process
-        self.check_composes, self.trial_config, self.publish = check_composes, trial_config, publish
+        self.check_composes, self.trial_config = check_composes, trial_config
         self.n_trials = settings.n_trials
         self.study = self.registry = None
         self._stop = threading.Event()
@@ -720,7 +720,7 @@ class Search:
 
     def write_outputs(self, final: bool) -> None:
         """The files beside the study (autoft.search.outputs); the chosen trial as a study attribute
-        (readers of the storage: reevaluation.chosen_trial_number); at the end, plots and publish."""
+        (readers of the storage: reevaluation.chosen_trial_number); at the end, plots and the study's W&B run."""
         study = self.study
         if study is None:
             return
@@ -732,8 +732,10 @@ class Search:
                 winner = {"trial_number": int(sel.winner.number), **sel.summary()} if sel.complete else None
                 if study.user_attrs.get(rv.WINNER_ATTR) != winner:
                     study.set_user_attr(rv.WINNER_ATTR, winner)
-            if final and self.publish is not None and self.autoft_app and sel is not None and sel.winner is not None:
-                self.publish(self.study_dir, self.study_name)
+            if final and self.autoft_app and sel is not None and sel.winner is not None:
+                from autoft.reporting.wandb_logger import log_study  # the study's W&B run, from the files written
+
+                log_study(self.config.get("logger"), self.study_dir, self.study_name)
         except Exception as err:  # outputs are derived from the storage: never fail the search for them
             log.warning("study outputs not fully written: %s", err)
 

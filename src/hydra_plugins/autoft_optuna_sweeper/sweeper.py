@@ -96,8 +96,7 @@ class AutoFTOptunaSweeper(Sweeper):
         sweep_dir = Path(str(cfg.hydra.sweep.dir) if on_cli or not self.sweep_dir else self.sweep_dir)
         return Search(settings, cfg, arguments, launch=self._launch, sweep_dir=sweep_dir,
                       slots=slots if isinstance(slots, int) else 1, local_slots=local_slots, in_process=in_process,
-                      check_composes=self._check_composes, trial_config=self._trial_config,
-                      publish=self._publish)
+                      check_composes=self._check_composes, trial_config=self._trial_config)
 
     def _launch(self, overrides: list, job_idx: int):
         return self.launcher.launch([overrides], initial_job_idx=job_idx)[0]
@@ -125,8 +124,3 @@ class AutoFTOptunaSweeper(Sweeper):
             yield task_cfg
         finally:
             HydraConfig.instance().set_config(self.config)
-
-    def _publish(self, study_dir, study_name: str) -> None:
-        from autoft.reporting.wandb_logger import log_study  # the study's W&B run, from the files written
-
-        log_study(self.config.get("logger"), study_dir, study_name)
