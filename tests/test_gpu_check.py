@@ -19,6 +19,8 @@ def gpu_check(out, *args, timeout=300):
     return done, json.loads((out / "gpu_check.json").read_text())
 
 
+# slow: the reporter's outcomes and its report stay in the default suite (the next test); CI runs this
+@pytest.mark.slow
 def test_dry_run_reports_the_skipped_cuda_tests_and_projects_the_paper_budgets(tmp_path):
     out = tmp_path / "report"
     done, rep = gpu_check(out, "--parts", "pytest,bench_search", "--pytest-args", "-m cuda tests/test_cuda.py")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,8 @@ def dataset_args():
     return "tinyshapes", []
 
 
+# slow (about 40 s): the tables and plots it draws are tested in test_reporting.py; CI runs it
+@pytest.mark.slow
 def test_results_notebook_runs_on_the_demo_results(tmp_path, monkeypatch):
     dataset, small = dataset_args()
     out = tmp_path / "outputs" / dataset / "tiny_vit"

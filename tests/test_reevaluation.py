@@ -159,6 +159,8 @@ def test_failed_reevaluations_are_recorded_and_never_chosen(tmp_path):
     assert "Launching" not in again.stdout
 
 
+# slow: resuming after a kill stays in the default suite for trials (test_sweeper.py); CI runs this
+@pytest.mark.slow
 def test_study_killed_during_reevaluation_resumes_only_the_missing_ones(tmp_path):
     started = tmp_path / "started"
     args = ["search.n_trials=3", "search.reevaluate_top_k=3", "search.reevaluate_seeds=1", "toy.sleep=0.3",

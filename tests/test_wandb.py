@@ -166,6 +166,8 @@ def test_a_pruned_trial_finishes_as_pruned_not_failed(tmp_path):
     assert [h.get("val/ood_val") for h in logged["history"]] == [None, 0.25]  # the score that pruned it
 
 
+# slow: that a rerun keeps its run's id stays in the default suite (the final-run test above); CI runs the kill
+@pytest.mark.slow
 def test_a_killed_final_run_resumes_its_wandb_run_with_one_history(tmp_path):
     """A real kill after the first epoch's checkpoint; the rerun resumes the run (same id) and its
     history continues: every step once, in order, across both parts, then the sync command lists it."""

@@ -254,6 +254,8 @@ def test_a_state_dict_file_as_model_pretrained_loads(suffix, vit_b16_openai_like
         cli.check_weights(m)
 
 
+# slow (a full-size ViT-B/16 TorchScript file built and read); CI runs it
+@pytest.mark.slow
 def test_openais_torchscript_file_loads_with_quickgelu_and_the_same_outputs(vit_b16_openai_like, tmp_path):
     jit = openai_torchscript(vit_b16_openai_like, tmp_path / ".cache" / "clip" / "ViT-B-16.pt")
     assert set(torch.jit.load(str(jit)).state_dict()) == set(vit_b16_openai_like) | set(OPENAI_EXTRA_KEYS)

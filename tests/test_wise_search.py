@@ -142,6 +142,8 @@ def test_train_py_final_run_as_autoft_alpha(tmp_path):
     assert [r.label for r in table.rows] == ["AutoFT, α searched", "AutoFT, α searched + WiSE-FT (α=0.5)"]
 
 
+# slow: the alpha search's parts are tested above and test_train_py_final_run_as_autoft_alpha runs its final run; CI runs this
+@pytest.mark.slow
 def test_search_with_alphas_then_final_run_as_autoft_alpha(tmp_path):
     """The whole path through train.py: trials record their alpha in the study, best_hparams.yaml
     holds the chosen trial's, and the final run named autoft_alpha applies it."""
