@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, List, Optional
 
@@ -49,29 +49,30 @@ def plain(x: Any) -> Any:
 
 @dataclass
 class SearchSettings:
-    """The sweeper's keys (hydra_plugins.autoft_optuna_sweeper.config documents each)."""
+    """The sweeper's keys, as Hydra composed them. Their defaults and meanings have one home, the
+    sweeper's schema (hydra_plugins.autoft_optuna_sweeper.config), so none are repeated here."""
 
-    direction: Any = None
-    study_name: Optional[str] = None
-    storage: Optional[str] = None
-    n_trials: int = 20
-    n_jobs: int = 1
-    sampler: dict = field(default_factory=dict)
-    params: Optional[dict] = None
-    custom_search_space: Optional[str] = None
-    heartbeat_interval: int = 20
-    grace_period: int = 60
-    max_retries: int = 2
-    max_failures: Optional[int] = None
-    max_failure_rate: Optional[float] = None
-    threads: Any = "auto"
-    progress_interval: float = 120.0
-    preflight: Optional[str] = None
-    count_pruned: bool = True
-    warm_start: List[str] = field(default_factory=list)
-    plots: bool = True
-    poll_interval: float = 5.0
-    fingerprint_exclude: List[str] = field(default_factory=list)
+    direction: Any
+    study_name: Optional[str]
+    storage: Optional[str]
+    n_trials: int
+    n_jobs: int
+    sampler: dict
+    params: Optional[dict]
+    custom_search_space: Optional[str]
+    heartbeat_interval: int
+    grace_period: int
+    max_retries: int
+    max_failures: Optional[int]
+    max_failure_rate: Optional[float]
+    threads: Any
+    progress_interval: float
+    preflight: Optional[str]
+    count_pruned: bool
+    warm_start: List[str]
+    plots: bool
+    poll_interval: float
+    fingerprint_exclude: List[str]
 
     def __post_init__(self) -> None:
         self.max_retries, self.count_pruned, self.plots = int(self.max_retries), bool(self.count_pruned), bool(self.plots)
