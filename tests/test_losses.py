@@ -103,3 +103,9 @@ def test_bad_weights_name_the_key(weights, key):
     # the one check of the weights: the hyperparameters type's (the objective receives them checked)
     with pytest.raises(UserError, match=key):
         Hyperparameters(loss_weights=weights).validate("method.loss_weights")
+
+
+def test_an_unknown_term_is_refused_not_dropped():
+    p = [torch.nn.Parameter(torch.ones(3))]
+    with pytest.raises(ValueError, match="l2int"):
+        AutoFTObjective({"ce": 1.0, "l2int": 0.5}, p, None)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from autoft.errors import UserError
+from autoft.names import LOSS_NAMES
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,9 @@ class AutoFTObjective:
     def __init__(self, weights: Mapping[str, float], params: Sequence[torch.Tensor],
                  theta0: Optional[Sequence[torch.Tensor]] = None):
         self.weights = {k: float(w) for k, w in weights.items()}
+        unknown = sorted(set(self.weights) - set(LOSS_NAMES))
+        if unknown:  # the schema refuses these for users; a caller's typo must not drop a term silently
+            raise ValueError(f"unknown loss term(s) {', '.join(unknown)}; the terms: {', '.join(LOSS_NAMES)}")
         self.active = {k: w for k, w in self.weights.items() if w != 0.0}
         if not self.active:
             raise UserError("method.loss_weights: every weight is 0, so there is nothing to train on")
