@@ -334,3 +334,64 @@ def corrupt(path) -> None:
     """Truncate an image file so that decoding fails."""
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: max(20, len(data) // 3)])
+
+
+# ------------------------------------------------------------------------------------------------
+# a user's own shift: DomainBed's layout <root>/<domain>/<class>/<image>, and its CSV manifest
+
+PACS_LIKE_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_LIKE_CLASSES = ("dog", "elephant", "guitar")
+# every image mode a user's folder may hold, each of which must become RGB
+_MODES = ("RGB", "RGBA", "P", "L")
+
+
+def _domain_image(rng, mode: str, size: int, tint: int) -> Image.Image:
+    """A small image in `mode` whose colour leans on the domain (tint), so domains differ."""
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    pixels[..., tint % 3] = pixels[..., tint % 3] // 2 + 128
+    image = Image.fromarray(pixels)
+    if mode == "RGBA":
+        alpha = Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))
+        return Image.merge("RGBA", (*image.split(), alpha))
+    if mode == "P":
+        return image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    return image.convert(mode)
+
+
+def make_domain_tree(root, domains=PACS_LIKE_DOMAINS, classes=PACS_LIKE_CLASSES, per_class: int = 8,
+                     size: int = 16, junk: bool = True, manifest: str | None = "manifest.csv") -> dict:
+    """`root/<domain>/<class>/<image>`: per_class images per (domain, class), JPEG and PNG in the
+    modes of `_MODES` (PNGs with alpha, a palette or grey must read as RGB), one of them one folder
+    deeper (ImageFolder finds images recursively). junk: also the entries a real folder collects,
+    which are never domains, classes or images (.ipynb_checkpoints, __MACOSX, .DS_Store, a README).
+    manifest: also write root/<manifest> listing every image (path,label,domain).
+    Returns {"domains", "classes", "paths": {domain: [relpaths]}, "manifest": path or None}."""
+    root = Path(root)
+    rng = np.random.default_rng(RNG_SEED)
+    paths: dict[str, list[str]] = {}
+    for t, d in enumerate(domains):
+        for c in classes:
+            for i in range(per_class):
+                mode = _MODES[i % len(_MODES)]
+                ext = ".jpg" if mode in ("RGB", "L") and i % 2 == 0 else ".png"
+                sub = "more/" if i == per_class - 1 else ""
+                rel = f"{d}/{c}/{sub}{c}_{i:03d}{ext}"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                image = _domain_image(rng, mode, size, t)
+                image.save(root / rel, quality=90) if ext == ".jpg" else image.save(root / rel)
+                paths.setdefault(d, []).append(rel)
+    if junk:
+        for rel in (f".ipynb_checkpoints/{classes[0]}/x.png", f"{domains[0]}/.ipynb_checkpoints/y.png",
+                    f"__MACOSX/{domains[0]}/._z.png", f"{domains[0]}/{classes[0]}/.DS_Store", "README.txt"):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            _image(rng).save(root / rel, format="PNG") if rel.endswith(".png") else (root / rel).write_text("x")
+    out = None
+    if manifest:
+        out = root / manifest
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "domain"])
+            for d in domains:
+                for rel in paths[d]:
+                    w.writerow([rel, rel.split("/")[1], d])
+    return {"domains": list(domains), "classes": list(classes), "paths": paths, "manifest": out}

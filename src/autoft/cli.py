@@ -74,6 +74,7 @@ def build_task(cfg: DictConfig) -> Task:
         raise
     task.metric, task.higher_is_better = ds.metric, bool(ds.higher_is_better)
     task.id_test_metrics = id_metrics
+    task.check_metrics()  # before any split is evaluated
     return task
 
 

@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from autoft.data.roles import TEMPLATE_SETS, roles_problem
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters, default_weights
 from autoft.names import SEARCHED_LOSSES
@@ -150,6 +151,7 @@ class BudgetConf:
     name: Optional[str] = None           # the file, e.g. iwildcam_vit_b16 (null: none chosen)
     dataset: Optional[str] = None        # the dataset.name its budgets are for (null: any)
     model: Optional[str] = None          # the model.name its budgets are for (null: any)
+    calibrated: bool = True              # false: valid defaults, not tuned for the pair (each run says so)
 
 
 @dataclass
@@ -244,13 +246,14 @@ TASK_ARGUMENT_RULES = {
     "seed": _check_seed, "subset_seed": _check_seed, "split_seed": _check_seed,
     "cue": _check_probability,                     # P(background colour = the class's own) in the ID domain
     "test_cue": _check_optional_probability,       # the same in the OOD domains (null: independent)
-    "id_val_fraction": _check_open_fraction,
+    "id_val_fraction": _check_open_fraction, "id_test_fraction": _check_open_fraction,
     "severity": _check_severity,
     "caption_names": _one_of(CAPTION_NAMES),
     "metric": _one_of(METRIC_NAMES),
     "cifar102_train": lambda v: None if isinstance(v, bool) else "true or false",  # also test on the reference's file
 }
 SHAPES_TARGET = "autoft.data.shapes.shapes_task"
+FOLDER_TARGET = "autoft.data.folders.folder_task"
 IMAGENET_TARGET = "autoft.data.imagenet.imagenet"
 
 
@@ -331,6 +334,8 @@ def _task_problems(task) -> list[str]:
                 problems.append(f"dataset.task.{k}={_show(value)}: must be {allowed}")
     if target == SHAPES_TARGET:
         problems += _shapes_domain_problems(task)
+    if target == FOLDER_TARGET:
+        problems += _folder_problems(task)
     if target == IMAGENET_TARGET and "tests" in keys:
         allowed = _subset_of(IMAGENET_TESTS)(_plain(task.get("tests")))
         if allowed:
@@ -359,6 +364,22 @@ def _shapes_domain_problems(task) -> list[str]:
         if len(set(every)) != len(every):
             problems.append(f"dataset.task: id_domain={domains['id_domain']}, ood_val_domain={domains['ood_val_domain']} "
                             f"and test_domains={_show(tests)} must all differ")
+    return problems
+
+
+def _folder_problems(task) -> list[str]:
+    """The domain roles and the templates of a folder dataset, before any folder is listed."""
+    problems = []
+    roles = roles_problem(*(_plain(task.get(k)) for k in ("id_domain", "ood_val_domain", "test_domains")))
+    if roles:
+        problems.append(roles)
+    t = _plain(task.get("templates", "openai"))
+    ok = t in TEMPLATE_SETS or (isinstance(t, list) and t and all(isinstance(x, str) and "{" in x for x in t))
+    if not ok:
+        problems.append(f"dataset.task.templates={_show(t)}: must be one of {', '.join(TEMPLATE_SETS)} or a list of "
+                        f"templates with {{}} where the class name goes")
+    if not task.get("root"):
+        problems.append("dataset.task.root is not set: set data_root=<folder> (or dataset.task.root)")
     return problems
 
 

@@ -46,6 +46,8 @@ METRICS: dict[str, Callable[..., float]] = {
     "macro_f1": macro_f1,
     "worst_group_accuracy": worst_group_accuracy,
 }
+# metrics a split can compute only when it carries a group id per example (Split.groups)
+NEEDS_GROUPS = ("worst_group_accuracy",)
 
 
 def bootstrap_interval(metric: str, y_preds: list[torch.Tensor], y_true: torch.Tensor,

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from autoft.errors import UserError
+from autoft.metrics import NEEDS_GROUPS
 
 
 @dataclass
@@ -94,6 +95,20 @@ class Task:
         elif len(self.caption_classnames) != len(self.classnames):
             raise ValueError(f"task {self.name}: {len(self.caption_classnames)} caption class names for "
                              f"{len(self.classnames)} classes")
+
+    def check_metrics(self) -> None:
+        """Refuse, before any work, a metric that a split reporting it cannot compute: the objective on
+        id_val, OOD-val and every OOD test; the ID-test metrics on the ID test. Worst-group accuracy
+        needs groups (WILDS' regions, a folder dataset's domains); the embedded task has none."""
+        scored = {"id_val": self.id_val, "ood_val": self.ood_val, **{k: self.tests[k] for k in self.ood_tests}}
+        wanted = [(self.metric, "dataset.metric", scored),
+                  *((m, "dataset.id_test_metrics", {self.id_test: self.tests[self.id_test]})
+                    for m in (self.id_test_metrics or [self.metric]))]
+        for metric, key, splits in wanted:
+            lacking = [name for name, s in splits.items() if metric in NEEDS_GROUPS and s.groups is None]
+            if lacking:
+                raise UserError(f"{key}={metric}: the {self.name} split(s) {', '.join(lacking)} have no groups to "
+                                f"take the worst of; use accuracy or macro_f1 for this dataset")
 
     @property
     def ood_tests(self) -> list[str]:

@@ -74,11 +74,13 @@ def stratified_holdout(labels, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def save_subset(directory, name: str, indices, example_ids, info: Optional[Mapping] = None) -> Path:
+def save_subset(directory, name: str, indices, example_ids, info: Optional[Mapping] = None,
+                what: str = "OOD-val subset") -> Path:
     """Write `<directory>/<name>.json` (atomically) with the chosen indices and their example ids.
 
     If the file exists (a resumed study, or another worker of it), it must describe the same
-    examples: a study never changes its OOD-val subset midway. Returns the file's path.
+    examples: a study never changes its OOD-val subset (or its drawn ID split, `what`) midway.
+    Returns the file's path.
     """
     path = Path(directory) / f"{name}.json"
     record = {"name": name, "info": dict(info or {}), "n": int(len(indices)),
@@ -87,10 +89,10 @@ def save_subset(directory, name: str, indices, example_ids, info: Optional[Mappi
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise UserError(f"{path} exists but cannot be read ({e}); delete it to redraw the OOD-val subset") from None
+            raise UserError(f"{path} exists but cannot be read ({e}); delete it to redraw the {what}") from None
         if old.get("indices") != record["indices"] or old.get("example_ids") != record["example_ids"]:
-            raise UserError(f"{path} records a different OOD-val subset than the one drawn now (the data on disk or "
-                            f"the subset settings changed since this study started). Keep the settings of the study, "
+            raise UserError(f"{path} records a different {what} than the one drawn now (the data on disk or "
+                            f"the split settings changed since this study started). Keep the settings of the study, "
                             f"or start a new study directory.")
         return path
     atomic_write_text(path, json.dumps(record, indent=1))
