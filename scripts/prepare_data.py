@@ -38,6 +38,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from autoft.data import cifar, imagenet, wilds_tasks
 from autoft.errors import UserError
 
@@ -92,10 +94,20 @@ def download_archives(root: Path, table: dict, parts) -> list[str]:
 
 def compose(dataset: str, root: Path, overrides) -> "DictConfig":  # noqa: F821
     """The config `train.py dataset=<dataset> data_root=<root> <overrides>` composes."""
+    return compose_config(dataset, [f"data_root={root}", *overrides])
+
+
+def compose_config(dataset: str, overrides) -> "DictConfig":  # noqa: F821
+    """The config `train.py dataset=<dataset> <overrides>` composes, checked; a bad key is one message."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose("config", overrides=[f"dataset={dataset}", f"data_root={root}", *overrides])
+    from autoft.config import composition_error
+
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return hydra_compose("config", overrides=[f"dataset={dataset}", *overrides])
+    except Exception as err:  # Hydra's composition errors: one line naming the key, as train.py says it
+        raise UserError(composition_error(err)) from None
 
 
 def model_image_size(model) -> int:
@@ -157,8 +169,10 @@ def cache_splits(dataset: str, root: Path, names, image_size, workers: int, over
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--root", required=True, help="the data root (data_root in the config)")
+    parser.add_argument("--dataset", required=True, metavar="CONFIG",
+                        help=f"{', '.join(DATASETS)}, or any dataset config (conf/dataset/<name>.yaml: folder, pacs, ...)")
+    parser.add_argument("--root", help="the data root (data_root in the config); needed for "
+                        f"{', '.join(DATASETS)}; a dataset config takes data_root=... among its overrides too")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only check what is on disk (the default)")
     mode.add_argument("--download", action="store_true", help="download the public parts first")
@@ -176,6 +190,10 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="--cache: config overrides as for train.py "
                         "(trainer.image_cache_dir=..., model=..., dataset.task.ood_val_size=...)")
     args = parser.parse_args(argv)
+    if args.dataset not in DATASETS:
+        return check_config(args)
+    if not args.root:
+        raise UserError(f"--dataset {args.dataset} needs --root (the folder that holds the data)")
     root = Path(args.root)
     if args.overrides and not args.cache:
         raise UserError(f"config overrides {args.overrides} only apply with --cache")
@@ -210,6 +228,31 @@ def main(argv=None) -> int:
         if args.cache:
             return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
         report = cifar.check(root)
+    print(report.render())
+    return 0 if report.complete else 1
+
+
+def check_config(args) -> int:
+    """--dataset <config>: a folder dataset (dataset=folder and its presets) is listed, compared across
+    domains and decoded; its task is built with the overrides' settings. --cache works as for the
+    paper's datasets."""
+    from autoft.config import FOLDER_TARGET
+
+    names = sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
+    if args.dataset not in names:
+        raise UserError(f"--dataset {args.dataset}: no conf/dataset/{args.dataset}.yaml; available: {', '.join(names)}")
+    overrides = ([f"data_root={args.root}"] if args.root else []) + list(args.overrides)
+    if args.cache:
+        return cache_splits(args.dataset, Path(args.root or "data"), _names(args.splits), args.image_size,
+                            args.workers, overrides)
+    cfg = compose_config(args.dataset, overrides)
+    task = OmegaConf.to_container(cfg.dataset.task, resolve=True)
+    if task.get("_target_") != FOLDER_TARGET:
+        raise UserError(f"--dataset {args.dataset}: its data is not read from disk by a folder reader "
+                        f"({task.get('_target_')}); --check applies to {', '.join(DATASETS)} and folder datasets")
+    from autoft.data import folders
+
+    report = folders.check(task, cfg.dataset.name, verify_images=True, progress=sys.stderr.isatty())
     print(report.render())
     return 0 if report.complete else 1
 

@@ -133,7 +133,9 @@ def test_fmow_table_shows_average_and_worst_region_accuracy_on_id_test():
             for s, (acc, worst, ood) in enumerate([(0.60, 0.40, 0.30), (0.62, 0.44, 0.34)])]
     table = build_table(runs)
     assert table.columns == ["id", "id_worst_group_accuracy", "ood_test", "ood_mean"]
-    assert [table.header(c) for c in table.columns] == ["ID accuracy", "ID worst-group accuracy", "ood_test", "OOD mean"]
+    assert [table.header(c) for c in table.columns] == ["ID accuracy", "ID worst-group accuracy",
+                                                          "ood_test (worst-group accuracy)",
+                                                          "OOD mean (worst-group accuracy)"]
     cells = table.rows[0].cells
     assert cells["id"].values == [0.60, 0.62] and cells["id_worst_group_accuracy"].values == [0.40, 0.44]
     assert cells["ood_test"].values == [0.30, 0.34]

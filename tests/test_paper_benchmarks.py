@@ -20,11 +20,12 @@ COMMON = ["device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_b
 BENCHMARKS = {
     "iwildcam": (fabricate.make_iwildcam, [], {
         "metric": "macro_f1", "id_test": "id_test", "id_metrics": ["macro_f1"],
-        "columns": ["id", "ood_test", "ood_mean"], "headers": ["ID", "ood_test", "OOD mean"]}),
+        "columns": ["id", "ood_test", "ood_mean"], "headers": ["ID (macro-F1)", "ood_test (macro-F1)", "OOD mean (macro-F1)"]}),
     "fmow": (fabricate.make_fmow, [], {
         "metric": "worst_group_accuracy", "id_test": "id_test", "id_metrics": ["accuracy", "worst_group_accuracy"],
         "columns": ["id", "id_worst_group_accuracy", "ood_test", "ood_mean"],
-        "headers": ["ID accuracy", "ID worst-group accuracy", "ood_test", "OOD mean"]}),
+        "headers": ["ID accuracy", "ID worst-group accuracy", "ood_test (worst-group accuracy)",
+                    "OOD mean (worst-group accuracy)"]}),
     "imagenet": (fabricate.make_imagenet, [f"dataset.task.corruptions=[{','.join(fabricate.C_CORRUPTIONS)}]",
                                            "dataset.task.ood_val_size=8", "dataset.task.id_val_fraction=0.2"], {
         "metric": "accuracy", "id_test": "imagenet", "id_metrics": ["accuracy"],

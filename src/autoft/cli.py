@@ -141,7 +141,27 @@ def preflight(cfg: DictConfig) -> None:
     schema.validate(cfg)
     run_spec(cfg, hyperparameters(cfg))
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
-    build_task(cfg)
+    check_batch_fits(build_task(cfg), cfg)
+
+
+def check_batch_fits(task: Task, cfg: DictConfig) -> None:
+    """A run that trains needs one full batch of ID training images (batches drop their remainder): a
+    small user dataset with a large trainer.batch_size is refused before anything trains."""
+    n, batch = len(task.train), int(cfg.trainer.batch_size)
+    if bool(cfg.method.get("train", True)) and batch > n:
+        raise UserError(f"trainer.batch_size={batch}: the ID training split of {task.name} holds {n} images, fewer than "
+                        f"one batch; lower it (e.g. trainer.batch_size={max(1, n // 4)})")
+
+
+def warn_uncalibrated(cfg: DictConfig) -> None:
+    """The default budget of user datasets is valid, not tuned: each run says so once."""
+    b = cfg.get("budget") or {}
+    if b.get("calibrated", True) is False:
+        t = cfg.trainer
+        log.warning("budgets from conf/budget/%s.yaml (base_lr %g, batch %d, %d inner steps, %d epochs) are not "
+                    "calibrated for dataset=%s model=%s; set your own in conf/budget/<dataset>_<model>.yaml "
+                    "(docs/own_data.md)", b.get("name"), t.base_lr, t.batch_size, t.inner_steps, t.epochs,
+                    cfg.dataset.name, cfg.model.name)
 
 
 def distributed_env(cfg: DictConfig) -> DistEnv:
@@ -197,7 +217,9 @@ def run(cfg: DictConfig) -> Optional[float]:
     spec = run_spec(cfg, hp)
     used = hparams_record(cfg, hp, spec)
     seed_everything(int(cfg.seed))
+    warn_uncalibrated(cfg)
     ws = workspace(cfg)
+    check_batch_fits(ws.task, cfg)
     out = output_dir()
     if cfg.phase == "search":
         wb = wandb_logger.for_run(cfg, used, out, job_type="trial")  # a no-op unless logger=wandb

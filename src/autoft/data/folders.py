@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from autoft.data.base import Split, Task
-from autoft.data.images import ImageFiles, example_ids
+from autoft.data.images import CheckReport, ImageFiles, example_ids
 from autoft.data.roles import ID_SPLITS, TEMPLATE_SETS, as_domains, roles_problem
 from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset
 from autoft.errors import UserError
@@ -61,6 +61,7 @@ class Listing:
     splits: Optional[list[str]] = None  # the manifest's split column ('' where empty), or None
     skipped: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)  # class folders without an image ('<domain>/<class>')
+    folders: list[str] = field(default_factory=list)  # the domain folders of a tree, images or not
 
     def domain_names(self) -> list[str]:
         return sorted(set(self.domains))
@@ -103,6 +104,7 @@ def read_tree(root) -> Listing:
         if is_hidden(d.name) or not d.is_dir():
             listing.skipped.append(d.name + ("/" if d.is_dir() else ""))
             continue
+        listing.folders.append(d.name)
         for c in sorted(os.scandir(d.path), key=lambda e: e.name):
             if is_hidden(c.name) or not c.is_dir():
                 listing.skipped.append(f"{d.name}/{c.name}" + ("/" if c.is_dir() else ""))
@@ -197,14 +199,14 @@ def read_listing(root, manifest=None, exclude=None) -> Listing:
 
 def check_domains(listing: Listing, wanted: Sequence[str]) -> None:
     found = listing.domain_names()
+    empty = [d for d in wanted if d not in found and d in listing.folders]
+    if empty:
+        raise UserError(f"domain {empty[0]!r} holds no image ({listing.root / empty[0]}); add images or leave it out")
     missing = [d for d in wanted if d not in found]
     if missing:
         where = listing.source if listing.source != "tree" else str(listing.root)
         raise UserError(f"domain {missing[0]!r} not found in {where}; domains found: {', '.join(found) or 'none'}"
                         + (f" (skipped: {', '.join(listing.skipped[:5])})" if listing.skipped and not found else ""))
-    empty = [d for d in wanted if not any(n for n in listing.classes_of(d).values())]
-    if empty:
-        raise UserError(f"domain {empty[0]!r} holds no image ({listing.root / empty[0]}); add images or leave it out")
 
 
 def class_set(listing: Listing, domains: Sequence[str], classes: Optional[Sequence[str]] = None) -> list[str]:
@@ -228,7 +230,10 @@ def class_set(listing: Listing, domains: Sequence[str], classes: Optional[Sequen
             extra = [c for c in cs if c not in common]
             if extra:
                 lacking = [o for o in per_domain if extra[0] not in per_domain[o]]
-                raise UserError(f"the class sets differ across the domains used: {extra[0]!r} is in {d!r} but missing "
+                example = next((p for p, c, o in zip(listing.paths, listing.labels, listing.domains)
+                                if c == extra[0] and o == d), f"{d}/{extra[0]}/")
+                raise UserError(f"the class sets differ across the domains used: {extra[0]!r} is in {d!r} (e.g. "
+                                f"{example}{'' if listing.source == 'tree' else ' in ' + listing.source}) but missing "
                                 f"from {', '.join(map(repr, lacking))}. Restrict the classes to those every domain has "
                                 f"with dataset.task.classes=[{','.join(common)}]")
         chosen = common
@@ -314,15 +319,6 @@ def manifest_id_split(listing: Listing, rows: np.ndarray) -> dict[str, np.ndarra
     return out
 
 
-def _label_problem(listing: Listing, rows: np.ndarray, index: dict[str, int]) -> Optional[str]:
-    unknown = [i for i in rows if listing.labels[i] not in index]
-    if unknown and listing.source != "tree":
-        i = unknown[0]
-        return (f"{listing.source}: label {listing.labels[i]!r} of {listing.paths[i]} (domain {listing.domains[i]!r}) "
-                f"is not a class of the task; its classes: {', '.join(index)}")
-    return None
-
-
 def folder_task(root, manifest: Optional[str] = None, id_domain=None, ood_val_domain=None,
                 test_domains: Optional[Sequence[str]] = None, classes: Optional[Sequence[str]] = None,
                 class_names: Optional[dict] = None, templates="openai", ood_val_size: Optional[int] = 1000,
@@ -347,13 +343,11 @@ def folder_task(root, manifest: Optional[str] = None, id_domain=None, ood_val_do
 
     def rows_of(names: Sequence[str]) -> np.ndarray:
         rows = np.flatnonzero(np.isin(domains, list(names)))
-        problem = _label_problem(listing, rows, index) if classes is None else None
-        if problem:
-            raise UserError(problem)
         return rows[labels[rows] >= 0]  # rows of classes left out by dataset.task.classes
 
     def split(split_name: str, rows: np.ndarray) -> Split:
-        files = ImageFiles(listing.root, [listing.paths[i] for i in rows], labels[rows], id_prefix=name, dataset=name)
+        files = ImageFiles(listing.root, [listing.paths[i] for i in rows], labels[rows], id_prefix=name,
+                           dataset=f"{name} dataset.task.root={listing.root}")  # the hint for an unreadable image
         groups = np.array([group_of[d] for d in domains[rows]], dtype=np.int64)
         return Split(split_name, files, labels[rows], groups, list(used))
 
@@ -386,3 +380,53 @@ def folder_task(root, manifest: Optional[str] = None, id_domain=None, ood_val_do
              ", ".join(f"{d} {len(test_splits[d])}" for d in tests))
     return Task(name=name, classnames=classnames(chosen, class_names), templates=templates_of(templates),
                 train=id_splits["train"], id_val=id_splits["id_val"], ood_val=ood_val, tests=test_splits)
+
+
+# ------------------------------------------------------------------------------------------------
+# what `scripts/prepare_data.py --dataset <config> --check` reports
+
+def check(task_args: dict, name: str, verify_images: bool = True, progress: bool = False) -> CheckReport:
+    """A look at a folder dataset before any GPU time: images per domain and class, the class sets
+    compared across domains, the entries skipped, every image decoded (verify_images), and whether
+    the task of these settings builds (domain roles, class sets, the ID split)."""
+    args = {k: v for k, v in task_args.items() if not str(k).startswith("_")}
+    root, manifest = Path(args["root"]), args.get("manifest")
+    report = CheckReport(name, str(root))
+    try:
+        listing = read_listing(root, manifest, args.get("exclude"))
+    except UserError as e:
+        report.bad(str(e))
+        return report
+    domains = listing.domain_names()
+    report.good(f"{len(listing.paths)} images in {len(domains)} domains, read from "
+                f"{'the tree' if listing.source == 'tree' else listing.source}")
+    per_domain = {d: listing.classes_of(d) for d in domains}
+    union = sorted(set().union(*(set(c) for c in per_domain.values()))) if per_domain else []
+    for d, counts in per_domain.items():
+        shown = ", ".join(f"{c} {n}" for c, n in counts.items())
+        report.good(f"domain {d!r}: {sum(counts.values())} images in {len(counts)} classes ({shown})")
+    lacking = {d: [c for c in union if c not in counts] for d, counts in per_domain.items()}
+    if any(lacking.values()):
+        for d, missing in lacking.items():
+            if missing:
+                report.notes.append(f"domain {d!r} lacks {len(missing)} of the {len(union)} classes: {', '.join(missing[:10])}"
+                                    + (" ..." if len(missing) > 10 else ""))
+    elif union:
+        report.good(f"every domain holds the same {len(union)} classes")
+    if listing.skipped:
+        shown = ", ".join(listing.skipped[:10]) + (f" ... and {len(listing.skipped) - 10} more" if len(listing.skipped) > 10 else "")
+        report.notes.append(f"skipped {len(listing.skipped)} entries that are not domains, classes or images: {shown}")
+    used = [*as_domains(args.get("id_domain")), *as_domains(args.get("ood_val_domain")), *as_domains(args.get("test_domains"))]
+    unused = [d for d in domains if d not in used]
+    if unused and used:
+        report.notes.append(f"domains not used by these settings: {', '.join(unused)}")
+    report.files([listing.root / p for p in listing.paths], "images", verify_images, progress=progress)
+    try:
+        task = folder_task(**{**args, "subset_dir": None})
+    except UserError as e:
+        report.bad(f"the task does not build with these settings: {e}")
+        return report
+    report.good(f"task: {len(task.classnames)} classes; ID train {len(task.train)}, id_val {len(task.id_val)}, id_test "
+                f"{len(task.tests['id_test'])}; OOD-val {task.ood_val.name} {len(task.ood_val)}; tests "
+                + ", ".join(f"{k} {len(task.tests[k])}" for k in task.ood_tests))
+    return report

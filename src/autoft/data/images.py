@@ -26,7 +26,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def prepare_command(dataset: str, root) -> str:
-    return f"python scripts/prepare_data.py --dataset {dataset} --root {root}"
+    """The check to run; root None: `dataset` already carries what locates the data (a folder
+    dataset's `<config> dataset.task.root=<folder>`)."""
+    where = f" --root {root}" if root is not None else ""
+    return f"python scripts/prepare_data.py --dataset {dataset}{where}"
 
 
 def require(path, dataset: str, root, what: str) -> Path:
@@ -258,6 +261,7 @@ class CheckReport:
     ok: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     manual: list[str] = field(default_factory=list)  # exact steps for what cannot be downloaded
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a problem (entries skipped, unused domains)
 
     @property
     def complete(self) -> bool:
@@ -276,17 +280,27 @@ class CheckReport:
         self.bad(f"{what}: {found} examples, expected {expected}")
         return False
 
-    def files(self, paths: Sequence, what: str, verify_images: bool, limit: int = 20) -> None:
+    def files(self, paths: Sequence, what: str, verify_images: bool, limit: int = 20, progress: bool = False) -> None:
         """Every path must exist (and decode, with verify_images); names each missing/corrupt file."""
-        missing, corrupt = [], []
-        for p in paths:
-            if not os.path.isfile(p):
-                missing.append(str(p))
-            elif verify_images:
+        missing = [str(p) for p in paths if not os.path.isfile(p)]
+        corrupt = []
+        if verify_images:
+            from concurrent.futures import ThreadPoolExecutor
+
+            from tqdm import tqdm
+
+            def problem(p) -> Optional[str]:
                 try:
                     load_rgb(p)
                 except UserError as e:
-                    corrupt.append(str(e))
+                    return str(e)
+                return None
+
+            present = [p for p in paths if os.path.isfile(p)]
+            with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # decoding releases the GIL
+                found = pool.map(problem, present, chunksize=64)
+                corrupt = [m for m in tqdm(found, total=len(present), desc=f"decoding {what}", unit="img",
+                                           disable=not progress, leave=False) if m]
         for name, items in (("missing", missing), ("corrupt", corrupt)):
             if items:
                 shown = "\n    ".join(items[:limit])
@@ -298,6 +312,7 @@ class CheckReport:
     def render(self) -> str:
         lines = [f"== {self.dataset} under {self.root}: {'complete' if self.complete else 'INCOMPLETE'}"]
         lines += [f"  ok       {m}" for m in self.ok]
+        lines += [f"  note     {m}" for m in self.notes]
         lines += [f"  PROBLEM  {m}" for m in self.problems]
         if self.manual:
             lines.append("  manual steps:")

@@ -100,10 +100,13 @@ class Table:
         ids = {id_column(i, m): m for i, m in enumerate(self.id_metrics)}
         if col in ids:  # name the metric where the ID column does not show the objective
             plain = self.id_metrics == [self.metric]
-            return "ID" if plain else f"ID {METRIC_LABELS.get(ids[col], ids[col])}"
-        if col in self.extra_columns:
-            return f"{col} (not in mean)"
-        return {"ood_mean": "OOD mean"}.get(col, col)
+            if plain:
+                return "ID" if self.metric == "accuracy" else f"ID ({METRIC_LABELS.get(self.metric, self.metric)})"
+            return f"ID {METRIC_LABELS.get(ids[col], ids[col])}"
+        name = {"ood_mean": "OOD mean"}.get(col, col)
+        if self.metric != "accuracy":  # the OOD columns say their metric where it is not plain accuracy
+            name = f"{name} ({METRIC_LABELS.get(self.metric, self.metric)})"
+        return f"{name} (not in mean)" if col in self.extra_columns else name
 
     def best(self, col: str) -> Optional[float]:
         means = [r.cells[col].mean for r in self.rows if col in r.cells]

@@ -1,0 +1,75 @@
+"""A researcher's own shift, the whole path from the command line: a DomainBed-style tree (and its CSV
+manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
+`final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
+meaningless; what is checked is that every stage runs on a user dataset and what the table holds."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fabricate
+from conftest import offline_env
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
+         "dataset.task.test_domains=[cartoon,sketch]", "dataset.task.templates=photo"]
+SMALL = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=32",
+         "trainer.batch_size=4"]
+
+
+def run(args, cwd, expect=0):
+    done = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          env=offline_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.parametrize("layout", ["tree", "manifest"])
+def test_own_shift_from_folder_to_table(tmp_path, layout):
+    data = tmp_path / "data"
+    made = fabricate.make_domain_tree(data)
+    where = [f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", "dataset.name=myshift", *ROLES]
+    if layout == "manifest":
+        where.append(f"dataset.task.manifest={made['manifest']}")
+    check = run([ROOT / "scripts" / "prepare_data.py", "--dataset", "folder", *where[:1], *where[2:]], tmp_path)
+    assert "domain 'photo': 24 images in 3 classes (dog 8, elephant 8, guitar 8)" in check.stdout
+    assert "task: 3 classes; ID train 15, id_val 3, id_test 6; OOD-val art_painting 24; tests cartoon 24, sketch 24" in check.stdout
+    if layout == "tree":
+        assert "skipped 6 entries that are not domains, classes or images: .ipynb_checkpoints/" in check.stdout
+
+    search = run([ROOT / "train.py", "-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
+                  "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path)
+    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stderr + search.stdout
+    study = tmp_path / "outputs" / "myshift" / "tiny_vit" / "search-autoft"
+    assert (study / "best_hparams.yaml").is_file()
+    drawn = json.loads(next(study.glob("*/id_split_myshift.json")).read_text())
+    assert drawn["info"]["n"] == {"train": 15, "id_val": 3, "id_test": 6}
+
+    out = tmp_path / "outputs" / "myshift" / "tiny_vit"
+    run([ROOT / "scripts" / "final_retrain.py", "--dataset", "folder", "--model", "tiny_vit", "--methods",
+         "zeroshot,ft,autoft", "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where], tmp_path)
+    table = json.loads((out / "results_table.json").read_text())
+    assert (table["dataset"], table["metric"], table["id_test"]) == ("myshift", "accuracy", "id_test")
+    assert table["columns"] == ["id", "cartoon", "sketch", "ood_mean"]  # one column per test domain
+    assert [r["label"] for r in table["rows"]] == ["Zero-shot", "FT", "WiSE-FT (α=0.5)", "AutoFT", "AutoFT + WiSE-FT (α=0.5)"]
+    results = json.loads((out / "autoft" / "seed0" / "results.json").read_text())
+    assert set(results["metrics"]) >= {"id_val", "ood_val", "id_test", "cartoon", "sketch"}
+
+
+def test_bad_roles_stop_train_py_with_one_message(tmp_path):
+    data = tmp_path / "data"
+    fabricate.make_domain_tree(data, per_class=4, manifest=None)
+    done = run([ROOT / "train.py", "dataset=folder", f"data_root={data}", "dataset.task.id_domain=photo",
+                "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[cartoon,sketch]", *SMALL], tmp_path,
+               expect=2)
+    said = done.stdout + done.stderr  # train.py logs the message (Hydra's log goes to stdout)
+    assert "OOD-val domain 'cartoon' is also a test domain" in said and "Traceback" not in said
+    done = run([ROOT / "train.py", "dataset=folder", f"data_root={data}", "dataset.task.id_domain=photos",
+                "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[sketch]", "method=zeroshot", *SMALL],
+               tmp_path, expect=2)
+    said = done.stdout + done.stderr
+    assert "domain 'photos' not found" in said and "domains found: art_painting, cartoon, photo, sketch" in said
+    assert "Traceback" not in said and not (tmp_path / "outputs" / "folder" / "tiny_vit" / "zeroshot" / "seed0" /
+                                                   "results.json").exists()
