@@ -3,6 +3,9 @@
 On disk, relative to `root`:
 - `cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`: the python pickles of the
   CIFAR-10 release (dicts with bytes keys; `data` rows are 3072 bytes, R then G then B planes).
+  A pickle can run any code it names, so they are read by an unpickler that resolves only the
+  numpy globals the release names (`_BatchUnpickler`); a file naming anything else is refused
+  before any of it runs. The .npy/.npz files below are read with allow_pickle=False.
 - `CIFAR-10.1/cifar10.1_v6_{data,labels}.npy`: CIFAR-10.1 v6 (2,000 images, uint8 [N, 32, 32, 3]).
 - `CIFAR-10.2/cifar102_{train,test}.npz` (keys `images`, `labels`): we test on the 2,000-image test
   file. The two files are easy to swap (the 10,000-image one is a *training* set); a test file
@@ -46,21 +49,93 @@ SEVERITIES = 5
 DIRS = {"cifar10": "cifar-10-batches-py", "cifar10.1": "CIFAR-10.1", "cifar10.2": "CIFAR-10.2", "cifar10c": "CIFAR-10-C"}
 
 
+class _Refused(pickle.UnpicklingError):
+    """A pickle names a Python object the official CIFAR-10 batches never name."""
+
+
+def _allowed_globals() -> dict:
+    """{(module, name): object} of every global the official batches (Python 2 cPickle, protocol 2,
+    numpy 1) or a batch pickled again under Python 3 (numpy 1 or 2, any protocol) may name:
+    - numpy.ndarray and numpy.dtype, and ndarray's own rebuild function: `_reconstruct` for
+      protocols 0-4, `_frombuffer` for protocol 5, each under numpy 1's (numpy.core) and numpy 2's
+      (numpy._core) module path;
+    - `_codecs.encode(text, "latin1")`, Python 3's protocol-2 spelling of a bytes object.
+    Everything else a batch holds (dict, list, bytes, str, int) needs no global. Built per load: the
+    two Python-level callables are fresh wrappers, so a pickle that sets attributes on what it
+    names (BUILD) changes only objects thrown away after the load, never numpy's functions."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core import multiarray, numeric
+
+    def frombuffer(buffer, dtype, shape, order):
+        return numeric._frombuffer(buffer, dtype, shape, order)
+
+    def latin1(text, encoding):
+        if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+            raise _Refused(f"_codecs.encode with encoding {encoding!r} (only 'latin1' spells bytes)")
+        return text.encode("latin1")
+
+    out = {("_codecs", "encode"): latin1, ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        out[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        out[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return out
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only the globals of `_allowed_globals`: a pickle can run code
+    only through a global it names (os.system, builtins.eval, subprocess.Popen, ...), and each name
+    is looked up here before anything is called, so a tampered batch is refused before it runs."""
+
+    def __init__(self, file):
+        super().__init__(file, encoding="bytes")  # Python 2 str -> bytes, as the CIFAR-10 page reads them
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module, name):
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
 def _unpickle(path: Path, root) -> dict:
+    """Read one python-version CIFAR-10 pickle without running anything it names (_BatchUnpickler)."""
     require(path, "cifar10", root, "CIFAR-10 batch")
+    again = f"Delete it and re-download: {prepare_command('cifar10', root)} --download"
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise UserError(f"corrupt CIFAR-10 file: {path} ({e}). Re-download it: {prepare_command('cifar10', root)} --download") from None
+            return _BatchUnpickler(f).load()
+    except _Refused as e:
+        raise UserError(f"{path} is not a valid CIFAR-10 batch: it names the Python object {e}, and the official "
+                        f"batches hold only dicts, lists, bytes, numbers and numpy arrays. Refused before anything in "
+                        f"it ran: a pickle that names other objects may carry code. {again}") from None
+    except Exception as e:  # noqa: BLE001 - any other failure to parse is the file's fault: truncated, garbled
+        raise UserError(f"corrupt CIFAR-10 file: {path} ({type(e).__name__}: {e}). {again}") from None
 
 
-def _batch_images(batch: dict, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-        raise UserError(f"corrupt CIFAR-10 file: {path} (data {data.shape}, {len(labels)} labels)")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+def _batch_images(batch, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images [N, 32, 32, 3] and labels of one batch: a dict with b'data' (uint8 [N, 3072], R, G, B
+    planes) and b'labels' (N ints 0..9), as the release writes it."""
+    if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
+        keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
+        raise UserError(f"corrupt CIFAR-10 file: {path} is not a CIFAR-10 batch (expected a dict with keys b'data' "
+                        f"and b'labels', found {keys})")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if (data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1
+            or len(data) != len(labels) or labels.dtype.kind not in "iu"):
+        raise UserError(f"corrupt CIFAR-10 file: {path} (data {data.dtype} {data.shape}, expected uint8 [N, 3072]; "
+                        f"{labels.dtype} labels {labels.shape}, expected N integers)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _label_names(meta, path: Path) -> list[str]:
+    """The class names of batches.meta: b'label_names', a list of bytes (Python 2 str)."""
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names):
+        raise UserError(f"corrupt CIFAR-10 file: {path} is not CIFAR-10's batches.meta (expected a dict whose "
+                        f"b'label_names' is a list of class names)")
+    return [n.decode("latin1") for n in names]
 
 
 def load_cifar10(root) -> dict:
@@ -70,9 +145,18 @@ def load_cifar10(root) -> dict:
     parts = [_batch_images(_unpickle(d / f"data_batch_{i}", root), d / f"data_batch_{i}") for i in range(1, 6)]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     test = _batch_images(_unpickle(d / "test_batch", root), d / "test_batch")
-    meta = _unpickle(d / "batches.meta", root)
-    names = [n.decode() for n in meta[b"label_names"]]
+    names = _label_names(_unpickle(d / "batches.meta", root), d / "batches.meta")
     return {"train": train, "test": test, "classnames": names}
+
+
+def _why_refused(err: Exception) -> str:
+    """Why numpy would not read a .npy/.npz file. An object array (or a plain pickle named .npy) gets
+    its own reason: reading it means unpickling, which can run code, so allow_pickle stays False."""
+    text = " ".join(str(err).split())
+    if "allow_pickle" in text or "pickled" in text or "Python objects" in text:
+        return ("it holds pickled Python objects, not a plain numeric array; refused unread, as loading "
+                "them could run code")
+    return f"{type(err).__name__}: {text[:200]}"
 
 
 def _npy(path: Path, root, what: str, mmap: bool = False) -> np.ndarray:
@@ -80,7 +164,8 @@ def _npy(path: Path, root, what: str, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"corrupt {what} file: {path} ({e}). Re-download it: {prepare_command('cifar10', root)} --download") from None
+        raise UserError(f"corrupt {what} file: {path} ({_why_refused(e)}). Re-download it: "
+                        f"{prepare_command('cifar10', root)} --download") from None
 
 
 def _check_images(images: np.ndarray, labels: np.ndarray, path: Path, n_classes: int) -> None:
@@ -99,13 +184,20 @@ def load_cifar101(root) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _npz(path: Path, root) -> tuple[np.ndarray, np.ndarray]:
+def _npz_arrays(path: Path, root, keys: Sequence[str]) -> list[np.ndarray]:
+    """The arrays `keys` of a CIFAR-10.2 .npz file, read without unpickling anything."""
     require(path, "cifar10", root, "CIFAR-10.2")
     try:
         with np.load(path, allow_pickle=False) as z:
-            images, labels = z["images"], z["labels"].astype(np.int64)
+            return [z[k] for k in keys]
     except (ValueError, OSError, KeyError, EOFError) as e:
-        raise UserError(f"corrupt CIFAR-10.2 file: {path} ({e}); it must hold arrays 'images' and 'labels'") from None
+        raise UserError(f"corrupt CIFAR-10.2 file: {path} ({_why_refused(e)}); it must hold arrays 'images' and "
+                        f"'labels'. Re-download it: {prepare_command('cifar10', root)} --download") from None
+
+
+def _npz(path: Path, root) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _npz_arrays(path, root, ("images", "labels"))
+    labels = labels.astype(np.int64)
     _check_images(images, labels, path, 10)
     return images, labels
 
@@ -121,8 +213,7 @@ def load_cifar102(root) -> tuple[np.ndarray, np.ndarray]:
     images, labels = _npz(d / "cifar102_test.npz", root)
     train_file = d / "cifar102_train.npz"
     if train_file.is_file():
-        with np.load(train_file, allow_pickle=False) as z:
-            n_train = len(z["labels"])
+        n_train = len(_npz_arrays(train_file, root, ("labels",))[0])
         if n_train < len(labels):
             raise UserError(f"{d}: cifar102_test.npz has {len(labels)} images but cifar102_train.npz only {n_train}; "
                             f"the test file has 2,000 images: the two files look swapped. Rename them.")
