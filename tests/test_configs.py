@@ -50,6 +50,9 @@ def overrides_for(group: str, option: str) -> list[str]:
     if group == "model":  # a model comes with a dataset it has budgets for, when it has one
         dataset = next((d for d, m in PAIRS.values() if m == option), None)
         return [f"dataset={dataset}", f"model={option}"] if dataset else [f"model={option}"]
+    if (group, option) == ("dataset", "folder"):  # the one dataset whose domain roles the user must name
+        return ["dataset=folder", "dataset.task.id_domain=a", "dataset.task.ood_val_domain=b",
+                "dataset.task.test_domains=[c]"]
     return [f"{group}={option}"]  # a dataset comes with its own default model and their budgets
 
 
@@ -123,7 +126,7 @@ def test_data_builders_instantiate_on_fabricated_folders(tmp_path, dataset):
     make, extra, want = BENCHMARKS[dataset]
     make(tmp_path / "data")
     cfg = compose_config(f"dataset={dataset}", "model=tiny_vit", f"data_root={tmp_path / 'data'}",
-                         f"cache_dir={tmp_path / 'cache'}", *extra)
+                         f"cache_dir={tmp_path / 'cache'}", "trainer.batch_size=4", *extra)  # a batch the miniature fills
     cli.preflight(cfg)  # validate + fit + build_task + weights, as the sweeper does before trial 0
     task = cli.build_task(cfg)
     assert task.id_test == want["id_test"] and len(task.ood_val) > 0
@@ -171,6 +174,11 @@ def test_shapes_builder_refuses_bad_arguments_itself():
 @pytest.mark.parametrize("name", BUDGETS)
 def test_every_budget_file_records_its_pair_and_sets_every_budget(name):
     dataset, model = PAIRS[name]
+    if (dataset, model) == (None, None):  # the default of user datasets: any model, not calibrated
+        cfg = compose_config("dataset=pacs", "model=tiny_vit")
+        assert (cfg.budget.name, cfg.budget.calibrated) == (name, False) == ("user_data", False)
+        assert not [k for k in config.BUDGET_KEYS if OmegaConf.is_missing(cfg.trainer, k)]
+        return
     cfg = compose_config(f"dataset={dataset}", f"model={model}")
     b = cfg.budget
     assert (b.name, b.dataset, b.model) == (name, cfg.dataset.name, cfg.model.name) == (name, dataset, model)
@@ -200,7 +208,8 @@ def test_budgets_live_only_in_the_budget_files():
                 assert not budget.search(path.read_text()), path
         for path in (conf / "dataset").glob("*.yaml"):  # every dataset's default model has budgets
             cfg = compose_config(f"dataset={path.stem}")
-            assert cfg.budget.name == f"{path.stem}_{cfg.model.name}", path
+            own = cfg.dataset.task._target_ not in ("autoft.data.folders.folder_task",)  # user datasets: the default
+            assert cfg.budget.name == (f"{path.stem}_{cfg.model.name}" if own else "user_data"), path
     trainer = OmegaConf.load(CONF / "trainer" / "default.yaml")
     assert not set(config.BUDGET_KEYS) & set(trainer)
 
