@@ -357,9 +357,10 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
                  f"mixture splits, {grid.seeds} seed(s) each, {grid.trials} search trials per search. "
                  f"ID: {ID_DOMAIN}. " + done]
     else:
+        roles = "; ".join(f"{'+'.join(sp.ood_val)} -> {', '.join(sp.tests)}" for sp in splits)
         parts = [f"# Benchmark on {domains.name}\n\nModel: {domains.model}. ID: {'+'.join(domains.id)} in every split. "
-                 f"OOD-val in turn: {', '.join(sp.id for sp in splits)}; the tests of a split: the other domains of "
-                 f"{', '.join(domains.others)}. {grid.seeds} seed(s) each, {grid.trials} search trials per search. " + done]
+                 f"Splits (OOD-val -> tests): {roles}. {grid.seeds} seed(s) each, {grid.trials} search trials per "
+                 f"search. " + done]
     payload = {"grid": grid.record(), "missing": missing}
     if domains is not SHAPES:
         payload["dataset"] = {"config": domains.dataset, "name": domains.name, "model": domains.model,
@@ -447,7 +448,7 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
     return points
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes", help="shapes (the embedded world), folder, or a preset built on "
                                                         "it (pacs, vlcs, officehome, terraincognita, domainnet)")
@@ -469,7 +470,11 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="16,48,128")
     ap.add_argument("--top-k", type=int, default=5, help="budget study: re-evaluated candidates")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every train.py call")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_intermixed_args(argv)  # overrides may come before, between or after the options
     try:
         domains = domains_of(args.dataset, args.overrides)
         if args.budget and domains is not SHAPES:
