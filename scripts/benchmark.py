@@ -227,8 +227,9 @@ def parse_rotations(text: str, domains: Domains) -> tuple[tuple[str, ...], ...]:
     """`--rotations a,b+c`: OOD-val a in one split, the class-balanced mixture of b and c in another;
     each split's tests are the rotation domains it leaves. One message per bad rotation, naming the
     valid domains."""
-    valid = (f"the rotation domains of {domains.name} are {', '.join(domains.others)} (its ood_val_domain and "
-             f"test_domains; ID {'+'.join(domains.id)} stays fixed). Example: --rotations "
+    source = "every domain but the ID" if domains is SHAPES else "its ood_val_domain and test_domains"
+    valid = (f"the rotation domains of {domains.name} are {', '.join(domains.others)} ({source}; ID "
+             f"{'+'.join(domains.id)} stays fixed). Example: --rotations "
              f"{domains.others[0]}" + (f",{'+'.join(domains.others[-2:])}" if len(domains.others) > 2 else ""))
     out, seen = [], {}
     for item in text.split(","):
@@ -239,8 +240,8 @@ def parse_rotations(text: str, domains: Domains) -> tuple[tuple[str, ...], ...]:
             if n in domains.id:
                 raise UserError(f"--rotations: {n!r} is the ID domain (dataset.task.id_domain) and never OOD-val; {valid}")
             if n not in domains.others:
-                raise UserError(f"--rotations: unknown domain {n!r}; {valid}; to rotate over another domain, add it "
-                                f"to dataset.task.test_domains")
+                raise UserError(f"--rotations: unknown domain {n!r}; {valid}" + ("" if domains is SHAPES else
+                                "; to rotate over another domain, add it to dataset.task.test_domains"))
         twice = [n for n in names if names.count(n) > 1]
         if twice:
             raise UserError(f"--rotations: domain {twice[0]!r} used twice in {item.strip()!r}; {valid}")
