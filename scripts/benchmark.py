@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""The embedded world as a benchmark: K domain splits x S seeds, every method, 95% intervals.
+"""The embedded world (or any domain dataset) as a benchmark: K domain splits x S seeds, every method, 95% intervals.
 
     python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (39 min on 2 idle cores)
     python scripts/benchmark.py --seeds 2       # ... x 2 seeds (twice as long)
     python scripts/benchmark.py --quick         # 2 splits, zero-shot / FT / AutoFT only (6 min)
     python scripts/benchmark.py --collect       # only rebuild the tables from what has finished
     python scripts/benchmark.py --budget        # the budget study (16, 48, 128 trials, +- re-evaluation)
+    python scripts/benchmark.py --dataset pacs data_root=/data            # every OOD-val choice on PACS
+    python scripts/benchmark.py --dataset pacs --rotations cartoon,art_painting+sketch data_root=/data
 
 Splits (the world itself is fixed: conf/dataset/shapes.yaml's sizes, cue and foundation model):
 ID is always `studio`, the domain with the spurious cue. Family `single`: the OOD-val domain
@@ -24,20 +26,32 @@ results exist is skipped, a search resumes its study, so rerunning the same comm
 killed benchmark. Extra arguments are Hydra overrides for every train.py call (e.g. device=cuda,
 or hydra/launcher=slurm for the searches' trials).
 
-Output under --out (default outputs/benchmark): <family>/<split>/{search-s<s>, <method>/seed<s>},
-logs/, and the collected benchmark.md, benchmark.json and plots/<family>.png.
+Any domain dataset (--dataset folder, or a preset built on it: pacs, vlcs, officehome, terraincognita,
+domainnet): the config composed with the extra overrides gives the roles. ID stays its id_domain; its
+ood_val_domain and test_domains are the rotation domains, in that order. By default each of them is
+OOD-val in turn (family `single`), the others the tests; --rotations lists the OOD-val choices instead
+(`a+b`: a class-balanced mixture, family `mixture`). The model and the budgets are the config's (the
+folder config's default model, conf/budget/user_data.yaml), changed by the overrides (model=...,
+trainer.epochs=...); trials per search: the config's search.n_trials unless --trials.
+
+Output under --out (default outputs/benchmark; another dataset: outputs/benchmark/<dataset.name>):
+<family>/<split>/{search-s<s>, <method>/seed<s>}, logs/, and the collected benchmark.md,
+benchmark.json and plots/<family>.png. Finished steps are recognised by their files only: a
+different model or budget needs another --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from autoft.errors import UserError
 from autoft.runner import Step, complete, fmt_seconds, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +61,31 @@ BASELINES = ("lp", "ft", "lpft", "l2sp", "flyp")
 ALPHAS = "[0.25,0.5,0.75,1.0]"
 # rough relative costs, only for the ETA before any step has finished (then measured rates take over)
 UNITS = {"trial": 1.0, "final": 3.0, "zeroshot": 0.5}
+FOLDER_TARGET = "autoft.data.folders.folder_task"  # the task builder of dataset=folder and its presets
+
+
+@dataclass(frozen=True)
+class Domains:
+    """What a benchmark rotates over: the dataset, its fixed ID domain(s), and the domains that take
+    turns as OOD-val, in order (in each split the ones not OOD-val are the tests)."""
+    dataset: str                # dataset=<dataset>
+    name: str                   # dataset.name: the default output folder, the tables' title
+    id: tuple[str, ...]
+    others: tuple[str, ...]     # the rotation domains
+    select: tuple[str, ...]     # overrides choosing the dataset (and, for shapes, the model) on every call
+    model: str = ""             # for the tables' title
+    trials: Optional[int] = 16  # the config's search.n_trials: the default trials per search
+
+
+# the embedded world: its model is fixed with it (conf/dataset/shapes.yaml, docs/benchmark.md)
+SHAPES = Domains("shapes", "shapes", (ID_DOMAIN,), OTHERS, ("dataset=shapes", "model=shapes_rn10t"), "shapes_rn10t")
 
 
 @dataclass(frozen=True)
 class Split:
     family: str               # single | mixture
     ood_val: tuple[str, ...]  # one domain, or the domains of the mixture
+    pool: tuple[str, ...] = OTHERS  # the rotation domains: OOD-val and the tests
 
     @property
     def id(self) -> str:
@@ -60,22 +93,38 @@ class Split:
 
     @property
     def tests(self) -> list[str]:
-        return [d for d in OTHERS if d not in self.ood_val]
+        return [d for d in self.pool if d not in self.ood_val]
 
     def overrides(self) -> list[str]:
-        val = self.ood_val[0] if self.family == "single" else "[" + ",".join(self.ood_val) + "]"
-        return [f"dataset.task.ood_val_domain={val}", "dataset.task.test_domains=[" + ",".join(self.tests) + "]"]
+        val = hydra_value(self.ood_val[0]) if self.family == "single" else hydra_list(self.ood_val)
+        return [f"dataset.task.ood_val_domain={val}", f"dataset.task.test_domains={hydra_list(self.tests)}"]
 
 
-def splits_of(family: str, k: int, mixture_size: int = 3) -> list[Split]:
+_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+
+def hydra_value(name: str) -> str:
+    """A domain name as an override value Hydra reads back as the same string: quoted unless a plain
+    word (OfficeHome's 'Real World' has a space; '007' would read as the number 7)."""
+    if _PLAIN.fullmatch(name) and name.lower() not in ("true", "false", "null", "nan", "inf"):
+        return name
+    return "'" + name.replace("'", "\\'") + "'"
+
+
+def hydra_list(names) -> str:
+    return "[" + ",".join(hydra_value(n) for n in names) + "]"
+
+
+def splits_of(family: str, k: int, mixture_size: int = 3, pool: tuple[str, ...] = OTHERS) -> list[Split]:
+    """The first k splits of a family over the rotation domains `pool`, in its order."""
     if family == "single":
-        if not 1 <= k <= len(OTHERS):
-            raise SystemExit(f"--single-splits={k}: must be in 1..{len(OTHERS)}")
-        return [Split("single", (OTHERS[i],)) for i in range(k)]
-    n = len(OTHERS) // mixture_size
+        if not 1 <= k <= len(pool):
+            raise SystemExit(f"--single-splits={k}: must be in 1..{len(pool)}")
+        return [Split("single", (pool[i],), pool) for i in range(k)]
+    n = (len(pool) - 1) // mixture_size  # a mixture must leave a domain to test on
     if not 0 <= k <= n:
         raise SystemExit(f"--mixture-splits={k}: must be in 0..{n} (disjoint mixtures of {mixture_size} domains)")
-    return [Split("mixture", tuple(OTHERS[i * mixture_size + j] for j in range(mixture_size))) for i in range(k)]
+    return [Split("mixture", tuple(pool[i * mixture_size + j] for j in range(mixture_size)), pool) for i in range(k)]
 
 
 @dataclass(frozen=True)
@@ -86,12 +135,21 @@ class Grid:
     trials: int
     alpha_searched: bool
     baselines: tuple[str, ...] = BASELINES  # besides zero-shot, which every grid evaluates
+    rotations: tuple[tuple[str, ...], ...] = ()  # the user's OOD-val choices (--rotations): instead of the families
 
-    def splits(self) -> list[Split]:
-        """The families interleaved (single 0, mixture 0, single 1, ...): a benchmark stopped early
-        has cells of both."""
-        single, mixture = splits_of("single", self.single), splits_of("mixture", self.mixture) if self.mixture else []
+    def splits(self, domains: Domains = SHAPES) -> list[Split]:
+        """The user's rotations in their order, else the families interleaved (single 0, mixture 0,
+        single 1, ...): a benchmark stopped early has cells of both."""
+        if self.rotations:
+            return [Split("single" if len(r) == 1 else "mixture", r, domains.others) for r in self.rotations]
+        pool = domains.others
+        single = splits_of("single", self.single, pool=pool)
+        mixture = splits_of("mixture", self.mixture, pool=pool) if self.mixture else []
         return [sp for k in range(max(len(single), len(mixture))) for sp in (single[k:k + 1] + mixture[k:k + 1])]
+
+    def record(self) -> dict:
+        """The grid for benchmark.json (without rotations when there are none: the embedded grid's record as before)."""
+        return {k: v for k, v in self.__dict__.items() if k != "rotations" or v}
 
 
 # Sized by measurement on 2 idle CPU cores (docs/benchmark.md): the default grid took 39 min end to
@@ -100,18 +158,141 @@ DEFAULT = Grid(single=4, mixture=2, seeds=1, trials=16, alpha_searched=True)
 QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False, baselines=("ft",))
 
 
-def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
+# ----------------------------------------------------------------------------------------------
+# a domain dataset: its roles from the composed config, the user's rotations checked
+# ----------------------------------------------------------------------------------------------
+def compose(dataset: str, overrides: list[str]):
+    """The config `train.py dataset=<dataset> <overrides>` composes (hydra.* overrides left out: they
+    choose launchers and sweepers, not domains, and compose refuses some of them)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from autoft.config import composition_error
+
+    mine = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return hydra_compose("config", overrides=[f"dataset={dataset}", *mine])
+    except Exception as err:  # noqa: BLE001 (Hydra raises many kinds; each is the user's override or dataset)
+        raise UserError(composition_error(err)) from None
+
+
+def domain_datasets() -> list[str]:
+    """The dataset configs built on conf/dataset/folder.yaml (the ones with domains to rotate)."""
+    return ["folder"] + sorted(f.stem for f in (ROOT / "conf" / "dataset").glob("*.yaml")
+                               if re.search(r"^\s*-\s*folder\s*$", f.read_text(), re.M))
+
+
+def domains_of(dataset: str, overrides: list[str]) -> Domains:
+    """The embedded world, or a domain dataset's roles as train.py would compose them: ID stays its
+    id_domain; its ood_val_domain and test_domains are the rotation domains."""
+    if dataset == "shapes":
+        return SHAPES
+    from omegaconf import OmegaConf
+
+    from autoft.data.roles import as_domains, roles_problem
+
+    cfg = compose(dataset, overrides)
+    task = cfg.dataset.task
+    if task.get("_target_") != FOLDER_TARGET:
+        raise UserError(f"--dataset {dataset}: its splits are fixed, it has no domains to rotate; the benchmark runs on "
+                        f"shapes (the embedded world) or a domain dataset: {', '.join(domain_datasets())}")
+    problem = roles_problem(task.id_domain, task.ood_val_domain, task.test_domains)
+    if problem:
+        raise UserError(f"--dataset {dataset}: {problem}")
+    ids, others = as_domains(task.id_domain), as_domains(task.ood_val_domain) + as_domains(task.test_domains)
+    if not task.manifest:
+        check_tree(Path(str(task.root)), [*ids, *others])
+    trials = OmegaConf.select(cfg, "search.n_trials", default=None, throw_on_missing=False)
+    return Domains(dataset, str(cfg.dataset.name), tuple(ids), tuple(others), (f"dataset={dataset}",),
+                   str(cfg.model.name), None if trials is None else int(trials))
+
+
+def check_tree(root: Path, wanted: list[str]) -> None:
+    """A wrong data_root or a misspelt domain, refused before any step starts (each step would fail on
+    it): only the domain folders are listed, the images are train.py's to check."""
+    from autoft.data.folders import is_hidden
+
+    where = root if root.is_absolute() else ROOT / root  # train.py runs in the repository root
+    if not where.is_dir():
+        raise UserError(f"dataset.task.root={where}: not a folder. Set data_root (or dataset.task.root) to the folder "
+                        f"that holds one sub-folder per domain" + ("" if root.is_absolute() else
+                                                                   f" (relative paths start at {ROOT}; give an absolute one)"))
+    found = sorted(e.name for e in where.iterdir() if e.is_dir() and not is_hidden(e.name))
+    missing = [d for d in wanted if d not in found]
+    if missing:
+        raise UserError(f"domain {missing[0]!r} not found in {where}; domains found: {', '.join(found) or 'none'}")
+
+
+def parse_rotations(text: str, domains: Domains) -> tuple[tuple[str, ...], ...]:
+    """`--rotations a,b+c`: OOD-val a in one split, the class-balanced mixture of b and c in another;
+    each split's tests are the rotation domains it leaves. One message per bad rotation, naming the
+    valid domains."""
+    source = "every domain but the ID" if domains is SHAPES else "its ood_val_domain and test_domains"
+    valid = (f"the rotation domains of {domains.name} are {', '.join(domains.others)} ({source}; ID "
+             f"{'+'.join(domains.id)} stays fixed). Example: --rotations "
+             f"{domains.others[0]}" + (f",{'+'.join(domains.others[-2:])}" if len(domains.others) > 2 else ""))
+    out, seen = [], {}
+    for item in text.split(","):
+        names = tuple(n.strip() for n in item.split("+"))
+        if not all(names):
+            raise UserError(f"--rotations={text}: an empty domain in {item.strip()!r}; {valid}")
+        for n in names:
+            if n in domains.id:
+                raise UserError(f"--rotations: {n!r} is the ID domain (dataset.task.id_domain) and never OOD-val; {valid}")
+            if n not in domains.others:
+                raise UserError(f"--rotations: unknown domain {n!r}; {valid}" + ("" if domains is SHAPES else
+                                "; to rotate over another domain, add it to dataset.task.test_domains"))
+        twice = [n for n in names if names.count(n) > 1]
+        if twice:
+            raise UserError(f"--rotations: domain {twice[0]!r} used twice in {item.strip()!r}; {valid}")
+        if len(names) == len(domains.others):
+            raise UserError(f"--rotations: {item.strip()!r} takes every rotation domain as OOD-val and leaves none to "
+                            f"test on; {valid}")
+        key = frozenset(names)
+        if key in seen:
+            raise UserError(f"--rotations: {item.strip()!r} repeats the rotation {seen[key]!r}; {valid}")
+        seen[key] = item.strip()
+        out.append(names)
+    return tuple(out)
+
+
+def make_grid(args, domains: Domains) -> Grid:
+    """The grid the options ask for. The embedded world: DEFAULT or QUICK. A domain dataset: every
+    rotation domain as OOD-val in turn (--quick: the first two), no mixture family unless asked, the
+    config's trials per search."""
+    g = QUICK if args.quick else DEFAULT
+    if domains is not SHAPES:
+        if args.trials is None and domains.trials is None:
+            raise UserError(f"search.n_trials is not set for {domains.dataset} x {domains.model}; give --trials N")
+        g = replace(g, single=min(g.single, len(domains.others)) if args.quick else len(domains.others), mixture=0,
+                    trials=domains.trials or g.trials)
+    if args.rotations is not None and (args.single_splits is not None or args.mixture_splits is not None):
+        raise UserError("--rotations names the splits itself: leave out --single-splits and --mixture-splits")
+    grid = Grid(single=args.single_splits if args.single_splits is not None else g.single,
+                mixture=args.mixture_splits if args.mixture_splits is not None else g.mixture,
+                seeds=args.seeds or g.seeds, trials=args.trials or g.trials,
+                alpha_searched=g.alpha_searched if args.alpha_searched is None else args.alpha_searched == "on",
+                baselines=tuple(b for b in args.baselines.split(",") if b) if args.baselines else g.baselines,
+                rotations=parse_rotations(args.rotations, domains) if args.rotations is not None else ())
+    unknown = [b for b in grid.baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(BASELINES)}")
+    return grid
+
+
+def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> list[Step]:
     """Every step of the grid, in the order they start: seed-major (a stopped benchmark has covered
     every split once), and the alpha-searched variant after all plain cells (it is an option)."""
     py = [sys.executable, str(ROOT / "train.py")]
-    common = ["dataset=shapes", "model=shapes_rn10t", "logger=none", *extra]
+    # the split's roles come after the user's overrides: the last value of a key wins
+    common = [*domains.select, "logger=none", *extra]
     variants = [("autoft", "search", [])]
     if grid.alpha_searched:
         variants.append(("autoft_alpha", "search-alpha", [f"search.wise_alphas={ALPHAS}"]))
     steps = []
     for v, (method, dirname, opts) in enumerate(variants):
         for s in range(grid.seeds):
-            for sp in grid.splits():
+            for sp in grid.splits(domains):
                 where = out / sp.family / sp.id
                 base = [*common, *sp.overrides()]
                 if v == 0:
@@ -143,7 +324,7 @@ def plan(grid: Grid, out: Path, extra: list[str]) -> list[Step]:
 # ----------------------------------------------------------------------------------------------
 # collecting
 # ----------------------------------------------------------------------------------------------
-def collect(grid: Grid, out: Path) -> Optional[Path]:
+def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
     from autoft.reporting.benchmark import (CellRuns, as_dict, per_split_markdown, plot_benchmark,
                                             summary_markdown)
     from autoft.io import atomic_write_text
@@ -152,7 +333,8 @@ def collect(grid: Grid, out: Path) -> Optional[Path]:
     required = ["zeroshot", *grid.baselines, "autoft"]  # a cell counts once all of these finished
     optional = ["autoft_alpha"] if grid.alpha_searched else []  # its row covers the cells that have it
     cells, missing = {"single": [], "mixture": []}, []
-    for sp in grid.splits():
+    splits = grid.splits(domains)
+    for sp in splits:
         for s in range(grid.seeds):
             runs = {}
             for m in required + optional:
@@ -167,11 +349,23 @@ def collect(grid: Grid, out: Path) -> Optional[Path]:
     if not n_cells:
         print(f"collect: no complete cell under {out} yet", flush=True)
         return None
-    titles = {"single": "Single-domain OOD-val", "mixture": "Mixture OOD-val (3 domains, class-balanced)"}
-    parts = [f"# Benchmark on the embedded world\n\nGrid: {grid.single} single-domain splits, {grid.mixture} "
-             f"mixture splits, {grid.seeds} seed(s) each, {grid.trials} search trials per search. "
-             f"ID: {ID_DOMAIN}. Complete cells: {n_cells}" + (f" (missing runs: {len(missing)})" if missing else "") + "\n"]
-    payload = {"grid": grid.__dict__, "missing": missing}
+    sizes = {len(sp.ood_val) for sp in splits if sp.family == "mixture"}
+    titles = {"single": "Single-domain OOD-val", "mixture": f"Mixture OOD-val ({min(sizes)} domains, class-balanced)"
+              if len(sizes) == 1 else "Mixture OOD-val (class-balanced)"}
+    done = f"Complete cells: {n_cells}" + (f" (missing runs: {len(missing)})" if missing else "") + "\n"
+    if domains is SHAPES and not grid.rotations:
+        parts = [f"# Benchmark on the embedded world\n\nGrid: {grid.single} single-domain splits, {grid.mixture} "
+                 f"mixture splits, {grid.seeds} seed(s) each, {grid.trials} search trials per search. "
+                 f"ID: {ID_DOMAIN}. " + done]
+    else:
+        roles = "; ".join(f"{'+'.join(sp.ood_val)} -> {', '.join(sp.tests)}" for sp in splits)
+        parts = [f"# Benchmark on {domains.name}\n\nModel: {domains.model}. ID: {'+'.join(domains.id)} in every split. "
+                 f"Splits (OOD-val -> tests): {roles}. {grid.seeds} seed(s) each, {grid.trials} search trials per "
+                 f"search. " + done]
+    payload = {"grid": grid.record(), "missing": missing}
+    if domains is not SHAPES:
+        payload["dataset"] = {"config": domains.dataset, "name": domains.name, "model": domains.model,
+                              "id_domain": list(domains.id), "rotation_domains": list(domains.others)}
     for fam, cs in cells.items():
         if not cs:
             continue
@@ -255,10 +449,15 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
     return points
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="shapes", help="shapes (the embedded world), folder, or a preset built on "
+                                                        "it (pacs, vlcs, officehome, terraincognita, domainnet)")
+    ap.add_argument("--rotations", help="OOD-val choices, comma-separated; a+b: a class-balanced mixture (default: the "
+                                        "grid's families; a domain dataset: each rotation domain in turn)")
     ap.add_argument("--quick", action="store_true", help=f"the small grid: {QUICK}")
-    ap.add_argument("--out", default="outputs/benchmark", help="output directory")
+    ap.add_argument("--out", help="output directory (default outputs/benchmark; another dataset: "
+                                  "outputs/benchmark/<dataset.name>)")
     ap.add_argument("--single-splits", type=int, help="K for the single-domain family")
     ap.add_argument("--mixture-splits", type=int, help="K for the mixture family (0: none)")
     ap.add_argument("--seeds", type=int, help="S: seeds per split (search seed = final seed)")
@@ -272,18 +471,20 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="16,48,128")
     ap.add_argument("--top-k", type=int, default=5, help="budget study: re-evaluated candidates")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every train.py call")
-    args = ap.parse_args(argv)
-    g = QUICK if args.quick else DEFAULT
-    grid = Grid(single=args.single_splits if args.single_splits is not None else g.single,
-                mixture=args.mixture_splits if args.mixture_splits is not None else g.mixture,
-                seeds=args.seeds or g.seeds, trials=args.trials or g.trials,
-                alpha_searched=g.alpha_searched if args.alpha_searched is None else args.alpha_searched == "on",
-                baselines=tuple(b for b in args.baselines.split(",") if b) if args.baselines else g.baselines)
-    unknown = [b for b in grid.baselines if b not in BASELINES]
-    if unknown:
-        print(f"error: --baselines: unknown {', '.join(unknown)}; valid: {', '.join(BASELINES)}", file=sys.stderr)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_intermixed_args(argv)  # overrides may come before, between or after the options
+    try:
+        domains = domains_of(args.dataset, args.overrides)
+        if args.budget and domains is not SHAPES:
+            raise UserError("--budget: the budget study runs on the embedded world only (leave out --dataset)")
+        grid = make_grid(args, domains)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out).absolute()
+    out = Path(args.out or ("outputs/benchmark" if domains is SHAPES else f"outputs/benchmark/{domains.name}")).absolute()
     t0 = time.time()
     if args.budget:
         budgets = [int(b) for b in args.budgets.split(",")]
@@ -293,9 +494,10 @@ def main(argv=None) -> int:
                 print(f"budget study: failed steps: {', '.join(failed)}", file=sys.stderr)
         collect_budget(out, budgets, args.top_k)
         return 0
-    grid.splits()  # checks K
-    failed = [] if args.collect else run_steps(plan(grid, out, args.overrides), args.jobs, out / "logs", ROOT, "benchmark")
-    collect(grid, out)
+    grid.splits(domains)  # checks K
+    failed = [] if args.collect else run_steps(plan(grid, out, args.overrides, domains), args.jobs, out / "logs", ROOT,
+                                               "benchmark")
+    collect(grid, out, domains)
     print(f"benchmark: {fmt_seconds(time.time() - t0)} wall", flush=True)
     if failed:
         print(f"benchmark: {len(failed)} steps failed: {', '.join(failed)}; fix and rerun the same command",

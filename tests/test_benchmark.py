@@ -204,3 +204,117 @@ def test_quick_grid_runs_zero_shot_ft_and_autoft_only(tmp_path):
                              "snow/autoft-s0", "snow/baselines-s0", "snow/search-s0"]
     assert "method=zeroshot,ft" in steps["garden/baselines-s0"].cmd
     assert b.main(["--quick", "--collect", "--out", str(tmp_path), "--baselines", "ft,sgd"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# a domain dataset (dataset=folder): the rotations planned from the composed config, then run
+# ----------------------------------------------------------------------------------------------
+ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
+         "dataset.task.test_domains=[cartoon,sketch]"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    import fabricate
+
+    root = tmp_path_factory.mktemp("tree")
+    fabricate.make_domain_tree(root)  # art_painting, cartoon, photo, sketch; 3 classes x 8 images each
+    return root
+
+
+def _folder(b, tree, *options):
+    """The grid and domains `benchmark.py --dataset folder <options> data_root=<tree> <roles>` plans."""
+    args = b.parser().parse_intermixed_args(["--dataset", "folder", *options, f"data_root={tree}", *ROLES])
+    domains = b.domains_of(args.dataset, args.overrides)
+    return b.make_grid(args, domains), domains, args.overrides
+
+
+def test_folder_rotations_every_choice_or_the_users_list(tree, tmp_path):
+    """ID stays the config's; by default each of its ood_val + test domains is OOD-val once, the
+    others the tests; --rotations picks (and orders) them, `+` makes a mixture."""
+    b = _script()
+    grid, domains, extra = _folder(b, tree)
+    assert (domains.id, domains.others, domains.model) == (("photo",), ("art_painting", "cartoon", "sketch"), "vit_b16")
+    assert domains.trials == 100  # the config's search.n_trials (conf/budget/user_data.yaml)
+    every = [(sp.family, sp.ood_val, sp.tests) for sp in grid.splits(domains)]
+    assert every == [("single", ("art_painting",), ["cartoon", "sketch"]), ("single", ("cartoon",), ["art_painting", "sketch"]),
+                     ("single", ("sketch",), ["art_painting", "cartoon"])]
+    assert (grid.trials, grid.alpha_searched, grid.baselines) == (100, True, b.BASELINES)
+    grid, domains, extra = _folder(b, tree, "--rotations", "sketch, art_painting+cartoon", "--trials", "3")
+    splits = grid.splits(domains)
+    assert [(sp.id, sp.tests) for sp in splits] == [("sketch", ["art_painting", "cartoon"]),
+                                                    ("mix-art_painting-cartoon", ["sketch"])]
+    steps = {s.name: s.cmd for s in b.plan(grid, tmp_path, extra, domains)}
+    search = steps["mix-art_painting-cartoon/search-s0"]
+    assert "dataset=folder" in search and not any(c.startswith("model=") for c in search)  # the config's own model
+    # the split's roles come after the user's, so they win
+    assert search.index("dataset.task.ood_val_domain=[art_painting,cartoon]") > search.index(ROLES[1])
+    assert search[-1] == "dataset.task.test_domains=[sketch]" and "search.n_trials=3" in search
+    quick, _, _ = _folder(b, tree, "--quick")
+    assert [sp.id for sp in quick.splits(domains)] == ["art_painting", "cartoon"] and quick.baselines == ("ft",)
+    # OfficeHome's domain with a space, a name Hydra would read as a number: quoted
+    assert b.hydra_list(["Real World", "007", "art_painting"]) == "['Real World','007',art_painting]"
+
+
+@pytest.mark.parametrize("rotations, says", [
+    ("art_painting,watercolour", "unknown domain 'watercolour'"),
+    ("photo", "'photo' is the ID domain"),
+    ("cartoon+cartoon", "domain 'cartoon' used twice in 'cartoon+cartoon'"),
+    ("cartoon+sketch,sketch+cartoon", "'sketch+cartoon' repeats the rotation 'cartoon+sketch'"),
+    ("art_painting+cartoon+sketch", "leaves none to test on"),
+    ("art_painting,", "an empty domain"),
+])
+def test_a_bad_rotation_is_refused_with_the_valid_domains(tree, tmp_path, capsys, rotations, says):
+    b = _script()
+    code = b.main(["--dataset", "folder", "--rotations", rotations, "--out", str(tmp_path), f"data_root={tree}", *ROLES])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err, err
+    assert "rotation domains of folder are art_painting, cartoon, sketch" in err and "ID photo stays fixed" in err
+    assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_a_dataset_without_domains_or_roles_is_refused(tree, capsys):
+    b = _script()
+    assert b.main(["--dataset", "iwildcam", "--collect"]) == 2
+    assert "no domains to rotate" in capsys.readouterr().err
+    assert b.main(["--dataset", "folder", f"data_root={tree}"]) == 2  # no roles given
+    assert "dataset.task.id_domain is empty" in capsys.readouterr().err
+    assert b.main(["--dataset", "folder", f"data_root={tree}", *ROLES[:2], "dataset.task.test_domains=[cartoon,skech]"]) == 2
+    assert "domain 'skech' not found" in capsys.readouterr().err
+
+
+def test_folder_benchmark_end_to_end(tree, tmp_path):
+    """The whole command on a fabricated PACS-like tree with the tiny random CLIP: two rotations, one
+    seed, zero-shot / FT / AutoFT (2 trials); each cell's tests are the domains it leaves, and the
+    collected tables pair AutoFT with every baseline, with intervals over the two cells."""
+    import subprocess
+
+    from conftest import offline_env
+
+    out = tmp_path / "bench"
+    budgets = ["model=tiny_vit", "device=cpu", "trainer.num_workers=0", "trainer.eval_batch_size=16",
+               "trainer.batch_size=4", "trainer.inner_steps=2", "trainer.epochs=1", f"cache_dir={tmp_path / 'cache'}"]
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--quick",
+                           "--rotations", "cartoon,art_painting", "--trials", "2", "--out", str(out),
+                           f"data_root={tree}", *ROLES, *budgets],
+                          cwd=tmp_path, capture_output=True, text=True, env=offline_env(), timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    for split, tests in (("cartoon", ["art_painting", "sketch"]), ("art_painting", ["cartoon", "sketch"])):
+        cell = out / "single" / split
+        assert (cell / "search-s0" / "best_hparams.yaml").is_file()
+        for m in ("zeroshot", "ft", "autoft"):
+            r = read_result(cell / m / "seed0" / "results.json")
+            assert r.ood_splits == tests, (split, m, r.ood_splits)
+    text = (out / "benchmark.md").read_text()
+    assert text.startswith("# Benchmark on folder") and "Model: tiny_vit. ID: photo" in text
+    assert "cartoon -> art_painting, sketch; art_painting -> cartoon, sketch" in text
+    for row in ("Zero-shot", "FT", "AutoFT", "WiSE-FT (α=0.5)", "AutoFT + WiSE-FT (α=0.5)"):
+        assert text.count(f"\n| {row} | ") == 1, row  # one row per method
+    data = json.loads((out / "benchmark.json").read_text())
+    assert data["dataset"]["rotation_domains"] == ["art_painting", "cartoon", "sketch"] and not data["missing"]
+    assert [c["split"] for c in data["single"]["cells"]] == ["cartoon", "art_painting"]
+    diffs = {(d["a"], d["b"]): d for d in data["single"]["paired"]}
+    for pair in (("autoft", "ft"), ("autoft", "zeroshot"), ("autoft", "wise-ft"), ("wise-autoft", "wise-ft")):
+        d = diffs[pair]
+        assert d["n"] == 2 and d["ood"]["low"] <= d["ood"]["mean"] <= d["ood"]["high"], pair  # an interval over 2 cells
+    assert "| AutoFT − FT | " in text and (out / "plots" / "single.png").is_file()
