@@ -378,17 +378,17 @@ def camelyon17(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, i
     ood_val, chosen = _ood_val(make("ood_val_pool", val_idx), val_idx, ood_val_size, subset_seed, None,
                                lambda idx: make("ood_val", idx))
     tests = {"id_test": id_test, CAMELYON17_TEST: make(CAMELYON17_TEST, _official(ds, "test"))}
-    check_disjoint(example_ids(id_val.dataset), {"id_test": example_ids(id_test.dataset)}, "the ID validation split")
     _record("camelyon17", ood_val, chosen, tests, subset_dir,
             {"dataset": "camelyon17", "pool": "wilds split 'val' (OOD, hospital 1)", "n": ood_val_size,
              "seed": subset_seed})
     if subset_dir:
         ids = [f"{k}:{i}" for k, s in (("id_val", id_val), ("id_test", id_test)) for i in example_ids(s.dataset)]
-        save_subset(subset_dir, "id_split_camelyon17", official_id_val[np.concatenate([kept, held])], ids,
-                    {"dataset": "camelyon17", "pool": "wilds split 'id_val' (hospitals 0, 3, 4)",
-                     "source": "seeded per-class draw from the official id_val", "seed": split_seed,
-                     "id_test_fraction": id_test_fraction, "n": {"id_val": len(kept), "id_test": len(held)}},
-                    what="ID split")
+        path = save_subset(subset_dir, "id_split_camelyon17", official_id_val[np.concatenate([kept, held])], ids,
+                           {"dataset": "camelyon17", "pool": "wilds split 'id_val' (hospitals 0, 3, 4)",
+                            "source": "seeded per-class draw from the official id_val", "seed": split_seed,
+                            "id_test_fraction": id_test_fraction, "n": {"id_val": len(kept), "id_test": len(held)}},
+                           what="ID split")
+        log.info("ID split (id_val %d, id_test %d of the official id_val) recorded in %s", len(kept), len(held), path)
     return Task(name="camelyon17", classnames=list(CAMELYON17_CLASSES),
                 templates=templates_of(templates) if templates is not None else list(CAMELYON17_TEMPLATES),
                 train=make("train", _official(ds, "train")), id_val=id_val, ood_val=ood_val, tests=tests,
