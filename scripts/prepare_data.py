@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from autoft.data import cifar, imagenet, wilds_tasks
 from autoft.errors import UserError
 
-DATASETS = ("iwildcam", "fmow", "imagenet", "cifar10")
+DATASETS = ("iwildcam", "fmow", "camelyon17", "imagenet", "cifar10")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -199,15 +199,15 @@ def main(argv=None) -> int:
         raise UserError(f"config overrides {args.overrides} only apply with --cache")
     expect = {}
     if args.expect:
-        if args.dataset not in ("iwildcam", "fmow"):
-            raise UserError(f"--expect applies to iwildcam and fmow, not {args.dataset}")
+        if args.dataset not in wilds_tasks.WILDS_DATASETS:
+            raise UserError(f"--expect applies to {', '.join(wilds_tasks.WILDS_DATASETS)}, not {args.dataset}")
         try:
             expect = json.loads(Path(args.expect).read_text())
             expect = {"expected": dict(expect["counts"]), "n_classes": int(expect["classes"])}
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UserError(f"--expect {args.expect}: not a JSON file with 'counts' and 'classes' ({err})") from None
 
-    if args.dataset in ("iwildcam", "fmow"):
+    if args.dataset in wilds_tasks.WILDS_DATASETS:
         if args.download:
             wilds_tasks.download(args.dataset, root)
         if args.cache:

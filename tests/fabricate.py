@@ -395,3 +395,73 @@ def make_domain_tree(root, domains=PACS_LIKE_DOMAINS, classes=PACS_LIKE_CLASSES,
                 for rel in paths[d]:
                     w.writerow([rel, rel.split("/")[1], d])
     return {"domains": list(domains), "classes": list(classes), "paths": paths, "manifest": out}
+
+
+# ------------------------------------------------------------------------------------------------
+# Camelyon17-WILDS v1.0: camelyon17_v1.0/{RELEASE_v1.0.txt, metadata.csv, patches/<slide>/<patch>.png}
+
+# per hospital (the `center` column), two slides (patient, node) and per slide the rows written:
+# hospitals 0, 3, 4 (ID): (normal train, tumor train, normal id_val, tumor id_val) by the `split`
+# column (0 = train, 1 = id_val); hospitals 1 and 2 (OOD val, OOD test): (normal, tumor), with split
+# column values 0 and 1 as in the release, which the wilds class overrides by hospital
+CAMELYON17_PLAN = {
+    0: [((4, 4), (3, 3, 2, 2)), ((15, 1), (3, 2, 2, 1))],
+    1: [((21, 0), (6, 2)), ((38, 2), (5, 3))],
+    2: [((42, 3), (3, 3)), ((51, 1), (2, 4))],
+    3: [((61, 2), (2, 3, 2, 2)), ((77, 4), (3, 3, 1, 2))],
+    4: [((83, 0), (3, 3, 2, 2)), ((96, 3), (2, 2, 2, 2))],
+}
+
+
+def _patch(rng, tumor: int) -> Image.Image:
+    """A 96x96 RGBA patch as openslide's read_region gives it (opaque alpha), pink like H&E stain;
+    tumour patches a little darker and more purple."""
+    base = np.array([150, 80, 170] if tumor else [230, 160, 200], dtype=np.int16)
+    pixels = np.clip(base + rng.integers(-40, 41, (96, 96, 3)), 0, 255).astype(np.uint8)
+    alpha = np.full((96, 96, 1), 255, dtype=np.uint8)
+    return Image.fromarray(np.concatenate([pixels, alpha], axis=2), mode="RGBA")
+
+
+def make_camelyon17(root) -> dict:
+    """camelyon17_v1.0/ as the WILDS release lays it out: RELEASE_v1.0.txt; metadata.csv written by
+    pandas as WILDS' generate_final_metadata.py writes it (an unnamed index column, then patient (3
+    digits), node, x_coord, y_coord, tumor, slide, center, split); one 96x96 RGBA PNG per row at
+    patches/patient_<p>_node_<n>/patch_patient_<p>_node_<n>_x_<x>_y_<y>.png. Slides are numbered
+    10 x hospital + k, as in the release (hospital = slide // 10). Rows are shuffled, as the
+    release's are not grouped by split. Returns the counts per official split and, per metadata row,
+    what it means: {"counts", "classes", "rows": [{patient, node, tumor, slide, center, split}]}."""
+    import pandas as pd
+
+    rng = np.random.default_rng(RNG_SEED + 3)
+    d = Path(root) / "camelyon17_v1.0"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "RELEASE_v1.0.txt").write_text("v1.0 (fabricated for tests)\n")
+    rows = []
+    for center, slides in CAMELYON17_PLAN.items():
+        for k, ((patient, node), counts) in enumerate(slides):
+            if len(counts) == 4:  # ID hospital: (tumor, split column) per block
+                blocks = [(0, 0, counts[0]), (1, 0, counts[1]), (0, 1, counts[2]), (1, 1, counts[3])]
+            else:
+                blocks = [(0, None, counts[0]), (1, None, counts[1])]
+            i = 0
+            for tumor, column, n in blocks:
+                for _ in range(n):
+                    split = column if column is not None else i % 2
+                    rows.append({"patient": f"{patient:03d}", "node": node, "x_coord": 32 * (10 + 3 * i),
+                                 "y_coord": 32 * (20 + 2 * i), "tumor": tumor, "slide": 10 * center + k,
+                                 "center": center, "split": split})
+                    i += 1
+    rows = [rows[j] for j in rng.permutation(len(rows))]
+    for r in rows:
+        folder = f"patient_{r['patient']}_node_{r['node']}"
+        path = d / "patches" / folder / f"patch_{folder}_x_{r['x_coord']}_y_{r['y_coord']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _patch(rng, r["tumor"]).save(path)
+    pd.DataFrame(rows).to_csv(d / "metadata.csv")  # the index column unnamed, as the release's
+
+    def official(r) -> str:
+        return {1: "val", 2: "test"}.get(r["center"], ("train", "id_val")[r["split"]])
+
+    meaning = [dict(r, split=official(r)) for r in rows]
+    counts = {s: sum(m["split"] == s for m in meaning) for s in ("train", "id_val", "val", "test")}
+    return {"counts": counts, "classes": 2, "rows": meaning}

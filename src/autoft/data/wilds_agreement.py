@@ -2,12 +2,13 @@
 
 Our WILDS tasks (`wilds_tasks`) are built on the wilds dataset classes, but what a run trains and
 is scored on is derived by our code: the split masks, the labels, the image path of every example
-(`train/<filename>`, `images/rgb_img_<metadata row>.png`), the FMoW regions, and FMoW's timestamps
-parsed under our ISO 8601 shim. The reference is a second, fresh instance of the wilds class read
-only through its public API: `get_subset(split)` for the membership and order of each split,
-`y_array` for the labels, `get_input` for the images, `metadata_array`/`metadata_map` for the
-regions, with FMoW's timestamps parsed element by element (pandas' 'mixed', as pandas 1.x did for
-wilds 2.0), a second opinion on the same strings.
+(`train/<filename>`, `images/rgb_img_<metadata row>.png`, Camelyon17's `patches/.../patch_....png`),
+the FMoW regions and Camelyon17 hospitals, and FMoW's timestamps parsed under our ISO 8601 shim. The
+reference is a second, fresh instance of the wilds class read only through its public API:
+`get_subset(split)` for the membership and order of each split, `y_array` for the labels,
+`get_input` for the images, `metadata_array`/`metadata_map` for the regions and hospitals, with
+FMoW's timestamps parsed element by element (pandas' 'mixed', as pandas 1.x did for wilds 2.0), a
+second opinion on the same strings.
 
 A reading is plain arrays per split (`SplitReading`), so `disagreements` is a pure comparison that
 the check (`wilds_tasks.check`, run by `scripts/prepare_data.py`) and the tests share: each
@@ -24,8 +25,9 @@ from PIL import Image
 
 from autoft.data import wilds_compat
 
-REFERENCE_CLASSES = {"iwildcam": "IWildCamDataset", "fmow": "FMoWDataset"}
-GROUP_FIELDS = {"iwildcam": None, "fmow": "region"}  # groups worth comparing by name (FMoW's regions)
+REFERENCE_CLASSES = {"iwildcam": "IWildCamDataset", "fmow": "FMoWDataset", "camelyon17": "Camelyon17Dataset"}
+# groups worth comparing by name (FMoW's regions, Camelyon17's hospitals)
+GROUP_FIELDS = {"iwildcam": None, "fmow": "region", "camelyon17": "hospital"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ def open_reference(name: str, root):
         from wilds.datasets.iwildcam_dataset import IWildCamDataset
 
         return IWildCamDataset(root_dir=str(root), download=False)
+    if name == "camelyon17":
+        from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
+
+        return Camelyon17Dataset(root_dir=str(root), download=False)
     from wilds.datasets.fmow_dataset import FMoWDataset
 
     with wilds_compat.fmow_timestamps("mixed"):
@@ -84,7 +90,8 @@ def reference_readings(ds, group_field: Optional[str] = None, images: bool = Tru
         groups = None
         if group_field:
             column = np.asarray(ds.metadata_array[:, ds.metadata_fields.index(group_field)])[idx]
-            groups = np.asarray(ds.metadata_map[group_field], dtype=object)[column]
+            names = (ds.metadata_map or {}).get(group_field)  # Camelyon17's hospitals have no names: their ids
+            groups = np.asarray(names, dtype=object)[column] if names is not None else column.astype(str).astype(object)
         shown = sample_images(len(idx), lambda j: ds.get_input(int(idx[j]))) if images else {}
         out[split] = SplitReading(idx, labels, groups, shown)
     return out

@@ -1,4 +1,5 @@
-"""WILDS tasks (iWildCam v2.0, FMoW v1.1) through the `wilds` package: official splits and evaluators.
+"""WILDS tasks (iWildCam v2.0, FMoW v1.1, Camelyon17 v1.0) through the `wilds` package: official
+splits and evaluators.
 
 Splits (docs/design.md section 4): ID train = `train`, ID val = `id_val`, the search's OOD-val = a
 class-balanced subset of the official OOD `val`, tests = `id_test` and the OOD `test`. Each split
@@ -11,8 +12,17 @@ holds the region of every example, 'Other' included, so a plain worst-group accu
 would count it; the evaluator's value replaces it. The OOD-val subset is drawn without 'Other'
 examples, where they could not move the objective anyway.
 
+Camelyon17 (`camelyon17`) has the official hospital splits (train and id_val from hospitals 0, 3, 4,
+OOD val = hospital 1, OOD test = hospital 2) but no ID test: ours is drawn per class with a seed from
+the official id_val (half of it by default, `id_test_fraction`), the rest stays our id_val, and the
+draw is recorded beside the study like the OOD-val subset. Its OOD test split is named `hospital_2`
+(a table column named after its domain, as for a folder dataset); groups are hospitals. Its objective
+is accuracy (the evaluator's `acc_avg`, the leaderboard's number). Class names and templates are
+CLIP_benchmark's PatchCamelyon ones (cited where they are defined below).
+
 Images are read from the paths the wilds classes use (`iwildcam_v2.0/train/<filename>`,
-`fmow_v1.1/images/rgb_img_<row>.png`) with our decoder, so a corrupt file is named.
+`fmow_v1.1/images/rgb_img_<row>.png`, `camelyon17_v1.0/patches/...`) with our decoder, so a corrupt
+file is named.
 
 Class names and prompts follow the reference (AutoFT's code, which takes its datasets and templates
 from wise-ft):
@@ -52,7 +62,7 @@ import torch
 from autoft.data import wilds_agreement, wilds_compat
 from autoft.data.base import Split, Task
 from autoft.data.images import CheckReport, ImageFiles, example_ids, prepare_command, require
-from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset
+from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset, stratified_holdout
 from autoft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -91,6 +101,7 @@ FMOW_CLASSES = 62
 _DOWNLOAD_NOTE = {
     "iwildcam": "about 11 GB compressed",
     "fmow": "about 50 GB compressed",
+    "camelyon17": "about 11 GB compressed",
 }
 
 
@@ -295,6 +306,96 @@ def fmow(root, ood_val_size: Optional[int] = 620, subset_seed: int = 0, subset_d
 
 
 # ------------------------------------------------------------------------------------------------
+# Camelyon17
+
+# Class names and templates of CLIP_benchmark's PatchCamelyon (LAION-AI/CLIP_benchmark, MIT licence;
+# key "pcam" of clip_benchmark/datasets/en_classnames.json and en_zeroshot_classification_templates.json,
+# commit 374d11f51c5a17a1b925a14c206471e13c205a2b). PCam's patches come from the same CAMELYON slides and
+# its label 1 means the same as Camelyon17-WILDS' `tumor` = 1: tumour tissue in the central 32x32 region.
+CAMELYON17_CLASSES = ["lymph node", "lymph node containing metastatic tumor tissue"]
+CAMELYON17_TEMPLATES = ["a histopathology slide showing {c}", "histopathology image of {c}"]
+# official split sizes (WILDS paper, table of dataset statistics); WILDS has no ID test for Camelyon17
+CAMELYON17_COUNTS = {"train": 302436, "id_val": 33560, "val": 34904, "test": 85054}
+CAMELYON17_N_CLASSES = 2
+CAMELYON17_SPLITS = ("train", "id_val", "val", "test")
+# hospitals (the wilds class's 0-indexed `center`) of each official split: val and test are assigned by
+# hospital in Camelyon17Dataset (VAL_CENTER, TEST_CENTER), train and id_val are the other three
+CAMELYON17_HOSPITALS = {"train": {0, 3, 4}, "id_val": {0, 3, 4}, "val": {1}, "test": {2}}
+CAMELYON17_TEST = "hospital_2"  # the OOD test split, one column of the tables, named after its hospital
+
+
+def _camelyon17_dataset(root):
+    data_dir = Path(root) / "camelyon17_v1.0"
+    for f in ("RELEASE_v1.0.txt", "metadata.csv"):
+        require(data_dir / f, "camelyon17", root, "Camelyon17 v1.0")
+    from wilds.datasets.camelyon17_dataset import Camelyon17Dataset
+
+    try:
+        return Camelyon17Dataset(root_dir=str(root), download=False)
+    except (KeyError, ValueError, AssertionError, pd.errors.ParserError) as e:
+        raise _malformed("Camelyon17 metadata", data_dir / "metadata.csv", "camelyon17", root, e) from None
+
+
+def _camelyon17_maker(ds, root):
+    # groups = hospitals (the domains of the shift), so worst_group_accuracy is the worst hospital's
+    # accuracy; the evaluator's own worst-group number (acc_wg) is over slides and is reported beside it
+    inputs = ds._input_array  # patches/patient_<p>_node_<n>/patch_..._x_<x>_y_<y>.png (Camelyon17Dataset.get_input)
+    aliases = {"accuracy": "acc_avg"}
+
+    def make(name, idx):
+        return _split(ds, name, idx, lambda i: inputs[i], "camelyon17", "camelyon17", root, "hospital", aliases)
+
+    return make
+
+
+def camelyon17_id_split(labels, id_test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (in the official id_val's order) of our id_val and id_test: round(fraction x n) of
+    each class's examples go to id_test, drawn with `seed`; WILDS' Camelyon17 has no ID test."""
+    if isinstance(id_test_fraction, bool) or not 0 < id_test_fraction < 1:
+        raise UserError(f"dataset.task.id_test_fraction={id_test_fraction}: must be in (0, 1), the share of the "
+                        f"official id_val held out as the ID test")
+    return stratified_holdout(labels, id_test_fraction, seed)
+
+
+def camelyon17(root, ood_val_size: Optional[int] = 1000, subset_seed: int = 0, id_test_fraction: float = 0.5,
+               split_seed: int = 0, subset_dir=None, templates=None, metric: str = "accuracy",
+               higher_is_better: bool = True) -> Task:
+    """Camelyon17-WILDS v1.0 (tumour or not in 96x96 lymph-node patches; domains = hospitals).
+    The official hospital splits: train and id_val from hospitals 0, 3, 4, OOD val = hospital 1, OOD
+    test = hospital 2 (the split `hospital_2`). OOD-val: `ood_val_size` class-balanced examples of
+    hospital 1 (seeded by `subset_seed`). The ID test, which WILDS lacks, is drawn per class from the
+    official id_val (`id_test_fraction` of it, seeded by `split_seed`); the rest stays our id_val. Both
+    draws are recorded in `subset_dir`. templates: null for CLIP_benchmark's PatchCamelyon templates,
+    or what dataset=folder accepts (openai | simple | photo | a list)."""
+    from autoft.data.folders import templates_of
+
+    ds = _camelyon17_dataset(root)
+    make = _camelyon17_maker(ds, root)
+    official_id_val = _official(ds, "id_val")
+    kept, held = camelyon17_id_split(ds.y_array[torch.as_tensor(official_id_val)].numpy(), id_test_fraction, split_seed)
+    id_val, id_test = make("id_val", official_id_val[kept]), make("id_test", official_id_val[held])
+    val_idx = _official(ds, "val")
+    ood_val, chosen = _ood_val(make("ood_val_pool", val_idx), val_idx, ood_val_size, subset_seed, None,
+                               lambda idx: make("ood_val", idx))
+    tests = {"id_test": id_test, CAMELYON17_TEST: make(CAMELYON17_TEST, _official(ds, "test"))}
+    _record("camelyon17", ood_val, chosen, tests, subset_dir,
+            {"dataset": "camelyon17", "pool": "wilds split 'val' (OOD, hospital 1)", "n": ood_val_size,
+             "seed": subset_seed})
+    if subset_dir:
+        ids = [f"{k}:{i}" for k, s in (("id_val", id_val), ("id_test", id_test)) for i in example_ids(s.dataset)]
+        path = save_subset(subset_dir, "id_split_camelyon17", official_id_val[np.concatenate([kept, held])], ids,
+                           {"dataset": "camelyon17", "pool": "wilds split 'id_val' (hospitals 0, 3, 4)",
+                            "source": "seeded per-class draw from the official id_val", "seed": split_seed,
+                            "id_test_fraction": id_test_fraction, "n": {"id_val": len(kept), "id_test": len(held)}},
+                           what="ID split")
+        log.info("ID split (id_val %d, id_test %d of the official id_val) recorded in %s", len(kept), len(held), path)
+    return Task(name="camelyon17", classnames=list(CAMELYON17_CLASSES),
+                templates=templates_of(templates) if templates is not None else list(CAMELYON17_TEMPLATES),
+                train=make("train", _official(ds, "train")), id_val=id_val, ood_val=ood_val, tests=tests,
+                metric=metric, higher_is_better=higher_is_better)
+
+
+# ------------------------------------------------------------------------------------------------
 # preparing and checking
 
 def download(name: str, root) -> None:
@@ -309,8 +410,15 @@ def download(name: str, root) -> None:
         wilds.get_dataset(dataset=name, root_dir=str(root), download=True)
 
 
+WILDS_DATASETS = ("iwildcam", "fmow", "camelyon17")  # what scripts/prepare_data.py checks with the wilds classes
+FOLDERS = {"iwildcam": "iwildcam_v2.0", "fmow": "fmow_v1.1", "camelyon17": "camelyon17_v1.0"}
+# the release's split sizes and class count, what `check` expects unless told otherwise
+RELEASES = {"iwildcam": (IWILDCAM_COUNTS, IWILDCAM_CLASSES), "fmow": (FMOW_COUNTS, FMOW_CLASSES),
+            "camelyon17": (CAMELYON17_COUNTS, CAMELYON17_N_CLASSES)}
+
+
 def _manual(name: str, root) -> list[str]:
-    folder = {"iwildcam": "iwildcam_v2.0", "fmow": "fmow_v1.1"}[name]
+    folder = FOLDERS[name]
     return [f"{prepare_command(name, root)} --download   (the wilds downloader; {_DOWNLOAD_NOTE[name]})",
             f"or download the {name} archive from https://wilds.stanford.edu/downloads and extract it so that "
             f"{Path(root) / folder} holds its files"]
@@ -322,19 +430,25 @@ OFFICIAL_SPLITS = ("train", "id_val", "val", "id_test", "test")
 def _read(name: str, root):
     """Our reader on a WILDS folder: the wilds dataset, the head's class names, and our Split of
     every official split (what the tasks above are made of)."""
+    splits = OFFICIAL_SPLITS
     if name == "iwildcam":
         ds = _iwildcam_dataset(root)
         classnames = iwildcam_classnames(Path(ds.data_dir) / "categories.csv", ds.n_classes)["english"]
         make = _iwildcam_maker(ds, root)
-    else:
+    elif name == "fmow":
         ds = _fmow_dataset(root)
         classnames = fmow_classnames()
         make = _fmow_maker(ds, root)
-    return ds, classnames, {split: make(split, _official(ds, split)) for split in OFFICIAL_SPLITS}
+    else:
+        ds = _camelyon17_dataset(root)
+        classnames, splits = list(CAMELYON17_CLASSES), CAMELYON17_SPLITS
+        make = _camelyon17_maker(ds, root)
+    return ds, classnames, {split: make(split, _official(ds, split)) for split in splits}
 
 
 def official_splits(name: str, root) -> dict[str, Split]:
-    """Our Split of each official WILDS split ('train', 'id_val', 'val', 'id_test', 'test'), whole."""
+    """Our Split of each official WILDS split ('train', 'id_val', 'val', 'id_test', 'test'; Camelyon17
+    has no 'id_test'), whole."""
     return _read(name, root)[2]
 
 
@@ -356,19 +470,37 @@ def agreement(name: str, root, splits: dict[str, Split], images: bool = True) ->
     try:
         reference = wilds_agreement.open_reference(name, root)
     except Exception as e:  # whatever stops wilds itself is the finding, reported, not raised
-        folder = Path(root) / {"iwildcam": "iwildcam_v2.0", "fmow": "fmow_v1.1"}[name]
+        folder = Path(root) / FOLDERS[name]
         return [f"wilds' own {cls} cannot read {folder}, which our reader accepts ({type(e).__name__}: {e})"]
     theirs = wilds_agreement.reference_readings(reference, wilds_agreement.GROUP_FIELDS[name], images)
     return wilds_agreement.disagreements(our_readings(name, splits, images), theirs, f"wilds' {cls}")
 
 
+def camelyon17_hospital_problems(hospitals: dict[str, set], unassigned: int = 0) -> list[str]:
+    """How the hospitals of each split (`hospitals`: split -> hospital ids found) and the metadata rows
+    in no split (`unassigned`) depart from the official scheme, one line each: a metadata.csv whose
+    `split` column holds other values than 0 (train) and 1 (id_val), or whose `center` column changed."""
+    out = []
+    for split, want in CAMELYON17_HOSPITALS.items():
+        extra = sorted(hospitals.get(split, set()) - want)
+        if extra:
+            out.append(f"split '{split}' holds hospital(s) {', '.join(map(str, extra))}; the official scheme puts "
+                       f"only {', '.join(map(str, sorted(want)))} there (check the split and center columns of "
+                       f"camelyon17_v1.0/metadata.csv)")
+    if unassigned:
+        out.append(f"{unassigned} metadata row(s) in no split: their `split` column is neither 0 (train) nor "
+                   f"1 (id_val)")
+    return out
+
+
 def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[int] = None,
           verify_images: bool = False) -> CheckReport:
-    """Check a WILDS dataset on disk: metadata, split sizes, classes, every image file, and that
-    the wilds class itself reads the same splits, labels (FMoW: regions) and images as we do."""
+    """Check a WILDS dataset on disk: metadata, split sizes, classes, every image file (Camelyon17:
+    the official hospital of every split), and that the wilds class itself reads the same splits,
+    labels (FMoW: regions; Camelyon17: hospitals) and images as we do."""
     report = CheckReport(name, str(root))
-    expected = expected if expected is not None else (IWILDCAM_COUNTS if name == "iwildcam" else FMOW_COUNTS)
-    n_classes = n_classes if n_classes is not None else (IWILDCAM_CLASSES if name == "iwildcam" else FMOW_CLASSES)
+    expected = expected if expected is not None else RELEASES[name][0]
+    n_classes = n_classes if n_classes is not None else RELEASES[name][1]
     try:
         ds, classnames, splits = _read(name, root)
     except UserError as e:
@@ -384,13 +516,21 @@ def check(name: str, root, expected: Optional[dict] = None, n_classes: Optional[
     labels = np.concatenate([s.labels for s in splits.values()])
     if labels.min() < 0 or labels.max() >= len(classnames):
         report.bad(f"labels outside 0..{len(classnames) - 1}")
+    if name == "camelyon17":
+        found = {split: set(s.groups.tolist()) for split, s in splits.items()}
+        problems = camelyon17_hospital_problems(found, len(ds) - sum(len(s) for s in splits.values()))
+        for p in problems:
+            report.bad(p)
+        if not problems:
+            report.good("the official hospitals: train and id_val from 0, 3, 4; val 1; test 2")
     for split, s in splits.items():
         report.files([s.dataset.path(i) for i in range(len(s))], f"split '{split}'", verify_images)
     differences = agreement(name, root, splits)
     for d in differences:
         report.bad(d)
     if not differences:
-        compared = "sizes, labels, regions" if wilds_agreement.GROUP_FIELDS[name] else "sizes, labels"
+        field = wilds_agreement.GROUP_FIELDS[name]
+        compared = f"sizes, labels, {field}s" if field else "sizes, labels"
         report.good(f"wilds' own {wilds_agreement.REFERENCE_CLASSES[name]} reads the same {len(splits)} splits "
                     f"({compared}, sampled images)")
     if not report.complete:
