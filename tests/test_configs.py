@@ -208,7 +208,8 @@ def test_budgets_live_only_in_the_budget_files():
                 assert not budget.search(path.read_text()), path
         for path in (conf / "dataset").glob("*.yaml"):  # every dataset's default model has budgets
             cfg = compose_config(f"dataset={path.stem}")
-            own = cfg.dataset.task._target_ not in ("autoft.data.folders.folder_task",)  # user datasets: the default
+            own = cfg.dataset.task._target_ not in ("autoft.data.folders.folder_task",  # user datasets: the default
+                                                    "autoft.data.wilds_tasks.camelyon17")
             assert cfg.budget.name == (f"{path.stem}_{cfg.model.name}" if own else "user_data"), path
     trainer = OmegaConf.load(CONF / "trainer" / "default.yaml")
     assert not set(config.BUDGET_KEYS) & set(trainer)
