@@ -218,3 +218,47 @@ def test_two_builders_at_once_make_one_cache_without_error(split, reference, tmp
     assert [r[0] for r in results] == ["cache"] * 3 and sorted(r[1] for r in results) == [0, 0, N]
     assert contents(directory) == reference
 
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_builder_takes_its_decoding_processes_and_its_lock_with_it(tmp_path):
+    """From 256 rows a build decodes on worker processes. Forked while the lock is held, they would
+    outlive a SIGKILLed builder and hold the lock forever: torch's worker, its batches (4 rows of
+    128 px here, 196 KB) too big for the pipe to a dead reader, waits forever to flush its queue."""
+    split = make_split(tmp_path / "images", 256, size=(48, 36))
+    directory = tmp_path / "caches"
+    builder = Builder(split, directory, tmp_path / "signals", pause="rows:2", workers=2, size=128)
+    builder.wait_for("paused")
+    workers = _children(builder.process.pid)
+    assert len(workers) == 2
+    try:
+        builder.kill()
+        assert lock_free(directory)
+        deadline = time.monotonic() + 5
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(map(_alive, workers))
+    finally:  # a regression must fail, not leave orphans holding the lock and pytest's output open
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+    assert image_view(split, 128, None, policy(directory), progress=False)[1] == "cache"
+    reference = tmp_path / "reference"
+    image_view(split, 128, None, policy(reference), progress=False)
+    assert contents(directory) == contents(reference)

@@ -20,7 +20,8 @@ key = hash of (format, the source's identity: its file list or array contents, t
   Readers look only at `<name>/`, so a partial build is never read (`read` decodes live instead).
 - Resumable: rows are flushed before they are marked done (done.npy); a build killed (even by
   SIGKILL) continues where it stopped, after checking the crc32 of the rows it had written; one
-  killed after its manifest only finishes its rename. The lock dies with its holder (flock), so the
+  killed after its manifest only finishes its rename. The lock dies with its holder (flock), and the
+  build's decoding processes die with it too (they would otherwise keep the lock forever), so the
   next run, or a process already waiting, takes over. What a killed rename or a killed atomic write
   left behind (`<name>.stale-*`, temporary files) is removed by the next build; the result is
   byte-identical to an uninterrupted build (tests/test_image_cache_faults.py kills builds at each step).
@@ -33,6 +34,7 @@ key = hash of (format, the source's identity: its file list or array contents, t
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import glob
@@ -41,11 +43,13 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial as bind
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -373,7 +377,7 @@ def _fill(view: Dataset, partial: Path, done: np.ndarray, spec: CacheSpec, worke
     marks[:] = done
     workers = workers or os.cpu_count() or 1
     batches = DataLoader(_Rows(view, todo), batch_size=min(32, flush_rows), num_workers=workers if len(todo) >= 256 else 0,
-                         collate_fn=_stack)
+                         collate_fn=_stack, worker_init_fn=bind(_die_with, os.getpid()))
     tty = sys.stderr.isatty()
     bar = tqdm(total=spec.n, initial=spec.n - len(todo), desc=f"caching {spec.dataset} {spec.split}", unit="img",
                disable=not progress or len(todo) < 256, mininterval=1 if tty else 30, file=sys.stderr)
@@ -398,6 +402,19 @@ def _fill(view: Dataset, partial: Path, done: np.ndarray, spec: CacheSpec, worke
     bar.close()
     del images, crc, marks
     _reached("filled")
+
+
+def _die_with(builder: int, worker_id: int) -> None:
+    """DataLoader worker init of a build: the kernel kills this decoding process when its builder dies.
+    A worker outlives a SIGKILLed builder (torch's then waits forever to flush its queue) and holds
+    the build's lock, inherited at fork: every later run would wait for that lock forever. (The signal
+    follows the forking thread, which iterates the loader until the workers are shut down.)"""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux)
+    except (AttributeError, OSError):
+        return
+    if os.getppid() != builder:  # the builder died before the line above
+        os._exit(1)
 
 
 class _Rows(Dataset):
