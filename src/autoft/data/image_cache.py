@@ -17,8 +17,14 @@ key = hash of (format, the source's identity: its file list or array contents, t
 - Built atomically: in `<name>.partial/`, under an exclusive lock (`<name>.lock`), renamed into place
   when complete. DataLoader workers, search workers and DDP ranks wait for the one builder, then map
   the same file: the OS page cache shares its pages, no process holds a split in its own memory.
-- Resumable: rows are flushed before they are marked done (done.npy); a killed build continues
-  where it stopped, after checking the crc32 of the rows it had written.
+  Readers look only at `<name>/`, so a partial build is never read (`read` decodes live instead).
+- Resumable: rows are flushed before they are marked done (done.npy); a build killed (even by
+  SIGKILL) continues where it stopped, after checking the crc32 of the rows it had written; one
+  killed after its manifest only finishes its rename. The lock dies with its holder (flock), and the
+  build's decoding processes die with it too (they would otherwise keep the lock forever), so the
+  next run, or a process already waiting, takes over. What a killed rename or a killed atomic write
+  left behind (`<name>.stale-*`, temporary files) is removed by the next build; the result is
+  byte-identical to an uninterrupted build (tests/test_image_cache_faults.py kills builds at each step).
 - Never silently wrong: opening checks the manifest, the file sizes, the checksum of the crc32
   array and the stamp (size, mtime) of a sample of the source files; a failed check names the
   folder and the reason, and the cache is rebuilt (`auto`) or refused (`read`). A read image that
@@ -28,18 +34,22 @@ key = hash of (format, the source's identity: its file list or array contents, t
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial as bind
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,7 +61,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from autoft.errors import UserError
-from autoft.io import atomic_write_text
+from autoft.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,13 @@ FORMAT = 1  # bump when the layout changes: every cache then gets a new key
 MODES = ("auto", "read", "off")
 FREE_MARGIN = 1.05  # a build needs its size plus 5 % free, so that a cache never fills a disk to the last byte
 FLUSH_ROWS = 2048   # rows written between two checkpoints of a build (done.npy)
+CACHE_FILES = ("images.npy", "crc32.npy", "manifest.json")  # what a complete cache folder holds, nothing else
+
+
+def _reached(point: str) -> None:
+    """A named step of a build (locking, locked, allocating, rows, filled, manifest-tmp, manifest,
+    renaming). Does nothing; tests/test_image_cache_faults.py replaces it in a builder process to
+    SIGKILL that process exactly there."""
 
 
 def preprocessing(size: int) -> dict:
@@ -284,6 +301,7 @@ def _allocate(partial: Path, spec: CacheSpec) -> None:
         os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
     np.save(partial / "crc32.npy", np.zeros(spec.n, dtype=np.uint32))
     np.save(partial / "done.npy", np.zeros(spec.n, dtype=bool))
+    _reached("allocating")
     atomic_write_text(partial / "spec.json", json.dumps(spec.manifest(""), sort_keys=True))
 
 
@@ -307,28 +325,33 @@ def _resumable(partial: Path, spec: CacheSpec) -> Optional[np.ndarray]:
 
 
 def build(view: Dataset, spec: CacheSpec, directory, workers: int = 0, progress: bool = True,
-          flush_rows: int = FLUSH_ROWS) -> ImageCache:
+          flush_rows: Optional[int] = None) -> ImageCache:
     """Write the cache of `view` (the live uint8 view of the spec's examples, in order) under
     `directory`, or open it if another process finished it first. Resumes a killed build; a build
     stopped by an exception (Ctrl-C) keeps its partial folder for the next one."""
     root = Path(directory)
     folder, partial = root / spec.name, root / f"{spec.name}.partial"
     root.mkdir(parents=True, exist_ok=True)
+    _reached("locking")
     with _locked(root / f"{spec.name}.lock"):
+        _reached("locked")
         if folder.is_dir() and inspect(folder, spec) is None:
             return open_cache(folder)  # built by another process while this one waited
-        done = _resumable(partial, spec) if partial.is_dir() else None
+        _remove_stale(root, spec.name)
         need = int(spec.n * 3 * spec.size ** 2 * FREE_MARGIN)
         try:
-            if done is None:
-                shutil.rmtree(partial, ignore_errors=True)
-                free = shutil.disk_usage(root).free + (_size(folder) if folder.is_dir() else 0)
-                if need > free:
-                    raise _no_room(folder, need, free, spec)
-                _allocate(partial, spec)
-                done = np.zeros(spec.n, dtype=bool)
-            _fill(view, partial, done, spec, workers, progress, flush_rows)
-            _finish(partial, folder, spec)
+            if not (partial.is_dir() and inspect(partial, spec) is None):  # complete: only its rename was left
+                done = _resumable(partial, spec) if partial.is_dir() else None
+                if done is None:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    free = shutil.disk_usage(root).free + (_size(folder) if folder.is_dir() else 0)
+                    if need > free:
+                        raise _no_room(folder, need, free, spec)
+                    _allocate(partial, spec)
+                    done = np.zeros(spec.n, dtype=bool)
+                _fill(view, partial, done, spec, workers, progress, flush_rows or FLUSH_ROWS)
+                _write_manifest(partial, spec)
+            _finish(partial, folder)
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # nothing half-written may stay where a cache could be
                 shutil.rmtree(partial, ignore_errors=True)
@@ -354,7 +377,7 @@ def _fill(view: Dataset, partial: Path, done: np.ndarray, spec: CacheSpec, worke
     marks[:] = done
     workers = workers or os.cpu_count() or 1
     batches = DataLoader(_Rows(view, todo), batch_size=min(32, flush_rows), num_workers=workers if len(todo) >= 256 else 0,
-                         collate_fn=_stack)
+                         collate_fn=_stack, worker_init_fn=bind(_die_with, os.getpid()))
     tty = sys.stderr.isatty()
     bar = tqdm(total=spec.n, initial=spec.n - len(todo), desc=f"caching {spec.dataset} {spec.split}", unit="img",
                disable=not progress or len(todo) < 256, mininterval=1 if tty else 30, file=sys.stderr)
@@ -371,12 +394,27 @@ def _fill(view: Dataset, partial: Path, done: np.ndarray, spec: CacheSpec, worke
         images[rows] = x
         crc[rows] = crc_of(x)
         pending.extend(rows.tolist())
+        _reached("rows")
         bar.update(len(rows))
         if len(pending) >= flush_rows:
             checkpoint()
     checkpoint()
     bar.close()
     del images, crc, marks
+    _reached("filled")
+
+
+def _die_with(builder: int, worker_id: int) -> None:
+    """DataLoader worker init of a build: the kernel kills this decoding process when its builder dies.
+    A worker outlives a SIGKILLed builder (torch's then waits forever to flush its queue) and holds
+    the build's lock, inherited at fork: every later run would wait for that lock forever. (The signal
+    follows the forking thread, which iterates the loader until the workers are shut down.)"""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux)
+    except (AttributeError, OSError):
+        return
+    if os.getppid() != builder:  # the builder died before the line above
+        os._exit(1)
 
 
 class _Rows(Dataset):
@@ -397,18 +435,38 @@ def _stack(items):
     return np.array([r for r, _ in items], dtype=np.int64), np.stack([x.numpy() for _, x in items])
 
 
-def _finish(partial: Path, folder: Path, spec: CacheSpec) -> None:
-    """The manifest last, then one rename: a reader sees either no cache or the complete one. A stale
-    cache in the way moves aside first (readers that have it mapped keep their pages)."""
-    crc = np.load(partial / "crc32.npy")
-    atomic_write_text(partial / "manifest.json", json.dumps(spec.manifest(checksum_of(crc)), indent=1))
-    for p in ("done.npy", "spec.json"):
-        (partial / p).unlink()
+def _write_manifest(partial: Path, spec: CacheSpec) -> None:
+    """The manifest, written once every row is done: it is what makes the partial folder complete."""
+    text = json.dumps(spec.manifest(checksum_of(np.load(partial / "crc32.npy"))), indent=1)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text)
+        _reached("manifest-tmp")
+
+    atomic_write(partial / "manifest.json", write)
+    _reached("manifest")
+
+
+def _finish(partial: Path, folder: Path) -> None:
+    """A complete partial folder, stripped to the cache's own files (a killed build may have left its
+    checkpoints or a temporary file), replaces `folder` in one rename: a reader sees either no cache
+    or the complete one. A stale cache in the way moves aside first (readers that have it mapped
+    keep their pages; one left by a kill here is removed by the next build)."""
+    for p in partial.iterdir():
+        if p.name not in CACHE_FILES:
+            p.unlink()
     if folder.exists():
         stale = folder.with_name(f"{folder.name}.stale-{os.getpid()}-{time.time_ns()}")
         os.rename(folder, stale)
+        _reached("renaming")
         shutil.rmtree(stale, ignore_errors=True)
     os.rename(partial, folder)
+
+
+def _remove_stale(root: Path, name: str) -> None:
+    """Old caches that a build killed in `_finish` moved aside but did not remove (under the lock)."""
+    for stale in root.glob(f"{glob.escape(name)}.stale-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------
