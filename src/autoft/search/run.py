@@ -367,7 +367,8 @@ class Search:
         for trial in trials:
             self._interrupted(self.study, trial)
         for number, (claim, heartbeat) in claims.items():  # a rerun takes them up at once, no grace period
-            self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
+            with og.fail_fast():  # one try: stopping never waits for an outage to end
+                self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
 
     def _slot(self, slot: int) -> None:
         # each slot has a Study object of its own (its own sampler; the storage shared)
@@ -580,15 +581,19 @@ class Search:
         return False
 
     def _interrupted(self, study, trial) -> None:
-        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued."""
+        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued. One
+        try (an interrupt never waits for an outage to end): with the storage away the trial stays
+        RUNNING and the next worker retries it as lost."""
         try:
-            if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
-                su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="interrupted",
-                           count_retry=False)
-        except og.StorageUnreachable:  # the stop's one message says it; a rerun retries the trial as lost
-            log.debug("trial %d left RUNNING: the study storage is unreachable", trial.number)
+            with og.fail_fast():
+                if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
+                    su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="interrupted",
+                               count_retry=False)
         except Exception as err:  # never mask the interrupt
-            log.warning("could not record interrupted trial %d: %s", trial.number, err)
+            if og.unreachable(err):  # the outage has its own lines (and the stop its one message)
+                log.debug("trial %d left RUNNING: the study storage is unreachable", trial.number)
+            else:
+                log.warning("could not record interrupted trial %d: %s", trial.number, err)
 
     # ------------------------------------------------------------------ top-k re-evaluation
 
@@ -679,10 +684,11 @@ class Search:
                         and rv.same_seeds(current, claim["seeds"]):
                     return  # a result already there wins over a release or a failure
                 rv.write_record(study, number, record)
-        except og.StorageUnreachable:  # the stop's one message says it; the claim goes stale and is taken over
-            log.debug("re-evaluation of trial %d not recorded: the study storage is unreachable", number)
         except Exception as err:  # never mask the error that brought us here
-            log.warning("could not record the re-evaluation of trial %d: %s", number, err)
+            if og.unreachable(err):  # the outage has its own lines; the claim goes stale and is taken over
+                log.debug("re-evaluation of trial %d not recorded: the study storage is unreachable", number)
+            else:
+                log.warning("could not record the re-evaluation of trial %d: %s", number, err)
 
     # ------------------------------------------------------------------ progress, outputs, summary
 
@@ -741,6 +747,9 @@ class Search:
         (readers of the storage: reevaluation.chosen_trial_number); at the end, plots and the study's W&B run."""
         study = self.study
         if study is None:
+            return
+        if self.store.outage is not None and self.store.outage.down:
+            log.debug("study outputs not written: the study storage is unreachable (a rerun writes them)")
             return
         try:
             sel, recs = (None, None) if self.multi else self._selection(study, study.get_trials(deepcopy=False))
