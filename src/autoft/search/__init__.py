@@ -1,7 +1,9 @@
 """AutoFT search: everything behind the `autoft_optuna` Hydra sweeper, each concept once.
 
     space.py         hydra.sweeper.params (Hydra's override grammar) -> Optuna distributions
-    storage.py       storage URLs, opening, the claim lock; StudyStorage, the one wrapper of Optuna's privates
+    storage.py       storage URLs, opening, the claim lock; the storage that rides out outages;
+                     StudyStorage, the one wrapper of Optuna's privates
+    outage.py        storage outages: which errors mean unreachable, the retry window, its log lines
     study.py         naming, fingerprint, creation/resume, counting toward n_trials, retries, samplers,
                      pruners, warm starts
     liveness.py      one heartbeat thread (trials, re-evaluation claims, worker records), stale trials,

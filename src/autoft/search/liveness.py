@@ -8,6 +8,12 @@
   alive on this machine: marked FAIL and retried. A trial also gets `autoft:alive` once its
   heartbeat runs, so a worker killed between asking for a trial and its first beat is found too
   (`datetime_start` older than twice the grace period).
+- Storage outages silence every heartbeat at once, live or not. Beats never wait on an outage (they
+  run fail-fast and are tried again every couple of seconds until one lands, so every live trial beats
+  again moments after the storage returns), and a worker that saw the storage come back judges no
+  trial or re-evaluation stale until one full grace period after that moment (`grace_after_outage`).
+  A late beat is logged with its cause: a starved thread (the machine is overloaded) or a slow
+  storage; while the storage is unreachable, the outage's own line has said so.
 - The worker registry counts the trials that share this machine's cores, for the thread budget
   (autoft.search.threads). Concurrent trials are counted two ways, and the larger count wins:
   the machine registry, one small JSON file per live worker process, `<host>-<pid>.json` in
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from autoft.search import threads
+from autoft.search.outage import fail_fast
 from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR, PROGRESS_ATTR, StudyStorage
 from autoft.search.study import FAIL_KIND, FAIL_REASON
 
@@ -41,12 +48,17 @@ WORKER_PREFIX = "autoft:worker:"
 WORKERS_DIR_ENV = "AUTOFT_WORKERS_DIR"
 
 
+RETRY_BEAT = 2.0  # seconds between tries of a beat that failed (a storage back from an outage hears it soon)
+
+
 class Heartbeat:
     """Calls `beat()` every `interval` s from a daemon thread until `stop()`, or until a beat returns
     False (the thing it keeps alive was taken over). `start()` beats once in the caller's thread
-    first (an error there is the caller's); later errors are storage hiccups, retried next time.
-    `after_beat(heartbeat, late)` runs after each threaded beat, `late` being how many seconds the
-    beat came after its due time (a starved thread: an overloaded machine)."""
+    first (an error there is the caller's). Later beats try once (autoft.search.outage.fail_fast): a
+    failed one (an outage, a hiccup) is tried again after RETRY_BEAT s, so the thread never blocks on
+    the storage and stop() never waits for it. `after_beat(heartbeat, late)` runs after each threaded
+    beat; `late` is how many seconds the thread woke after it was due (starved of CPU: an overloaded
+    machine); `beat_took` is how long the beat itself took (a slow storage), `failed` whether it failed."""
 
     def __init__(self, beat: Callable[[], Any], interval: float, *, name: str = "autoft-heartbeat",
                  after_beat: Optional[Callable[["Heartbeat", float], None]] = None):
@@ -54,6 +66,7 @@ class Heartbeat:
         self.after_beat = after_beat
         self.started = time.time()
         self.last_beat: Optional[float] = None
+        self.beat_took, self.failed = 0.0, False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -66,15 +79,23 @@ class Heartbeat:
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while True:
+            asleep = time.time()
+            if self._stop.wait(wait):
+                return
             now = time.time()
-            late = now - (self.last_beat or now) - self.interval
+            late = now - asleep - wait
             try:
-                if self.beat() is False:
-                    return
+                with fail_fast():
+                    if self.beat() is False:
+                        return
                 self.last_beat = time.time()
-            except Exception as err:  # noqa: BLE001 (a storage hiccup, or the trial just finished)
+                wait, self.failed = self.interval, False
+            except Exception as err:  # noqa: BLE001 (an outage, a hiccup, or the trial just finished)
                 log.debug("%s: beat failed: %s", self.name, err)
+                wait, self.failed = min(self.interval, RETRY_BEAT), True
+            self.beat_took = time.time() - now
             if self.after_beat is not None:
                 self.after_beat(self, late)
 
@@ -107,10 +128,15 @@ def trial_heartbeat(store: StudyStorage, trial, interval: float, *, label: str =
     last_log = [time.time()]
 
     def watch(hb: Heartbeat, late: float) -> None:
-        if grace_period and late > 0.5 * (grace_period - hb.interval):
-            log.warning("%s: heartbeat %.0fs late (the machine is overloaded; lower hydra.sweeper.threads or "
-                        "run fewer workers); other workers declare it lost %ss after its last beat",
-                        label, late, grace_period)
+        if grace_period:
+            warn_at = 0.5 * (grace_period - hb.interval)
+            if late > warn_at:
+                log.warning("%s: heartbeat %.0fs late, its thread starved of CPU (the machine is overloaded; lower "
+                            "hydra.sweeper.threads or run fewer workers); other workers declare it lost %ss after "
+                            "its last beat", label, late, grace_period)
+            elif not hb.failed and hb.beat_took > warn_at:  # a failed beat: the outage's own line says why
+                log.warning("%s: the study storage took %.0fs to record a heartbeat (slow to answer); other workers "
+                            "declare it lost %ss after its last beat", label, hb.beat_took, grace_period)
         if progress_interval and time.time() - last_log[0] >= progress_interval:
             last_log[0] = time.time()
             log_progress(store, trial_id, hb, label)
@@ -124,7 +150,8 @@ def trial_heartbeat(store: StudyStorage, trial, interval: float, *, label: str =
 def log_progress(store: StudyStorage, trial_id: int, hb: Heartbeat, label: str) -> None:
     now, what = time.time(), ""
     try:
-        p = store.trial_system_attrs(trial_id).get(PROGRESS_ATTR)
+        with fail_fast():  # a log line never waits on the storage
+            p = store.trial_system_attrs(trial_id).get(PROGRESS_ATTR)
         if isinstance(p, dict) and p.get("step") is not None:
             total = f"/{p['total']}" if p.get("total") else ""
             what = f", step {p['step']}{total} reported {now - float(p.get('time', now)):.0f}s ago"
@@ -162,16 +189,31 @@ def worker_alive_here(worker: Optional[str]) -> bool:
     return int(pid) == os.getpid() or pid_alive(int(pid))
 
 
+def grace_after_outage(store: StudyStorage, grace_period: float) -> float:
+    """The grace period to judge heartbeats by now: infinite (nothing is stale) until one full grace
+    period after the storage came back from an outage this process saw. During an outage every
+    heartbeat stops reaching the database, the live ones too: they get a fair chance to beat again."""
+    outage = store.outage
+    if outage is not None and (outage.down or outage.back_within(grace_period) is not None):
+        return float("inf")
+    return grace_period
+
+
 def fail_stale(study, *, grace_period: float, retry: Callable) -> int:
     """Mark RUNNING trials of dead workers FAIL and re-queue their parameters; how many.
 
     Stale means no heartbeat for `grace_period` seconds (RDB: the database's clock; journal: our
     own heartbeat attribute). A stale trial whose worker is a process still alive on this machine
     is not failed: its heartbeat thread was starved by an overloaded CPU, the trial is slow, not lost.
+    Nothing is stale within a grace period of the storage's return from an outage (grace_after_outage).
     """
     from optuna.trial import TrialState
 
     store = StudyStorage(study)
+    if grace_after_outage(store, grace_period) == float("inf"):
+        log.debug("the study storage came back from an outage less than %ss ago: no trial is judged stale yet",
+                  grace_period)
+        return 0
     now = time.time()
     candidates = store.stale_trial_ids()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -191,8 +233,8 @@ def fail_stale(study, *, grace_period: float, retry: Callable) -> int:
             continue
         if worker_alive_here(t.user_attrs.get("worker")):
             log.warning("trial %d has had no heartbeat for over %ss but its worker %s is alive on this machine: "
-                        "slow (overloaded CPU), not lost; left running", t.number, grace_period,
-                        t.user_attrs.get("worker"))
+                        "slow (its heartbeat thread starved of CPU, or the storage slow to answer it), not lost; "
+                        "left running", t.number, grace_period, t.user_attrs.get("worker"))
             continue
         # False: another worker got there first, or it just finished
         if not store.fail_trial(trial_id, {FAIL_REASON: "lost: its worker stopped sending heartbeats "
@@ -325,7 +367,8 @@ class WorkerRegistry:
         unregister_worker(self.machine_file)
         self.machine_file = None
         try:
-            self.beat(stopped=True)
+            with fail_fast():  # a worker stopping for an outage does not wait for the storage's return
+                self.beat(stopped=True)
         except Exception as err:
             log.debug("worker record not closed: %s", err)
 

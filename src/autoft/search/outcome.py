@@ -7,6 +7,9 @@ re-evaluations (the sweeper records each kind its own way).
     nan          a non-finite objective                           FAIL, goes on
     diverged     autoft.errors.TrialDiverged                      FAIL, goes on
     error        any other exception                              FAIL, goes on (traceback logged)
+    storage      the study storage stayed unreachable past the    the trial is given back, this worker
+                 window (outage.StorageUnreachable, from the      stops with that message (a rerun
+                 task's own reports)                              resumes)
     user_error   a UserError anywhere in the exception's chain    stops everything with its message
     bad_return   not an objective (None, a string, wrong length)  stops: the app is misconfigured
     lost         the cluster lost the job (submitit)              FAIL, parameters retried
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from autoft.errors import UserError
+from autoft.search.outage import StorageUnreachable
 
 
 def find_user_error(err: Optional[BaseException]) -> Optional[UserError]:
@@ -100,6 +104,8 @@ def classify(ret, n_objectives: int = 1) -> Outcome:
     if isinstance(exc, optuna.TrialPruned):
         return Outcome("pruned", error=exc, reason=str(exc))
     user = find_user_error(exc)
+    if isinstance(user, StorageUnreachable):
+        return Outcome("storage", error=user, reason=str(user))
     if user is not None:
         return Outcome("user_error", error=user, reason=f"{type(user).__name__}: {user}")
     if isinstance(exc, TrialDiverged):

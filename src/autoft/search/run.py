@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from autoft.errors import UserError
 from autoft.names import SEED_KEY
 from autoft.search import liveness as lv
+from autoft.search import outage as og
 from autoft.search import outputs as out
 from autoft.search import reevaluation as rv
 from autoft.search import space as sp
@@ -62,6 +63,7 @@ class SearchSettings:
     custom_search_space: Optional[str]
     heartbeat_interval: int
     grace_period: int
+    storage_outage_window: float
     max_retries: int
     max_failures: Optional[int]
     max_failure_rate: Optional[float]
@@ -168,6 +170,9 @@ class Search:
         if not s.grace_period or s.grace_period <= s.heartbeat_interval:
             raise UserError(f"hydra.sweeper.grace_period ({s.grace_period}) must exceed heartbeat_interval "
                             f"({s.heartbeat_interval}); 3x is a safe choice")
+        window = s.storage_outage_window
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
+            raise UserError(f"hydra.sweeper.storage_outage_window must be a number of seconds > 0, got {window!r}")
         try:
             self.threads = parse_threads(s.threads)
         except ValueError as err:
@@ -258,7 +263,8 @@ class Search:
         s, cfg = self.s, self.config
         self.retry = su.RetryLost(s.max_retries)
         self.storage = st.open_storage(self.storage_url, heartbeat_interval=s.heartbeat_interval,
-                                       grace_period=s.grace_period, stale_callback=self.retry)
+                                       grace_period=s.grace_period, stale_callback=self.retry,
+                                       outage_window=s.storage_outage_window)
         attrs = {"n_trials": int(self.n_trials), "search_space": self.space.describe(),
                  "metric": OmegaConf.select(cfg, "dataset.metric", default=None),
                  "dataset": OmegaConf.select(cfg, "dataset.name", default=None),
@@ -290,8 +296,10 @@ class Search:
         the app's config has those keys (autoft's train.py). No key the app lacks is added."""
         fmt = sp.format_value
         budget = f",threads:{int(threads)}" if threads else ""
+        # the outage window goes along: a trial in another process (joblib, SLURM) waits as long as its worker
         ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{fmt(self.study_name)},"
-                 f"storage:{fmt(self.storage_url)}{budget}}}")
+                 f"storage:{fmt(self.storage_url)},storage_outage_window:{float(self.s.storage_outage_window):g}"
+                 f"{budget}}}")
         ovs = [*self.passthrough, *self.space.overrides(params),
                f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
         if self.autoft_app:
@@ -359,7 +367,8 @@ class Search:
         for trial in trials:
             self._interrupted(self.study, trial)
         for number, (claim, heartbeat) in claims.items():  # a rerun takes them up at once, no grace period
-            self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
+            with og.fail_fast():  # one try: stopping never waits for an outage to end
+                self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
 
     def _slot(self, slot: int) -> None:
         # each slot has a Study object of its own (its own sampler; the storage shared)
@@ -396,7 +405,7 @@ class Search:
         announced = False
         locked = st.has_claim_lock(self.storage_url)
         while not self._stop.is_set():
-            with self.store.claim_lock(self.storage_url):
+            with self.store.claim_lock(self.storage_url) as claim:
                 lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
                 trials = study.get_trials(deepcopy=False)
                 c = su.count(trials)
@@ -422,7 +431,8 @@ class Search:
                         heartbeat.stop()
                         self._fail(study, trial, "error", "sampling failed: " + traceback.format_exc(limit=2))
                         raise
-                    if locked or not self._surplus(study, trial):
+                    # a claim lost to an outage (its connection died) serialised nothing: check as if unlocked
+                    if (locked and claim.held()) or not self._surplus(study, trial):
                         return trial, heartbeat
                     heartbeat.stop()
                     continue
@@ -525,6 +535,9 @@ class Search:
         if o.kind == "lost":
             if self._fail(study, trial, "lost", o.reason):
                 su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="lost job")
+        elif o.kind == "storage":  # not the trial's fault: given back when the storage allows, and this worker stops
+            self._interrupted(study, trial)
+            raise o.error
         elif o.kind == "launcher":
             self._fail(study, trial, "error", o.reason)
             raise o.error
@@ -568,13 +581,19 @@ class Search:
         return False
 
     def _interrupted(self, study, trial) -> None:
-        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued."""
+        """Give a trial back unfinished: FAIL (kind 'interrupted') and its parameters re-queued. One
+        try (an interrupt never waits for an outage to end): with the storage away the trial stays
+        RUNNING and the next worker retries it as lost."""
         try:
-            if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
-                su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="interrupted",
-                           count_retry=False)
+            with og.fail_fast():
+                if self._fail(study, trial, "interrupted", "interrupted before it finished; parameters re-queued"):
+                    su.requeue(study, self.store.trial(trial), max_retries=self.s.max_retries, why="interrupted",
+                               count_retry=False)
         except Exception as err:  # never mask the interrupt
-            log.warning("could not record interrupted trial %d: %s", trial.number, err)
+            if og.unreachable(err):  # the outage has its own lines (and the stop its one message)
+                log.debug("trial %d left RUNNING: the study storage is unreachable", trial.number)
+            else:
+                log.warning("could not record interrupted trial %d: %s", trial.number, err)
 
     # ------------------------------------------------------------------ top-k re-evaluation
 
@@ -587,7 +606,8 @@ class Search:
             with self.store.claim_lock(self.storage_url):
                 recs = rv.records(study)
                 trial, live, stale = rv.next_claim(study.get_trials(deepcopy=False), recs, self.direction,
-                                                   self.reeval, self.reeval_seeds, s.max_retries, s.grace_period)
+                                                   self.reeval, self.reeval_seeds, s.max_retries,
+                                                   lv.grace_after_outage(self.store, s.grace_period))
                 if trial is not None:
                     claim = rv.claim_record(trial, self.reeval_seeds, lv.pid_tag(), recs.get(trial.number))
                     rv.write_record(study, trial.number, claim)
@@ -665,7 +685,10 @@ class Search:
                     return  # a result already there wins over a release or a failure
                 rv.write_record(study, number, record)
         except Exception as err:  # never mask the error that brought us here
-            log.warning("could not record the re-evaluation of trial %d: %s", number, err)
+            if og.unreachable(err):  # the outage has its own lines; the claim goes stale and is taken over
+                log.debug("re-evaluation of trial %d not recorded: the study storage is unreachable", number)
+            else:
+                log.warning("could not record the re-evaluation of trial %d: %s", number, err)
 
     # ------------------------------------------------------------------ progress, outputs, summary
 
@@ -725,6 +748,9 @@ class Search:
         study = self.study
         if study is None:
             return
+        if self.store.outage is not None and self.store.outage.down:
+            log.debug("study outputs not written: the study storage is unreachable (a rerun writes them)")
+            return
         try:
             sel, recs = (None, None) if self.multi else self._selection(study, study.get_trials(deepcopy=False))
             out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs,
@@ -737,6 +763,8 @@ class Search:
                 from autoft.reporting.wandb_logger import log_study  # the study's W&B run, from the files written
 
                 log_study(self.config.get("logger"), self.study_dir, self.study_name)
+        except og.StorageUnreachable:  # the worker stops with that message; a rerun writes them
+            log.debug("study outputs not written: the study storage is unreachable")
         except Exception as err:  # outputs are derived from the storage: never fail the search for them
             log.warning("study outputs not fully written: %s", err)
 

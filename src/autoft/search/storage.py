@@ -12,6 +12,12 @@ on the database's clock); journal storages have none, so a beat writes an `autof
 attribute instead (StudyStorage.record_heartbeat). The threads that beat, and the judgement of
 stale trials, live in autoft.search.liveness.
 
+Outages: `open_storage` returns the storage wrapped so that every call to it waits out an outage
+(a restart, a failover, a network blip) for up to hydra.sweeper.storage_outage_window seconds, with
+one line when it goes away and one when it is back (autoft.search.outage); past the window the
+worker stops with one message. PostgreSQL connections get timeouts and TCP keepalives, so a dead
+server or network is noticed within seconds rather than the operating system's minutes.
+
 StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
 sweeper and the search layer reach trials, heartbeats and records only through it.
 """
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from autoft.errors import UserError
+from autoft.search import outage as og
 
 log = logging.getLogger(__name__)
 
@@ -91,68 +98,104 @@ def mask_url(url: str) -> str:
     return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", url)
 
 
-def open_storage(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
-                 stale_callback: Optional[Callable] = None):
-    """Open (creating when needed) the storage a URL names; UserError when it cannot be reached."""
+# a dead PostgreSQL server or network is noticed in seconds (libpq's defaults wait for the operating
+# system's TCP timeouts, minutes); keys the URL's query already sets are left to it
+_PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                    "keepalives_count": 3, "tcp_user_timeout": 30000}
+
+
+def _open(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
+          stale_callback: Optional[Callable] = None):
+    """The Optuna storage a (normalized) URL names, created when needed; the driver's errors raised as they are."""
     import optuna
 
     kind = storage_kind(url)
+    if kind == "journal":
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
+
+        path = journal_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the open(O_EXCL) lock works on NFS, where flock-style locks may not
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    engine_kwargs: dict[str, Any] = {}
+    guard: Any = contextlib.nullcontext()
+    if kind == "sqlite":
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            guard = _flock(path.with_name(path.name + ".claim.lock"))  # one creator of the tables
+        # several worker processes write to one file: wait for the lock instead of failing
+        engine_kwargs["connect_args"] = {"timeout": 120}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+        if kind == "postgresql":
+            query = url.split("?", 1)[1] if "?" in url else ""
+            engine_kwargs["connect_args"] = {k: v for k, v in _PG_CONNECT_ARGS.items() if f"{k}=" not in query}
+    for attempt in range(6):
+        try:
+            with guard if attempt == 0 else contextlib.nullcontext():
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period,
+                                                  heartbeat_stale_trial_callback=stale_callback)
+        except Exception as err:
+            # workers starting together on a fresh database race to create its tables: the
+            # loser sees 'already exists' / a unique violation, and succeeds once they exist
+            text = f"{err} {err.__cause__}".lower()
+            racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
+                                             "unique constraint", "database is locked"))
+            if not racing or attempt == 5:
+                raise
+            time.sleep(0.2 + random.random() * (attempt + 1))
+    raise AssertionError("not reached")
+
+
+def _cannot_open(url: str, err: BaseException) -> UserError:
+    first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+    if isinstance(err, ImportError) or isinstance(err.__cause__, ImportError):
+        first += f" ({err.__cause__ or err})"
+    return UserError(f"cannot open the study storage {mask_url(url)}: {first}. Check that the server is "
+                     "running and reachable (or the path is writable), or choose another storage with "
+                     "hydra.sweeper.storage=<url>.")
+
+
+def open_storage(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
+                 stale_callback: Optional[Callable] = None, outage_window: Optional[float] = None):
+    """Open (creating when needed) the storage a URL names, wrapped to ride out outages of up to
+    `outage_window` s (resilient_storage). A storage that cannot be opened now is a UserError at once:
+    at the start that is most often a wrong URL or a server not started, and nothing is running yet."""
     url = normalize_url(url)
     try:
-        if kind == "journal":
-            from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
-
-            path = journal_path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # the open(O_EXCL) lock works on NFS, where flock-style locks may not
-            return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
-        engine_kwargs: dict[str, Any] = {}
-        guard: Any = contextlib.nullcontext()
-        if kind == "sqlite":
-            path = sqlite_path(url)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                guard = _flock(path.with_name(path.name + ".claim.lock"))  # one creator of the tables
-            # several worker processes write to one file: wait for the lock instead of failing
-            engine_kwargs["connect_args"] = {"timeout": 120}
-        else:
-            engine_kwargs["pool_pre_ping"] = True
-        for attempt in range(6):
-            try:
-                with guard if attempt == 0 else contextlib.nullcontext():
-                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                      heartbeat_interval=heartbeat_interval,
-                                                      grace_period=grace_period,
-                                                      heartbeat_stale_trial_callback=stale_callback)
-            except Exception as err:
-                # workers starting together on a fresh database race to create its tables: the
-                # loser sees 'already exists' / a unique violation, and succeeds once they exist
-                text = f"{err} {err.__cause__}".lower()
-                racing = any(m in text for m in ("already exists", "duplicate key", "uniqueviolation",
-                                                 "unique constraint", "database is locked"))
-                if not racing or attempt == 5:
-                    raise
-                time.sleep(0.2 + random.random() * (attempt + 1))
+        inner = _open(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                      stale_callback=stale_callback)
     except UserError:
         raise
     except Exception as err:  # driver missing, server down, bad credentials, unwritable path
-        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-        if isinstance(err, ImportError) or isinstance(err.__cause__, ImportError):
-            first += f" ({err.__cause__ or err})"
-        raise UserError(f"cannot open the study storage {mask_url(url)}: {first}. Check that the server is "
-                        "running and reachable (or the path is writable), or choose another storage with "
-                        "hydra.sweeper.storage=<url>.") from None
+        raise _cannot_open(url, err) from None
+    return resilient_storage(lambda: inner, og.outage_for(url, mask_url(url), outage_window))
 
 
 _REPORT_STORAGES: dict[str, Any] = {}
 _REPORT_LOCK = threading.Lock()
 
 
-def cached_storage(url: str):
-    """One storage per URL and process (trials report through it; no heartbeat of its own)."""
+def cached_storage(url: str, outage_window: Optional[float] = None):
+    """One storage per URL and process (trials report through it; no heartbeat of its own). It opens
+    at its first call and inside the outage retry: a trial that starts while the storage is away waits
+    for it like any other call, instead of stopping the search as a wrong URL would."""
+    url = normalize_url(url)
+
+    def opener():
+        try:
+            return _open(url)
+        except Exception as err:
+            if og.unreachable(err):
+                raise
+            raise _cannot_open(url, err) from None
+
     with _REPORT_LOCK:
         if url not in _REPORT_STORAGES:
-            _REPORT_STORAGES[url] = open_storage(url)
+            _REPORT_STORAGES[url] = resilient_storage(opener, og.outage_for(url, mask_url(url), outage_window))
         return _REPORT_STORAGES[url]
 
 
@@ -172,20 +215,49 @@ def _flock(lock_file: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class Claim:
+    """A taken claim lock. `held()` says whether it still is: a PostgreSQL advisory lock dies with
+    its connection, so after a server restart the work done under it was not serialised."""
+
+    def __init__(self, conn=None):
+        self.conn = conn
+
+    def held(self) -> bool:
+        if self.conn is None:
+            return True
+        import sqlalchemy
+
+        try:
+            self.conn.execute(sqlalchemy.text("SELECT 1"))
+            return True
+        except Exception:  # noqa: BLE001 (a dead connection: the lock went with it)
+            return False
+
+
+def _release(conn) -> None:
+    """End the lock's transaction (releasing it); on a dead connection the server already has."""
+    for end in (conn.rollback, conn.close):
+        try:
+            end()
+        except Exception as err:  # noqa: BLE001
+            log.debug("claim lock connection: %s", err)
+
+
 @contextlib.contextmanager
-def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
+def claim_lock(url: str, storage, study_name: str) -> Iterator[Claim]:
     """Serialise 'count the study, then ask for a trial' across all workers of a study.
 
     Without it two workers could both see room for the last trial and overshoot n_trials. SQLite:
     an flock on a file beside the database (one machine); PostgreSQL: a transaction-scoped advisory
-    lock; journal: Optuna's O_EXCL lock file. A dead holder releases it (process exit, closed
-    connection, or the lock file's 30 s grace period). Other storages fall back to the sweeper's
-    after-ask surplus check.
+    lock (taken through the storage's outage retry); journal: Optuna's O_EXCL lock file. A dead holder
+    releases it (process exit, closed connection, or the lock file's 30 s grace period). Other
+    storages fall back to the sweeper's after-ask surplus check, as does a claim that was not `held()`
+    to its end. Yields the Claim.
     """
     kind = storage_kind(url)
     if kind == "sqlite" and sqlite_path(url) is not None:
         with _flock(sqlite_path(url).with_name(sqlite_path(url).name + ".claim.lock")):
-            yield
+            yield Claim()
         return
     if kind == "postgresql":
         import sqlalchemy
@@ -194,9 +266,22 @@ def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
         if engine is not None:
             key = int.from_bytes(hashlib.sha256(f"autoft-claim:{study_name}".encode()).digest()[:8], "big",
                                  signed=True)
-            with engine.begin() as conn:  # released at commit, or when a dead worker's connection drops
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-                yield
+
+            def lock():
+                conn = engine.connect()
+                try:  # released when the transaction ends, or when a dead worker's connection drops
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                except BaseException:
+                    _release(conn)
+                    raise
+                return conn
+
+            outage = getattr(storage, "outage", None)
+            conn = outage.call(lock) if outage is not None else lock()
+            try:
+                yield Claim(conn)
+            finally:
+                _release(conn)
             return
     if kind == "journal":
         from optuna.storages.journal import JournalFileOpenLock
@@ -204,11 +289,11 @@ def claim_lock(url: str, storage, study_name: str) -> Iterator[None]:
         lock = JournalFileOpenLock(str(journal_path(url)) + ".claim", grace_period=30)
         lock.acquire()
         try:
-            yield
+            yield Claim()
         finally:
             lock.release()
         return
-    yield
+    yield Claim()
 
 
 def has_claim_lock(url: str) -> bool:
@@ -217,6 +302,98 @@ def has_claim_lock(url: str) -> bool:
 
 
 PROGRESS_ATTR = "autoft:progress"  # trial system attribute: the task's last reported step
+
+
+# ----------------------------------------------------------------------------- riding out outages
+
+# the storage methods that reach the database (Optuna's abstract ones, those its cache overrides,
+# and the heartbeat's): each call goes through Outage.call. BaseStorage's other methods are built on
+# these, so they are retried too.
+_RETRIED = ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+            "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+            "get_study_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+            "get_trial_id_from_study_id_trial_number", "set_trial_intermediate_value", "set_trial_user_attr",
+            "set_trial_system_attr", "get_trial", "get_all_trials", "get_best_trial", "record_heartbeat",
+            "_get_stale_trial_ids")
+
+
+def _retried(name: str) -> Callable:
+    def method(self, *args, **kwargs):
+        return self.outage.call(lambda: getattr(self.inner(), name)(*args, **kwargs))
+
+    method.__name__ = name
+    return method
+
+
+@functools.lru_cache(maxsize=None)
+def _resilient_class():
+    """Built at first use: Optuna is imported late (Hydra imports the plugin on every run)."""
+    import abc
+
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    class ResilientStorage(BaseStorage, BaseHeartbeat):
+        """An Optuna storage whose every call waits out an outage (autoft.search.outage.Outage.call).
+
+        Optuna's Study, Trial and our StudyStorage all go through it, so no call site retries on its
+        own. `open_inner()` gives the storage it wraps; it runs at the first call, inside the retry.
+        """
+
+        def __init__(self, open_inner: Callable[[], Any], outage: og.Outage):
+            self._open_inner, self.outage = open_inner, outage
+            self._inner: Any = None
+            self._open_lock = threading.Lock()
+
+        def inner(self):
+            if self._inner is None:
+                with self._open_lock:
+                    if self._inner is None:
+                        self._inner = self._open_inner()
+            return self._inner
+
+        @property
+        def engine(self):
+            """The SQLAlchemy engine of an RDB storage (the claim lock's connection), else None."""
+            inner = self.outage.call(self.inner)
+            return getattr(inner, "engine", None) or getattr(getattr(inner, "_backend", None), "engine", None)
+
+        def get_heartbeat_interval(self):
+            inner = self.outage.call(self.inner)
+            return inner.get_heartbeat_interval() if isinstance(inner, BaseHeartbeat) else None
+
+        def get_heartbeat_stale_trial_callback(self):
+            inner = self.outage.call(self.inner)
+            return inner.get_heartbeat_stale_trial_callback() if isinstance(inner, BaseHeartbeat) else None
+
+        def set_trial_state_values(self, trial_id, state, values=None):
+            """Retried like the rest; a retry that finds the trial already finished as asked means the
+            first try was committed before its answer was lost: that is success, not a conflict."""
+            tries = [0]
+
+            def once():
+                tries[0] += 1
+                try:
+                    return self.inner().set_trial_state_values(trial_id, state=state, values=values)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    if tries[0] > 1:
+                        t = self.inner().get_trial(trial_id)
+                        if t.state == state and (values is None or list(t.values or []) == list(values)):
+                            return True
+                    raise
+
+            return self.outage.call(once)
+
+    for name in _RETRIED:
+        setattr(ResilientStorage, name, _retried(name))
+    abc.update_abstractmethods(ResilientStorage)
+    return ResilientStorage
+
+
+def resilient_storage(open_inner: Callable[[], Any], outage: og.Outage):
+    """The storage `open_inner()` gives, every call of it riding out outages (see ResilientStorage)."""
+    return _resilient_class()(open_inner, outage)
 
 
 # ----------------------------------------------------------------------------- the one wrapper
@@ -242,6 +419,11 @@ class StudyStorage:
     @property
     def name(self) -> str:
         return self.study.study_name
+
+    @property
+    def outage(self) -> Optional[og.Outage]:
+        """What this process knows of the storage's reachability (None: a storage opened elsewhere)."""
+        return getattr(self.storage, "outage", None)
 
     # trials -------------------------------------------------------------
 
@@ -329,5 +511,5 @@ class StudyStorage:
         return optuna.load_study(study_name=self.name, storage=self.storage, sampler=sampler, pruner=pruner)
 
     def claim_lock(self, url: str):
-        """The study's claim lock (see claim_lock)."""
+        """The study's claim lock (see claim_lock); yields a Claim."""
         return claim_lock(url, self.storage, self.name)

@@ -12,6 +12,11 @@ search.study_name and search.storage; it never adds keys an app's config does no
 reporter reopens the trial from the storage, so it works the same in the
 sweeper's process, in another process, or on another node (submitit). The pruner comes from
 `search.pruner`, the same config the sweeper validated.
+
+While the study's storage is unreachable (autoft.search.outage) the trial keeps training: progress
+and intermediate reports are skipped (no pruning decision for those steps), and the final
+attributes wait for the storage, up to hydra.sweeper.storage_outage_window (passed in the trial's
+identity).
 """
 from __future__ import annotations
 
@@ -24,9 +29,9 @@ log = logging.getLogger(__name__)
 
 class TrialReporter:
     def __init__(self, study_name: Optional[str] = None, storage: Optional[str] = None,
-                 trial_id: Optional[int] = None, pruner: Any = None):
+                 trial_id: Optional[int] = None, pruner: Any = None, outage_window: Optional[float] = None):
         self.study_name, self.storage_url, self.trial_id = study_name, storage, trial_id
-        self._pruner_spec = pruner
+        self._pruner_spec, self.outage_window = pruner, outage_window
         self._trial = None
         self._store = None
         self._lost = False
@@ -36,12 +41,14 @@ class TrialReporter:
         """From the `search` block (autoft), else from `hydra.sweeper.trial` (any Hydra app)."""
         search = search or {}
         get = search.get
+        ident = hydra_trial_identity()
+        window = (ident or {}).get("storage_outage_window")
+        window = float(window) if window is not None else None
         if get("trial_id") is None or get("storage") is None or get("study_name") is None:
-            ident = hydra_trial_identity()
             if ident is None:
                 return cls()  # not inside a search: every call is a no-op
-            return cls(str(ident["study_name"]), str(ident["storage"]), int(ident["id"]), get("pruner"))
-        return cls(str(get("study_name")), str(get("storage")), int(get("trial_id")), get("pruner"))
+            return cls(str(ident["study_name"]), str(ident["storage"]), int(ident["id"]), get("pruner"), window)
+        return cls(str(get("study_name")), str(get("storage")), int(get("trial_id")), get("pruner"), window)
 
     @property
     def active(self) -> bool:
@@ -61,7 +68,7 @@ class TrialReporter:
             from autoft.search.study import make_pruner
 
             quiet_optuna()
-            storage = cached_storage(self.storage_url)
+            storage = cached_storage(self.storage_url, self.outage_window)
             study = optuna.load_study(study_name=self.study_name, storage=storage,
                                       sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(self._pruner_spec))
             self._store = StudyStorage(study)
@@ -80,24 +87,44 @@ class TrialReporter:
         return state == TrialState.RUNNING
 
     def report(self, step: int, value: float) -> None:
-        """Record the objective at an inner step; raise optuna.TrialPruned when the pruner says stop."""
+        """Record the objective at an inner step; raise optuna.TrialPruned when the pruner says stop.
+        With the storage unreachable the step goes unreported and the trial trains on."""
         if not self.active:
             return
         import optuna
 
-        if not self._running():
-            raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
-        if value is not None and math.isfinite(float(value)):
-            self._get_trial().report(float(value), int(step))
-        if self.should_prune():
+        from autoft.search.outage import fail_fast, unreachable
+
+        try:
+            with fail_fast():
+                if not self._running():
+                    raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
+                if value is not None and math.isfinite(float(value)):
+                    self._get_trial().report(float(value), int(step))
+                prune = self.should_prune()
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            log.debug("step %s of trial id %s not reported: the study storage is unreachable", step, self.trial_id)
+            return
+        if prune:
             raise optuna.TrialPruned(f"pruned at step {step} (objective {value:.4g})")
 
     def should_prune(self) -> bool:
+        """Whether the pruner stops this trial now (False while the storage is unreachable)."""
         if not self.active:
             return False
-        if not self._running():
-            return True
-        return bool(self._get_trial().should_prune())
+        from autoft.search.outage import fail_fast, unreachable
+
+        try:
+            with fail_fast():
+                if not self._running():
+                    return True
+                return bool(self._get_trial().should_prune())
+        except Exception as err:
+            if not unreachable(err):
+                raise
+            return False
 
     def progress(self, step: int, total: Optional[int] = None, min_interval: float = 10.0) -> None:
         """Record the task's current step (at most every `min_interval` s): the worker's periodic
@@ -112,15 +139,19 @@ class TrialReporter:
         self._last_progress = now
         from autoft.search.storage import PROGRESS_ATTR
 
+        from autoft.search.outage import fail_fast
+
         try:
-            self._get_trial()
-            self._store.set_trial_system_attr(self.trial_id, PROGRESS_ATTR, {
-                "step": int(step), "total": None if total is None else int(total), "time": now})
+            with fail_fast():  # advisory: never waits on an outage
+                self._get_trial()
+                self._store.set_trial_system_attr(self.trial_id, PROGRESS_ATTR, {
+                    "step": int(step), "total": None if total is None else int(total), "time": now})
         except Exception as err:  # noqa: BLE001 (progress is advisory)
             log.debug("progress of trial id %s not recorded: %s", self.trial_id, err)
 
     def set_user_attrs(self, attrs: Optional[Mapping[str, Any]] = None, **more: Any) -> None:
-        """Attach extra per-trial scores or notes (JSON-able values) to the trial."""
+        """Attach extra per-trial scores or notes (JSON-able values) to the trial; waits out an outage
+        (they are part of the trial's result)."""
         if not self.active:
             return
         import optuna

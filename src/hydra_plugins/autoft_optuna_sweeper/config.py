@@ -102,6 +102,12 @@ class AutoFTOptunaSweeperConf:
     # worker; it is marked FAIL and its parameters re-queued (at most max_retries times)
     heartbeat_interval: int = 20
     grace_period: int = 60
+    # seconds an outage of the study's storage (a restart, a failover, a network blip) is waited out:
+    # calls retry with backoff, training trials go on and report once it is back, and no trial is
+    # judged lost until grace_period after its return. Past it the worker stops with one message
+    # (exit 1); rerunning the command resumes. autoft.search.outage holds the fallback for library
+    # callers (DEFAULT_WINDOW): keep the two equal.
+    storage_outage_window: float = 300.0
     max_retries: int = 2
     # stop the search once this many trials failed by raising or diverging (null: n_trials)
     max_failures: Optional[int] = None
