@@ -181,7 +181,7 @@ class WandbRun:
                         type(err).__name__, err)
             run, self.run = self.run, None
             try:
-                run.finish(exit_code=1, quiet=True)
+                run.finish(exit_code=1)
             except Exception:
                 pass
             return None
