@@ -106,6 +106,22 @@ def test_final_runs_log_config_summary_and_epochs(multirun):
         assert "epoch 2/2" in logged["output"]  # the console log (W&B's Logs tab)
 
 
+def test_a_transaction_log_cut_short_reads_as_far_as_it_goes(multirun, tmp_path):
+    """What WandbRun.finish waits for: a finished run's .wandb file ends with its exit record; a file
+    the service is still writing (or a kill cut) has none, and reads back without its torn tail."""
+    _, out = multirun
+    whole = next((out / "ft" / "seed0").rglob("run-*.wandb"))
+    assert W.has_exit_record(whole)
+    cut = tmp_path / "offline-run-cut" / whole.name
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[:-5])
+    assert not W.has_exit_record(cut)
+    logged = W.read_offline_run(cut.parent)
+    assert "exit_code" not in logged["run"] and logged["run"]["job_type"] == "final"
+    cut.write_bytes(b"")  # created, not yet written
+    assert not W.has_exit_record(cut)
+
+
 def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
     tmp, out = multirun
     before = set(W.offline_runs(out))

@@ -39,6 +39,7 @@ import math
 import netrc
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import urlparse
@@ -332,12 +333,21 @@ class WandbRun:
         self.finish()
 
     def finish(self, exit_code: int = 0) -> None:
+        """Finish the run; an offline run returns once its transaction log holds the exit record.
+
+        wandb's `Run.finish` returns when its service process has handled the exit record, but the
+        service writes the run's .wandb file in buffers that it flushes when it closes the run's
+        stream, on a message sent without waiting for an answer (`inform_finish`). Reading the
+        run back right after `Run.finish` (the tests, or a resumed run's `_held_step`) could find
+        an empty or partial file, so an offline run's finish waits for that file to be complete."""
         if self.run is not None:
             self.flush()
         if self.run is not None:
             run, self.run = self.run, None
             try:
                 run.finish(exit_code=exit_code)
+                if run.offline:
+                    wait_for_exit_record(Path(run.settings.sync_file))
             except Exception as err:
                 log.warning("W&B finish failed (%s: %s)", type(err).__name__, err)
 
@@ -585,6 +595,8 @@ def _records(path: Path) -> list[bytes]:
         if length == 0 and kind == 0:
             pos += left
             continue
+        if pos + 7 + length > len(data):  # a chunk still being written, or cut by a kill
+            break
         payload = data[pos + 7: pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:
@@ -596,6 +608,31 @@ def _records(path: Path) -> list[bytes]:
         elif kind == _LAST:
             out.append(b"".join(parts + [payload]))
     return out
+
+
+def has_exit_record(path: str | Path) -> bool:
+    """True once a .wandb transaction log holds its run's exit record (the last record written)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    try:
+        raws = _records(Path(path))
+        rec = pb.Record()
+        rec.ParseFromString(raws[-1])
+    except Exception:  # noqa: BLE001 (not there yet, no record yet, or a torn last record)
+        return False
+    return rec.WhichOneof("record_type") == "exit"
+
+
+def wait_for_exit_record(path: Path, timeout: float = 60.0) -> None:
+    """Wait until wandb's service has written a finished run's transaction log (see WandbRun.finish);
+    a log still without its exit record after `timeout` seconds is one warning."""
+    deadline = time.monotonic() + timeout
+    while not has_exit_record(path):
+        if time.monotonic() > deadline:
+            log.warning("W&B: %s has no exit record %gs after the run finished; reading it back may "
+                        "find it incomplete", path, timeout)
+            return
+        time.sleep(0.02)
 
 
 def _key(item) -> str:
