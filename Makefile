@@ -22,7 +22,7 @@ foundation: install  ## build (once, cached) the embedded task's small CLIP mode
 demo: install  ## the whole method on the embedded default task: search, final retrain, baselines, table
 	$(PY) scripts/demo.py
 
-test: install  ## the default suite (579 tests; see the README for measured times)
+test: install  ## the default suite: every test not marked slow (README "Tests" prints its count and times)
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install  ## longer end-to-end checks
