@@ -25,7 +25,6 @@ import ast
 import importlib
 import importlib.util
 import inspect
-import math
 import re
 import sys
 import typing
@@ -40,6 +39,7 @@ from autoft.data.roles import TEMPLATE_SETS, roles_problem
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters, default_weights
 from autoft.names import SEARCHED_LOSSES
+from autoft.values import finite, plain
 
 # names the schema checks against; tests/test_configs.py proves they equal the library's own lists
 METRIC_NAMES = ("accuracy", "macro_f1", "worst_group_accuracy")            # = autoft.metrics.METRICS
@@ -329,7 +329,7 @@ def _task_problems(task) -> list[str]:
         rule = TASK_ARGUMENT_RULES.get(k)
         value = task.get(k)
         if rule is not None and k in sig.params:
-            allowed = rule(_plain(value))
+            allowed = rule(plain(value))
             if allowed:
                 problems.append(f"dataset.task.{k}={_show(value)}: must be {allowed}")
     if target == SHAPES_TARGET:
@@ -337,7 +337,7 @@ def _task_problems(task) -> list[str]:
     if target == FOLDER_TARGET:
         problems += _folder_problems(task)
     if target == IMAGENET_TARGET and "tests" in keys:
-        allowed = _subset_of(IMAGENET_TESTS)(_plain(task.get("tests")))
+        allowed = _subset_of(IMAGENET_TESTS)(plain(task.get("tests")))
         if allowed:
             problems.append(f"dataset.task.tests={_show(task.get('tests'))}: must be {allowed}")
     return problems
@@ -347,14 +347,14 @@ def _shapes_domain_problems(task) -> list[str]:
     problems = []
     domains = {}
     for k, default in (("id_domain", "studio"), ("ood_val_domain", "garden")):
-        domains[k] = _plain(task.get(k, default))
+        domains[k] = plain(task.get(k, default))
         # ood_val_domain may also be a list: a class-balanced mixture of those domains
         named = domains[k] if k == "ood_val_domain" and isinstance(domains[k], list) and domains[k] else [domains[k]]
         if any(d not in SHAPES_DOMAINS for d in named):
             also = " (or a non-empty list of them)" if k == "ood_val_domain" else ""
             problems.append(f"dataset.task.{k}={_show(domains[k])}: not a shapes domain{also}; "
                             f"valid: {', '.join(SHAPES_DOMAINS)}")
-    tests = _plain(task.get("test_domains", ["snow", "night", "fog", "clutter"]))
+    tests = plain(task.get("test_domains", ["snow", "night", "fog", "clutter"]))
     if not isinstance(tests, list) or not tests or any(d not in SHAPES_DOMAINS for d in tests):
         problems.append(f"dataset.task.test_domains={_show(tests)}: must be a non-empty list of shapes domains; "
                         f"valid: {', '.join(SHAPES_DOMAINS)}")
@@ -370,10 +370,10 @@ def _shapes_domain_problems(task) -> list[str]:
 def _folder_problems(task) -> list[str]:
     """The domain roles and the templates of a folder dataset, before any folder is listed."""
     problems = []
-    roles = roles_problem(*(_plain(task.get(k)) for k in ("id_domain", "ood_val_domain", "test_domains")))
+    roles = roles_problem(*(plain(task.get(k)) for k in ("id_domain", "ood_val_domain", "test_domains")))
     if roles:
         problems.append(roles)
-    t = _plain(task.get("templates", "openai"))
+    t = plain(task.get("templates", "openai"))
     ok = t in TEMPLATE_SETS or (isinstance(t, list) and t and all(isinstance(x, str) and "{" in x for x in t))
     if not ok:
         problems.append(f"dataset.task.templates={_show(t)}: must be one of {', '.join(TEMPLATE_SETS)} or a list of "
@@ -386,14 +386,8 @@ def _folder_problems(task) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # validate
 # ----------------------------------------------------------------------------------------------
-def _plain(value):
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _show(value) -> str:
-    value = _plain(value)
+    value = plain(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -401,10 +395,6 @@ def _show(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_show(v) for v in value) + "]"
     return str(value)
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 class _Checker:
@@ -423,11 +413,11 @@ class _Checker:
 
     def positive(self, node, key: str, prefix: str) -> None:
         v = node.get(key)
-        self.need(_number(v) and v > 0, f"{prefix}.{key}", v, "a finite number > 0")
+        self.need(finite(v) and v > 0, f"{prefix}.{key}", v, "a finite number > 0")
 
     def optional_positive(self, node, key: str, prefix: str) -> None:
         v = node.get(key)
-        self.need(v is None or (_number(v) and v > 0), f"{prefix}.{key}", v, "null (none) or a number > 0")
+        self.need(v is None or (finite(v) and v > 0), f"{prefix}.{key}", v, "null (none) or a number > 0")
 
     def one_of(self, node, key: str, prefix: str, valid) -> None:
         v = node.get(key)
@@ -567,7 +557,7 @@ def problems(cfg: DictConfig) -> list[str]:
     """Every problem of a composed config, as `key=value: must be ...` lines (empty: valid)."""
     c = _Checker()
     try:
-        copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        copy = OmegaConf.create(plain(cfg))
     except Exception as err:
         return [f"the config does not resolve: {' '.join(str(err).split())}"]
     for group in ("model", "dataset", "method", "trainer", "logger"):
@@ -600,7 +590,7 @@ def problems(cfg: DictConfig) -> list[str]:
     c.positive(t, "base_lr", "trainer")
     c.positive(t, "max_loss", "trainer")
     wf = t.get("warmup_fraction")
-    c.need(_number(wf) and 0 <= wf < 1, "trainer.warmup_fraction", wf, "a number in [0, 1)")
+    c.need(finite(wf) and 0 <= wf < 1, "trainer.warmup_fraction", wf, "a number in [0, 1)")
     c.optional_positive(t, "clip_grad_norm", "trainer")
     c.one_of(t, "precision", "trainer", PRECISIONS)
     c.need(t.get("channels_last") in ("auto", True, False), "trainer.channels_last", t.get("channels_last"),
@@ -669,7 +659,7 @@ def _search_problems(c: "_Checker", s: DictConfig) -> None:
     if "regenerate_head" in s:  # a trial's score: trained or rebuilt zero-shot head
         c.need(isinstance(s.regenerate_head, bool), "search.regenerate_head", s.regenerate_head, "true or false")
     a = s.get("wise_alphas")
-    ok = a is None or (isinstance(a, ListConfig) and len(a) > 0 and all(_number(x) and 0 <= x <= 1 for x in a)
+    ok = a is None or (isinstance(a, ListConfig) and len(a) > 0 and all(finite(x) and 0 <= x <= 1 for x in a)
                        and len({float(x) for x in a}) == len(a))
     c.need(ok, "search.wise_alphas", a, "null or a non-empty list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75,1.0]")
 

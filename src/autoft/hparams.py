@@ -33,6 +33,7 @@ from typing import Any, Mapping, Optional
 from autoft.errors import UserError
 from autoft.io import atomic_write_text
 from autoft.names import LOSS_NAMES, LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY
+from autoft.values import finite, plain
 
 # the WiSE-FT mixing weight a trial chose (search.wise_alphas): a trial user attribute, not a parameter
 WISE_ALPHA_ATTR = "wise_alpha"
@@ -45,10 +46,6 @@ FIX = "pass the best_hparams.yaml a search wrote (rerunning the search command r
 def default_weights() -> dict[str, float]:
     """ce 1 and every other term 0: plain fine-tuning."""
     return {k: 1.0 if k == "ce" else 0.0 for k in LOSS_NAMES}
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _show(v) -> str:
@@ -82,15 +79,15 @@ class Hyperparameters:
         for k, w in self.loss_weights.items():
             if k not in LOSS_NAMES:
                 out.append(f"{weights}{k}: unknown loss term; valid: {', '.join(LOSS_NAMES)}")
-            elif not (_number(w) and w >= 0):
+            elif not (finite(w) and w >= 0):
                 out.append(f"{weights}{k}={_show(w)}: must be a finite number >= 0")
-        if not (_number(self.lr_scale) and self.lr_scale > 0):
+        if not (finite(self.lr_scale) and self.lr_scale > 0):
             out.append(f"{lr_scale}={_show(self.lr_scale)}: must be a finite number > 0")
-        if not (_number(self.weight_decay) and self.weight_decay >= 0):
+        if not (finite(self.weight_decay) and self.weight_decay >= 0):
             out.append(f"{weight_decay}={_show(self.weight_decay)}: must be a finite number >= 0")
-        if not (_number(self.wise_alpha) and 0 <= self.wise_alpha <= 1):
+        if not (finite(self.wise_alpha) and 0 <= self.wise_alpha <= 1):
             out.append(f"wise_alpha={_show(self.wise_alpha)}: must be a number in [0, 1] (1: the fine-tuned model)")
-        if self.base_lr is not None and not (_number(self.base_lr) and self.base_lr > 0):
+        if self.base_lr is not None and not (finite(self.base_lr) and self.base_lr > 0):
             out.append(f"base_lr={_show(self.base_lr)}: must be a finite number > 0 or absent")
         if self.seed is not None and not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
             out.append(f"seed={_show(self.seed)}: must be an integer >= 0 or absent")
@@ -138,7 +135,7 @@ class Hyperparameters:
         seed = data.get("seed")
         hp = cls(loss_weights={**base_weights, **weights}, lr_scale=lr_scale, weight_decay=data["weight_decay"],
                  wise_alpha=data.get("wise_alpha", 1.0), base_lr=data.get("base_lr"),
-                 seed=int(seed) if _number(seed) and float(seed).is_integer() else seed,
+                 seed=int(seed) if finite(seed) and float(seed).is_integer() else seed,
                  records={k: v for k, v in data.items() if k not in HPARAMS_FIELDS})
         hp.validate(where, fix)
         return hp._as_floats()
@@ -170,10 +167,10 @@ class Hyperparameters:
             return OmegaConf.select(cfg, key, default=default)
 
         weights = get("method.loss_weights")
-        weights = OmegaConf.to_container(weights, resolve=True) if weights is not None else {}
+        weights = plain(weights) if weights is not None else {}
         base_lr = get("trainer.base_lr")
         return cls(loss_weights=weights, lr_scale=get(LR_SCALE_KEY, 1.0), weight_decay=get(WEIGHT_DECAY_KEY, 0.0),
-                   base_lr=float(base_lr) if _number(base_lr) else None)
+                   base_lr=float(base_lr) if finite(base_lr) else None)
 
     @classmethod
     def from_trial(cls, params: Mapping[str, Any], user_attrs: Optional[Mapping[str, Any]] = None,
@@ -235,7 +232,7 @@ def _lr_scale(data: Mapping[str, Any], base_lr: Optional[float] = None) -> Optio
     if data.get("lr_scale") is not None:
         return data["lr_scale"]
     lr, base = data.get("lr"), data.get("base_lr", base_lr)
-    if _number(lr) and _number(base) and base > 0:
+    if finite(lr) and finite(base) and base > 0:
         return float(f"{lr / base:.12g}")  # 1.36e-4 / 1e-5 -> 13.6, not 13.600000000000001
     return None
 

@@ -15,7 +15,6 @@ without a display and leave a notebook's inline backend alone.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -27,6 +26,7 @@ from matplotlib.figure import Figure  # no pyplot: no display, no global backend
 from autoft.io import atomic_write
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Table, method_label
+from autoft.values import finite
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,6 @@ def plot_wise_curves(runs: Sequence[RunResult], path: Path, metric: str) -> Opti
 # ------------------------------------------------------------------------------------------------
 # the search
 
-def _finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
 def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path,
                         reevaluations: Optional[Mapping[int, Mapping]] = None,
                         chosen: Optional[int] = None) -> Optional[Path]:
@@ -115,15 +108,15 @@ def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path,
     interval (user attributes ci_low/ci_high) as an error bar, the best so far, failed/pruned trials,
     and the re-evaluated candidates (records {number: {state, value, ci_low, ci_high, seeds}})
     joined to their search score, so a lucky winner shows as a long drop."""
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values and _finite(t.value)]
+    done = [t for t in trials if t.state.name == "COMPLETE" and t.values and finite(t.value)]
     if not done:
         return None
     x = [t.number for t in done]
     y = [float(t.value) for t in done]
 
     def err(values, lows, highs):
-        lo = [v - float(l) if _finite(l) else 0.0 for v, l in zip(values, lows)]
-        hi = [float(h) - v if _finite(h) else 0.0 for v, h in zip(values, highs)]
+        lo = [v - float(l) if finite(l) else 0.0 for v, l in zip(values, lows)]
+        hi = [float(h) - v if finite(h) else 0.0 for v, h in zip(values, highs)]
         return [[max(a, 0.0) for a in lo], [max(b, 0.0) for b in hi]]
 
     fig = Figure(figsize=(9, 5))
@@ -139,7 +132,7 @@ def plot_search_history(name: str, trials: Sequence, maximize: bool, path: Path,
         ax.scatter(bad, [min(y)] * len(bad), marker="x", color="grey", s=18, label="failed / pruned")
     by_number = {t.number: t for t in done}
     re = [(n, r) for n, r in sorted((reevaluations or {}).items())
-          if r.get("state") == "complete" and n in by_number and _finite(r.get("value"))]
+          if r.get("state") == "complete" and n in by_number and finite(r.get("value"))]
     if re:
         rx = [n + 0.25 for n, _ in re]
         ry = [float(r["value"]) for _, r in re]

@@ -1,0 +1,23 @@
+"""Plain values every layer shares: the one finite-number check and the one OmegaConf-to-Python step.
+
+On the ground floor beside errors.py, io.py and names.py: at import it reads only the standard library
+(omegaconf when `plain` first runs), so that the lowest layers may import it.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def finite(x: Any) -> bool:
+    """`x` is a finite real number: Python's or numpy's int or float, never a bool, None or a string."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def plain(x: Any) -> Any:
+    """An OmegaConf container as plain Python (dicts and lists, interpolations resolved); anything
+    else as it is."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
