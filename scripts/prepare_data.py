@@ -32,7 +32,6 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.request
 import time
 from dataclasses import replace
@@ -42,6 +41,7 @@ from omegaconf import OmegaConf
 
 from autoft.data import cifar, imagenet, wilds_tasks
 from autoft.errors import UserError
+from autoft.io import atomic_write
 
 DATASETS = ("iwildcam", "fmow", "camelyon17", "imagenet", "cifar10")
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +54,11 @@ def fetch(url: str, dest_dir: Path) -> Path:
     if dest.is_file():
         return dest
     print(f"downloading {url}", flush=True)
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".part")
-    os.close(fd)
-    try:
+
+    def download(tmp: str) -> None:
         with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 22)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(dest, download, suffix=".part")
     return dest
 
 

@@ -1,4 +1,5 @@
-"""Atomic writes: a kill never leaves a half-written file behind (results, caches, checkpoints, study outputs)."""
+"""Atomic writes: a kill never leaves a half-written file behind (results, caches, checkpoints, study outputs,
+downloads)."""
 from __future__ import annotations
 
 import json
@@ -8,11 +9,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """`write(tmp)` fills a temporary file beside `path`, which then replaces `path` in one rename."""
+def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """`write(tmp)` fills a temporary file beside `path` (`.<name>.<random><suffix>`), which then
+    replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -24,6 +26,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically (torch is imported here only: io.py stays importable without it)."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

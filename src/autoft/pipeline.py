@@ -40,10 +40,11 @@ from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError
 from autoft.engine import ADAMW, Finetuner, FinetuneSettings, OptimizerFactory
 from autoft.evaluation import predict, split_metrics, tensor_batches
+from autoft.io import atomic_torch_save
 from autoft.losses import AutoFTObjective
 from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
-from autoft.models.clip import ClipBundle, atomic_torch_save
+from autoft.models.clip import ClipBundle
 from autoft.models.torch_files import read_torch_file, why_unreadable
 from autoft.wise import ALPHAS, interpolate
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from autoft.errors import UserError
+from autoft.io import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -236,16 +236,9 @@ def list_class_folders(directory, classes: Optional[Sequence[str]] = None, index
         labels += [k] * len(names)
         counts[c] = len(names)
     listing = FolderListing(relpaths, np.asarray(labels, dtype=np.int64), classes, counts)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            np.savez(tmp, relpaths=_encode(relpaths), labels=listing.labels, stamp=np.array(json.dumps(stamp)))
-            os.replace(tmp, cache)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    if cache is not None:  # the temporary name ends in .npz, or np.savez would append it
+        atomic_write(cache, lambda tmp: np.savez(tmp, relpaths=_encode(relpaths), labels=listing.labels,
+                                                 stamp=np.array(json.dumps(stamp))), suffix=".tmp.npz")
     return listing
 
 

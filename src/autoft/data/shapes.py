@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from autoft.data.base import Split, Task
 from autoft.data.images import TensorImageDataset
 from autoft.errors import UserError
-from autoft.models.clip import atomic_torch_save
+from autoft.io import atomic_torch_save
 
 IMAGE_SIZE = 32
 _DRAW = 64  # drawing resolution; box-downsampled by 2

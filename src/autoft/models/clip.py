@@ -17,7 +17,7 @@ from autoft.errors import UserError
 from autoft.models import hub
 from autoft.models.tokenizer import WordTokenizer
 from autoft.models.torch_files import read_torch_file, why_unreadable
-from autoft.io import atomic_write
+from autoft.io import atomic_torch_save
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -46,10 +46,6 @@ def save_checkpoint(path: str | Path, model: CLIP, config: dict, vocab: Optional
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "extra": extra or {},
     }
     atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str | Path) -> ClipBundle:
