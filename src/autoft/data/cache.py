@@ -11,7 +11,6 @@ always measured with the evaluation transform.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -127,10 +126,6 @@ def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None
     cache under `policy`, else decoded."""
     view, _ = image_view(split, size, indices, policy)
     return read_all(view, num_workers, batch_size, desc or f"decoding {split.name}")
-
-
-def cache_key(*parts) -> str:
-    return hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
 
 
 class Normalizer:

@@ -99,10 +99,6 @@ def save_subset(directory, name: str, indices, example_ids, info: Optional[Mappi
     return path
 
 
-def load_subset(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def check_disjoint(ood_val_ids, tests: Mapping[str, np.ndarray], what: str = "the OOD-val subset") -> None:
     """Raise a UserError if any example of `ood_val_ids` also belongs to a test set (by example id)."""
     ood = set(map(str, ood_val_ids))
