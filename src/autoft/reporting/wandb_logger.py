@@ -35,7 +35,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import netrc
 import os
 import struct
@@ -706,6 +705,3 @@ def offline_runs(root: str | Path) -> list[Path]:
     """offline-run-* directories under root (any depth), oldest first."""
     return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
 
-
-def is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
