@@ -7,13 +7,13 @@ that silently drops a seed would report a mean over fewer runs than the reader t
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
 from autoft.errors import UserError
+from autoft.values import finite
 
 RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
@@ -122,7 +122,7 @@ def problems_of(data: object) -> list[str]:
         for split, values in block.items():
             for m in (id_metrics if split == id_test else [metric]):
                 v = values.get(m) if isinstance(values, dict) else None
-                if not isinstance(v, (int, float)) or not math.isfinite(v):
+                if not finite(v):
                     out.append(f"{where}['{split}'] has no finite '{m}'")
     return out
 

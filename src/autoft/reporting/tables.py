@@ -24,7 +24,6 @@ gives are shown; every other reference cell stays empty.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -32,6 +31,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from autoft.reporting.results import ResultsError, RunResult
+from autoft.values import finite
 
 # display order and names of the methods we ship (others follow, by name)
 # autoft_alpha: AutoFT whose search also chose the WiSE-FT alpha (search.wise_alphas), applied by its final run
@@ -196,7 +196,7 @@ def add_reference(table: Table, reference: dict, source_name: str = "reference f
         for col, v in (values or {}).items():
             if col not in known:
                 raise ResultsError(f"{source_name}: methods.{key}.{col} is not a column; valid: {', '.join(table.columns)}")
-            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+            if v is not None and not finite(v):
                 raise ResultsError(f"{source_name}: methods.{key}.{col} must be a number, got {v!r}")
     rows = {r.key: r for r in table.rows}
     for key, values in entries.items():
