@@ -345,7 +345,7 @@ class WandbRun:
             run, self.run = self.run, None
             try:
                 run.finish(exit_code=exit_code)
-                if run.offline:
+                if run.offline and not run.settings.x_skip_transaction_log:
                     wait_for_exit_record(Path(run.settings.sync_file))
             except Exception as err:
                 log.warning("W&B finish failed (%s: %s)", type(err).__name__, err)
