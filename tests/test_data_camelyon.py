@@ -240,15 +240,6 @@ def test_prepare_data_checks_camelyon17(camelyon, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------
 # bad input: one message each, nothing done
 
-def test_camelyon17_missing_root_names_path_and_command(tmp_path):
-    with pytest.raises(UserError) as err:
-        wilds_tasks.camelyon17(tmp_path / "nowhere")
-    msg = str(err.value)
-    assert str(tmp_path / "nowhere" / "camelyon17_v1.0" / "RELEASE_v1.0.txt") in msg
-    assert f"python scripts/prepare_data.py --dataset camelyon17 --root {tmp_path / 'nowhere'}" in msg
-    assert not (tmp_path / "nowhere").exists()  # the wilds class would have created it
-
-
 def test_camelyon17_malformed_metadata_names_the_file(camelyon, tmp_path):
     root = _copy(camelyon, tmp_path)
     csv = root / "camelyon17_v1.0" / "metadata.csv"

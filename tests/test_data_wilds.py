@@ -171,13 +171,15 @@ def test_iwildcam_metrics_equal_the_wilds_evaluator(wilds_root):
         assert METRICS["accuracy"](y_pred[sub], y_true[sub]) == pytest.approx(official_sub["acc_avg"])
 
 
-def test_iwildcam_missing_root_names_path_and_command(tmp_path):
+@pytest.mark.parametrize("dataset,release", [("iwildcam", "iwildcam_v2.0/RELEASE_v2.0.txt"),
+                                             ("camelyon17", "camelyon17_v1.0/RELEASE_v1.0.txt")])
+def test_missing_root_names_path_and_command(tmp_path, dataset, release):
     with pytest.raises(UserError) as err:
-        wilds_tasks.iwildcam(tmp_path / "nowhere")
+        getattr(wilds_tasks, dataset)(tmp_path / "nowhere")
     msg = str(err.value)
-    assert str(tmp_path / "nowhere" / "iwildcam_v2.0" / "RELEASE_v2.0.txt") in msg
-    assert f"python scripts/prepare_data.py --dataset iwildcam --root {tmp_path / 'nowhere'}" in msg
-    assert not (tmp_path / "nowhere").exists()  # nothing created on the way
+    assert str(tmp_path / "nowhere" / release) in msg
+    assert f"python scripts/prepare_data.py --dataset {dataset} --root {tmp_path / 'nowhere'}" in msg
+    assert not (tmp_path / "nowhere").exists()  # nothing created on the way (the wilds class would create it)
 
 
 def test_iwildcam_corrupt_image_names_the_file(wilds_root, tmp_path):
