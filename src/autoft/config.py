@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from autoft.data.roles import TEMPLATE_SETS, roles_problem
+from autoft.data.roles import roles_problem, templates_problem
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters, default_weights
 from autoft.names import SEARCHED_LOSSES
@@ -373,11 +373,9 @@ def _folder_problems(task) -> list[str]:
     roles = roles_problem(*(plain(task.get(k)) for k in ("id_domain", "ood_val_domain", "test_domains")))
     if roles:
         problems.append(roles)
-    t = plain(task.get("templates", "openai"))
-    ok = t in TEMPLATE_SETS or (isinstance(t, list) and t and all(isinstance(x, str) and "{" in x for x in t))
-    if not ok:
-        problems.append(f"dataset.task.templates={_show(t)}: must be one of {', '.join(TEMPLATE_SETS)} or a list of "
-                        f"templates with {{}} where the class name goes")
+    templates = templates_problem(plain(task.get("templates", "openai")))
+    if templates:
+        problems.append(templates)
     if not task.get("root"):
         problems.append("dataset.task.root is not set: set data_root=<folder> (or dataset.task.root)")
     return problems

@@ -41,3 +41,19 @@ def roles_problem(id_domain, ood_val_domain, test_domains) -> Optional[str]:
     return None
 
 
+
+
+def templates_problem(templates) -> Optional[str]:
+    """What is wrong with dataset.task.templates, or None: a name of TEMPLATE_SETS, or a non-empty
+    list of strings each with '{}' (or '{c}', '{a_c}') where the class name goes."""
+    if isinstance(templates, str):
+        if templates in TEMPLATE_SETS:
+            return None
+        return (f"dataset.task.templates={templates}: must be one of {', '.join(TEMPLATE_SETS)} or a list of "
+                f"templates such as ['a photo of a {{}}.']")
+    out = list(templates) if isinstance(templates, (list, tuple)) else []
+    bad = [t for t in out if not (isinstance(t, str) and any(p in t for p in ("{}", "{c}", "{a_c}")))]
+    if not out or bad:
+        return ("dataset.task.templates: each template needs '{}' where the class name goes"
+                + (f"; {bad[0]!r} has none" if bad else "; the list is empty"))
+    return None
