@@ -39,6 +39,7 @@ from autoft.data.roles import roles_problem, templates_problem
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters, default_weights
 from autoft.names import SEARCHED_LOSSES
+from autoft.records import read_best_hparams
 from autoft.values import finite, plain
 
 # names the schema checks against; tests/test_configs.py proves they equal the library's own lists
@@ -440,10 +441,10 @@ def _device_problem(device) -> Optional[str]:
 
 
 def read_hparams(path):
-    """A best_hparams.yaml, checked (autoft.hparams.Hyperparameters.load): a readable YAML mapping
+    """A best_hparams.yaml, checked (autoft.records.read_best_hparams): a readable YAML mapping
     whose loss weights are known terms with finite values >= 0, lr_scale > 0, weight_decay >= 0 and
     wise_alpha in [0, 1]; one UserError names the file and every bad or missing key."""
-    return Hyperparameters.load(path)
+    return read_best_hparams(path)
 
 
 def model_fit_problem(cfg) -> Optional[str]:

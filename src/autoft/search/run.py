@@ -17,7 +17,6 @@ launcher machinery.
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import sys
 import threading
@@ -31,6 +30,7 @@ from omegaconf import OmegaConf
 
 from autoft.errors import UserError
 from autoft.names import SEED_KEY
+from autoft.records import HPARAMS_FILE, TRIAL_FILE, read_trial
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search import outputs as out
@@ -651,12 +651,9 @@ class Search:
             self._finish_reeval(study, n, claim, rv.failed_record(claim, "error", o.reason), heartbeat)
             raise o.error
         if o.kind == "complete":
-            info, path = None, self.study_dir / "reevaluation" / f"trial_{n}" / "trial.json"
+            info, path = None, self.study_dir / "reevaluation" / f"trial_{n}" / TRIAL_FILE
             if path.is_file() and path.stat().st_mtime >= t0 - 1:  # this run's, not a killed run's
-                try:
-                    info = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    info = None
+                info = read_trial(path)
             record = rv.result_record(claim, o.values[0], info, time.time() - t0)
         elif o.kind in ("nan", "diverged", "lost"):  # lost: retried like a failed run (max_retries times)
             record = rv.failed_record(claim, o.kind, o.reason)
@@ -799,5 +796,5 @@ class Search:
             if sel.note:
                 log.info("%s", sel.note)
         if self.autoft_app:
-            log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")
+            log.info("best hyperparameters: %s", self.study_dir / HPARAMS_FILE)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
