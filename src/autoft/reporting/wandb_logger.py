@@ -12,6 +12,8 @@ What each run type holds (README "Baselines, tables, W&B"):
   (the checkpoint by reference unless `logger.upload_checkpoint`), the console log, and
   `hparams_study`/`hparams_trial` when the hyperparameters came from a search;
 - study (one per study): see `log_study`; report (one per results folder): see report.log_to_wandb.
+The config and summary values come from wandb_summary.py (pure functions of the records); offline
+runs are read back by wandb_offline.py.
 
 Run ids are derived from what the run is (the study and trial number, or the run's directory), and
 runs start with resume="allow": a rerun continues its run instead of adding one. Per-step values
