@@ -1,5 +1,6 @@
 """Reading W&B offline runs back from their files, without W&B's servers: what a run will upload
-when synced (autoft.reporting.wandb_sync), what a resumed run already holds (wandb_logger), and what
+when synced (autoft.reporting.wandb_sync), what a resumed run already holds (held_step), whether a
+finished run's log is complete (wait_for_exit_record, for wandb_logger.WandbRun.finish), and what
 the tests check.
 
 An offline run directory (offline-run-<time>-<id>) holds its transaction log, run-<id>.wandb: W&B's

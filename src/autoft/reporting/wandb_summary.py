@@ -1,12 +1,15 @@
 """What autoft's W&B runs hold, as plain values: a run's config from its composed config and
 hyperparameters, a trial's summary from its record (trial.json), a final run's summary and WiSE-FT
-curve from its record (results.json), a CSV as table cells. Pure functions of records; nothing here
-imports wandb (autoft.reporting.wandb_logger sends what they return).
+curve from its record (results.json), a study's summary from its files, a CSV as table cells. Pure
+functions of records; nothing here imports wandb (autoft.reporting.wandb_logger sends what they return).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from autoft.reporting.results import RunResult
+
 
 def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
     """{'id_test': {'accuracy': 0.5}} -> {'id_test/accuracy': 0.5}; lists and non-numbers kept as leaves."""
@@ -24,8 +27,6 @@ def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
     """A final run's summary from its results.json record: every split's metrics (`split/metric`),
     `ood_mean/<metric>` over the OOD tests, `objective` (ID-val, what selected the epoch), and the
     run's facts. The WiSE-FT curve is a table (`wise_rows`), not hundreds of scalars."""
-    from autoft.reporting.results import RunResult
-
     metrics = record.get("metrics", {})
     out = flatten(metrics)
     if record.get("id_test_split", "id_test") in metrics:
@@ -45,8 +46,6 @@ def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
 def wise_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
     """The WiSE-FT curve of a results record: per alpha, the objective metric on the ID test, the
     OOD mean and each OOD test (a task without OOD tests has no OOD mean)."""
-    from autoft.reporting.results import RunResult
-
     if not record.get("wise"):
         return []
     run = RunResult(Path("."), dict(record))
