@@ -1,30 +1,25 @@
 """Top-k re-evaluation, a step after the search (DomainBed's sweep-then-collect): read the complete
 study, re-run its k best trials with fresh seeds, choose on the re-evaluated mean.
 
-    plan = reevaluation.plan(search_block, space, config, direction)  # checked before any training
-    reevaluation.reevaluate(search)      # Search.run calls it once the sweep loop completed the study
-    sel, recs = reevaluation.selection(study, plan, direction, max_retries)  # what the outputs show
+    plan = reevaluation.plan(search_block, space, config, direction, max_retries)  # before any training
+    reevaluation.reevaluate(search)       # Search.run, in each slot, once the sweep loop completed the study
+    sel, recs = reevaluation.selection(study, plan)  # the chosen trial and the records: what the outputs show
 
-The best of hundreds of trials on a small OOD-val set is partly the luckiest. With
-`search.reevaluate_top_k=k` the k best trials' hyperparameters are re-run with
-`search.reevaluate_seeds` fresh seeds, `seed + search.reevaluate_seed_offset + j`: the same for
-every candidate (they are compared on equal terms) and disjoint from every seed the search used.
-best_hparams.yaml holds the best by the re-evaluated mean once every candidate is done, and both
-scores; a re-evaluation that diverges or returns NaN fails for good (never chosen), one that
-raises is retried up to hydra.sweeper.max_retries times.
+The best of hundreds of trials on a small OOD-val set is partly the luckiest. The fresh seeds,
+`seed + search.reevaluate_seed_offset + j` (j < search.reevaluate_seeds), are the same for every
+candidate (compared on equal terms) and disjoint from every seed the search used. A re-evaluation
+that diverges or returns NaN fails for good (never chosen); one that raises is retried up to
+hydra.sweeper.max_retries times.
 
-Records: one study user attribute per candidate, `reevaluation:<trial number>` = {state, seeds,
-value, per_seed, ci_low, ci_high, search_value, attempts, worker, ...}, and `reevaluation_winner`
-once all are done. Not attributes of the trials (Optuna refuses to change a finished trial), not
-extra trials (they would count toward n_trials, feed the sampler and compete for
-`study.best_trial`): the study holds exactly its search trials, and re-running a (trial, seeds)
-rewrites its record.
-
-Resume and several workers: a record is claimed under the study's claim lock (state `running`,
-a token, a heartbeat time refreshed by a liveness.Heartbeat). A claim silent for the grace period
-(its worker was killed) is taken over; a worker that stops releases its claims; so a rerun runs
-only the missing ones, and each candidate runs once however many workers share the step.
-Storages without a claim lock may at worst run one twice (the same record is written twice).
+Records: a study user attribute per candidate, `reevaluation:<trial number>` = {state, seeds, value,
+per_seed, ci_low, ci_high, search_value, attempts, worker, ...}, and `reevaluation_winner` once all
+are done. Not trial attributes (Optuna refuses to change a finished trial), not extra trials (they
+would count toward n_trials, feed the sampler and compete for `study.best_trial`); re-running a
+(trial, seeds) rewrites its record. A record is claimed under the study's claim lock (state
+`running`, a token, a heartbeat time a liveness.Heartbeat refreshes); a claim silent for the grace
+period (its worker was killed) is taken over, and a worker that stops releases its claims. So a
+rerun runs only the missing ones, and each candidate runs once however many workers share the
+step (storages without a claim lock: at worst twice, writing the same record).
 """
 from __future__ import annotations
 
@@ -61,6 +56,8 @@ class Plan:
     n_seeds: int = 2
     seed_offset: int = 1000
     base_seed: int = 0
+    direction: str = "maximize"
+    max_retries: int = 2  # hydra.sweeper.max_retries: tries of a re-evaluation that raised
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +68,7 @@ class Plan:
         return [self.base_seed + self.seed_offset + j for j in range(self.n_seeds)]
 
 
-def plan(search: Optional[Mapping], space, config, direction: Any) -> Plan:
+def plan(search: Optional[Mapping], space, config, direction: Any, max_retries: int) -> Plan:
     """`search.reevaluate_top_k`, `_seeds`, `_seed_offset`, checked; the fresh seeds must be new to
     the search (else it re-runs a lucky seed). `space`: the parsed hydra.sweeper.params."""
     search = search or {}
@@ -89,7 +86,7 @@ def plan(search: Optional[Mapping], space, config, direction: Any) -> Plan:
         k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1)) or 1)
     except (TypeError, ValueError):
         base, k = 0, 1  # not integers: train.py itself reports that
-    p = Plan(**values, base_seed=base)
+    p = Plan(**values, base_seed=base, direction=direction, max_retries=max_retries)
     if p.enabled:
         clash = sorted(set(p.seeds) & search_seeds(base, k, space.distributions.get(SEED_KEY)))
         if clash:
@@ -139,12 +136,12 @@ def same_seeds(record: Optional[Mapping], seeds: Sequence[int]) -> bool:
     return record is not None and list(record.get("seeds") or []) == list(seeds)
 
 
-def is_done(record: Optional[Mapping], seeds: Sequence[int], max_retries: int) -> bool:
-    """Complete, or failed for good, with these seeds."""
-    if not same_seeds(record, seeds):
+def is_done(record: Optional[Mapping], plan: Plan) -> bool:
+    """Complete, or failed for good, with the plan's seeds."""
+    if not same_seeds(record, plan.seeds):
         return False
     return record.get("state") == COMPLETE or record.get("state") == FAILED and (
-        record.get("fail_kind") in FINAL_FAILURES or int(record.get("attempts", 1)) > max_retries)
+        record.get("fail_kind") in FINAL_FAILURES or int(record.get("attempts", 1)) > plan.max_retries)
 
 
 def candidates(trials: Sequence, direction: str, top_k: int) -> list:
@@ -191,24 +188,23 @@ class Selection:
                 "candidates": [entry(t, rec) for t, rec in self.candidates]}
 
 
-def select(trials: Sequence, study_records: Mapping[int, dict], direction: str, plan: Plan,
-           max_retries: int) -> Selection:
+def select(trials: Sequence, study_records: Mapping[int, dict], plan: Plan) -> Selection:
     """The winner: by the re-evaluated mean once every top-k candidate is done, else by the search."""
-    ranked = candidates(trials, direction, max(plan.top_k, 1))
+    ranked = candidates(trials, plan.direction, max(plan.top_k, 1))
     search_best = ranked[0] if ranked else None
     if not plan.enabled or search_best is None:
         return Selection(search_best, "search", search_best, complete=not plan.enabled)
     seeds = plan.seeds
     cands = [(t, study_records.get(t.number) if same_seeds(study_records.get(t.number), seeds) else None)
              for t in ranked]
-    done = sum(is_done(rec, seeds, max_retries) for _, rec in cands)
+    done = sum(is_done(rec, plan) for _, rec in cands)
     sel = Selection(search_best, "search", search_best, cands, seeds, done == len(cands))
     scored = [(t, rec) for t, rec in cands if rec is not None and rec.get("state") == COMPLETE]
     if not sel.complete or not scored:
         sel.note = (f"re-evaluation pending ({done}/{len(cands)} candidates done): chosen on the search score"
                     if not sel.complete else "every re-evaluation failed: chosen on the search score")
         return sel
-    sign = -1.0 if direction == "maximize" else 1.0
+    sign = -1.0 if plan.direction == "maximize" else 1.0
     best_t, best_rec = min(scored, key=lambda tr: sign * float(tr[1]["value"]))  # ties: the better search score
     sel.winner, sel.selected_by = best_t, "reevaluation"
     if best_t.number != search_best.number:
@@ -217,10 +213,10 @@ def select(trials: Sequence, study_records: Mapping[int, dict], direction: str, 
     return sel
 
 
-def selection(study, plan: Plan, direction: str, max_retries: int):
+def selection(study, plan: Plan):
     """(Selection, the records or None: no re-evaluation columns) of a single-objective study."""
     recs = records(study) if plan.enabled else None
-    return select(study.get_trials(deepcopy=False), recs or {}, direction, plan, max_retries), recs
+    return select(study.get_trials(deepcopy=False), recs or {}, plan), recs
 
 
 def record_winner(study, sel: Selection) -> None:
@@ -314,9 +310,9 @@ def reevaluate(search) -> None:
         with search.store.claim_lock(search.storage_url):
             recs, live, now = records(study), 0, time.time()
             grace = lv.grace_after_outage(search.store, s.grace_period)
-            for trial in candidates(study.get_trials(deepcopy=False), search.direction, plan.top_k):
+            for trial in candidates(study.get_trials(deepcopy=False), plan.direction, plan.top_k):
                 rec = recs.get(trial.number) if same_seeds(recs.get(trial.number), plan.seeds) else None
-                if is_done(rec, plan.seeds, s.max_retries):
+                if is_done(rec, plan):
                     continue
                 lost = rec is not None and rec.get("state") == RUNNING
                 if lost and now - float(rec.get("heartbeat", 0.0)) <= grace:
@@ -390,16 +386,10 @@ def _finish(search, number: int, claim: dict, record: dict, heartbeat) -> None:
 
 
 def _progress(search, trial, record: dict) -> None:
-    sel, _ = selection(search.study, search.reeval, search.direction, search.s.max_retries)
-    done = sum(is_done(rec, sel.seeds, search.s.max_retries) for _, rec in sel.candidates)
-    if record["state"] == COMPLETE:
-        what = f"{record['value']:.6g}"
-        if len(record.get("per_seed") or []) > 1:
-            what += " (per seed " + ", ".join(f"{x:.4g}" for x in record["per_seed"]) + ")"
-        if "ci_low" in record:
-            what += f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]"
-    else:
-        what = f"FAIL ({record.get('fail_reason')})"
+    sel, _ = selection(search.study, search.reeval)
+    done = sum(is_done(rec, search.reeval) for _, rec in sel.candidates)
+    what = f"FAIL ({record.get('fail_reason')})" if record["state"] != COMPLETE else f"{record['value']:.6g}" + (
+        f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]" if "ci_low" in record else "")
     log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
              trial.value, what, done, len(sel.candidates))
     search.write_outputs(final=False)

@@ -157,7 +157,7 @@ class Search:
         self.n_objectives = len(self.direction) if self.multi else 1
         # the trial identity goes into the app's `search` block only when it has one (autoft)
         self.autoft_app = bool(search) and "trial_id" in search
-        self.reeval = rv.plan(search, self.space, cfg, self.direction)
+        self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
         for name, value, low in (("n_trials", s.n_trials, 1), ("n_jobs", s.n_jobs, 1),
                                  ("heartbeat_interval", s.heartbeat_interval, 1), ("max_retries", s.max_retries, 0)):
             if not isinstance(value, int) or value < low:
@@ -617,8 +617,7 @@ class Search:
             log.debug("study outputs not written: the study storage is unreachable (a rerun writes them)")
             return
         try:
-            sel, recs = (None, None) if self.multi else rv.selection(study, self.reeval, self.direction,
-                                                                     self.s.max_retries)
+            sel, recs = (None, None) if self.multi else rv.selection(study, self.reeval)
             out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs,
                                     config=self.config if self.autoft_app else None, plots=final and self.s.plots)
             if recs is not None and sel.winner is not None:
@@ -652,7 +651,7 @@ class Search:
         log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
                  self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
         if self.reeval.enabled:
-            rv.log_summary(rv.selection(study, self.reeval, self.direction, self.s.max_retries)[0], self.reeval)
+            rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
         if self.autoft_app:
             log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
