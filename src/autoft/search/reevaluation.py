@@ -301,9 +301,10 @@ def run_scores(run_dir: Path, since: float) -> dict:
 # ----------------------------------------------------------------------------- the step
 
 def reevaluate(search) -> None:
-    """Claim and run the missing re-evaluations of `search`'s complete study (an autoft.search.run.Search,
-    one call per slot) until none is left; then wait for those running elsewhere (a lost one is
-    taken over after the grace period)."""
+    """Claim and run the missing re-evaluations of `search`'s complete study until none is left; then
+    wait for those running elsewhere (a lost one is taken over after the grace period). `search`: the
+    autoft.search.run.Search (one call per slot): its storage and claim lock, its launch and classify
+    (_launch), its stop event and its outputs."""
     study, s, plan = search.study, search.s, search.reeval
     announced = False
     while not search._stop.is_set():
