@@ -10,10 +10,10 @@
                      the worker registry
     threads.py       the thread budget per trial
     outcome.py       launch a job and classify what came back (trials and re-evaluations alike)
-    reevaluation.py  top-k re-evaluation: settings, records, claims, the selection
+    reevaluation.py  top-k re-evaluation, a step once the study is complete: records, claims, selection
     outputs.py       every file beside a study (trials.csv, best_hparams.yaml, optimization_results.yaml, plots/)
     trial.py         the running trial seen from inside the task (TrialReporter)
-    run.py           one search run (Search): its state, its slots, ask -> launch -> tell
+    run.py           one search run (Search): its state, its slots, ask -> launch -> tell; then re-evaluation
 
 `load_best_hparams(path)` reads what a search wrote for the final retrain; `TrialReporter` lets a
 running trial report intermediate objectives (pruning) and extra scores to its study.
