@@ -52,11 +52,12 @@ from pathlib import Path
 from typing import Optional
 
 from autoft.errors import UserError
+from autoft.names import SHAPES_DOMAINS
 from autoft.runner import Step, complete, fmt_seconds, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 ID_DOMAIN = "studio"
-OTHERS = ("garden", "snow", "night", "fog", "clutter", "sketch", "outline", "texture")  # DOMAINS' order
+OTHERS = tuple(d for d in SHAPES_DOMAINS if d != ID_DOMAIN)  # in DOMAINS' order
 BASELINES = ("lp", "ft", "lpft", "l2sp", "flyp")
 ALPHAS = "[0.25,0.5,0.75,1.0]"
 # rough relative costs, only for the ETA before any step has finished (then measured rates take over)

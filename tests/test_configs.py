@@ -83,18 +83,6 @@ def test_every_option_composes_and_validates(group, option):
     inspect.signature(get_method(target)).bind_partial(**task)
 
 
-def test_schema_lists_equal_the_library_lists():
-    from autoft.data import imagenet, shapes, wilds_tasks
-    from autoft.metrics import METRICS
-    from autoft.reporting import wandb_logger
-
-    assert set(config.METRIC_NAMES) == set(METRICS)
-    assert config.SHAPES_DOMAINS == tuple(shapes.DOMAINS)
-    assert config.CAPTION_NAMES == tuple(wilds_tasks.IWILDCAM_CAPTION_NAMES)
-    assert config.IMAGENET_TESTS == tuple(imagenet.IMAGENET_TESTS)
-    assert set(config.WANDB_MODES) == set(wandb_logger.MODES)
-
-
 @pytest.mark.parametrize("dataset", options(CONF, "dataset"))
 def test_builder_signature_read_from_source_equals_inspect(dataset):
     target = compose_config(f"dataset={dataset}").dataset.task._target_

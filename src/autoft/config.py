@@ -38,16 +38,9 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from autoft.data.roles import roles_problem, templates_problem
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters, default_weights
-from autoft.names import SEARCHED_LOSSES
+from autoft.names import (IMAGE_CACHE_MODES, IMAGENET_TESTS, IWILDCAM_CAPTION_NAMES, METRIC_NAMES,
+                          PHASES, PRECISIONS, SEARCHED_LOSSES, SHAPES_DOMAINS, TRAINABLE, WANDB_MODES)
 from autoft.values import finite, plain
-
-# names the schema checks against; tests/test_configs.py proves they equal the library's own lists
-METRIC_NAMES = ("accuracy", "macro_f1", "worst_group_accuracy")            # = autoft.metrics.METRICS
-SHAPES_DOMAINS = ("studio", "garden", "snow", "night", "fog", "clutter",   # = autoft.data.shapes.DOMAINS
-                  "sketch", "outline", "texture")
-CAPTION_NAMES = ("latin", "english")                                        # = wilds_tasks.IWILDCAM_CAPTION_NAMES
-IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")  # = imagenet.IMAGENET_TESTS
-WANDB_MODES = ("auto", "online", "offline", "disabled")                     # = wandb_logger.MODES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +103,7 @@ class DatasetConf:
     # arguments of the task builder named by task._target_; their keys are checked against the
     # builder's signature, their values by the per-argument rules in TASK_ARGUMENT_RULES below
     task: Dict[str, Any] = MISSING
-    metric: str = MISSING                # one of METRIC_NAMES: the search objective and the OOD columns
+    metric: str = MISSING                # one of autoft.names.METRIC_NAMES: the search objective and the OOD columns
     id_test_metrics: Optional[List[str]] = None  # null (= [metric]) or metric names: the tables' ID columns
     higher_is_better: bool = True
     passes_per_epoch: int = 1            # >= 1: passes over the images in one final-run epoch (the reference's
@@ -137,7 +130,7 @@ class LoggerConf:
     wandb: bool = False                  # true: one W&B run per trial and per final run
     project: str = "autoft"
     entity: Optional[str] = None
-    mode: str = "auto"                   # one of WANDB_MODES
+    mode: str = "auto"                   # one of autoft.names.WANDB_MODES
     tags: List[str] = field(default_factory=list)
     dir: Optional[str] = None            # parent of the wandb/ folder; null: the run's output directory
     log_every_n_steps: int = 10          # >= 1: train/loss and train/lr every so many optimiser steps
@@ -173,10 +166,6 @@ class RootConf:
 
 GROUP_SCHEMAS = {"model": ModelConf, "dataset": DatasetConf, "method": MethodConf, "trainer": TrainerConf,
                  "logger": LoggerConf}
-PHASES = ("search", "final")
-TRAINABLE = ("all", "head")
-PRECISIONS = ("auto", "fp32", "bf16")
-IMAGE_CACHE_MODES = ("auto", "read", "off")  # = autoft.data.image_cache.MODES (kept torch-free here)
 
 
 def register() -> None:
@@ -248,7 +237,7 @@ TASK_ARGUMENT_RULES = {
     "test_cue": _check_optional_probability,       # the same in the OOD domains (null: independent)
     "id_val_fraction": _check_open_fraction, "id_test_fraction": _check_open_fraction,
     "severity": _check_severity,
-    "caption_names": _one_of(CAPTION_NAMES),
+    "caption_names": _one_of(IWILDCAM_CAPTION_NAMES),
     "metric": _one_of(METRIC_NAMES),
     "cifar102_train": lambda v: None if isinstance(v, bool) else "true or false",  # also test on the reference's file
 }

@@ -62,11 +62,11 @@ from tqdm.auto import tqdm
 
 from autoft.errors import UserError
 from autoft.io import atomic_write, atomic_write_text
+from autoft.names import IMAGE_CACHE_MODES as MODES
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout changes: every cache then gets a new key
-MODES = ("auto", "read", "off")
 FREE_MARGIN = 1.05  # a build needs its size plus 5 % free, so that a cache never fills a disk to the last byte
 FLUSH_ROWS = 2048   # rows written between two checkpoints of a build (done.npy)
 CACHE_FILES = ("images.npy", "crc32.npy", "manifest.json")  # what a complete cache folder holds, nothing else
