@@ -3,7 +3,7 @@
 One table (BAD) of bad inputs: config keys, values, types, cross-field rules, config files and
 other files. Each case runs the real entry point's checks; nothing may be built (no task, no model,
 no study), no result written, and the files of an earlier run must stay byte-identical. Most cases
-run in-process (Hydra's compose, its error put in words by autoft.config.composition_error, then
+run in-process (Hydra's compose, its error put in words by autoft.config_messages.composition_error, then
 autoft.cli.run with the builders replaced by tripwires); the cases in SUBPROCESS also run as
 `python train.py ...`, which must exit with status 2 and print one message and no traceback.
 """
@@ -18,7 +18,7 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from autoft import cli, config
+from autoft import cli, config_checks, config_messages
 from autoft.errors import UserError
 from conftest import TINY_CLIP, compose_config, offline_env
 
@@ -187,7 +187,7 @@ def test_bad_input_in_process(case, overrides, named, files, tripwires, tmp_path
     try:
         cfg = compose_config(*BASE, f"cache_dir={tmp_path}", *overrides)
     except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # refused while composing:
-        message = config.composition_error(err)  # types, unknown keys, broken files (train.py prints this)
+        message = config_messages.composition_error(err)  # types, unknown keys, broken files (train.py prints this)
         assert named in message and "\n" not in message, message
         return
     with pytest.raises(UserError) as err:

@@ -47,7 +47,7 @@ def optimizer_factory(node: Any) -> OptimizerFactory:
 
 @dataclass
 class FinetuneSettings:
-    """One run's settings, from values the schema checked (autoft.config.validate: each value once)."""
+    """One run's settings, from values the schema checked (autoft.config_checks.validate: each value once)."""
     steps: int  # optimiser steps of the whole run (sets the schedule's length)
     lr: float  # peak learning rate
     weight_decay: float

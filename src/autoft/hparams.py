@@ -11,7 +11,7 @@ mapping between them and the override keys a search space searches (autoft.names
     seed           the searched seed, when the search searched it
 
 Their allowed values are checked here only (`problems`): for the config's own values by the schema's
-validation (autoft.config.problems), for a file when it is read (`from_mapping`).
+validation (autoft.config_checks.problems), for a file when it is read (`from_mapping`).
 
 Everything else in a best_hparams.yaml (objective, study, trial, re-evaluation, ...) says where the
 values came from: it is kept as `records` and written back unchanged.
@@ -21,7 +21,7 @@ when base_lr is known, a file with `lr` and `base_lr` but no `lr_scale` (the war
 as lr / base_lr, and loss terms a file leaves out take their default (ce 1, the others 0).
 
 This module imports only the standard library, OmegaConf and the ground floor (autoft.names,
-autoft.io), so that a bad file is refused before torch is imported (autoft.config.read_hparams).
+autoft.io), so that a bad file is refused before torch is imported (autoft.config_checks.check_files).
 """
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ class Hyperparameters:
     @classmethod
     def from_config(cls, cfg) -> "Hyperparameters":
         """The config's own values: method.loss_weights, trainer.lr_scale, trainer.weight_decay, as
-        they are (autoft.config.validate checks them, with `problems`)."""
+        they are (autoft.config_checks.validate checks them, with `problems`)."""
         from omegaconf import OmegaConf
 
         def get(key, default=None):
@@ -178,7 +178,7 @@ class Hyperparameters:
                    records: Optional[Mapping[str, Any]] = None) -> "Hyperparameters":
         """A trial's values: its searched parameters (override keys; the inverse of `search_params`),
         the WiSE-FT alpha it chose (a user attribute), and `defaults` (usually `from_config`) for
-        everything unsearched. The trial's own run checked its values (autoft.config.validate)."""
+        everything unsearched. The trial's own run checked its values (autoft.config_checks.validate)."""
         base = defaults if defaults is not None else cls()
         weights = dict(base.loss_weights)
         weights.update({k[len(LOSS_PREFIX):]: float(v) for k, v in params.items() if k.startswith(LOSS_PREFIX)})

@@ -32,3 +32,8 @@ IWILDCAM_CAPTION_NAMES = ("latin", "english")              # iWildCam's class na
 IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
 IMAGE_CACHE_MODES = ("auto", "read", "off")                # trainer.image_cache (autoft.data.image_cache)
 WANDB_MODES = ("auto", "online", "offline", "disabled")    # logger.mode (autoft.reporting.wandb_logger)
+
+# the task builders (dataset.task._target_) whose arguments the config check knows beyond their signature
+SHAPES_TARGET = "autoft.data.shapes.shapes_task"
+FOLDER_TARGET = "autoft.data.folders.folder_task"
+IMAGENET_TARGET = "autoft.data.imagenet.imagenet"
