@@ -121,7 +121,7 @@ def model_image_size(model) -> int:
 def cache_splits(dataset: str, root: Path, names, image_size, workers: int, overrides) -> int:
     """Build (or check) the image cache of each named split; prints one line per split."""
     from autoft import cli
-    from autoft.data.cache import UInt8View, split_spec
+    from autoft.data.loading import UInt8View, split_spec
     from autoft.pipeline import pool_indices
     from autoft.data.image_cache import _bytes, build, inspect
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from autoft.data.cache import Normalizer
+from autoft.data.loading import Normalizer
 from autoft.distributed import SINGLE, DistEnv, average_gradients, feature_gatherer
 from autoft.errors import TrialDiverged, UserError
 from autoft.losses import AutoFTObjective

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from autoft.data.base import Split, Task, project_logits
 from torch.utils.data import DistributedSampler
 
-from autoft.data.cache import Normalizer, TensorBatches, image_view, loader, read_all
+from autoft.data.loading import Normalizer, TensorBatches, image_view, loader, read_all
 from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError

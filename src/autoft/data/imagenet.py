@@ -62,7 +62,6 @@ IMAGENET_C_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defo
 # ImageNet-C: per corruption at one severity)
 IMAGENET_COUNTS = {"train": 1281167, "val": 50000, "imagenet_v2": 10000, "imagenet_r": 30000, "imagenet_a": 7500,
                    "imagenet_sketch": 50889, "objectnet": 18574, "imagenet_c": 50000}
-OBJECTNET_CLASSES = 113
 OBJECTNET_BORDER = 2
 OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
                       "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")
