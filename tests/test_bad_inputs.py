@@ -203,6 +203,20 @@ def test_bad_input_in_process(case, overrides, named, files, tripwires, tmp_path
     assert not list(tmp_path.iterdir())  # nothing cached or written
 
 
+def test_a_run_is_validated_once(tripwires, monkeypatch, tmp_path):
+    """cli.run checks the config, then runs it with run_validated, which train.py calls after its own
+    check (made before torch is imported): no path checks twice."""
+    calls = []
+    monkeypatch.setattr(cli, "validate", lambda cfg: calls.append(cfg) or config_checks.validate(cfg))
+    cfg = compose_config(*BASE, f"cache_dir={tmp_path}")
+    with pytest.raises(AssertionError, match="work started"):  # valid: on to the workspace (a tripwire)
+        cli.run(cfg)
+    assert len(calls) == 1
+    with pytest.raises(AssertionError, match="work started"):
+        cli.run_validated(cfg)
+    assert len(calls) == 1
+
+
 def digest(root: Path) -> dict:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.suffix != ".log"}
