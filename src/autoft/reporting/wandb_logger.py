@@ -45,7 +45,7 @@ from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
+from autoft.names import WANDB_MODES as MODES  # noqa: E402  (the one list: autoft.names)
 
 
 def api_key_configured() -> bool:

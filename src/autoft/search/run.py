@@ -39,12 +39,9 @@ from autoft.search import storage as st
 from autoft.search import study as su
 from autoft.search.outcome import Outcome, find_user_error, run_job
 from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
+from autoft.values import plain
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # one logger for the search's lines
-
-
-def plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
 @dataclass
