@@ -6,7 +6,8 @@
     python train.py -m search=autoft dataset=iwildcam data_root=...   # a paper benchmark (its backbone: ViT-B/16)
 
 A bad input (an unknown key, a wrong type, a value out of range, an unreadable file) stops the run
-before any work with one message and exit status 2: src/autoft/config.py holds the schema and its checks.
+before any work with one message and exit status 2: src/autoft/config.py holds the schema,
+config_checks.py its checks and config_messages.py the messages for the command line.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from autoft import config  # registers the config schema (base_config) before Hydra composes
+from autoft import config  # noqa: F401  (registers the config schema, base_config, before Hydra composes)
+from autoft.config_checks import validate
+from autoft.config_messages import composition_error, unknown_override
 from autoft.errors import UserError
 
 log = logging.getLogger("autoft")
@@ -26,10 +29,10 @@ log = logging.getLogger("autoft")
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
     try:
-        config.validate(cfg)  # before the heavy imports below: a bad config is refused in a second
-        from autoft.cli import run
+        validate(cfg)  # once, before the heavy imports below: a bad config is refused in a second
+        from autoft.cli import run_validated
 
-        return run(cfg)
+        return run_validated(cfg)
     except UserError as err:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -68,14 +71,14 @@ def composition_problem(argv: list[str]) -> str | None:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             compose("config", overrides=overrides)
     except Exception as err:  # ConfigCompositionException, OmegaConf's errors, YAML parse errors
-        return config.composition_error(err)
+        return composition_error(err)
     return None
 
 
 def check_command_line(argv: list[str]) -> None:
     """A misspelt key, a wrong type or a broken config file is named before Hydra runs anything:
     one message naming the key and the valid keys or the expected type, exit status 2."""
-    message = config.unknown_override(argv) or composition_problem(argv)
+    message = unknown_override(argv) or composition_problem(argv)
     if message:
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -9,7 +9,7 @@ Without --root it fabricates a realistic tree (iWildCam v2.0 layout, 1024x768 JP
 tests/fabricate.py) in a temporary folder. On the split (--split, default train; its first --images
 examples) it measures, in this order and in this one process:
 
-- live per core: decode + OpenAI's preprocessing (autoft.data.cache.UInt8View), one process, one thread;
+- live per core: decode + OpenAI's preprocessing (autoft.data.loading.UInt8View), one process, one thread;
 - the cache build: every core (autoft.data.image_cache.build), seconds and images/s;
 - cached per core: shuffled batches of --batch read from the cache (each image checked against its
   crc32), one process, pages warm (the cache of a split is read every epoch);
@@ -61,9 +61,9 @@ def time_cached(view, batch: int, passes: int = 3) -> float:
 
 
 def time_loader(split, size: int, view, batch: int, workers: int, images: int) -> float:
-    """Images/s through the runs' own loader (autoft.data.cache.loader: shuffled, `workers` persistent
+    """Images/s through the runs' own loader (autoft.data.loading.loader: shuffled, `workers` persistent
     processes), over epochs until `images` were seen after the first batch (worker start-up excluded)."""
-    from autoft.data.cache import loader
+    from autoft.data.loading import loader
 
     batches = loader(split, size, batch, shuffle=True, num_workers=workers, view=view)
     seen, t0 = 0, None
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
     from prepare_data import compose, model_image_size
 
     from autoft import cli
-    from autoft.data.cache import UInt8View
+    from autoft.data.loading import UInt8View
     from autoft.data.image_cache import CachedImages, build, open_cache, spec_for
 
     with tempfile.TemporaryDirectory() as tmp:

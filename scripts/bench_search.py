@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
     from hydra import compose, initialize_config_dir
 
     from autoft import cli
-    from autoft.data.cache import TensorBatches, loader
+    from autoft.data.loading import TensorBatches, loader
     from autoft.engine import Finetuner, make_optimizer
     from autoft.evaluation import predict
     from autoft.pipeline import pool_indices, search_trial

@@ -52,17 +52,17 @@ from pathlib import Path
 from typing import Optional
 
 from autoft.errors import UserError
+from autoft.names import FOLDER_TARGET, SHAPES_DOMAINS
 from autoft.records import HPARAMS_FILE, RESULTS_FILE
 from autoft.runner import Step, complete, fmt_seconds, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 ID_DOMAIN = "studio"
-OTHERS = ("garden", "snow", "night", "fog", "clutter", "sketch", "outline", "texture")  # DOMAINS' order
+OTHERS = tuple(d for d in SHAPES_DOMAINS if d != ID_DOMAIN)  # in DOMAINS' order
 BASELINES = ("lp", "ft", "lpft", "l2sp", "flyp")
 ALPHAS = "[0.25,0.5,0.75,1.0]"
 # rough relative costs, only for the ETA before any step has finished (then measured rates take over)
 UNITS = {"trial": 1.0, "final": 3.0, "zeroshot": 0.5}
-FOLDER_TARGET = "autoft.data.folders.folder_task"  # the task builder of dataset=folder and its presets
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def compose(dataset: str, overrides: list[str]):
     choose launchers and sweepers, not domains, and compose refuses some of them)."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from autoft.config import composition_error
+    from autoft.config_messages import composition_error
 
     mine = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:

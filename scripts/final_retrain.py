@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         try:
             args.model = str(compose_config(args.dataset, None, args.config_dir).model.name)
         except Exception as err:  # an unknown dataset: Hydra's message, in one line
-            from autoft.config import composition_error
+            from autoft.config_messages import composition_error
             print(f"error: {composition_error(err)}", file=sys.stderr)
             return 2
     # outputs/ of the current directory, where `train.py -m search=autoft` (Hydra) wrote the search

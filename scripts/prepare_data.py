@@ -97,7 +97,7 @@ def compose_config(dataset: str, overrides) -> "DictConfig":  # noqa: F821
     """The config `train.py dataset=<dataset> <overrides>` composes, checked; a bad key is one message."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from autoft.config import composition_error
+    from autoft.config_messages import composition_error
 
     try:
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -121,7 +121,7 @@ def model_image_size(model) -> int:
 def cache_splits(dataset: str, root: Path, names, image_size, workers: int, overrides) -> int:
     """Build (or check) the image cache of each named split; prints one line per split."""
     from autoft import cli
-    from autoft.data.cache import UInt8View, split_spec
+    from autoft.data.loading import UInt8View, split_spec
     from autoft.pipeline import pool_indices
     from autoft.data.image_cache import _bytes, build, inspect
 
@@ -232,7 +232,7 @@ def check_config(args) -> int:
     """--dataset <config>: a folder dataset (dataset=folder and its presets) is listed, compared across
     domains and decoded; its task is built with the overrides' settings. --cache works as for the
     paper's datasets."""
-    from autoft.config import FOLDER_TARGET
+    from autoft.names import FOLDER_TARGET
 
     names = sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
     if args.dataset not in names:

@@ -3,7 +3,7 @@
 One table (BAD) of bad inputs: config keys, values, types, cross-field rules, config files and
 other files. Each case runs the real entry point's checks; nothing may be built (no task, no model,
 no study), no result written, and the files of an earlier run must stay byte-identical. Most cases
-run in-process (Hydra's compose, its error put in words by autoft.config.composition_error, then
+run in-process (Hydra's compose, its error put in words by autoft.config_messages.composition_error, then
 autoft.cli.run with the builders replaced by tripwires); the cases in SUBPROCESS also run as
 `python train.py ...`, which must exit with status 2 and print one message and no traceback.
 """
@@ -18,7 +18,7 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from autoft import cli, config
+from autoft import cli, config_checks, config_messages
 from autoft.errors import UserError
 from conftest import TINY_CLIP, compose_config, offline_env
 
@@ -187,7 +187,7 @@ def test_bad_input_in_process(case, overrides, named, files, tripwires, tmp_path
     try:
         cfg = compose_config(*BASE, f"cache_dir={tmp_path}", *overrides)
     except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # refused while composing:
-        message = config.composition_error(err)  # types, unknown keys, broken files (train.py prints this)
+        message = config_messages.composition_error(err)  # types, unknown keys, broken files (train.py prints this)
         assert named in message and "\n" not in message, message
         return
     with pytest.raises(UserError) as err:
@@ -201,6 +201,20 @@ def test_bad_input_in_process(case, overrides, named, files, tripwires, tmp_path
     assert named in message, message
     assert "Traceback" not in message
     assert not list(tmp_path.iterdir())  # nothing cached or written
+
+
+def test_a_run_is_validated_once(tripwires, monkeypatch, tmp_path):
+    """cli.run checks the config, then runs it with run_validated, which train.py calls after its own
+    check (made before torch is imported): no path checks twice."""
+    calls = []
+    monkeypatch.setattr(cli, "validate", lambda cfg: calls.append(cfg) or config_checks.validate(cfg))
+    cfg = compose_config(*BASE, f"cache_dir={tmp_path}")
+    with pytest.raises(AssertionError, match="work started"):  # valid: on to the workspace (a tripwire)
+        cli.run(cfg)
+    assert len(calls) == 1
+    with pytest.raises(AssertionError, match="work started"):
+        cli.run_validated(cfg)
+    assert len(calls) == 1
 
 
 def digest(root: Path) -> dict:

@@ -1,5 +1,5 @@
 """Every option of every config group composes against the schema (src/autoft/config.py), passes
-`validate`'s value checks, and every `_target_` it names resolves and accepts its keys (the cheap
+`validate`'s value checks (autoft.config_checks), and every `_target_` it names resolves and accepts its keys (the cheap
 builders are instantiated, the data builders on the fabricated miniatures of tests/fabricate.py, the
 optimiser partial on real parameters). The budgets have one home: conf/budget/<dataset>_<model>.yaml,
 chosen by the dataset and model (the mission's `dataset=iwildcam` alone runs the paper's setting)."""
@@ -13,7 +13,7 @@ import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
-from autoft import cli, config, engine
+from autoft import cli, config, config_checks, config_messages, config_task, engine
 from autoft.errors import UserError
 import conftest
 
@@ -41,7 +41,7 @@ CASES = ([("experiment", o) for o in EXPERIMENTS]
 
 
 BUDGETS = options(CONF, "budget") + options(TEST_CONF, "budget")
-PAIRS = config.preset_pairs((str(TEST_CONF),))  # {budget file: (dataset, model)}
+PAIRS = config_checks.preset_pairs((str(TEST_CONF),))  # {budget file: (dataset, model)}
 
 
 def overrides_for(group: str, option: str) -> list[str]:
@@ -66,10 +66,10 @@ def test_every_group_has_options():
 def test_every_option_composes_and_validates(group, option):
     cfg = compose_config(*overrides_for(group, option))
     if group == "model" and option not in {m for _, m in PAIRS.values()}:  # no budgets yet: refused, with the way out
-        assert config.problems(cfg) == [config.missing_budgets_problem(cfg)]
-        assert f"write conf/budget/shapes_{option}.yaml" in config.missing_budgets_problem(cfg)
+        assert config_checks.problems(cfg) == [config_checks.missing_budgets_problem(cfg)]
+        assert f"write conf/budget/shapes_{option}.yaml" in config_checks.missing_budgets_problem(cfg)
         return
-    assert config.problems(cfg) == []
+    assert config_checks.problems(cfg) == []
     # the trainer's optimiser partial builds an optimiser with the schedule's lr and weight decay
     opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], 1e-3, 0.1, torch.device("cpu"),
                                 engine.optimizer_factory(cfg.trainer.optimizer))
@@ -83,30 +83,18 @@ def test_every_option_composes_and_validates(group, option):
     inspect.signature(get_method(target)).bind_partial(**task)
 
 
-def test_schema_lists_equal_the_library_lists():
-    from autoft.data import imagenet, shapes, wilds_tasks
-    from autoft.metrics import METRICS
-    from autoft.reporting import wandb_logger
-
-    assert set(config.METRIC_NAMES) == set(METRICS)
-    assert config.SHAPES_DOMAINS == tuple(shapes.DOMAINS)
-    assert config.CAPTION_NAMES == tuple(wilds_tasks.IWILDCAM_CAPTION_NAMES)
-    assert config.IMAGENET_TESTS == tuple(imagenet.IMAGENET_TESTS)
-    assert set(config.WANDB_MODES) == set(wandb_logger.MODES)
-
-
 @pytest.mark.parametrize("dataset", options(CONF, "dataset"))
 def test_builder_signature_read_from_source_equals_inspect(dataset):
     target = compose_config(f"dataset={dataset}").dataset.task._target_
-    config.builder_signature.cache_clear()
-    fast = config.builder_signature(target)  # the module may be imported already: compare both ways
+    config_task.builder_signature.cache_clear()
+    fast = config_task.builder_signature(target)  # the module may be imported already: compare both ways
     params = inspect.signature(get_method(target)).parameters.values()
     assert fast.params == tuple(p.name for p in params)
     assert fast.required == tuple(p.name for p in params if p.default is p.empty)
     module, _, name = target.rpartition(".")
     import importlib.util
 
-    from_ast = config._signature_from_ast(importlib.util.find_spec(module).origin, name)
+    from_ast = config_task._signature_from_ast(importlib.util.find_spec(module).origin, name)
     assert from_ast == fast
 
 
@@ -152,10 +140,10 @@ def test_other_targets_instantiate():
 
 
 def test_unknown_command_line_key_lists_the_valid_keys():
-    msg = config.unknown_override(["trainer.batch_sizee=3"])
+    msg = config_messages.unknown_override(["trainer.batch_sizee=3"])
     assert "trainer.batch_sizee" in msg and "did you mean trainer.batch_size" in msg
     assert all(f.name in msg for f in dataclasses.fields(config.TrainerConf))
-    assert config.unknown_override(["trainer.batch_size=3", "dataset.task.anything=1", "hydra.job.chdir=true",
+    assert config_messages.unknown_override(["trainer.batch_size=3", "dataset.task.anything=1", "hydra.job.chdir=true",
                                     "search.losses=[dcm]", "+search.seeds_per_trial=2", "model=tiny_vit"]) is None
 
 
@@ -183,7 +171,7 @@ def test_every_budget_file_records_its_pair_and_sets_every_budget(name):
     b = cfg.budget
     assert (b.name, b.dataset, b.model) == (name, cfg.dataset.name, cfg.model.name) == (name, dataset, model)
     assert not [k for k in config.BUDGET_KEYS if OmegaConf.is_missing(cfg.trainer, k)]
-    assert cfg.search.n_trials >= 1 and config.problems(cfg) == []
+    assert cfg.search.n_trials >= 1 and config_checks.problems(cfg) == []
     searched = compose_config(f"dataset={dataset}", f"model={model}", "search=autoft", return_hydra_config=True)
     assert searched.hydra.sweeper.n_trials == cfg.search.n_trials
 
@@ -194,7 +182,7 @@ def test_every_experiment_is_the_pair_it_names(name):
     cfg = compose_config(f"experiment={name}")
     pair = compose_config(f"dataset={cfg.dataset.name}", f"model={cfg.model.name}")
     assert OmegaConf.to_container(cfg) == OmegaConf.to_container(pair)
-    assert cfg.budget.name == config.budget_for(cfg.dataset.name, cfg.model.name, (str(TEST_CONF),))
+    assert cfg.budget.name == config_checks.budget_for(cfg.dataset.name, cfg.model.name, (str(TEST_CONF),))
 
 
 def test_budgets_live_only_in_the_budget_files():
@@ -246,13 +234,13 @@ def test_the_missions_command_runs_the_papers_setting(dataset):
     assert (cfg.model.arch, cfg.model.pretrained, cfg.model.quick_gelu) == ("ViT-B-16", "openai", True)
     assert (t.base_lr, t.weight_decay, t.batch_size, t.inner_steps, t.epochs, cfg.search.n_trials) == PAPER[dataset]
     assert cfg.hydra.sweeper.n_trials == PAPER[dataset][-1] and cfg.phase == "search"
-    assert config.problems(compose_config("search=autoft", f"dataset={dataset}")) == []
+    assert config_checks.problems(compose_config("search=autoft", f"dataset={dataset}")) == []
     # another model with budgets for it is its pair's; one without is refused with the pairs that have them
     tiny = compose_config(f"dataset={dataset}", "model=tiny_vit")
     assert (tiny.budget.name, tiny.model.name, tiny.trainer.inner_steps) == (f"{dataset}_tiny_vit", "tiny_vit",
                                                                             PAPER[dataset][3])
     big = compose_config(f"dataset={dataset}", "model=vit_l14")
-    assert config.problems(big) == [
+    assert config_checks.problems(big) == [
         f"trainer.base_lr, trainer.weight_decay, trainer.clip_grad_norm, trainer.batch_size, trainer.inner_steps, "
         f"trainer.epochs: not set for dataset={dataset} model=vit_l14: there is no conf/budget/{dataset}_vit_l14.yaml; "
         f"choose a pair with budgets: dataset={dataset} model=vit_b16 or dataset={dataset} model=tiny_vit; write "
@@ -261,19 +249,19 @@ def test_the_missions_command_runs_the_papers_setting(dataset):
 
 def test_a_budget_file_of_another_pair_is_refused():
     cfg = compose_config("budget=iwildcam_vit_b16")  # the embedded default's dataset and model
-    assert config.problems(cfg) == [config.pairing_problem(cfg)]
-    assert config.pairing_problem(cfg) == (
+    assert config_checks.problems(cfg) == [config_checks.pairing_problem(cfg)]
+    assert config_checks.pairing_problem(cfg) == (
         "budget=iwildcam_vit_b16 sets the budgets (trainer.base_lr, batch_size, inner_steps, epochs, ..., "
         "search.n_trials) for dataset=iwildcam model=vit_b16, not for dataset=shapes model=shapes_rn10t; leave "
         "budget= out: this pair's own, shapes_shapes_rn10t, is chosen by itself")
     fit = compose_config("dataset=iwildcam", "model=shapes_rn10t")  # the embedded model cannot serve a real dataset
-    assert config.problems(fit) == [config.model_fit_problem(fit)]
-    assert "model=shapes_rn10t was built for autoft.data.shapes.shapes_task only" in config.model_fit_problem(fit)
+    assert config_checks.problems(fit) == [config_checks.model_fit_problem(fit)]
+    assert "model=shapes_rn10t was built for autoft.data.shapes.shapes_task only" in config_checks.model_fit_problem(fit)
 
 
 def test_the_optimiser_is_a_partial_any_torch_optimiser_may_fill():
     cfg = compose_config("trainer.optimizer._target_=torch.optim.SGD", "+trainer.optimizer.momentum=0.9")
-    assert config.problems(cfg) == []
+    assert config_checks.problems(cfg) == []
     factory = engine.optimizer_factory(cfg.trainer.optimizer)
     opt = engine.make_optimizer([torch.nn.Parameter(torch.zeros(2))], 0.5, 0.01, torch.device("cpu"), factory)
     assert type(opt) is torch.optim.SGD and (opt.defaults["lr"], opt.defaults["momentum"]) == (0.5, 0.9)

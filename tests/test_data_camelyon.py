@@ -16,7 +16,7 @@ from PIL import Image
 
 import fabricate
 from conftest import compose_config, offline_env
-from autoft import config
+from autoft import config_checks
 from autoft.data import wilds_agreement, wilds_tasks
 from autoft.data.base import Task
 from autoft.data.images import example_ids
@@ -254,7 +254,7 @@ def test_camelyon17_id_test_fraction_out_of_range(camelyon):
         with pytest.raises(UserError, match=r"dataset.task.id_test_fraction=.*must be in \(0, 1\)"):
             wilds_tasks.camelyon17(camelyon[0], id_test_fraction=bad)
     with pytest.raises(UserError, match="dataset.task.id_test_fraction"):  # the config's check, before any data
-        config.validate(compose_config("dataset=camelyon17", "dataset.task.id_test_fraction=1.5", "device=cpu",
+        config_checks.validate(compose_config("dataset=camelyon17", "dataset.task.id_test_fraction=1.5", "device=cpu",
                                        "logger=local"))
 
 
@@ -263,7 +263,7 @@ def test_camelyon17_id_test_fraction_out_of_range(camelyon):
 
 def test_camelyon17_config(camelyon):
     cfg = compose_config("dataset=camelyon17", f"data_root={camelyon[0]}", "device=cpu", "logger=local")
-    config.validate(cfg)
+    config_checks.validate(cfg)
     assert (cfg.dataset.name, cfg.model.name, cfg.dataset.metric) == ("camelyon17", "vit_b16", "accuracy")
     assert cfg.budget.name == "user_data" and cfg.budget.calibrated is False  # no calibrated budget yet
     task = cfg.dataset.task

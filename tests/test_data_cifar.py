@@ -174,7 +174,7 @@ def test_the_extra_column_follows_the_ood_mean_and_stays_out_of_it():
 
 
 def test_a_bad_cifar102_train_value_is_refused():
-    from autoft.config import validate
+    from autoft.config_checks import validate
     from conftest import compose_config
 
     assert compose_config("dataset=cifar10").dataset.task.cifar102_train is False

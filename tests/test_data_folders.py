@@ -225,15 +225,15 @@ def test_bad_manifests_are_refused_naming_the_line(tree, tmp_path):
 
 
 def test_the_config_refuses_bad_roles_before_listing_anything():
-    from autoft import config
+    from autoft import config_checks
 
     cfg = compose_config("dataset=pacs", "model=tiny_vit", "dataset.task.root=/nonexistent",
                          "dataset.task.test_domains=[cartoon,art_painting]")
     with pytest.raises(UserError, match="OOD-val domain 'art_painting' is also a test domain"):
-        config.validate(cfg)
+        config_checks.validate(cfg)
     cfg = compose_config("dataset=folder", "model=tiny_vit")
     with pytest.raises(UserError, match="dataset.task.id_domain is empty"):
-        config.validate(cfg)
+        config_checks.validate(cfg)
 
 
 def test_any_model_pairs_with_a_user_dataset_through_the_uncalibrated_budget():

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import fabricate
-from autoft import config as schema
-from autoft.data import cifar, image_cache, imagenet, wilds_tasks
-from autoft.data.cache import UInt8View, image_view, loader, materialize
+from autoft.data import cifar, imagenet, wilds_tasks
+from autoft.data.loading import UInt8View, image_view, loader, read_all
 from autoft.data.image_cache import CachedImages, CachePolicy, build, spec_for
 from autoft.errors import UserError
 
@@ -55,7 +54,7 @@ def test_iwildcam_cache_equals_live_and_serves_the_search_subsets(wildcam, tmp_p
         assert_identical(view, split)
     view, _ = image_view(task.train, SIZE, pool, p)  # now read from the whole split's cache
     assert "subset" not in view.cache.folder.name and list(view.rows) == [1, 4, 7]
-    images, labels = materialize(task.train, SIZE, pool, policy=p)
+    images, labels = read_all(image_view(task.train, SIZE, pool, p)[0])  # as the search reads its pool
     assert torch.equal(images, torch.stack([UInt8View(task.train, SIZE, pool)[i][0] for i in range(3)]))
     assert labels.tolist() == task.train.labels[pool].tolist()
     x, y = view.batch([2, 0])  # a batched read: in the asked order
@@ -195,8 +194,7 @@ def test_a_full_disk_is_an_error_and_leaves_no_cache(wildcam, tiny_disk, caplog)
     assert "no room for the image cache of iwildcam train" in caplog.text
 
 
-def test_the_config_names_the_modes():
-    assert schema.IMAGE_CACHE_MODES == image_cache.MODES
+def test_a_bad_mode_is_named_with_the_valid_ones():
     with pytest.raises(UserError, match="trainer.image_cache='on': must be one of auto, read, off"):
         CachePolicy("on", "/tmp")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoft.data.cache import TensorBatches, materialize
+from autoft.data.loading import TensorBatches, UInt8View, read_all
 from autoft.engine import Finetuner, FinetuneSettings, optimizer_factory, warmup_cosine
 from autoft.errors import TrialDiverged
 from autoft.models.classifier import CLIPClassifier, freeze_batchnorm_stats, zeroshot_weights
@@ -50,7 +50,7 @@ def make_tuner(bundle, task, weights, lr=1e-3, steps=6, warmup=2, accum=1, max_l
     settings = FinetuneSettings(steps=steps, lr=lr, weight_decay=0.1, warmup_steps=warmup, clip_grad_norm=1.0,
                                 accum_steps=accum, max_loss=max_loss, **extra)
     tuner = Finetuner(ws.classifier, params, objective, ws.normalizer, settings, ws.device, ws.caption_tokens)
-    images, labels = materialize(task.train, bundle.image_size)
+    images, labels = read_all(UInt8View(task.train, bundle.image_size))
     return ws, tuner, iter(TensorBatches(images, labels, 8, seed=0))
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from autoft.data.base import Split, Task
-from autoft.data.cache import Normalizer, to_uint8
+from autoft.data.loading import Normalizer, to_uint8
 from autoft.models import hub
 from autoft.models.clip import OPENAI_MEAN, OPENAI_STD, load_clip
 from autoft.pipeline import Workspace

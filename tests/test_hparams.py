@@ -6,7 +6,6 @@ import optuna
 import pytest
 import yaml
 
-from autoft import config
 from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters, search_params
 from autoft.names import LOSS_NAMES
@@ -64,7 +63,7 @@ def test_a_file_in_the_old_format_loads_with_alpha_one_and_saves_back_unchanged(
     write_best_hparams(again, hp)
     old, new = yaml.safe_load(OLD_FORMAT), yaml.safe_load(again.read_text())
     assert new == {**old, "wise_alpha": 1.0}  # every key kept, the one new key added
-    assert config.read_hparams(again) == hp
+    assert read_best_hparams(again) == hp
 
 
 def test_partial_and_warm_start_files(tmp_path):

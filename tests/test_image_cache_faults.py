@@ -18,10 +18,10 @@ import pytest
 import torch
 
 import fabricate
-from autoft.data import cache as cache_module
+from autoft.data import loading
 from autoft.data import image_cache
 from autoft.data.base import Split
-from autoft.data.cache import image_view
+from autoft.data.loading import image_view
 from autoft.data.image_cache import CachePolicy
 from autoft.data.images import ImageFiles
 
@@ -79,8 +79,8 @@ def no_orphans():
 def decoded(monkeypatch):
     """The rows this process decodes (a build in the test process itself)."""
     rows = []
-    live = cache_module.UInt8View.__getitem__
-    monkeypatch.setattr(cache_module.UInt8View, "__getitem__", lambda self, i: rows.append(i) or live(self, i))
+    live = loading.UInt8View.__getitem__
+    monkeypatch.setattr(loading.UInt8View, "__getitem__", lambda self, i: rows.append(i) or live(self, i))
     return rows
 
 
@@ -101,8 +101,8 @@ def _child(split, directory, signals, pause, workers, size):
 
     image_cache._reached = reached
     image_cache.FLUSH_ROWS = 4
-    live = cache_module.UInt8View.__getitem__
-    cache_module.UInt8View.__getitem__ = lambda self, i: rows.append(i) or live(self, i)
+    live = loading.UInt8View.__getitem__
+    loading.UInt8View.__getitem__ = lambda self, i: rows.append(i) or live(self, i)
     source = image_view(split, size, None, policy(directory, workers=workers), progress=False)[1]
     (signals / "result").write_text(f"{source} {len(rows)}")
 

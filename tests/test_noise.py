@@ -35,7 +35,7 @@ def test_k_seed_trial_is_the_mean_of_k_single_seed_trials(tmp_path):
 
 
 def test_bad_seed_count_is_a_user_error():
-    from autoft.config import validate
+    from autoft.config_checks import validate
     from autoft.errors import UserError
 
     with initialize_config_dir(CONF, version_base="1.3"):

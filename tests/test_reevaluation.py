@@ -326,17 +326,17 @@ def test_selection_follows_the_reevaluated_mean_in_either_direction(direction):
     for v in (0.5, 0.9, 0.7, 0.1):  # search scores (sign-flipped when minimising): trial 1 best, then 2, 0
         study.add_trial(optuna.trial.create_trial(value=sign * v, params={"x": v},
                                                   distributions={"x": optuna.distributions.FloatDistribution(0, 1)}))
-    settings, seeds = rv.Settings(top_k=3, n_seeds=1), [1000]
-    assert [t.number for t in rv.candidates(study.trials, direction, 3)] == [1, 2, 0]
-    pending = rv.select(study.trials, {}, direction, settings, seeds, max_retries=2)
+    plan = rv.Plan(top_k=3, n_seeds=1, direction=direction, max_retries=2)
+    assert plan.seeds == [1000] and [t.number for t in rv.candidates(study.trials, direction, 3)] == [1, 2, 0]
+    pending = rv.select(study.trials, {}, plan)
     assert pending.winner.number == 1 and pending.selected_by == "search" and not pending.complete
     assert "pending (0/3" in pending.note
-    claim = {n: rv.claim_record(study.trials[n], seeds, "w", None) for n in (0, 1, 2)}
-    recs = {0: rv.result_record(claim[0], sign * 0.8, None, 1.0), 1: rv.result_record(claim[1], sign * 0.2, None, 1.0),
+    claim = {n: rv.claim_record(study.trials[n], plan, None) for n in (0, 1, 2)}
+    recs = {0: rv.result_record(claim[0], sign * 0.8, {}, 1.0), 1: rv.result_record(claim[1], sign * 0.2, {}, 1.0),
             2: rv.failed_record(claim[2], "diverged", "diverged: nan")}
-    sel = rv.select(study.trials, recs, direction, settings, seeds, max_retries=2)
+    sel = rv.select(study.trials, recs, plan)
     assert sel.complete and sel.selected_by == "reevaluation" and sel.winner.number == 0
     assert sel.search_best.number == 1 and "changed the winner: trial 0" in sel.note
     assert recs[0]["per_seed"] == [sign * 0.8]  # one seed: its score is the mean
     # records made with other seeds (another reevaluate_seeds) do not count for these seeds
-    assert not rv.select(study.trials, recs, direction, settings, [1000, 1001], max_retries=2).complete
+    assert not rv.select(study.trials, recs, rv.Plan(top_k=3, n_seeds=2, direction=direction)).complete

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from autoft import cli
-from autoft.config import validate
+from autoft.config_checks import validate
 from autoft.data.base import Task
 from autoft.errors import UserError
 from autoft.pipeline import RunSpec, Workspace, run_trial

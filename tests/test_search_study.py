@@ -84,11 +84,12 @@ def test_a_reevaluation_claim_beats_until_another_worker_takes_it_over(tmp_path)
     t = study.ask()
     t.suggest_float("x", 0, 1)
     study.tell(t, 0.5)
-    claim = rv.claim_record(study.trials[0], [1000], "host:1", None)
+    plan = rv.Plan(top_k=1, n_seeds=1)
+    claim = rv.claim_record(study.trials[0], plan, None)
     rv.write_record(study, 0, {**claim, "heartbeat": 0.0})
     assert rv.refresh_claim(study, 0, claim["token"])  # ours: its heartbeat moves
     assert rv.records(study)[0]["heartbeat"] > 0.0
-    taken = rv.claim_record(study.trials[0], [1000], "host:2", None)  # declared lost, taken over
+    taken = rv.claim_record(study.trials[0], plan, None)  # declared lost, taken over
     rv.write_record(study, 0, taken)
     hb = Heartbeat(lambda: rv.refresh_claim(study, 0, claim["token"]), 0.1).start(beat_now=False)
     hb.join(5)  # the first beat sees another token and ends the thread by itself

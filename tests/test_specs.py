@@ -3,7 +3,7 @@ FinetuneSettings."""
 import pytest
 import torch
 
-from autoft import cli, config
+from autoft import cli, config_checks
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
 from autoft.pipeline import RunSpec
@@ -62,6 +62,6 @@ def test_a_hparams_file_reaches_the_final_spec(tmp_path):
                                             ("+search.bootstrap=-5", "search.bootstrap=-5")])
 def test_bad_spec_values_are_refused_by_the_schema(override, named):
     with pytest.raises(UserError, match=named):
-        config.validate(compose_config(*BASE, override))
+        config_checks.validate(compose_config(*BASE, override))
     with pytest.raises(UserError, match="wise_alpha=2"):
         Hyperparameters(wise_alpha=2).validate("hparams=best_hparams.yaml")

@@ -78,6 +78,10 @@ def test_a_worker_registers_on_start_and_leaves_on_stop(tmp_path):
         entry = json.loads(me.machine_file.read_text())
         assert entry["pid"] == os.getpid() and entry["slots"] == 2 and entry["study"] == "s"
         assert directory.stat().st_mode & 0o1777 == 0o1777
+        plain = directory / "plain.txt"  # other users' workers read the file: the mode a plain write gives
+        plain.write_text("")
+        assert me.machine_file.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+        plain.unlink()
         assert me.concurrent_here() == 2
     finally:
         me.stop()

@@ -81,7 +81,7 @@ def test_a_trial_keeps_the_best_mixture_on_ood_val(tmp_path):
 
 @pytest.mark.parametrize("bad", ["[1.5]", "[]", "[0.5,0.5]", "0.5"])
 def test_bad_alphas_are_refused_before_any_work(bad, tmp_path):
-    from autoft.config import validate
+    from autoft.config_checks import validate
     from autoft.errors import UserError
 
     cfg = compose_config(*TRIAL, f"search.wise_alphas={bad}")

@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoft import config as schema
+from autoft.config_checks import validate
 from autoft.data.base import Task
 from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv, from_environment
@@ -37,13 +37,11 @@ _WORKSPACES: dict[str, Workspace] = {}
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this process's GPU (torchrun's LOCAL_RANK) when CUDA is available, else the CPU."""
+    """'auto' -> this process's GPU (torchrun's LOCAL_RANK) when CUDA is available, else the CPU; any
+    other name as it is (validate refused a device this machine lacks: config_checks.device_problem)."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
-    return device
+    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -58,7 +56,7 @@ def resolve_channels_last(value, device: torch.device) -> bool:
 
 
 def build_task(cfg: DictConfig) -> Task:
-    """The dataset's task, from a config the schema checked (autoft.config.validate)."""
+    """The dataset's task, from a config that passed autoft.config_checks.validate."""
     ds = cfg.dataset
     task_cfg = ds.task
     if "subset_dir" in task_cfg and task_cfg.subset_dir is None and HydraConfig.initialized():
@@ -137,9 +135,9 @@ def check_weights(model_cfg) -> None:
 def preflight(cfg: DictConfig) -> None:
     """What every trial of a search needs, checked once before the first trial (the sweeper calls it
     when `hydra.sweeper.preflight: autoft.cli.preflight` is set): the config's values, files and
-    model/dataset fit (autoft.config.validate), the optimiser builds, the dataset builds, the model's
-    weights load. Raises UserError; builds nothing on the accelerator and downloads nothing."""
-    schema.validate(cfg)
+    model/dataset fit (autoft.config_checks.validate), the optimiser builds, the dataset builds, the
+    model's weights load. Raises UserError; builds nothing on the accelerator and downloads nothing."""
+    validate(cfg)
     run_spec(cfg, hyperparameters(cfg))
     check_weights(cfg.model)  # before the data: reading a checkpoint is cheaper than listing a dataset
     check_batch_fits(build_task(cfg), cfg)
@@ -213,7 +211,15 @@ def output_dir() -> Path:
 
 
 def run(cfg: DictConfig) -> Optional[float]:
-    schema.validate(cfg)  # every key, range and file first: nothing is built before this passes
+    """One run of a composed config: every key, range and file checked first (validate: nothing is
+    built before it passes), then `run_validated`."""
+    validate(cfg)
+    return run_validated(cfg)
+
+
+def run_validated(cfg: DictConfig) -> Optional[float]:
+    """One run (a search trial or a final run) of a config that passed validate, once: train.py checks
+    it before importing this module (a bad config is refused before torch is imported), then calls this."""
     hp = hyperparameters(cfg)
     spec = run_spec(cfg, hp)
     used = hparams_record(cfg, hp, spec)

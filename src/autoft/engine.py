@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from autoft.data.cache import Normalizer
+from autoft.data.loading import Normalizer
 from autoft.distributed import SINGLE, DistEnv, average_gradients, feature_gatherer
 from autoft.errors import TrialDiverged, UserError
 from autoft.losses import AutoFTObjective
@@ -47,7 +47,7 @@ def optimizer_factory(node: Any) -> OptimizerFactory:
 
 @dataclass
 class FinetuneSettings:
-    """One run's settings, from values the schema checked (autoft.config.validate: each value once)."""
+    """One run's settings, from values the schema checked (autoft.config_checks.validate: each value once)."""
     steps: int  # optimiser steps of the whole run (sets the schedule's length)
     lr: float  # peak learning rate
     weight_decay: float

@@ -11,10 +11,3 @@ class UserError(Exception):
 
 class TrialDiverged(RuntimeError):
     """The training loss became NaN or infinite (or exploded); the trial is recorded as failed."""
-
-
-def choose(kind: str, name: str, valid) -> None:
-    """Raise a UserError listing the valid names when `name` is not one of them."""
-    valid = sorted(valid)
-    if name not in valid:
-        raise UserError(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(valid)}")

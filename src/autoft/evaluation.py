@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from autoft.data.base import Split, project_logits
-from autoft.data.cache import Normalizer
+from autoft.data.loading import Normalizer
 from autoft.metrics import METRICS
 
 

@@ -11,7 +11,7 @@ mapping between them and the override keys a search space searches (autoft.names
     seed           the searched seed, when the search searched it
 
 Their allowed values are checked here only (`problems`): for the config's own values by the schema's
-validation (autoft.config.problems), for a file when it is read (`from_mapping`).
+validation (autoft.config_checks.problems), for a file when it is read (`from_mapping`).
 
 Everything else in a best_hparams.yaml (objective, study, trial, re-evaluation, ...) says where the
 values came from: it is kept as `records` and written back unchanged.
@@ -22,7 +22,7 @@ as lr / base_lr, and loss terms a file leaves out take their default (ce 1, the 
 
 The file itself is read and written by autoft.records (read_best_hparams, write_best_hparams). This
 module imports only the standard library, OmegaConf and the ground floor (autoft.names, autoft.values),
-so that a bad file is refused before torch is imported (autoft.config.read_hparams).
+so that a bad file is refused before torch is imported (autoft.config_checks.check_files).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional
 
 from autoft.errors import UserError
 from autoft.names import LOSS_NAMES, LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY
-from autoft.values import finite, plain
+from autoft.values import finite, plain, show
 
 # the WiSE-FT mixing weight a trial chose (search.wise_alphas): a trial user attribute, not a parameter
 WISE_ALPHA_ATTR = "wise_alpha"
@@ -45,10 +45,6 @@ FIX = "pass the best_hparams.yaml a search wrote (rerunning the search command r
 def default_weights() -> dict[str, float]:
     """ce 1 and every other term 0: plain fine-tuning."""
     return {k: 1.0 if k == "ce" else 0.0 for k in LOSS_NAMES}
-
-
-def _show(v) -> str:
-    return "null" if v is None else str(v)
 
 
 @dataclass(frozen=True)
@@ -79,17 +75,17 @@ class Hyperparameters:
             if k not in LOSS_NAMES:
                 out.append(f"{weights}{k}: unknown loss term; valid: {', '.join(LOSS_NAMES)}")
             elif not (finite(w) and w >= 0):
-                out.append(f"{weights}{k}={_show(w)}: must be a finite number >= 0")
+                out.append(f"{weights}{k}={show(w)}: must be a finite number >= 0")
         if not (finite(self.lr_scale) and self.lr_scale > 0):
-            out.append(f"{lr_scale}={_show(self.lr_scale)}: must be a finite number > 0")
+            out.append(f"{lr_scale}={show(self.lr_scale)}: must be a finite number > 0")
         if not (finite(self.weight_decay) and self.weight_decay >= 0):
-            out.append(f"{weight_decay}={_show(self.weight_decay)}: must be a finite number >= 0")
+            out.append(f"{weight_decay}={show(self.weight_decay)}: must be a finite number >= 0")
         if not (finite(self.wise_alpha) and 0 <= self.wise_alpha <= 1):
-            out.append(f"wise_alpha={_show(self.wise_alpha)}: must be a number in [0, 1] (1: the fine-tuned model)")
+            out.append(f"wise_alpha={show(self.wise_alpha)}: must be a number in [0, 1] (1: the fine-tuned model)")
         if self.base_lr is not None and not (finite(self.base_lr) and self.base_lr > 0):
-            out.append(f"base_lr={_show(self.base_lr)}: must be a finite number > 0 or absent")
+            out.append(f"base_lr={show(self.base_lr)}: must be a finite number > 0 or absent")
         if self.seed is not None and not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
-            out.append(f"seed={_show(self.seed)}: must be an integer >= 0 or absent")
+            out.append(f"seed={show(self.seed)}: must be an integer >= 0 or absent")
         return out
 
     def validate(self, where: str, fix: str = "") -> "Hyperparameters":
@@ -129,7 +125,7 @@ class Hyperparameters:
             raise UserError(f"{where}: missing key {', '.join(missing)}; {fix}")
         weights = data["loss_weights"]
         if not isinstance(weights, dict):
-            raise UserError(f"{where}: loss_weights={_show(weights)}: must be a mapping of loss terms to weights; {fix}")
+            raise UserError(f"{where}: loss_weights={show(weights)}: must be a mapping of loss terms to weights; {fix}")
         base_weights = dict(defaults.loss_weights) if defaults is not None else default_weights()
         seed = data.get("seed")
         hp = cls(loss_weights={**base_weights, **weights}, lr_scale=lr_scale, weight_decay=data["weight_decay"],
@@ -142,7 +138,7 @@ class Hyperparameters:
     @classmethod
     def from_config(cls, cfg) -> "Hyperparameters":
         """The config's own values: method.loss_weights, trainer.lr_scale, trainer.weight_decay, as
-        they are (autoft.config.validate checks them, with `problems`)."""
+        they are (autoft.config_checks.validate checks them, with `problems`)."""
         from omegaconf import OmegaConf
 
         def get(key, default=None):
@@ -160,7 +156,7 @@ class Hyperparameters:
                    records: Optional[Mapping[str, Any]] = None) -> "Hyperparameters":
         """A trial's values: its searched parameters (override keys; the inverse of `search_params`),
         the WiSE-FT alpha it chose (a user attribute), and `defaults` (usually `from_config`) for
-        everything unsearched. The trial's own run checked its values (autoft.config.validate)."""
+        everything unsearched. The trial's own run checked its values (autoft.config_checks.validate)."""
         base = defaults if defaults is not None else cls()
         weights = dict(base.loss_weights)
         weights.update({k[len(LOSS_PREFIX):]: float(v) for k, v in params.items() if k.startswith(LOSS_PREFIX)})

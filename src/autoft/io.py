@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,14 +15,26 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
     replaces `path` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmp = _new_file(path, suffix)
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _new_file(path: Path, suffix: str) -> str:
+    """A new empty file beside `path`, made as open() makes one (mode 0o666 less the umask), so that
+    the other users of a shared folder read what a plain write would let them (mkstemp's 0o600 would
+    hide results and the machine's worker registry from them)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:  # another writer's name: draw again
+            continue
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -11,6 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
+from autoft.names import METRIC_NAMES
+
 
 def accuracy(y_pred: torch.Tensor, y_true: torch.Tensor, groups: Optional[torch.Tensor] = None) -> float:
     if len(y_true) == 0:
@@ -41,11 +43,9 @@ def worst_group_accuracy(y_pred: torch.Tensor, y_true: torch.Tensor, groups: Opt
     return (hits[present] / counts[present]).min().item()
 
 
-METRICS: dict[str, Callable[..., float]] = {
-    "accuracy": accuracy,
-    "macro_f1": macro_f1,
-    "worst_group_accuracy": worst_group_accuracy,
-}
+# by name (autoft.names.METRIC_NAMES, in its order)
+METRICS: dict[str, Callable[..., float]] = dict(zip(METRIC_NAMES, (accuracy, macro_f1, worst_group_accuracy),
+                                                    strict=True))
 # metrics a split can compute only when it carries a group id per example (Split.groups)
 NEEDS_GROUPS = ("worst_group_accuracy",)
 

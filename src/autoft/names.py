@@ -1,10 +1,15 @@
-"""Names every layer shares: the loss terms and the override keys of the searched hyperparameters.
+"""Names every layer shares: the one home of each list of allowed names.
+
+The config checks (autoft.config_checks) and the library read the same tuples from here, so that no
+list is written twice: the loss terms, the metrics, the shapes domains, the ImageNet test sets, the
+iWildCam caption names, the image-cache and W&B modes, and the override keys of the searched
+hyperparameters.
 
 The one list of loss terms (docs/design.md section 3): the schema's `method.loss_weights` fields,
 the objective's terms, the hyperparameters type and the search space all read it from here.
 ce is fixed (weight 1 by default) and never searched; the other eight are.
 
-This module imports nothing, so that the lowest layers may import it.
+This module imports nothing, so that the lowest layers (and a config check before torch) may import it.
 """
 
 LOSS_NAMES = ("ce", "hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")
@@ -15,3 +20,20 @@ LOSS_PREFIX = "method.loss_weights."  # + a loss name
 LR_SCALE_KEY = "trainer.lr_scale"
 WEIGHT_DECAY_KEY = "trainer.weight_decay"
 SEED_KEY = "seed"
+
+# the config's allowed names (the schema's fields: autoft.config), and the library's lists they name
+PHASES = ("search", "final")
+TRAINABLE = ("all", "head")                                # method.trainable: both towers, or the head alone
+PRECISIONS = ("auto", "fp32", "bf16")                      # trainer.precision
+METRIC_NAMES = ("accuracy", "macro_f1", "worst_group_accuracy")  # autoft.metrics.METRICS, in this order
+SHAPES_DOMAINS = ("studio", "garden", "snow", "night", "fog", "clutter",  # autoft.data.shapes.DOMAINS, in this order
+                  "sketch", "outline", "texture")
+IWILDCAM_CAPTION_NAMES = ("latin", "english")              # iWildCam's class names in the head's captions
+IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
+IMAGE_CACHE_MODES = ("auto", "read", "off")                # trainer.image_cache (autoft.data.image_cache)
+WANDB_MODES = ("auto", "online", "offline", "disabled")    # logger.mode (autoft.reporting.wandb_logger)
+
+# the task builders (dataset.task._target_) whose arguments the config check knows beyond their signature
+SHAPES_TARGET = "autoft.data.shapes.shapes_task"
+FOLDER_TARGET = "autoft.data.folders.folder_task"
+IMAGENET_TARGET = "autoft.data.imagenet.imagenet"

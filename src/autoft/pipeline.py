@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from autoft.data.base import Split, Task, project_logits
 from torch.utils.data import DistributedSampler
 
-from autoft.data.cache import Normalizer, TensorBatches, image_view, loader, read_all
+from autoft.data.loading import Normalizer, TensorBatches, image_view, loader, read_all
 from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError
@@ -218,7 +218,7 @@ class RunSpec:
     """Everything a run depends on beside the workspace (and a final run's output directory): one
     spec for a search trial (`run_trial`) and a final run (`run_final`). autoft.cli builds it from the
     config in one place (`run_spec`); `settings` builds every run's FinetuneSettings. The values
-    arrive checked (autoft.config.validate)."""
+    arrive checked (autoft.config_checks.validate)."""
     weights: dict                        # loss term -> weight (autoft.names.LOSS_NAMES)
     lr: float                            # peak lr (trainer.base_lr x the hyperparameters' scale x lr_mult)
     weight_decay: float

@@ -1,4 +1,5 @@
-"""Plain values every layer shares: the one finite-number check and the one OmegaConf-to-Python step.
+"""Plain values every layer shares: the one finite-number check, the one OmegaConf-to-Python step and
+the one way a message writes a value (`show`).
 
 On the ground floor beside errors.py, io.py and names.py: at import it reads only the standard library
 (omegaconf when `plain` first runs), so that the lowest layers may import it.
@@ -21,3 +22,16 @@ def plain(x: Any) -> Any:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+
+
+def show(value: Any) -> str:
+    """A value as a user writes it in YAML or on the command line, for messages: null, true/false,
+    [a,b]."""
+    value = plain(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    return str(value)

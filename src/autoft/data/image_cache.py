@@ -1,7 +1,7 @@
 """The preprocessed image cache: a split's images as the model sees them, decoded once, kept on disk.
 
 A cache holds, for every example of a split (or of a subset of one: the search's pool), the exact
-output of `autoft.data.cache.to_uint8` (OpenAI's CLIP preprocessing up to its normalisation;
+output of `autoft.data.loading.to_uint8` (OpenAI's CLIP preprocessing up to its normalisation;
 fine-tuning uses no augmentation, so training and evaluation share it) in one memory-mapped uint8
 array. Decoding and resizing a 1024x768 JPEG costs about 30 ms of a core; reading its 150 KB back
 costs about 0.2 ms, so a cached run is fed by a few cores instead of dozens (scripts/bench_loader.py).
@@ -62,11 +62,11 @@ from tqdm.auto import tqdm
 
 from autoft.errors import UserError
 from autoft.io import atomic_write, atomic_write_text
+from autoft.names import IMAGE_CACHE_MODES as MODES
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout changes: every cache then gets a new key
-MODES = ("auto", "read", "off")
 FREE_MARGIN = 1.05  # a build needs its size plus 5 % free, so that a cache never fills a disk to the last byte
 FLUSH_ROWS = 2048   # rows written between two checkpoints of a build (done.npy)
 CACHE_FILES = ("images.npy", "crc32.npy", "manifest.json")  # what a complete cache folder holds, nothing else
@@ -80,7 +80,7 @@ def _reached(point: str) -> None:
 
 def preprocessing(size: int) -> dict:
     """The preprocessing a cache stores, as recorded in its key: any change gives another cache. The
-    library versions are part of it: PIL's bicubic kernel is what makes the bytes (autoft.data.cache)."""
+    library versions are part of it: PIL's bicubic kernel is what makes the bytes (autoft.data.loading)."""
     return {"transform": "openai-clip-uint8", "size": int(size), "resize": "shorter side, PIL bicubic",
             "crop": "center", "mode": "RGB", "pillow": PIL.__version__, "torchvision": torchvision.__version__}
 
@@ -184,7 +184,7 @@ class ImageCache:
 
 class CachedImages(Dataset):
     """(uint8 CHW tensor, label) pairs from a cache's `rows`: the same pairs as the live
-    `autoft.data.cache.UInt8View`, read instead of decoded. `batch` reads a whole batch in one go."""
+    `autoft.data.loading.UInt8View`, read instead of decoded. `batch` reads a whole batch in one go."""
 
     def __init__(self, cache: ImageCache, rows: np.ndarray, labels: np.ndarray):
         self.cache, self.rows = cache, np.asarray(rows, dtype=np.int64)

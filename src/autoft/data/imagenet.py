@@ -41,6 +41,7 @@ from autoft.data.images import CheckReport, FolderListing, ImageFiles, list_clas
 from autoft.data.imagenet_wnids import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, IMAGENET_WNIDS
 from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset, stratified_holdout
 from autoft.errors import UserError
+from autoft.names import IMAGENET_TESTS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ DEFAULT_PATHS = {
     "imagenet_sketch": "sketch",
     "objectnet": "objectnet-1.0",
 }
-IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
 IMAGENET_C_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
                           "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
                           "elastic_transform", "pixelate", "jpeg_compression")
@@ -62,7 +62,6 @@ IMAGENET_C_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defo
 # ImageNet-C: per corruption at one severity)
 IMAGENET_COUNTS = {"train": 1281167, "val": 50000, "imagenet_v2": 10000, "imagenet_r": 30000, "imagenet_a": 7500,
                    "imagenet_sketch": 50889, "objectnet": 18574, "imagenet_c": 50000}
-OBJECTNET_CLASSES = 113
 OBJECTNET_BORDER = 2
 OBJECTNET_MAPPINGS = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
                       "pytorch_to_imagenet_2012_id.json", "imagenet_to_label_2012_v2")

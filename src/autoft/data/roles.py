@@ -1,6 +1,6 @@
 """The roles of the domains of a folder dataset (`autoft.data.folders`): which are ID, OOD-val and
 tests, and the names a domain may not take. Free of torch and numpy, so that the config's check
-(autoft.config) refuses bad roles in a second, before any data is listed.
+(autoft.config_task) refuses bad roles in a second, before any data is listed.
 """
 from __future__ import annotations
 

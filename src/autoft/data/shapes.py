@@ -37,6 +37,7 @@ from autoft.data.base import Split, Task
 from autoft.data.images import TensorImageDataset
 from autoft.errors import UserError
 from autoft.io import atomic_torch_save
+from autoft.names import SHAPES_DOMAINS
 
 IMAGE_SIZE = 32
 _DRAW = 64  # drawing resolution; box-downsampled by 2
@@ -271,17 +272,19 @@ class Domain:
     coloured: bool = True  # False: the object's colour is not visible, so captions omit it
 
 
-DOMAINS: dict[str, Domain] = {d.name: d for d in [
-    Domain("studio", "in the studio", _studio),
-    Domain("garden", "in the garden", _garden),
-    Domain("snow", "in the snow", _snow),
-    Domain("night", "at night", _night),
-    Domain("fog", "in the fog", _fog),
-    Domain("clutter", "in a cluttered scene", _clutter),
-    Domain("sketch", "drawn as a sketch", _sketch, coloured=False),
-    Domain("outline", "drawn as an outline", _outline_style),
-    Domain("texture", "with stripes", _texture),
-]}
+# by name, in the order of autoft.names.SHAPES_DOMAINS (studio, garden, snow, night, fog, clutter, sketch,
+# outline, texture): each domain's caption phrase and renderer
+DOMAINS: dict[str, Domain] = {name: Domain(name, *look) for name, look in zip(SHAPES_DOMAINS, [
+    ("in the studio", _studio),
+    ("in the garden", _garden),
+    ("in the snow", _snow),
+    ("at night", _night),
+    ("in the fog", _fog),
+    ("in a cluttered scene", _clutter),
+    ("drawn as a sketch", _sketch, False),
+    ("drawn as an outline", _outline_style),
+    ("with stripes", _texture),
+], strict=True)}
 
 
 def caption(shape: str, colour: Optional[str], domain: str) -> str:

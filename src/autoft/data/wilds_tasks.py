@@ -64,6 +64,7 @@ from autoft.data.base import Split, Task
 from autoft.data.images import CheckReport, ImageFiles, example_ids, prepare_command, require
 from autoft.data.subsets import check_disjoint, class_balanced_indices, save_subset, stratified_holdout
 from autoft.errors import UserError
+from autoft.names import IWILDCAM_CAPTION_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,6 @@ def _iwildcam_dataset(root):
 
 
 IWILDCAM_CLASSES_FILE = Path(__file__).resolve().parent / "iwildcam_classes.csv"
-IWILDCAM_CAPTION_NAMES = ("latin", "english")
 
 
 def iwildcam_class_table(path=IWILDCAM_CLASSES_FILE) -> pd.DataFrame:

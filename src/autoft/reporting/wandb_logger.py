@@ -50,7 +50,7 @@ from autoft.reporting.wandb_summary import flatten, run_config, study_summary, s
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "online", "offline", "disabled")
+from autoft.names import WANDB_MODES as MODES  # noqa: E402  (the one list: autoft.names)
 
 
 def api_key_configured() -> bool:

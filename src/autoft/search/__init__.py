@@ -10,10 +10,10 @@
                      the worker registry
     threads.py       the thread budget per trial
     outcome.py       launch a job and classify what came back (trials and re-evaluations alike)
-    reevaluation.py  top-k re-evaluation: settings, records, claims, the selection
+    reevaluation.py  top-k re-evaluation, a step once the study is complete: records, claims, selection
     outputs.py       every file beside a study (trials.csv, best_hparams.yaml, optimization_results.yaml, plots/)
     trial.py         the running trial seen from inside the task (TrialReporter)
-    run.py           one search run (Search): its state, its slots, ask -> launch -> tell
+    run.py           one search run (Search): its state, its slots, ask -> launch -> tell; then re-evaluation
 
 What a search writes for the final retrain is read by autoft.records.read_best_hparams; `TrialReporter`
 lets a running trial report intermediate objectives (pruning) and extra scores to its study.

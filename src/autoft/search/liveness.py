@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from autoft.io import atomic_write_text
 from autoft.search import threads
 from autoft.search.outage import fail_fast
 from autoft.search.storage import ALIVE_ATTR, HEARTBEAT_ATTR, PROGRESS_ATTR, StudyStorage
@@ -283,10 +284,8 @@ def register_worker(slots: int, study: str = "", directory: Optional[Path] = Non
         if not directory.is_dir():
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o1777)  # every user's workers register here; each removes only its own
-        tmp = directory / f".{host}-{pid}.{threading.get_ident()}.tmp"
-        tmp.write_text(json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots),
-                                   "study": study, "time": time.time()}))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots),
+                                            "study": study, "time": time.time()}))
         return path
     except OSError as err:
         log.debug("worker not registered in %s: %s", directory, err)

@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -28,6 +27,7 @@ from autoft.io import atomic_write, atomic_write_text
 from autoft.records import HPARAMS_FILE, write_best_hparams
 from autoft.search.reevaluation import chosen_trial_number
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
+from autoft.values import finite
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,6 @@ def write_trials_csv(path: str | Path, trials, reevaluations: Optional[Mapping[i
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 # ----------------------------------------------------------------------------- plots/

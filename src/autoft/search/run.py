@@ -1,21 +1,22 @@
-"""One search run: claim a trial, launch it, classify what came back, tell the study; then top-k
-re-evaluation, the outputs beside the study, the summary.
+"""One search run: claim a trial, launch it, classify what came back, tell the study; once the
+study is complete, the top-k re-evaluation step; the outputs beside the study, the summary.
 
     search = Search(settings, config, arguments, launch=launch, sweep_dir=..., ...)
     search.prepare()          # the space, the study, checks: every UserError before any trial
-    returns = search.run()    # the slots until the study holds n_trials finished trials
+    returns = search.run()    # the slots until the study holds n_trials finished trials, then re-evaluation
 
 Each slot (hydra.sweeper.n_jobs) loops: under the study's claim lock (never more than n_trials
 finished or running) fail stale trials (liveness.fail_stale), ask, suggest, start the trial's
-heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; trials
-still out are given back (FAIL, parameters re-queued). Once the study is complete, each slot claims
-missing re-evaluations (autoft.search.reevaluation explains the records) and runs them through the
-same run_job. The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`: the Hydra
-plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports Hydra's
-launcher machinery.
+heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; what
+they hold is given back (trials: FAIL, parameters re-queued). With search.reevaluate_top_k, the
+slots then run autoft.search.reevaluation.reevaluate, a step that reads the complete study (it
+explains its records). The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`:
+the Hydra plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports
+Hydra's launcher machinery.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
@@ -29,8 +30,7 @@ from typing import Any, Callable, ContextManager, List, Optional
 from omegaconf import OmegaConf
 
 from autoft.errors import UserError
-from autoft.names import SEED_KEY
-from autoft.records import HPARAMS_FILE, TRIAL_FILE, read_trial
+from autoft.records import HPARAMS_FILE
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search import outputs as out
@@ -40,12 +40,9 @@ from autoft.search import storage as st
 from autoft.search import study as su
 from autoft.search.outcome import Outcome, find_user_error, run_job
 from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
+from autoft.values import plain
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # one logger for the search's lines
-
-
-def plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
 @dataclass
@@ -127,8 +124,7 @@ class Search:
         self._stop = threading.Event()
         self._changed = threading.Event()  # a slot finished a trial: waiting slots look again
         self._lock = threading.Lock()
-        self._inflight: dict[int, Any] = {}  # trial number -> trial, across slots
-        self._inflight_reeval: dict[int, tuple] = {}  # trial number -> (claim, heartbeat) of this process
+        self._inflight: dict[Any, Callable[[], None]] = {}  # what the slots hold -> how to give it back
         self._threads_of: dict[int, int] = {}  # trial number -> its thread budget
         self.returns: list = []
 
@@ -159,10 +155,7 @@ class Search:
         self.n_objectives = len(self.direction) if self.multi else 1
         # the trial identity goes into the app's `search` block only when it has one (autoft)
         self.autoft_app = bool(search) and "trial_id" in search
-        self._prepare_reevaluation(search)
-        if self.multi and self.reeval.enabled:
-            raise UserError("search.reevaluate_top_k needs a single objective; this study has directions "
-                            f"{self.direction}")
+        self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
         for name, value, low in (("n_trials", s.n_trials, 1), ("n_jobs", s.n_jobs, 1),
                                  ("heartbeat_interval", s.heartbeat_interval, 1), ("max_retries", s.max_retries, 0)):
             if not isinstance(value, int) or value < low:
@@ -203,19 +196,6 @@ class Search:
         warm_entries = su.load_warm_starts(s.warm_start, search.get("warm_start") if search else None)
         self._open_study(warm_entries)
 
-    def _prepare_reevaluation(self, search) -> None:
-        """Top-k re-evaluation settings and its fresh seeds (new to the search: checked here)."""
-        self.reeval = rv.settings_from(search)
-        fixed = {k.lstrip("+"): v for k, v in self.space.fixed.items()}
-        try:
-            base = int(fixed.get(SEED_KEY, OmegaConf.select(self.config, "seed", default=0) or 0))
-            k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1) if search else 1) or 1)
-        except (TypeError, ValueError):
-            base, k = 0, 1  # not integers: train.py itself reports that
-        self.reeval_seeds = rv.fresh_seeds(base, self.reeval)
-        if self.reeval.enabled:
-            rv.check_fresh(self.reeval_seeds, rv.search_seeds(base, k, self.space.distributions.get(SEED_KEY)))
-
     def _prepare_grid(self) -> None:
         """A grid sampler walks hydra.sweeper.params' values; a grid smaller than n_trials ends the search."""
         sampler = self.s.sampler
@@ -239,7 +219,7 @@ class Search:
         point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
         batch = [self.overrides(point, trial_id=0, number=0)]
         if self.reeval.enabled:
-            batch.append(self.reeval_overrides(point, number=0))
+            batch.append(rv.overrides(self, point, 0))
         self.check_composes(batch)
 
     def _preflight(self) -> None:
@@ -307,68 +287,74 @@ class Search:
                     f"++search.study_name={fmt(self.study_name)}", f"++search.storage={fmt(self.storage_url)}"]
         return ovs
 
-    def reeval_overrides(self, params: dict, *, number: int) -> list[str]:
-        """A re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
-        (it is not a search trial: nothing reports to the study from inside it)."""
-        replaced = {SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
-        keep = [o for o in [*self.passthrough, *self.space.overrides({k: v for k, v in params.items()
-                                                                      if k != SEED_KEY})]
-                if o.split("=", 1)[0].lstrip("+~") not in replaced]
-        return [*keep, f"hydra.sweep.dir={sp.format_value(str(self.study_dir))}",
-                f"hydra.sweep.subdir=reevaluation/trial_{number}", f"++seed={self.reeval_seeds[0]}",
-                f"++search.seeds_per_trial={len(self.reeval_seeds)}", f"++search.reevaluation_of={number}"]
-
     # ------------------------------------------------------------------ run
 
     def run(self) -> list:
-        """Run the slots; the launcher's job returns. Outputs are written however it ends."""
+        """The sweep loop in the slots until the study is complete; then, with search.reevaluate_top_k,
+        the re-evaluation step in the same slots. The launcher's job returns; outputs are written
+        however it ends."""
         self._t0 = time.time()
         self._done0 = su.count(self.study.get_trials(deepcopy=False)).done(self.s.count_pruned)
-        errors: list[BaseException] = []
         try:
-            if self.slots == 1:
-                self._slot(0)
-            else:
-                def body(i: int) -> None:
-                    try:
-                        self._slot(i)
-                    except BaseException as err:  # noqa: BLE001 (handed to the main thread)
-                        errors.append(err)
-                        self._stop.set()
-                        self._changed.set()
-
-                threads = [threading.Thread(target=body, args=(i,), name=f"autoft-slot-{i}", daemon=True)
-                           for i in range(self.slots)]
-                for t in threads:
-                    t.start()
-                while any(t.is_alive() for t in threads) and not errors:
-                    self._changed.wait(0.5)
-                if errors:  # stop at once: trials still out are given back (FAIL, parameters re-queued)
-                    self._abandon_inflight()
-        except KeyboardInterrupt:
-            self._stop.set()
-            self._abandon_inflight()
-            raise
+            self._in_slots(self._slot)
+            if self.reeval.enabled and not self._stop.is_set():
+                self._in_slots(lambda i: rv.reevaluate(self))
         finally:
             self.write_outputs(final=True)
             if self.registry is not None:
                 self.registry.stop()
-        if errors:
-            raise errors[0]
         self._summary()
         return self.returns
 
+    def _in_slots(self, body: Callable[[int], None]) -> None:
+        """body(slot) in each slot (threads when several); the first error stops them all at once and
+        what they hold is given back."""
+        errors: list[BaseException] = []
+        try:
+            if self.slots == 1:
+                return body(0)
+
+            def guarded(i: int) -> None:
+                try:
+                    body(i)
+                except BaseException as err:  # noqa: BLE001 (handed to the main thread)
+                    errors.append(err)
+                    self._stop.set()
+                    self._changed.set()
+
+            threads = [threading.Thread(target=guarded, args=(i,), name=f"autoft-slot-{i}", daemon=True)
+                       for i in range(self.slots)]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads) and not errors:
+                self._changed.wait(0.5)
+        except KeyboardInterrupt:
+            self._stop.set()
+            self._abandon_inflight()
+            raise
+        if errors:
+            self._abandon_inflight()
+            raise errors[0]
+
+    @contextlib.contextmanager
+    def holding(self, key, give_back: Callable[[], None]):
+        """A slot holds a trial or a re-evaluation claim meanwhile: a search stopped by another slot
+        (or an interrupt) calls give_back."""
+        with self._lock:
+            self._inflight[key] = give_back
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+
     def _abandon_inflight(self) -> None:
         with self._lock:
-            trials = list(self._inflight.values())
+            held = list(self._inflight.values())
             self._inflight.clear()
-            claims = dict(self._inflight_reeval)
-            self._inflight_reeval.clear()
-        for trial in trials:
-            self._interrupted(self.study, trial)
-        for number, (claim, heartbeat) in claims.items():  # a rerun takes them up at once, no grace period
+        for give_back in held:
             with og.fail_fast():  # one try: stopping never waits for an outage to end
-                self._finish_reeval(self.study, number, claim, rv.released_record(claim), heartbeat)
+                give_back()
 
     def _slot(self, slot: int) -> None:
         # each slot has a Study object of its own (its own sampler; the storage shared)
@@ -379,16 +365,11 @@ class Search:
             if claimed is None:
                 break
             trial, heartbeat = claimed
-            with self._lock:
-                self._inflight[trial.number] = trial
             try:
-                self._run_trial(study, trial)
+                with self.holding(trial.number, lambda: self._interrupted(self.study, trial)):
+                    self._run_trial(study, trial)
             finally:
                 heartbeat.stop()
-                with self._lock:
-                    self._inflight.pop(trial.number, None)
-        if self.reeval.enabled and not self._stop.is_set():
-            self._reevaluate(study)
 
     def _wait(self, announced: bool, message: str, *args) -> bool:
         """Log why this slot waits (once), then wait for another slot's news or poll_interval; True."""
@@ -595,105 +576,7 @@ class Search:
             else:
                 log.warning("could not record interrupted trial %d: %s", trial.number, err)
 
-    # ------------------------------------------------------------------ top-k re-evaluation
-
-    def _reevaluate(self, study) -> None:
-        """Claim and run missing re-evaluations of the top-k trials until none is left here; then
-        wait for those running elsewhere (a lost one is taken over after the grace period)."""
-        s = self.s
-        announced = False
-        while not self._stop.is_set():
-            with self.store.claim_lock(self.storage_url):
-                recs = rv.records(study)
-                trial, live, stale = rv.next_claim(study.get_trials(deepcopy=False), recs, self.direction,
-                                                   self.reeval, self.reeval_seeds, s.max_retries,
-                                                   lv.grace_after_outage(self.store, s.grace_period))
-                if trial is not None:
-                    claim = rv.claim_record(trial, self.reeval_seeds, lv.pid_tag(), recs.get(trial.number))
-                    rv.write_record(study, trial.number, claim)
-            if trial is None:
-                if not live:
-                    return
-                announced = self._wait(announced, "re-evaluation: %d running elsewhere: waiting for them (a lost "
-                                       "one is taken over %ds after its last heartbeat)", live, s.grace_period)
-                continue
-            if stale:
-                log.warning("re-evaluation of trial %d was lost (no heartbeat): running it again", trial.number)
-            log.info("re-evaluating trial %d (search %.6g) with seeds %s", trial.number, trial.value,
-                     ", ".join(map(str, self.reeval_seeds)))
-            number, token = trial.number, claim["token"]
-            heartbeat = lv.Heartbeat(lambda: rv.refresh_claim(study, number, token), s.heartbeat_interval,
-                                     name=f"autoft-reeval-heartbeat-{number}").start(beat_now=False)
-            with self._lock:
-                self._inflight_reeval[number] = (claim, heartbeat)
-            try:
-                self._run_reevaluation(study, trial, claim, heartbeat)
-            finally:
-                heartbeat.stop()
-                with self._lock:
-                    self._inflight_reeval.pop(number, None)
-
-    def _run_reevaluation(self, study, trial, claim: dict, heartbeat) -> None:
-        n = trial.number
-        t0 = time.time()
-        try:
-            o = self._launch(self.reeval_overrides(trial.params, number=n), n)
-        except KeyboardInterrupt:  # give the claim back: a rerun takes it up at once
-            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
-            raise
-        if o.kind in ("bad_return", "user_error"):
-            self._finish_reeval(study, n, claim, rv.released_record(claim), heartbeat)
-            if o.kind == "user_error":
-                self._stop.set()
-                raise o.error
-            raise self._bad_return(o, f" in the re-evaluation of trial {n}")
-        if o.kind == "launcher":
-            self._finish_reeval(study, n, claim, rv.failed_record(claim, "error", o.reason), heartbeat)
-            raise o.error
-        if o.kind == "complete":
-            info, path = None, self.study_dir / "reevaluation" / f"trial_{n}" / TRIAL_FILE
-            if path.is_file() and path.stat().st_mtime >= t0 - 1:  # this run's, not a killed run's
-                info = read_trial(path)
-            record = rv.result_record(claim, o.values[0], info, time.time() - t0)
-        elif o.kind in ("nan", "diverged", "lost"):  # lost: retried like a failed run (max_retries times)
-            record = rv.failed_record(claim, o.kind, o.reason)
-        else:  # error, or a pruned re-evaluation (no pruner runs there: recorded as an error)
-            if o.traceback:
-                log.warning("re-evaluation of trial %d raised:\n%s", n, o.traceback)
-            record = rv.failed_record(claim, "error", o.reason if o.kind == "error"
-                                      else f"{type(o.error).__name__}: {o.error}")
-        self._finish_reeval(study, n, claim, record, heartbeat)
-        self._reeval_progress(study, trial, record)
-
-    def _finish_reeval(self, study, number: int, claim: dict, record: dict, heartbeat=None) -> None:
-        """Write a re-evaluation's outcome, unless another worker took the claim over meanwhile."""
-        if heartbeat is not None:
-            heartbeat.stop()  # joined first: a late heartbeat must not turn the outcome back into 'running'
-        try:
-            with self.store.claim_lock(self.storage_url):
-                current = rv.records(study).get(number)
-                if current is not None and current.get("token") not in (None, claim["token"]) \
-                        and current.get("state") == rv.RUNNING:
-                    log.warning("re-evaluation of trial %d was taken over by %s meanwhile: its result stays theirs",
-                                number, current.get("worker"))
-                    return
-                if current is not None and current.get("state") == rv.COMPLETE and record["state"] != rv.COMPLETE \
-                        and rv.same_seeds(current, claim["seeds"]):
-                    return  # a result already there wins over a release or a failure
-                rv.write_record(study, number, record)
-        except Exception as err:  # never mask the error that brought us here
-            if og.unreachable(err):  # the outage has its own lines; the claim goes stale and is taken over
-                log.debug("re-evaluation of trial %d not recorded: the study storage is unreachable", number)
-            else:
-                log.warning("could not record the re-evaluation of trial %d: %s", number, err)
-
     # ------------------------------------------------------------------ progress, outputs, summary
-
-    def _selection(self, study, trials):
-        """The trial best_hparams.yaml holds (re-evaluated winner, or the search's best) and the records."""
-        recs = rv.records(study) if self.reeval.enabled else None  # None: no re-evaluation columns
-        return rv.select(trials, recs or {}, self.direction, self.reeval, self.reeval_seeds,
-                         self.s.max_retries), recs
 
     def _progress(self, study, trial) -> None:
         c = su.count(study.get_trials(deepcopy=False))
@@ -722,26 +605,9 @@ class Search:
         self.write_outputs(final=False)
         self._changed.set()
 
-    def _reeval_progress(self, study, trial, record: dict) -> None:
-        recs = rv.records(study)
-        cands = rv.candidates(study.get_trials(deepcopy=False), self.direction, self.reeval.top_k)
-        done = sum(rv.is_done(recs.get(t.number), self.reeval_seeds, self.s.max_retries) for t in cands)
-        if record["state"] == rv.COMPLETE:
-            what = f"{record['value']:.6g}"
-            if record.get("per_seed") and len(record["per_seed"]) > 1:
-                what += " (per seed " + ", ".join(f"{x:.4g}" for x in record["per_seed"]) + ")"
-            if "ci_low" in record:
-                what += f", 95% CI [{record['ci_low']:.4g}, {record['ci_high']:.4g}]"
-        else:
-            what = f"FAIL ({record.get('fail_reason')})"
-        log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
-                 trial.value, what, done, len(cands))
-        self.write_outputs(final=False)
-        self._changed.set()
-
     def write_outputs(self, final: bool) -> None:
-        """The files beside the study (autoft.search.outputs); the chosen trial as a study attribute
-        (readers of the storage: reevaluation.chosen_trial_number); at the end, plots and the study's W&B run."""
+        """The files beside the study (autoft.search.outputs); with re-evaluation, the chosen trial as a
+        study attribute (reevaluation.record_winner); at the end, plots and the study's W&B run."""
         study = self.study
         if study is None:
             return
@@ -749,13 +615,11 @@ class Search:
             log.debug("study outputs not written: the study storage is unreachable (a rerun writes them)")
             return
         try:
-            sel, recs = (None, None) if self.multi else self._selection(study, study.get_trials(deepcopy=False))
+            sel, recs = (None, None) if self.multi else rv.selection(study, self.reeval)
             out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs,
                                     config=self.config if self.autoft_app else None, plots=final and self.s.plots)
-            if sel is not None and sel.winner is not None and self.reeval.enabled:
-                winner = {"trial_number": int(sel.winner.number), **sel.summary()} if sel.complete else None
-                if study.user_attrs.get(rv.WINNER_ATTR) != winner:
-                    study.set_user_attr(rv.WINNER_ATTR, winner)
+            if recs is not None and sel.winner is not None:
+                rv.record_winner(study, sel)
             if final and self.autoft_app and sel is not None and sel.winner is not None:
                 from autoft.reporting.wandb_logger import log_study  # the study's W&B run, from the files written
 
@@ -785,16 +649,7 @@ class Search:
         log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
                  self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
         if self.reeval.enabled:
-            sel, _ = self._selection(study, study.get_trials(deepcopy=False))
-            log.info("top-%d re-evaluation with seeds %s (trial: search score -> re-evaluated mean):",
-                     self.reeval.top_k, ", ".join(map(str, self.reeval_seeds)))
-            for e in sel.summary()["candidates"]:
-                after = (f"{e['reevaluated_objective']:.6g}" if "reevaluated_objective" in e
-                         else f"{e['state']}" + (f" ({e['fail_reason']})" if e.get("fail_reason") else ""))
-                mark = "  <- chosen" if sel.winner is not None and e["trial_number"] == sel.winner.number else ""
-                log.info("  trial %d: %.6g -> %s%s", e["trial_number"], e["search_objective"], after, mark)
-            if sel.note:
-                log.info("%s", sel.note)
+            rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
         if self.autoft_app:
             log.info("best hyperparameters: %s", self.study_dir / HPARAMS_FILE)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
 from autoft.names import LOSS_PREFIX, SEARCHED_LOSSES
+from autoft.values import finite
 
 _TAGS = {"log", "int"}
 
@@ -55,7 +56,7 @@ class SearchSpace:
         dist = self.distributions[key]
         if isinstance(dist, CategoricalDistribution):
             return value in dist.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not finite(value):
             return False
         if not dist.low <= value <= dist.high:
             return False
@@ -96,7 +97,7 @@ def _distribution(key: str, text: str, override) -> Any:
         lo, hi = value.start, value.end
         # int(interval(a, b)): Hydra's cast leaves int bounds (a plain interval has float bounds)
         is_int = is_int or (isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool))
-        if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        if not (finite(lo) and finite(hi)):
             raise _bad(key, text, "needs two finite bounds")
         if not lo < hi:
             raise _bad(key, text, f"is an empty or negative range (low {lo:g} must be below high {hi:g})")

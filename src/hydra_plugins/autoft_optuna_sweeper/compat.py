@@ -10,11 +10,11 @@ the key still replaces it. As in hydra-optuna-sweeper: bounds are inclusive, `lo
 `step`, and when `params` is set too, `params` is used and `search_space` ignored (with a warning).
 Kept free of heavy imports: Hydra imports this package on every run to discover plugins.
 """
-import math
 import warnings
 from typing import Any, Mapping, Optional
 
 from autoft.errors import UserError
+from autoft.values import finite
 
 FIELDS = ("type", "choices", "low", "high", "log", "step")
 TYPES = ("float", "int", "categorical")
@@ -43,7 +43,7 @@ def _bad(key: str, why: str) -> UserError:
 
 def _number(key: str, entry: Mapping, name: str) -> float:
     value = entry.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not finite(value):
         raise _bad(key, f"needs a finite number '{name}', got {value!r}")
     return value
 

@@ -13,7 +13,8 @@ of finished trials (a rerun resumes; after completion it trains nothing); one tr
 slot, asked when the slot is free (no batch barrier), and any number of workers join a study
 through its storage; trials of dead workers are retried; a trial that raises or diverges is FAILED
 and the search goes on, while a UserError stops everything with its message; the study name derives
-from the config; top-k re-evaluation (`search.reevaluate_top_k`).
+from the config; top-k re-evaluation (`search.reevaluate_top_k`), a step run once the study is
+complete (autoft.search.reevaluation).
 
 Hydra imports this module on every run of train.py to discover plugins: the heavy imports happen
 inside methods.
@@ -27,9 +28,10 @@ from typing import Any, List, Optional
 from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from autoft.errors import UserError
+from autoft.values import plain
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +40,13 @@ class SearchStopped(UserError, CompactHydraException):
     """A UserError that Hydra prints as its message alone (no traceback)."""
 
 
-def _plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
-
-
 class AutoFTOptunaSweeper(Sweeper):
     def __init__(self, search_space: Any = None, trial: Any = None, sweep_dir: Optional[str] = None,
                  **keys: Any) -> None:
         super().__init__()
         # `trial` is written into each trial's config by the search; the sweeper reads nothing from it
-        self.keys = {k: _plain(v) for k, v in keys.items()}
-        self.search_space, self.sweep_dir = _plain(search_space), sweep_dir
+        self.keys = {k: plain(v) for k, v in keys.items()}
+        self.search_space, self.sweep_dir = plain(search_space), sweep_dir
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None

@@ -1,11 +1,11 @@
-"""The image path shared by training, search and evaluation.
+"""How images reach the model: the one image path shared by training, search and evaluation.
 
 Every split is turned into uint8 CHW tensors at the model's resolution by one deterministic
 transform (OpenAI's: shorter side resized with PIL's bicubic filter, then centre-cropped); normalisation to
 the model's mean/std happens on the device. `image_view` gives a split's (uint8 image, label) pairs
 from its on-disk image cache where one exists or may be built (autoft.data.image_cache,
 trainer.image_cache), else decoded live; both give the same bytes. The search touches the same few
-thousand examples in every trial, so `materialize` reads them once per process into one uint8 tensor
+thousand examples in every trial, so `read_all` reads them once per process into one uint8 tensor
 (kept on the device when it fits). Fine-tuning uses no data augmentation, so the OOD-val objective is
 always measured with the evaluation transform.
 """
@@ -118,14 +118,6 @@ def read_all(view: Dataset, num_workers: int = 0, batch_size: int = 256, desc: s
         labels[pos: pos + len(x)] = y
         pos += len(x)
     return images, labels
-
-
-def materialize(split: Split, size: int, indices: Optional[Sequence[int]] = None, num_workers: int = 0,
-                batch_size: int = 256, desc: str = "", policy: Optional[CachePolicy] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a subset of) a split in memory: (uint8 [N, 3, size, size], int64 labels [N]), from its image
-    cache under `policy`, else decoded."""
-    view, _ = image_view(split, size, indices, policy)
-    return read_all(view, num_workers, batch_size, desc or f"decoding {split.name}")
 
 
 class Normalizer:
