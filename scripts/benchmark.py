@@ -53,6 +53,7 @@ from typing import Optional
 
 from autoft.errors import UserError
 from autoft.names import FOLDER_TARGET, SHAPES_DOMAINS
+from autoft.records import HPARAMS_FILE, RESULTS_FILE
 from autoft.runner import Step, complete, fmt_seconds, run_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,7 +298,7 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
                 base = [*common, *sp.overrides()]
                 if v == 0:
                     methods = (["zeroshot"] if s == 0 else []) + list(grid.baselines)
-                    results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json" for m in methods}
+                    results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / RESULTS_FILE for m in methods}
                     # one process for the split's baselines (the model and data load once); a rerun
                     # after a kill runs only the methods whose results are missing
                     todo = [m for m in methods if not complete(results[m])] or methods
@@ -314,9 +315,9 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
                 name_opt = [] if method == "autoft" else [f"method.name={method}"]
                 steps.append(Step(f"{sp.id}/{method}-s{s}",
                                   py + ["method=autoft", *name_opt, f"seed={s}", "phase=final",
-                                        f"hparams={sdir / 'best_hparams.yaml'}",
+                                        f"hparams={sdir / HPARAMS_FILE}",
                                         f"hydra.run.dir={where / method / f'seed{s}'}", *base],
-                                  [where / method / f"seed{s}" / "results.json"], UNITS["final"],
+                                  [where / method / f"seed{s}" / RESULTS_FILE], UNITS["final"],
                                   after=[f"{sp.id}/{dirname}-s{s}"]))
     return steps
 
@@ -338,7 +339,7 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
         for s in range(grid.seeds):
             runs = {}
             for m in required + optional:
-                path = out / sp.family / sp.id / m / f"seed{0 if m == 'zeroshot' else s}" / "results.json"
+                path = out / sp.family / sp.id / m / f"seed{0 if m == 'zeroshot' else s}" / RESULTS_FILE
                 try:
                     runs[m] = read_result(path)
                 except ResultsError:
@@ -402,14 +403,14 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
             search = py + ["-m", "search=autoft", "seed=0", f"hydra.sweep.dir={sdir}", f"search.n_trials={b}",
                            "hydra.sweeper.threads=1", f"search.reevaluate_top_k={k}", *base]
             # the search writes <sweep dir>/best_hparams.yaml; keep a copy per (budget, k)
-            copy = f" && cp {shlex.quote(str(sdir / 'best_hparams.yaml'))} {shlex.quote(str(hp))}"
+            copy = f" && cp {shlex.quote(str(sdir / HPARAMS_FILE))} {shlex.quote(str(hp))}"
             steps.append(Step(f"budget/search-{tag}", ["bash", "-c", " ".join(shlex.quote(c) for c in search) + copy],
                               [hp], UNITS["trial"] * ((b - grown) if k == 0 else 2 * top_k),
                               after=previous[-1:]))
             previous.append(f"budget/search-{tag}")
             steps.append(Step(f"budget/final-{tag}", py + ["method=autoft", "seed=0", "phase=final", f"hparams={hp}",
                                                            f"hydra.run.dir={out / 'budget' / tag}", *base],
-                              [out / "budget" / tag / "results.json"], UNITS["final"], after=[f"budget/search-{tag}"]))
+                              [out / "budget" / tag / RESULTS_FILE], UNITS["final"], after=[f"budget/search-{tag}"]))
         grown = b
     return steps
 
@@ -417,7 +418,7 @@ def budget_steps(out: Path, budgets: list[int], top_k: int, extra: list[str]) ->
 def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
     """budget.md (one row per budget and re-evaluation setting) and plots/budget.png (the curve)."""
     from autoft.errors import UserError
-    from autoft.hparams import Hyperparameters
+    from autoft.records import read_best_hparams
     from autoft.reporting.benchmark import BudgetPoint, plot_budget
     from autoft.io import atomic_write_text
     from autoft.reporting.results import read_result
@@ -428,8 +429,8 @@ def collect_budget(out: Path, budgets: list[int], top_k: int) -> list:
         for k in (0, top_k):
             tag = f"b{b}-top{k}"
             try:
-                rec = Hyperparameters.load(out / "budget" / f"{tag}.yaml").records
-                r = read_result(out / "budget" / tag / "results.json")
+                rec = read_best_hparams(out / "budget" / f"{tag}.yaml").records
+                r = read_result(out / "budget" / tag / RESULTS_FILE)
             except UserError:  # not run yet (ResultsError is one too)
                 continue
             rv = rec.get("reevaluated_objective")

@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # a clone that was not pip-installed still runs
 
+from autoft.records import RESULTS_FILE  # noqa: E402
 from autoft.runner import Step, fmt_seconds, run_steps  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str],
     marker = out / "search-autoft" / f".complete-{hashlib.sha1(' '.join(search[1:]).encode()).hexdigest()[:10]}"
     steps.append(Step("search", search, [marker], units=16, after=first, marker=True))
     final = [py, "scripts/final_retrain.py", "--dataset", dataset, "--model", model, "--no-tables", "--skip-existing"]
-    results = lambda m, s: out / m / f"seed{s}" / "results.json"  # noqa: E731
+    results = lambda m, s: out / m / f"seed{s}" / RESULTS_FILE  # noqa: E731
     # after the search, so that the cores are not shared three ways; one step per run fills them evenly
     for k, s in enumerate(seeds):
         methods = ["zeroshot", "ft"] if k == 0 else ["ft"]  # zero-shot has no seed: evaluated once

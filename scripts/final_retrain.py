@@ -32,10 +32,11 @@ NO_SEED = ("zeroshot",)  # evaluation only: every seed would give the same numbe
 
 
 def existing_ok(out: Path, method: str, seed: int) -> bool:
+    from autoft.records import RESULTS_FILE
     from autoft.reporting.results import ResultsError, read_result
 
     try:
-        read_result(out / method / f"seed{seed}" / "results.json")
+        read_result(out / method / f"seed{seed}" / RESULTS_FILE)
         return True
     except ResultsError:
         return False
@@ -44,6 +45,7 @@ def existing_ok(out: Path, method: str, seed: int) -> bool:
 def autoft_hparams(args, out: Path) -> Path:
     """The hyperparameters file AutoFT's final runs read (written from the study when asked)."""
     from autoft.errors import UserError
+    from autoft.records import HPARAMS_FILE, write_best_hparams
     from autoft.search.outputs import best_hparams_from_study
 
     if args.hparams:
@@ -59,10 +61,10 @@ def autoft_hparams(args, out: Path) -> Path:
         hp = best_hparams_from_study(args.study, args.study_name, defaults)
         path = out / "autoft" / "hparams_from_study.yaml"
         rec = hp.records
-        hp.save(path, f"# chosen trial of study {rec['study_name']} in {args.study}\n")
+        write_best_hparams(path, hp, f"# chosen trial of study {rec['study_name']} in {args.study}\n")
         print(f"AutoFT hyperparameters from trial {rec['trial_number']} of study {rec['study_name']} -> {path}")
         return path
-    path = out / "search-autoft" / "best_hparams.yaml"
+    path = out / "search-autoft" / HPARAMS_FILE
     if not path.is_file():
         raise UserError(f"AutoFT needs its searched hyperparameters: none at {path}. Run the search first "
                         f"(python train.py -m search=autoft dataset={args.dataset} model={args.model}), "

@@ -105,15 +105,20 @@ def run_phase(name: str, argv: list[str], cwd: Path, env: dict, log_dir: Path) -
 
 def cuda_peak(paths) -> int | None:
     """The largest `resources.cuda_peak_allocated_bytes` of these trial.json / results.json files."""
-    peaks = [json.loads(p.read_text()).get("resources", {}).get("cuda_peak_allocated_bytes") for p in paths]
+    from autoft.records import TRIAL_FILE, read_results, read_trial
+
+    records = [read_trial(p) if p.name == TRIAL_FILE else read_results(p) for p in paths]
+    peaks = [(r or {}).get("resources", {}).get("cuda_peak_allocated_bytes") for r in records]
     peaks = [p for p in peaks if p is not None]
     return max(peaks) if peaks else None
 
 
 def expected_outputs(out: Path) -> dict[str, list[Path]]:
     """What each phase must leave behind (checked after it ran)."""
-    return {"search": [out / "search-autoft" / "best_hparams.yaml", out / "search-autoft" / "optimization_results.yaml"],
-            "final": [out / "zeroshot" / "seed0" / "results.json", out / "autoft" / "seed0" / "results.json",
+    from autoft.records import HPARAMS_FILE, RESULTS_FILE
+
+    return {"search": [out / "search-autoft" / HPARAMS_FILE, out / "search-autoft" / "optimization_results.yaml"],
+            "final": [out / "zeroshot" / "seed0" / RESULTS_FILE, out / "autoft" / "seed0" / RESULTS_FILE,
                       out / "results_table.md"]}
 
 
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
 
     model = "tiny_vit" if args.tiny else "vit_b16"
     results = work / "outputs" / "iwildcam" / model
+    from autoft.records import RESULTS_FILE, TRIAL_FILE
+
     names = {"prepare_data.py": "check", "train.py": "search", "final_retrain.py": "final"}
     extra = {k: SMALL[k] + (TINY[k] if args.tiny else []) for k in SMALL}
     for line in readme_commands():
@@ -160,7 +167,7 @@ def main(argv=None) -> int:
         name = names[next(Path(a).name for a in argv_ if a.endswith(".py"))]
         before = time.time()
         rec = run_phase(name, argv_, work, env, logs)
-        fresh = [p for p in results.rglob("*.json") if p.name in ("trial.json", "results.json")
+        fresh = [p for p in results.rglob("*.json") if p.name in (TRIAL_FILE, RESULTS_FILE)
                  and p.stat().st_mtime >= before]
         rec["cuda_peak_allocated_bytes"] = cuda_peak(fresh)
         missing = [str(p) for p in expected_outputs(results).get(name, []) if not p.is_file()]

@@ -11,7 +11,8 @@ from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters, search_params
 from autoft.names import LOSS_NAMES
 from autoft.reporting.selection import same_hparams
 from autoft.reporting.results import RunResult
-from autoft.search.outputs import best_hparams, write_best_hparams
+from autoft.records import read_best_hparams, write_best_hparams
+from autoft.search.outputs import best_hparams
 from conftest import compose_config
 
 # a best_hparams.yaml as searches wrote it before wise_alpha existed (trimmed: records elided)
@@ -53,26 +54,26 @@ search_ci:
 def test_a_file_in_the_old_format_loads_with_alpha_one_and_saves_back_unchanged(tmp_path):
     path = tmp_path / "best_hparams.yaml"
     path.write_text(OLD_FORMAT)
-    hp = Hyperparameters.load(path)
+    hp = read_best_hparams(path)
     assert hp.loss_weights["hinge"] == 0.0123 and hp.loss_weights["flyp"] == 1.9 and list(hp.loss_weights) == list(LOSS_NAMES)
     assert (hp.lr_scale, hp.weight_decay, hp.base_lr, hp.seed) == (3.5, 0.42, 0.001, None)
     assert hp.wise_alpha == 1.0  # absent: the fine-tuned model
     assert hp.records["trial_number"] == 7 and hp.records["search_ci"] == [0.75, 0.8]
     again = tmp_path / "again.yaml"
-    hp.save(again)
+    write_best_hparams(again, hp)
     old, new = yaml.safe_load(OLD_FORMAT), yaml.safe_load(again.read_text())
     assert new == {**old, "wise_alpha": 1.0}  # every key kept, the one new key added
-    assert Hyperparameters.load(again) == hp
+    assert read_best_hparams(again) == hp
 
 
 def test_partial_and_warm_start_files(tmp_path):
     # the published iWildCam values (lr and base_lr, no lr_scale), and a file naming two terms only
     (tmp_path / "w.yaml").write_text("loss_weights: {hinge: 0.5}\nlr: 1.36e-4\nbase_lr: 1.0e-5\nweight_decay: 0.6\n")
-    hp = Hyperparameters.load(tmp_path / "w.yaml")
+    hp = read_best_hparams(tmp_path / "w.yaml")
     assert hp.lr_scale == 13.6 and hp.loss_weights == {**dict.fromkeys(LOSS_NAMES, 0.0), "ce": 1.0, "hinge": 0.5}
     # terms the file leaves out take the defaults given (a final run: the method's own weights)
     l2sp = Hyperparameters(loss_weights={"ce": 1.0, "l2init": 2.0})
-    assert Hyperparameters.load(tmp_path / "w.yaml", defaults=l2sp).loss_weights["l2init"] == 2.0
+    assert read_best_hparams(tmp_path / "w.yaml", defaults=l2sp).loss_weights["l2init"] == 2.0
 
 
 BAD = [
@@ -96,10 +97,10 @@ def test_bad_files_name_the_file_and_the_key(case, text, named, tmp_path):
     path = tmp_path / f"{case}.yaml"
     path.write_text(text)
     with pytest.raises(UserError) as err:
-        Hyperparameters.load(path)
+        read_best_hparams(path)
     assert f"hparams={path}: " in str(err.value) and named in str(err.value), str(err.value)
     with pytest.raises(UserError, match="file not found"):
-        Hyperparameters.load(tmp_path / "nowhere.yaml")
+        read_best_hparams(tmp_path / "nowhere.yaml")
 
 
 def test_from_trial_takes_the_searched_values_and_the_config_for_the_rest(tmp_path):
@@ -119,7 +120,7 @@ def test_from_trial_takes_the_searched_values_and_the_config_for_the_rest(tmp_pa
     write_best_hparams(tmp_path / "best.yaml", hp)
     text = (tmp_path / "best.yaml").read_text()
     assert "method=autoft method.name=autoft_alpha hparams=<this file>" in text  # the final command says it
-    assert yaml.safe_load(text)["wise_alpha"] == 0.75 and Hyperparameters.load(tmp_path / "best.yaml") == hp
+    assert yaml.safe_load(text)["wise_alpha"] == 0.75 and read_best_hparams(tmp_path / "best.yaml") == hp
     assert math.isclose(hp.lr(0.01, lr_mult=2.0), 0.01 * hp.lr_scale * 2.0)
 
 
@@ -152,7 +153,7 @@ def test_the_selection_report_counts_the_runs_of_the_files_hyperparameters(tmp_p
 
     chosen = Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1,
                              records={"study_name": "s", "trial_number": 3, "objective": 0.7, "metric": "accuracy"})
-    chosen.save(tmp_path / "search-autoft" / "best_hparams.yaml")
+    write_best_hparams(tmp_path / "search-autoft" / "best_hparams.yaml", chosen)
     metrics = {"id_test": {"accuracy": 0.8}, "ood_val": {"accuracy": 0.7}, "snow": {"accuracy": 0.6}}
 
     def run(seed, hp):
@@ -173,7 +174,7 @@ def test_the_selection_report_finds_the_alpha_searched_runs(tmp_path):
 
     chosen = Hyperparameters(loss_weights={"dcm": 0.5}, lr_scale=2.0, weight_decay=0.1, wise_alpha=0.75,
                              records={"study_name": "alpha", "trial_number": 1, "objective": 0.7})
-    chosen.save(tmp_path / "search-alpha" / "best_hparams.yaml")
+    write_best_hparams(tmp_path / "search-alpha" / "best_hparams.yaml", chosen)
     metrics = {"id_test": {"accuracy": 0.8}, "ood_val": {"accuracy": 0.7}, "snow": {"accuracy": 0.6}}
 
     def run(method, seed, hp):

@@ -17,7 +17,7 @@ def trial(tmp_path, name, *overrides):
     with initialize_config_dir(CONF, version_base="1.3"):
         cfg = compose("config", overrides=[*BASE, *overrides])
     out = tmp_path / name
-    objective = cli.run_search(cfg, cli.workspace(cfg), cli.hyperparameters(cfg), out)
+    objective = cli.run_search(cfg, cli.workspace(cfg), cli.hyperparameters(cfg), out)["objective"]
     return objective, json.loads((out / "trial.json").read_text())
 
 

@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from autoft.errors import UserError
-from autoft.search import load_best_hparams
-from autoft.search.outputs import best_hparams, write_best_hparams
+from autoft.records import read_best_hparams, write_best_hparams
+from autoft.search.outputs import best_hparams
 from autoft.search.space import parse_space
 from autoft.search.storage import mask_url, normalize_url, storage_kind
 from autoft.search.study import (fingerprint, load_warm_starts, make_pruner, make_sampler, open_study,
@@ -182,7 +182,7 @@ def test_best_hparams_round_trip(tmp_path):
     hp = best_hparams(cfg, study.best_trial, study_name="s", storage="sqlite:///x.db", direction="maximize",
                       n_complete=1)
     write_best_hparams(tmp_path / "best.yaml", hp)
-    back = load_best_hparams(tmp_path / "best.yaml")
+    back = read_best_hparams(tmp_path / "best.yaml")
     assert back == hp  # the hyperparameters survive the file
     assert back.loss_weights == {"ce": 1.0, "hinge": 0.0, "entropy": 0.0, "dcm": 0.0, "flyp": 0.5, "l1init": 0.0,
                                  "l2init": 0.01, "l1zero": 0.0, "l2zero": 0.0}
@@ -192,10 +192,10 @@ def test_best_hparams_round_trip(tmp_path):
     assert (rec["objective"], rec["metric"], rec["trial_number"], rec["study_name"]) == (0.8, "accuracy", 0, "s")
     assert "seed" not in yaml.safe_load((tmp_path / "best.yaml").read_text())
     with pytest.raises(UserError, match="not found"):
-        load_best_hparams(tmp_path / "missing.yaml")
+        read_best_hparams(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("lr: 1.0\nweight_decay: 0.1\n")
     with pytest.raises(UserError, match="loss_weights"):
-        load_best_hparams(tmp_path / "bad.yaml")
+        read_best_hparams(tmp_path / "bad.yaml")
     # a warm-start file reads the same way (lr / base_lr -> lr_scale)
     iw = load_best_hparams_from_warm_start(tmp_path)
     assert iw.lr_scale == pytest.approx(13.6) and iw.loss_weights["ce"] == 1.0
@@ -204,7 +204,7 @@ def test_best_hparams_round_trip(tmp_path):
 def load_best_hparams_from_warm_start(tmp_path):
     entry = OmegaConf.load(REPO / "conf/search/warm_start/iwildcam.yaml").iwildcam
     OmegaConf.save(entry, tmp_path / "iw.yaml")
-    return load_best_hparams(tmp_path / "iw.yaml")
+    return read_best_hparams(tmp_path / "iw.yaml")
 
 
 def test_seeded_sampler_is_reproducible_and_never_replays_draws():

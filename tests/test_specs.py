@@ -7,6 +7,7 @@ from autoft import cli, config_checks
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
 from autoft.pipeline import RunSpec
+from autoft.records import write_best_hparams
 from conftest import compose_config
 
 BASE = ["experiment=tinyshapes_tiny_vit", "device=cpu"]
@@ -46,8 +47,8 @@ def test_the_optimiser_reaches_every_run_kind():
 
 
 def test_a_hparams_file_reaches_the_final_spec(tmp_path):
-    path = Hyperparameters(loss_weights={"hinge": 0.3}, lr_scale=4.0, weight_decay=0.05, wise_alpha=0.25).save(
-        tmp_path / "best_hparams.yaml")
+    path = write_best_hparams(tmp_path / "best_hparams.yaml", Hyperparameters(
+        loss_weights={"hinge": 0.3}, lr_scale=4.0, weight_decay=0.05, wise_alpha=0.25))
     cfg, hp, spec = spec_of("method=autoft", f"hparams={path}")
     assert spec.weights["hinge"] == 0.3 and spec.weights["ce"] == float(cfg.method.loss_weights.ce)
     assert spec.lr == pytest.approx(float(cfg.trainer.base_lr) * 4.0) and spec.weight_decay == 0.05

@@ -1,6 +1,6 @@
 """W&B logging, offline only: runs are written by train.py (also under the joblib multi-process
 launcher), the sweeper and make_tables, then read back from the offline run files with
-wandb_logger.read_offline_run / read_run (W&B's own record format). Nothing goes online."""
+wandb_offline.read_offline_run / read_run (W&B's own record format). Nothing goes online."""
 import json
 import logging
 import os
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from autoft.reporting import wandb_logger as W
+from autoft.reporting import wandb_offline as O
+from autoft.reporting.wandb_summary import flatten, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = Path(__file__).resolve().parent / "conf"
@@ -36,9 +38,9 @@ def train(tmp_path, *args):
 
 
 def the_run(folder):
-    runs = W.offline_runs(folder)
+    runs = O.offline_runs(folder)
     assert len(runs) == 1, runs
-    return W.read_offline_run(runs[0])
+    return O.read_offline_run(runs[0])
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_final_runs_log_config_summary_and_epochs(multirun):
         assert [h["val/objective"] for h in epochs] == pytest.approx([e["id_val"]["accuracy"] for e in res["epochs"]])
         assert [h["train/epoch_loss"] for h in epochs] == pytest.approx([e["loss"] for e in res["epochs"]])
         # the WiSE-FT curve: one table, two line plots
-        (table_file,) = (W.offline_runs(run_dir)[0] / "files" / "media" / "table" / "wise").glob("curve_*.table.json")
+        (table_file,) = (O.offline_runs(run_dir)[0] / "files" / "media" / "table" / "wise").glob("curve_*.table.json")
         table = json.loads(table_file.read_text())
         rows = [dict(zip(table["columns"], r)) for r in table["data"]]
         assert [r["alpha"] for r in rows] == pytest.approx([a / 10 for a in range(11)])
@@ -111,26 +113,26 @@ def test_a_transaction_log_cut_short_reads_as_far_as_it_goes(multirun, tmp_path)
     the service is still writing (or a kill cut) has none, and reads back without its torn tail."""
     _, out = multirun
     whole = next((out / "ft" / "seed0").rglob("run-*.wandb"))
-    assert W.has_exit_record(whole)
+    assert O.has_exit_record(whole)
     cut = tmp_path / "offline-run-cut" / whole.name
     cut.parent.mkdir()
     cut.write_bytes(whole.read_bytes()[:-5])
-    assert not W.has_exit_record(cut)
-    logged = W.read_offline_run(cut.parent)
+    assert not O.has_exit_record(cut)
+    logged = O.read_offline_run(cut.parent)
     assert "exit_code" not in logged["run"] and logged["run"]["job_type"] == "final"
     cut.write_bytes(b"")  # created, not yet written
-    assert not W.has_exit_record(cut)
+    assert not O.has_exit_record(cut)
 
 
 def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
     tmp, out = multirun
-    before = set(W.offline_runs(out))
+    before = set(O.offline_runs(out))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(out), "--wandb"],
                           capture_output=True, text=True, env=offline_env(tmp), timeout=300)
     assert done.returncode == 0, done.stderr
-    new = [p for p in W.offline_runs(out) if p not in before]
+    new = [p for p in O.offline_runs(out) if p not in before]
     assert len(new) == 1
-    logged = W.read_offline_run(new[0])
+    logged = O.read_offline_run(new[0])
     assert logged["run"]["job_type"] == "report"
     assert logged["run"]["id"] == W.run_id("report", out.resolve())  # rerunning updates this run
     arts = {a["name"]: a for a in logged["artifacts"]}
@@ -201,8 +203,8 @@ def test_a_killed_final_run_resumes_its_wandb_run_with_one_history(tmp_path):
           f"hydra.run.dir={out}")
     res = json.loads((out / "results.json").read_text())
     rid = W.run_id("final", out.resolve())
-    assert {p.name.rsplit("-", 1)[-1] for p in W.offline_runs(out)} == {rid}  # one run, two starts
-    logged = W.read_run(out, rid)
+    assert {p.name.rsplit("-", 1)[-1] for p in O.offline_runs(out)} == {rid}  # one run, two starts
+    logged = O.read_run(out, rid)
     assert logged["parts"] == 2
     steps = [h["global_step"] for h in logged["history"] if "train/loss" in h]
     assert steps == list(range(1, 13))  # 3 epochs x 4 steps: no gap, no duplicate
@@ -232,7 +234,7 @@ def test_an_unreachable_server_falls_back_to_offline_once(tmp_path, monkeypatch,
         for r in runs:
             r.finish()
     assert time.time() - t0 < 30  # bounded: the second run does not wait for the server again
-    assert [r.__class__ for r in runs] and all(len(W.offline_runs(tmp_path / f"t{i}")) == 1 for i in range(2))
+    assert [r.__class__ for r in runs] and all(len(O.offline_runs(tmp_path / f"t{i}")) == 1 for i in range(2))
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "writing offline runs instead" in warnings[0].getMessage()
 
@@ -294,7 +296,7 @@ def test_mode_and_rank_rules(tmp_path, monkeypatch):
     run = W.start_run(enabled=True, project="p", job_type="final", name="n", config={}, out_dir=tmp_path,
                       mode="offline")
     assert not run.active and not (tmp_path / "wandb").exists()
-    assert W.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1]}) == {"a/b": 1, "a/c/d": 2, "e": [1]}
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1]}) == {"a/b": 1, "a/c/d": 2, "e": [1]}
 
 
 def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
@@ -309,9 +311,9 @@ def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
     study_dir = sweep / name.replace("/", "_")
     rid = W.run_id("study", name)
     W.log_study({"wandb": True, "mode": "offline"}, study_dir, name)  # a later update (a re-evaluation's end)
-    logged = W.read_run(study_dir / "wandb", rid)
+    logged = O.read_run(study_dir / "wandb", rid)
     assert logged["parts"] == 2 and logged["run"]["job_type"] == "study" and logged["run"]["group"] == name
-    trial_runs = {W.read_offline_run(p)["run"]["group"] for p in W.offline_runs(study_dir) if rid not in p.name}
+    trial_runs = {O.read_offline_run(p)["run"]["group"] for p in O.offline_runs(study_dir) if rid not in p.name}
     assert trial_runs == {name}  # the trials share the study's group
     s = logged["summary"]
     assert s["best/trial_number"] == best.number and s["best/objective"] == pytest.approx(best.value)
@@ -328,5 +330,5 @@ def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["method=autoft", f"hparams={sweep / 'best_hparams.yaml'}"])
     hp = cli.hyperparameters(cfg)
-    config = W.run_config(cfg, cli.hparams_record(cfg, hp, cli.run_spec(cfg, hp)), hp.records)
+    config = run_config(cfg, cli.hparams_record(cfg, hp, cli.run_spec(cfg, hp)), hp.records)
     assert config["hparams_study"] == name and config["hparams_trial"] == best.number

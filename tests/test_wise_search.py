@@ -15,6 +15,7 @@ from autoft import cli
 from autoft.data.base import project_logits
 from autoft.hparams import Hyperparameters
 from autoft.pipeline import RunSpec, Workspace, run_final
+from autoft.records import write_best_hparams
 from autoft.reporting.results import read_result
 from autoft.reporting.tables import build_table
 from autoft.search.space import parse_space
@@ -43,7 +44,7 @@ def trial(tmp_path, name, *overrides):
     cli.seed_everything(int(cfg.seed))  # the tiny CLIP's random weights, as cli.run seeds them
     ws = cli.workspace(cfg)
     out = tmp_path / name
-    objective = cli.run_search(cfg, ws, cli.hyperparameters(cfg), out)
+    objective = cli.run_search(cfg, ws, cli.hyperparameters(cfg), out)["objective"]
     return objective, json.loads((out / "trial.json").read_text()), ws
 
 
@@ -127,7 +128,7 @@ def test_a_final_run_applies_its_alpha(tiny_bundle, tiny_task, tmp_path):
 
 def test_train_py_final_run_as_autoft_alpha(tmp_path):
     hp = Hyperparameters(loss_weights={"dcm": 0.1, "l2init": 0.01}, lr_scale=2.0, weight_decay=0.1, wise_alpha=0.5)
-    hp_file = hp.save(tmp_path / "best_hparams.yaml")
+    hp_file = write_best_hparams(tmp_path / "best_hparams.yaml", hp)
     cmd = [sys.executable, str(ROOT / "train.py"), "--config-dir", str(TEST_CONF), *BASE, "method=autoft",
            "method.name=autoft_alpha", f"hparams={hp_file}", f"hydra.run.dir={tmp_path}/autoft_alpha/seed0"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=offline_env(), timeout=600)

@@ -26,8 +26,9 @@ from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
 from autoft.models import hub
 from autoft.models.clip import load_clip
 from autoft.pipeline import RunSpec, Workspace, run_final, run_trial, seed_everything
+from autoft.records import read_best_hparams, write_results, write_trial
 from autoft.reporting import wandb_logger
-from autoft.io import write_json
+from autoft.reporting.wandb_summary import trial_summary
 
 log = logging.getLogger("autoft")
 
@@ -177,7 +178,7 @@ def hyperparameters(cfg: DictConfig) -> Hyperparameters:
     computes the run's lr from it (Hyperparameters.lr)."""
     hp = Hyperparameters.from_config(cfg)
     if cfg.get("hparams"):  # one message naming the file and the key when it is missing or bad
-        hp = Hyperparameters.load(cfg.hparams, defaults=hp)
+        hp = read_best_hparams(cfg.hparams, defaults=hp)
     return replace(hp, loss_weights={**hp.loss_weights, "ce": float(cfg.method.loss_weights.ce)},
                    base_lr=float(cfg.trainer.base_lr))
 
@@ -230,9 +231,9 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
     if cfg.phase == "search":
         wb = wandb_logger.for_run(cfg, used, out, job_type="trial")  # a no-op unless logger=wandb
         with wb.closing():
-            objective = run_search(cfg, ws, hp, out, spec, wb=wb)
-            wb.summary(wandb_logger.trial_summary(out / "trial.json", objective))
-        return objective
+            record = run_search(cfg, ws, hp, out, spec, wb=wb)
+            wb.summary(trial_summary(record))
+        return record["objective"]  # what the sweeper reads (a float: autoft.search.outcome)
 
     env = distributed_env(cfg)
     wb = wandb_logger.for_run(cfg, used, out, job_type="final", origin=hp.records)  # rank 0 only
@@ -247,9 +248,9 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
                   "extra_test_splits": list(ws.task.extra_tests),
                   "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res,
                   "resources": resources(ws.device), "image_sources": dict(ws.image_sources)}
-        write_json(out / "results.json", record)
+        path = write_results(out, record)
         wb.log_final(record, out, upload_checkpoint=bool((cfg.get("logger") or {}).get("upload_checkpoint", False)))
-    log.info("results written to %s", out / "results.json")
+    log.info("results written to %s", path)
     if res["wise_alpha"] != 1.0:
         log.info("  the final model is the WiSE-FT mixture at alpha=%g (hparams wise_alpha)", res["wise_alpha"])
     for split, m in res["metrics"].items():
@@ -287,10 +288,11 @@ def optimizer(cfg: DictConfig) -> OptimizerFactory:
 
 
 def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
-               spec: Optional[RunSpec] = None, wb: Optional[wandb_logger.WandbRun] = None) -> float:
+               spec: Optional[RunSpec] = None, wb: Optional[wandb_logger.WandbRun] = None) -> dict[str, Any]:
     """One trial (pipeline.run_trial): writes trial.json and reports the per-seed scores, the
     interval and the chosen WiSE-FT alpha (search.wise_alphas) to the study; `wb` records the
-    per-step loss and lr and the intermediate OOD-val scores (search.eval_every)."""
+    per-step loss and lr and the intermediate OOD-val scores (search.eval_every). Returns the
+    trial's record (what trial.json holds; its `objective` is the trial's score)."""
     spec = spec or run_spec(cfg, hp)
     reporter = None
     search = cfg.get("search") or {}
@@ -311,7 +313,7 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
     record["hparams"] = hparams_record(cfg, hp, spec)
     record["resources"] = resources(ws.device)
     record["image_sources"] = dict(ws.image_sources)  # cached or live images, per split
-    write_json(out / "trial.json", record)
+    write_trial(out, record)
     if reporter is not None:
         attrs = {"per_seed": record["per_seed"], "seeds": record["seeds"], "peak_lr": record["runs"][0]["peak_lr"]}
         if "ci" in record:
@@ -324,4 +326,4 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
     k = len(spec.seeds)
     log.info("trial objective (%s on OOD-val, %d seed%s): %.4f%s%s  [%.1fs]", ws.task.metric, k, "s" if k > 1 else "",
              record["objective"], alpha, ci, sum(r["seconds"] for r in record["runs"]))
-    return record["objective"]
+    return record

@@ -26,6 +26,7 @@ from autoft.config_task import task_problems
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
 from autoft.names import IMAGE_CACHE_MODES, METRIC_NAMES, PHASES, PRECISIONS, SEARCHED_LOSSES, TRAINABLE, WANDB_MODES
+from autoft.records import read_best_hparams
 from autoft.values import finite, plain, show
 
 
@@ -293,7 +294,7 @@ def _search_problems(c: "_Checker", s: DictConfig) -> None:
 def check_files(cfg: DictConfig) -> None:
     """Files named by the config that every run reads: the hparams file and the model checkpoint."""
     if cfg.get("hparams"):  # one UserError naming the file and every bad or missing key
-        Hyperparameters.load(cfg.hparams)
+        read_best_hparams(cfg.hparams)
     ckpt = cfg.model.get("checkpoint")
     if ckpt and not Path(ckpt).is_file():
         hint = cfg.model.get("build_command") or "point model.checkpoint at an existing file"

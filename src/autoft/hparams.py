@@ -20,18 +20,17 @@ The file format is the one searches have always written: `lr` (= base_lr x lr_sc
 when base_lr is known, a file with `lr` and `base_lr` but no `lr_scale` (the warm-start files) reads
 as lr / base_lr, and loss terms a file leaves out take their default (ce 1, the others 0).
 
-This module imports only the standard library, OmegaConf and the ground floor (autoft.names,
-autoft.io), so that a bad file is refused before torch is imported (autoft.config_checks.check_files).
+The file itself is read and written by autoft.records (read_best_hparams, write_best_hparams). This
+module imports only the standard library, OmegaConf and the ground floor (autoft.names, autoft.values),
+so that a bad file is refused before torch is imported (autoft.config_checks.check_files).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from autoft.errors import UserError
-from autoft.io import atomic_write_text
 from autoft.names import LOSS_NAMES, LOSS_PREFIX, LR_SCALE_KEY, SEED_KEY, WEIGHT_DECAY_KEY
 from autoft.values import finite, plain, show
 
@@ -137,23 +136,6 @@ class Hyperparameters:
         return hp._as_floats()
 
     @classmethod
-    def load(cls, path, defaults: Optional["Hyperparameters"] = None) -> "Hyperparameters":
-        """A best_hparams.yaml (or a warm-start entry saved as a file); every problem is one UserError
-        that names the file and the key."""
-        from omegaconf import OmegaConf
-
-        path = Path(path)
-        where = f"hparams={path}"
-        if not path.is_file():
-            raise UserError(f"{where}: file not found; {FIX}")
-        try:
-            data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        except Exception as err:  # yaml.YAMLError, UnicodeDecodeError, interpolation errors
-            detail = " ".join(str(err).split())[:200]
-            raise UserError(f"{where}: not a readable YAML file ({type(err).__name__}: {detail}); {FIX}") from None
-        return cls.from_mapping(data, where, defaults)
-
-    @classmethod
     def from_config(cls, cfg) -> "Hyperparameters":
         """The config's own values: method.loss_weights, trainer.lr_scale, trainer.weight_decay, as
         they are (autoft.config_checks.validate checks them, with `problems`)."""
@@ -213,13 +195,6 @@ class Hyperparameters:
     def to_dict(self) -> dict[str, Any]:
         """The file's content: the values, then the records."""
         return {**self.values(), **{k: v for k, v in self.records.items() if k not in HPARAMS_FIELDS}}
-
-    def save(self, path, header: str = "") -> Path:
-        """Write best_hparams.yaml atomically (several workers may rewrite it at once)."""
-        from omegaconf import OmegaConf
-
-        atomic_write_text(path, header + OmegaConf.to_yaml(OmegaConf.create(self.to_dict())))
-        return Path(path)
 
 
 def _lr_scale(data: Mapping[str, Any], base_lr: Optional[float] = None) -> Optional[float]:

@@ -1,5 +1,6 @@
-"""Atomic writes: a kill never leaves a half-written file behind (results, caches, checkpoints, study outputs,
-downloads)."""
+"""Files that outlive a kill: atomic writes never leave a half-written file behind (results, caches,
+checkpoints, study outputs, downloads), and a JSON-lines journal keeps every line appended before it
+(a line the kill cut is where reading stops)."""
 from __future__ import annotations
 
 import json
@@ -57,3 +58,25 @@ def _plain(x):
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
+
+
+def append_json_lines(path: str | Path, rows: list[dict], mode: str = "a") -> None:
+    """JSON lines, flushed to disk before returning (a journal must outlive a kill); mode "w" rewrites."""
+    with open(path, mode) as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    """The lines of a JSON-lines journal up to the first one a kill cut ([] when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut by the kill
+            break
+    return out

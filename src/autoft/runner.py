@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from autoft.records import RESULTS_FILE
+
 
 @dataclass
 class Step:
@@ -37,7 +39,7 @@ class Step:
 
 def complete(path: Path) -> bool:
     """The file exists (and, for a results.json, is complete and readable)."""
-    if path.name == "results.json":
+    if path.name == RESULTS_FILE:
         from autoft.reporting.results import ResultsError, read_result
 
         try:

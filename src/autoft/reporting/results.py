@@ -6,25 +6,19 @@ that silently drops a seed would report a mean over fewer runs than the reader t
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from autoft.errors import UserError
+from autoft.records import RERUN, RESULTS_FILE, ResultsError, read_results
 from autoft.values import finite
 
-RESULTS_FILE = "results.json"
 REQUIRED_KEYS = ("dataset", "model", "method", "seed", "objective_metric", "higher_is_better", "metrics")
 ID_TEST = "id_test"  # the ID test split's name when a results file does not say (`id_test_split`)
 # splits in `metrics` that are not test sets (selection and search data, never reported as tests)
 NON_TEST_SPLITS = ("id_val", "ood_val")
 _RUN_DIR = re.compile(r"seed\d+$")
-
-
-class ResultsError(UserError):
-    """One or more results files are missing, unreadable or incomplete (the message names each)."""
 
 
 @dataclass(frozen=True)
@@ -127,21 +121,12 @@ def problems_of(data: object) -> list[str]:
     return out
 
 
-_RERUN = ("rerun the final run that wrote it (same dataset, model, method and seed) to rewrite it, or move its "
-          "directory out of the results folder")
-
-
 def read_result(path: Path) -> RunResult:
-    """One results file; raises ResultsError naming the file and what is wrong with it."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ResultsError(f"{path}: corrupt JSON ({err}); {_RERUN}") from None
+    """One results file, checked; raises ResultsError naming the file and what is wrong with it."""
+    data = read_results(path)
     bad = problems_of(data)
     if bad:
-        raise ResultsError(f"{path}: {'; '.join(bad)}; {_RERUN}")
+        raise ResultsError(f"{path}: {'; '.join(bad)}; {RERUN}")
     return RunResult(Path(path), data)
 
 

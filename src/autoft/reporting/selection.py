@@ -23,10 +23,10 @@ from typing import Optional, Sequence
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
 from autoft.io import atomic_write_text, write_json
+from autoft.records import HPARAMS_FILE, read_best_hparams
 from autoft.reporting.results import RunResult
 from autoft.reporting.tables import SCALE, Cell
 
-HPARAMS_FILE = "best_hparams.yaml"
 REPORT_MD, REPORT_JSON = "selection_report.md", "selection_report.json"
 METHOD = "autoft"
 # the methods whose final runs read a search's best_hparams.yaml (autoft_alpha: a search that also chose
@@ -93,20 +93,20 @@ def same_hparams(run: RunResult, hp: Hyperparameters) -> bool:
     return used.same_as(hp)
 
 
-def find_hparams_files(root: Path) -> list[Path]:
-    """best_hparams.yaml files under root, one per study (the shallowest: the sweep dir's copy)."""
-    import yaml
-
+def find_hparams_files(root: Path) -> list[tuple[Path, Hyperparameters]]:
+    """best_hparams.yaml files under root with their hyperparameters, one per study (the shallowest:
+    the sweep dir's copy); unreadable or invalid files are skipped (not a search's file)."""
     out, seen = [], set()
     for path in sorted(Path(root).rglob(HPARAMS_FILE), key=lambda p: (len(p.parts), str(p))):
         try:
-            name = (yaml.safe_load(path.read_text()) or {}).get("study_name")
-        except Exception:
+            chosen = read_best_hparams(path)
+        except UserError:
             continue
+        name = chosen.records.get("study_name")
         if name in seen:
             continue
         seen.add(name)
-        out.append(path)
+        out.append((path, chosen))
     return out
 
 
@@ -115,11 +115,7 @@ def build(root: Path, runs: Sequence[RunResult], methods: Sequence[str] = AUTOFT
     runs of the method (of `methods`, the first on a tie) that used its hyperparameters most."""
     groups = {r.group for r in runs}
     out = []
-    for path in find_hparams_files(root):
-        try:
-            chosen = Hyperparameters.load(path)
-        except UserError:  # not a search's file (find_hparams_files skips unreadable ones already)
-            continue
+    for path, chosen in find_hparams_files(root):
         hp = chosen.to_dict()
         if hp.get("dataset") and hp.get("model") and groups and (hp["dataset"], hp["model"]) not in groups:
             continue  # another dataset's search under the same root

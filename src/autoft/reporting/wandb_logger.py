@@ -12,6 +12,8 @@ What each run type holds (README "Baselines, tables, W&B"):
   (the checkpoint by reference unless `logger.upload_checkpoint`), the console log, and
   `hparams_study`/`hparams_trial` when the hyperparameters came from a search;
 - study (one per study): see `log_study`; report (one per results folder): see report.log_to_wandb.
+The config and summary values come from wandb_summary.py (pure functions of the records); offline
+runs are read back by wandb_offline.py.
 
 Run ids are derived from what the run is (the study and trial number, or the run's directory), and
 runs start with resume="allow": a rerun continues its run instead of adding one. Per-step values
@@ -33,15 +35,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import netrc
 import os
-import struct
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 from urllib.parse import urlparse
+
+from autoft.errors import UserError
+from autoft.io import append_json_lines, read_json_lines
+from autoft.records import HPARAMS_FILE, RESULTS_FILE, read_best_hparams
+from autoft.reporting.wandb_offline import held_step, wait_for_exit_record
+from autoft.reporting.wandb_summary import flatten, run_config, study_summary, summary_of, typed_columns, wise_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,6 @@ def api_key_configured() -> bool:
 
 def resolve_mode(mode: str = "auto") -> str:
     if mode not in MODES:
-        from autoft.errors import UserError
         raise UserError(f"logger.mode must be one of {', '.join(MODES)}, got '{mode}'")
     if mode != "auto":
         return mode
@@ -76,70 +80,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
-def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
-    """{'id_test': {'accuracy': 0.5}} -> {'id_test/accuracy': 0.5}; lists and non-numbers kept as leaves."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key, sep))
-        else:
-            out[key] = v
-    return out
-
-
 def run_id(*parts: Any) -> str:
     """A run id that is the same whenever the same run starts again (from the study and trial number,
     or the run's directory): a rerun resumes its W&B run instead of adding a second one."""
     return hashlib.sha1("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
-
-
-def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A final run's summary from its results.json record: every split's metrics (`split/metric`),
-    `ood_mean/<metric>` over the OOD tests, `objective` (ID-val, what selected the epoch), and the
-    run's facts. The WiSE-FT curve is a table (`wise_rows`), not hundreds of scalars."""
-    from autoft.reporting.results import RunResult
-
-    metrics = record.get("metrics", {})
-    out = flatten(metrics)
-    if record.get("id_test_split", "id_test") in metrics:
-        ood = RunResult(Path("."), dict(record)).ood_splits
-        for m in sorted(set.intersection(*(set(metrics[s]) for s in ood)) if ood else ()):
-            out[f"ood_mean/{m}"] = sum(metrics[s][m] for s in ood) / len(ood)
-    if record.get("objective_metric") in metrics.get("id_val", {}):
-        out["objective"] = metrics["id_val"][record["objective_metric"]]
-    for k in ("selected_epoch", "wise_alpha", "seconds", "images_seen"):
-        if k in record:
-            out[k] = record[k]
-    if "lr" in record.get("hparams", {}):
-        out["lr"] = record["hparams"]["lr"]
-    return out
-
-
-def wise_rows(record: Mapping[str, Any]) -> list[dict[str, float]]:
-    """The WiSE-FT curve of a results record: per alpha, the objective metric on the ID test, the
-    OOD mean and each OOD test (a task without OOD tests has no OOD mean)."""
-    from autoft.reporting.results import RunResult
-
-    if not record.get("wise"):
-        return []
-    run = RunResult(Path("."), dict(record))
-    rows = []
-    for a in run.wise_alphas():
-        block = run.wise_metrics(a)
-        rows.append({"alpha": a, "id_test": run.id_value(block),
-                     **({"ood_mean": run.ood_mean(block)} if run.ood_splits else {}),
-                     **{s: run.value(s, block) for s in run.ood_splits}})
-    return rows
-
-
-def hparams_config(hp: Mapping[str, Any]) -> dict[str, Any]:
-    """Hyperparameters as flat config keys that W&B's parallel-coordinates and importance panels can
-    use: `loss_weights/<term>`, `weight_decay`, `wise_alpha`, and one lr key, `lr_scale`, the one the
-    search samples (the run's lr, base_lr x lr_scale x lr_mult, is in the summary as `lr`)."""
-    out = {k: v for k, v in hp.items() if k not in ("source", "lr", "loss_weights")}
-    out.update({f"loss_weights/{k}": v for k, v in (hp.get("loss_weights") or {}).items()})
-    return out
 
 
 class WandbRun:
@@ -213,7 +157,7 @@ class WandbRun:
             for s in sorted(rows):
                 self.run.log(rows[s], step=s)
             if self.journal is not None:
-                _append_lines(self.journal, [rows[s] for s in sorted(rows)])
+                append_json_lines(self.journal, [rows[s] for s in sorted(rows)])
         if rows:
             self._guard("log", write)
 
@@ -221,26 +165,19 @@ class WandbRun:
         """A resumed run's first step: W&B writes a run's data in buffers that a killed process takes
         with it, so the rows of the checkpointed steps (< step) that no earlier part of this run holds
         are logged again from the journal; rows after the checkpoint are dropped from it."""
-        rows = [r for r in _read_lines(self.journal) if r.get("global_step", 0) < step]
+        rows = [r for r in read_json_lines(self.journal) if r.get("global_step", 0) < step]
         held = self._held_step()
         for r in rows:
             if r["global_step"] > held:
                 self.run.log(r, step=r["global_step"])
-        _append_lines(self.journal, rows, mode="w")
+        append_json_lines(self.journal, rows, mode="w")
 
     def _held_step(self) -> int:
         """The last step this run's earlier parts hold: the server's (online), else the offline
         directories' with this id (a part cut short is read as far as it goes)."""
         if not self.run.offline:
             return max(0, int(getattr(self.run, "starting_step", 0) or 0) - 1)
-        held = 0
-        for part in offline_runs(self.journal.parent):
-            if part.name.endswith(f"-{self.run.id}") and part != Path(self.run.dir).parent:
-                try:
-                    held = max([held, *(h.get("_step", 0) for h in read_offline_run(part)["history"])])
-                except Exception:  # noqa: BLE001 (a torn file holds nothing usable)
-                    pass
-        return held
+        return held_step(self.journal.parent, self.run.id, but=Path(self.run.dir).parent)
 
     def log(self, data: Mapping[str, Any], step: Optional[int] = None) -> None:
         self._guard("log", lambda: self.run.log(flatten(data), step=step))
@@ -309,7 +246,7 @@ class WandbRun:
         if self.run is None:
             return
         meta = {k: record.get(k) for k in ("dataset", "model", "method", "seed", "objective_metric")}
-        self.artifact(f"results-{self.run.id}", "results", [out_dir / "results.json"], metadata=meta)
+        self.artifact(f"results-{self.run.id}", "results", [out_dir / RESULTS_FILE], metadata=meta)
         if (out_dir / "model.pt").is_file():
             self.artifact(f"model-{self.run.id}", "model", [out_dir / "model.pt"],
                           metadata={**meta, "selected_epoch": record.get("selected_epoch")},
@@ -349,26 +286,6 @@ class WandbRun:
                     wait_for_exit_record(Path(run.settings.sync_file))
             except Exception as err:
                 log.warning("W&B finish failed (%s: %s)", type(err).__name__, err)
-
-
-def _append_lines(path: Path, rows: list[dict], mode: str = "a") -> None:
-    """JSON lines, flushed to disk before returning (the journal must outlive a kill)."""
-    with open(path, mode) as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_lines(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:  # a line cut by the kill
-            break
-    return out
 
 
 _STEP_METRICS = {"final": {"train/*": "global_step", "val/*": "epoch"},
@@ -449,22 +366,6 @@ def make_tables_args(logger_cfg: Optional[Mapping[str, Any]]) -> list[str]:
     return out + (["--wandb-entity", str(cfg["entity"])] if cfg.get("entity") else [])
 
 
-def run_config(cfg, hp: Mapping[str, Any], origin: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """W&B config of a train.py run: its hyperparameters (flat, `hparams_config`) plus what identifies
-    it, and for hyperparameters read from a search's file the study and trial they came from."""
-    t = cfg.trainer
-    budget = {"epochs": int(t.epochs)} if cfg.phase == "final" else {"inner_steps": int(t.inner_steps)}
-    out = {"phase": cfg.phase, "dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name,
-           "seed": int(cfg.seed), "batch_size": int(t.batch_size), **budget, **hparams_config(hp),
-           "hparams_source": hp.get("source")}
-    if cfg.phase == "search":  # a trial's alpha is chosen (search.wise_alphas): the summary's wise_alpha
-        out.pop("wise_alpha", None)
-    origin = origin or {}
-    if origin.get("study_name") is not None:
-        out.update(hparams_study=origin["study_name"], hparams_trial=origin.get("trial_number"))
-    return out
-
-
 def for_run(cfg, hp: Mapping[str, Any], out_dir: str | Path, job_type: str,
             origin: Optional[Mapping[str, Any]] = None) -> WandbRun:
     """The W&B run of one train.py job: job_type "trial" (group = the study, id from the study and
@@ -489,42 +390,6 @@ def for_run(cfg, hp: Mapping[str, Any], out_dir: str | Path, job_type: str,
     return run
 
 
-def trial_summary(trial_file: str | Path, objective: float) -> dict[str, Any]:
-    """Every metric of a search trial: the objective, per-seed scores, OOD-val metrics, CI, the
-    chosen WiSE-FT alpha (search.wise_alphas), and the run's lr."""
-    out: dict[str, Any] = {"objective": objective}
-    try:
-        rec = json.loads(Path(trial_file).read_text())
-    except (OSError, ValueError):
-        return out
-    for k in ("per_seed", "ci", "wise_alpha"):
-        if k in rec:
-            out[k] = rec[k]
-    if "lr" in rec.get("hparams", {}):
-        out["lr"] = rec["hparams"]["lr"]
-    runs = rec.get("runs") or ([rec] if "ood_val" in rec else [])
-    if runs:
-        out["ood_val"] = runs[0].get("ood_val", {})
-        for k in ("final_loss", "peak_lr", "seconds"):
-            if k in runs[0]:
-                out[k] = runs[0][k]
-    return out
-
-
-def _typed_columns(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """CSV cells as W&B table cells: a column whose cells all read as numbers holds floats (empty
-    cells None), any other column strings (a W&B table column has one type)."""
-    def num(v: str):
-        try:
-            return float(v)
-        except ValueError:
-            return None
-    cols = list(rows[0]) if rows else []
-    numeric = {c for c in cols if all(r[c] in ("", None) or num(r[c]) is not None for r in rows)}
-    return [{c: (num(r[c]) if r[c] not in ("", None) else None) if c in numeric else str(r[c] or "") for c in cols}
-            for r in rows]
-
-
 def log_study(logger_cfg: Optional[Mapping[str, Any]], study_dir: str | Path, study_name: str) -> WandbRun:
     """The study's own W&B run (job_type = study, group = the study, like its trials), from the files
     the sweeper wrote in `study_dir`: the best trial and its hyperparameters in the summary, the plots
@@ -532,33 +397,32 @@ def log_study(logger_cfg: Optional[Mapping[str, Any]], study_dir: str | Path, st
     Its id comes from the study name: a resumed search or a finished re-evaluation updates it."""
     import csv
 
-    import yaml
-
     study_dir = Path(study_dir)
-    best = _read_yaml(study_dir / "optimization_results.yaml", yaml)
-    hp = _read_yaml(study_dir / "best_hparams.yaml", yaml)
+    best = _read_yaml(study_dir / "optimization_results.yaml")
+    try:
+        hp = read_best_hparams(study_dir / HPARAMS_FILE).values()
+    except UserError:  # none yet (no trial completed), or not readable: the summary goes without it
+        hp = {}
     csv_file = study_dir / "trials.csv"
     trials = list(csv.DictReader(csv_file.read_text().splitlines())) if csv_file.is_file() else []
-    states = [t.get("state") for t in trials]
     run = from_config(logger_cfg, job_type="study", name=f"study-{study_name}", group=study_name, out_dir=study_dir,
                       run_id=run_id("study", study_name),
                       config={"study_name": study_name, "direction": best.get("direction")})
     with run.closing():
-        run.summary({"trials": {s.lower(): states.count(s) for s in ("COMPLETE", "PRUNED", "FAIL")},
-                     "best": {"objective": best.get("best_value"), "trial_number": best.get("best_trial_number"),
-                              **hparams_config({k: hp[k] for k in ("loss_weights", "lr_scale", "weight_decay",
-                                                                    "wise_alpha") if k in hp})}})
+        run.summary(study_summary(best, hp, trials))
         if trials:
-            run.table("trials", _typed_columns(trials))
+            run.table("trials", typed_columns(trials))
         run.images(sorted((study_dir / "plots").glob("*.png")))
-        files = [p for p in (study_dir / "best_hparams.yaml", study_dir / "optimization_results.yaml",
+        files = [p for p in (study_dir / HPARAMS_FILE, study_dir / "optimization_results.yaml",
                              study_dir / "trials.csv") if p.is_file()]
         if files:
             run.artifact(f"study-{_artifact_name(study_name)}", "study", files, metadata={"best": best})
     return run
 
 
-def _read_yaml(path: Path, yaml) -> dict:
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, ValueError, yaml.YAMLError):
@@ -569,139 +433,3 @@ def _read_yaml(path: Path, yaml) -> dict:
 def _artifact_name(name: str) -> str:
     """W&B artifact names allow letters, digits, '-', '_' and '.'."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-# ------------------------------------------------------------------------------------------------
-# reading offline runs back (tests, and checking what a run will sync)
-
-_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte)
-_BLOCK = 32 * 1024
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _records(path: Path) -> list[bytes]:
-    """Payloads of a .wandb transaction log (LevelDB-style log: 32 KiB blocks of 7-byte-header chunks)."""
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path}: not a W&B transaction log")
-    out, parts, pos = [], [], _HEADER
-    while pos + 7 <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        if pos + 7 + length > len(data):  # a chunk still being written, or cut by a kill
-            break
-        payload = data[pos + 7: pos + 7 + length]
-        pos += 7 + length
-        if kind == _FULL:
-            out.append(payload)
-        elif kind == _FIRST:
-            parts = [payload]
-        elif kind == _MIDDLE:
-            parts.append(payload)
-        elif kind == _LAST:
-            out.append(b"".join(parts + [payload]))
-    return out
-
-
-def has_exit_record(path: str | Path) -> bool:
-    """True once a .wandb transaction log holds its run's exit record (the last record written)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    try:
-        raws = _records(Path(path))
-        rec = pb.Record()
-        rec.ParseFromString(raws[-1])
-    except Exception:  # noqa: BLE001 (not there yet, no record yet, or a torn last record)
-        return False
-    return rec.WhichOneof("record_type") == "exit"
-
-
-def wait_for_exit_record(path: Path, timeout: float = 60.0) -> None:
-    """Wait until wandb's service has written a finished run's transaction log (see WandbRun.finish);
-    a log still without its exit record after `timeout` seconds is one warning."""
-    deadline = time.monotonic() + timeout
-    while not has_exit_record(path):
-        if time.monotonic() > deadline:
-            log.warning("W&B: %s has no exit record %gs after the run finished; reading it back may "
-                        "find it incomplete", path, timeout)
-            return
-        time.sleep(0.02)
-
-
-def _key(item) -> str:
-    return "/".join(item.nested_key) if item.nested_key else item.key
-
-
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
-    """Config, summary, history and artifacts of an offline run directory (offline-run-*)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    run_dir = Path(run_dir)
-    files = sorted(run_dir.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
-    out: dict[str, Any] = {"config": {}, "summary": {}, "history": [], "artifacts": [], "run": {}, "metrics": {},
-                           "output": ""}
-    for raw in _records(files[0]):
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            r = rec.run
-            fields = {"id": r.run_id, "project": r.project, "group": r.run_group, "job_type": r.job_type,
-                      "name": r.display_name, "tags": list(r.tags)}
-            out["run"].update({k: v for k, v in fields.items() if v or k not in out["run"]})  # later: updates
-            for item in r.config.update:
-                out["config"][_key(item)] = json.loads(item.value_json)
-        elif kind == "config":
-            for item in rec.config.update:
-                out["config"][_key(item)] = json.loads(item.value_json)
-        elif kind == "summary":
-            for item in rec.summary.update:
-                out["summary"][_key(item)] = json.loads(item.value_json)
-        elif kind == "history":
-            out["history"].append({_key(i): json.loads(i.value_json) for i in rec.history.item})
-        elif kind == "artifact":
-            a = rec.artifact
-            out["artifacts"].append({"name": a.name, "type": a.type,
-                                     "files": [e.path for e in a.manifest.contents],
-                                     "refs": [e.ref for e in a.manifest.contents if e.ref]})
-        elif kind == "exit":
-            out["run"]["exit_code"] = rec.exit.exit_code
-        elif kind == "metric":  # define_metric: the x-axis of a key or glob
-            m = rec.metric
-            if m.step_metric:
-                out["metrics"][m.name or m.glob_name] = m.step_metric
-        elif kind in ("output", "output_raw"):  # console capture
-            out["output"] += getattr(rec, kind).line
-    out["config"].pop("_wandb", None)
-    return out
-
-
-def read_run(root: str | Path, run_id: str) -> dict[str, Any]:
-    """One W&B run as the server will hold it once every offline directory with its id is synced
-    (a resumed run writes one directory per start; `wandb sync` uploads them in start order): config
-    and summary updated in that order, history and artifacts concatenated, `parts` the count."""
-    parts = [read_offline_run(p) for p in offline_runs(root) if p.name.endswith(f"-{run_id}")]
-    if not parts:
-        raise FileNotFoundError(f"{root}: no offline run with id {run_id}")
-    out = {**parts[0], "config": {}, "summary": {}, "history": [], "artifacts": [], "output": "", "parts": len(parts)}
-    for part in parts:
-        for k in ("config", "summary", "metrics"):
-            out[k] = {**out.get(k, {}), **part[k]}
-        out["history"] += part["history"]
-        out["artifacts"] += part["artifacts"]
-        out["output"] += part["output"]
-    return out
-
-
-def offline_runs(root: str | Path) -> list[Path]:
-    """offline-run-* directories under root (any depth), oldest first."""
-    return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
-

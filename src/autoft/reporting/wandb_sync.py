@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoft.reporting.wandb_logger import offline_runs, read_offline_run
+from autoft.reporting.wandb_offline import offline_runs, read_offline_run
 
 
 def pending(root: str | Path, include_synced: bool = False) -> list[Path]:

@@ -15,11 +15,10 @@
     trial.py         the running trial seen from inside the task (TrialReporter)
     run.py           one search run (Search): its state, its slots, ask -> launch -> tell; then re-evaluation
 
-`load_best_hparams(path)` reads what a search wrote for the final retrain; `TrialReporter` lets a
-running trial report intermediate objectives (pruning) and extra scores to its study.
+What a search writes for the final retrain is read by autoft.records.read_best_hparams; `TrialReporter`
+lets a running trial report intermediate objectives (pruning) and extra scores to its study.
 Imports stay light: Optuna is loaded only when a function needs it.
 """
-from autoft.search.outputs import load_best_hparams
 from autoft.search.trial import TrialReporter, record_scores
 
-__all__ = ["load_best_hparams", "TrialReporter", "record_scores"]
+__all__ = ["TrialReporter", "record_scores"]

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional
 from autoft.hparams import Hyperparameters
 from autoft.errors import UserError
 from autoft.io import atomic_write, atomic_write_text
+from autoft.records import HPARAMS_FILE, write_best_hparams
 from autoft.search.reevaluation import chosen_trial_number
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 from autoft.values import finite
@@ -83,32 +84,6 @@ def best_hparams(config, trial, *, study_name: str, storage: str, direction: str
         records["reevaluation"] = selection.summary()
     defaults = Hyperparameters.from_config(config) if config is not None else None
     return Hyperparameters.from_trial(params, attrs, defaults, records=records)
-
-
-def write_best_hparams(path: str | Path, hparams: Hyperparameters | Mapping[str, Any]) -> None:
-    """best_hparams.yaml, atomically, with a header saying which trial it holds and how to use it."""
-    if not isinstance(hparams, Hyperparameters):
-        hparams = Hyperparameters.from_mapping(dict(hparams), str(path))
-    rec = hparams.records
-    metric = rec.get('metric') or 'objective'
-    header = (f"# Best hyperparameters of study {rec.get('study_name')} (trial {rec.get('trial_number')}, "
-              f"{metric} {rec.get('objective'):.6g} on OOD-val).\n")
-    if rec.get("reevaluated_objective") is not None:
-        header = (f"# Hyperparameters chosen by top-k re-evaluation in study {rec.get('study_name')}: trial "
-                  f"{rec.get('trial_number')}, {metric} on OOD-val {rec['reevaluated_objective']:.6g} "
-                  f"re-evaluated with seeds {rec.get('reevaluated_seeds')} ({rec.get('objective'):.6g} in "
-                  "the search).\n")
-    elif rec.get("reevaluation") is not None:
-        note = rec["reevaluation"].get("note") or "re-evaluation not complete"
-        header += f"# {note}\n"
-    method = "autoft method.name=autoft_alpha" if hparams.wise_alpha != 1.0 else "autoft"
-    header += f"# Final retrain: python train.py method={method} hparams=<this file> seed=0\n"
-    hparams.save(path, header)
-
-
-def load_best_hparams(path: str | Path) -> Hyperparameters:
-    """Read a best_hparams.yaml (or a warm-start file of the same schema): Hyperparameters.load."""
-    return Hyperparameters.load(path)
 
 
 # the noise guards, right after the objective: its interval and per-seed scores, then the re-evaluation
@@ -294,9 +269,9 @@ def write_study_outputs(study, place: StudyPlace, *, selection, reevaluations=No
         hp = best_hparams(config, selection.winner, study_name=place.study_name, storage=place.storage,
                           direction=place.direction, n_complete=len(complete),
                           selection=selection if reevaluations is not None else None)
-        write_best_hparams(place.study_dir / "best_hparams.yaml", hp)
+        write_best_hparams(place.study_dir / HPARAMS_FILE, hp)
         # the study last run in this sweep dir: what `hparams=<sweep dir>/best_hparams.yaml` reads
-        write_best_hparams(place.sweep_dir / "best_hparams.yaml", hp)
+        write_best_hparams(place.sweep_dir / HPARAMS_FILE, hp)
     if plots:
         write_study_plots(study, place.study_dir / "plots", reevaluations=reevaluations, chosen=chosen)
 

@@ -23,7 +23,6 @@ step (storages without a claim lock: at worst twice, writing the same record).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -36,6 +35,7 @@ from omegaconf import OmegaConf
 
 from autoft.errors import UserError
 from autoft.names import SEED_KEY
+from autoft.records import TRIAL_FILE, read_trial
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search.space import format_value
@@ -291,11 +291,12 @@ def failed_record(claim: Mapping, kind: str, reason: str) -> dict:
 def run_scores(run_dir: Path, since: float) -> dict:
     """The re-evaluated run's trial.json (per_seed, ci); {} when this run wrote none (an older file
     is a killed run's)."""
-    path = Path(run_dir) / "trial.json"
+    path = Path(run_dir) / TRIAL_FILE
     try:
-        return json.loads(path.read_text()) if path.stat().st_mtime >= since - 1 else {}
-    except (OSError, ValueError):
+        fresh = path.stat().st_mtime >= since - 1
+    except OSError:
         return {}
+    return (read_trial(path) or {}) if fresh else {}
 
 
 # ----------------------------------------------------------------------------- the step

@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, List, Optional
 from omegaconf import OmegaConf
 
 from autoft.errors import UserError
+from autoft.records import HPARAMS_FILE
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search import outputs as out
@@ -650,5 +651,5 @@ class Search:
         if self.reeval.enabled:
             rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
         if self.autoft_app:
-            log.info("best hyperparameters: %s", self.study_dir / "best_hparams.yaml")
+            log.info("best hyperparameters: %s", self.study_dir / HPARAMS_FILE)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")

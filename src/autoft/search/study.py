@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
 from autoft.hparams import HPARAMS_FIELDS, search_params
+from autoft.records import read_yaml
 from autoft.search.space import SearchSpace
 from autoft.search.storage import STUDY_FILE, normalize_url
 
@@ -420,6 +421,10 @@ def _entries(obj: Any, origin: str) -> list[tuple[str, dict]]:
     return out
 
 
+WARM_START_FIX = ("name a best_hparams.yaml, or a YAML mapping of names to such entries "
+                  "(conf/search/warm_start/)")
+
+
 def load_warm_starts(files: Sequence[str], inline: Optional[Mapping]) -> list[tuple[str, dict]]:
     from omegaconf import OmegaConf
 
@@ -428,14 +433,8 @@ def load_warm_starts(files: Sequence[str], inline: Optional[Mapping]) -> list[tu
         out += _entries(OmegaConf.to_container(inline, resolve=True) if OmegaConf.is_config(inline) else inline,
                         "search.warm_start")
     for f in files or []:
-        path = Path(f)
-        if not path.is_file():
-            raise UserError(f"hydra.sweeper.warm_start: file not found: {path}")
-        try:
-            data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        except Exception as err:
-            raise UserError(f"hydra.sweeper.warm_start: cannot read {path}: {err}") from None
-        out += _entries(data, str(path))
+        data = read_yaml(f, f"hydra.sweeper.warm_start: {f}", WARM_START_FIX)
+        out += _entries(data, str(Path(f)))
     return out
 
 
