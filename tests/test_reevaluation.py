@@ -225,9 +225,9 @@ def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
     assert "include seeds the search used ([1000, 1001])" in done.stderr
     assert "search.reevaluate_seed_offset" in done.stderr
     done = run_app(tmp_path, "search.reevaluate_top_k=-1", check=False)
-    assert done.returncode != 0 and "search.reevaluate_top_k must be an integer >= 0, got -1" in done.stderr
+    assert done.returncode != 0 and "search.reevaluate_top_k=-1: must be an integer >= 0" in done.stderr
     done = run_app(tmp_path, "search.reevaluate_top_k=1", "search.reevaluate_seeds=0", check=False)
-    assert "search.reevaluate_seeds must be an integer >= 1, got 0" in done.stderr
+    assert "search.reevaluate_seeds=0: must be an integer >= 1" in done.stderr
     assert not (tmp_path / SWEEP / "optuna.db").exists()
 
 
