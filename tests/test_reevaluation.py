@@ -85,7 +85,9 @@ def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
         run_cfg = yaml.safe_load((tmp_path / SWEEP / study.study_name / "reevaluation" / f"trial_{t.number}" /
                                   ".hydra" / "config.yaml").read_text())
         assert run_cfg["seed"] == 1000 and run_cfg["search"]["seeds_per_trial"] == 2
-        assert run_cfg["search"]["reevaluation_of"] == t.number and run_cfg["search"]["trial_id"] is None
+        run_hydra = yaml.safe_load((tmp_path / SWEEP / study.study_name / "reevaluation" /
+                                    f"trial_{t.number}" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert run_cfg["search"]["reevaluation_of"] == t.number and not run_hydra["sweeper"]["trial"]
         assert run_cfg["trainer"]["weight_decay"] == t.params["trainer.weight_decay"]
     assert recs[1]["value"] < 0.66 < 0.99 < recs[0]["value"]  # luck not confirmed
 

@@ -118,8 +118,8 @@ class Search:
         self.direction = su.direction_for(s.direction, cfg)
         self.multi = isinstance(self.direction, list)
         self.n_objectives = len(self.direction) if self.multi else 1
-        # the trial identity goes into the app's `search` block only when it has one (autoft)
-        self.autoft_app = bool(search) and "trial_id" in search
+        # an autoft app (its `search` block has the re-evaluation's key) gets best_hparams.yaml and a W&B study run
+        self.autoft_app = bool(search) and "reevaluation_of" in search
         self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
         self.threads = parse_threads(s.threads)  # the settings were checked (settings.checked)
         self.max_failures_n = int(s.max_failures) if s.max_failures is not None else int(self.n_trials)
@@ -219,21 +219,17 @@ class Search:
     # ------------------------------------------------------------------ overrides
 
     def overrides(self, params: dict, *, trial_id: int, number: int, threads: Optional[int] = None) -> list[str]:
-        """One trial's overrides. Its identity always goes to `hydra.sweeper.trial` (any app reads
-        it through HydraConfig; autoft.search.trial.TrialReporter does); into `search.*` only when
-        the app's config has those keys (autoft's train.py). No key the app lacks is added."""
+        """One trial's overrides. Its identity goes once, to `hydra.sweeper.trial`: every launcher
+        (basic, joblib, submitit) hands the trial its Hydra config, and any app reads it through
+        autoft.search.trial.hydra_trial_identity. No key of the app's config is added."""
         fmt = sp.format_value
         budget = f",threads:{int(threads)}" if threads else ""
         # the outage window goes along: a trial in another process (joblib, SLURM) waits as long as its worker
         ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{fmt(self.study_name)},"
                  f"storage:{fmt(self.storage_url)},storage_outage_window:{float(self.s.storage_outage_window):g}"
                  f"{budget}}}")
-        ovs = [*self.passthrough, *self.space.overrides(params),
-               f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
-        if self.autoft_app:
-            ovs += [f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
-                    f"++search.study_name={fmt(self.study_name)}", f"++search.storage={fmt(self.storage_url)}"]
-        return ovs
+        return [*self.passthrough, *self.space.overrides(params),
+                f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
 
     # ------------------------------------------------------------------ run
 

@@ -56,8 +56,7 @@ def _fingerprint_exclude() -> List[str]:
     return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "budget", "search.n_trials",
             "dataset.passes_per_epoch", "trainer.epochs", "trainer.num_workers",
             "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "trainer.image_cache",
-            "trainer.image_cache_dir", "search.trial_id",
-            "search.trial_number", "search.storage", "search.study_name", "search.warm_start", "search.bootstrap",
+            "trainer.image_cache_dir", "search.warm_start", "search.bootstrap",
             # re-evaluation happens after the search: changing it must resume the same study
             "search.reevaluate_top_k", "search.reevaluate_seeds", "search.reevaluate_seed_offset",
             "search.reevaluation_of"]
@@ -130,7 +129,8 @@ class SearchSettings:
     # seconds between looks at the study while other workers finish its last trials
     poll_interval: float = 5.0
     fingerprint_exclude: List[str] = field(default_factory=_fingerprint_exclude)
-    # set by the sweeper in each trial's config ({id, number, study_name, storage}); empty here
+    # the trial's identity, set by the sweeper in each trial's config ({id, number, study_name, storage,
+    # storage_outage_window, threads}); empty here. Read it with autoft.search.trial.hydra_trial_identity
     trial: Dict[str, Any] = field(default_factory=dict)
 
 
