@@ -9,7 +9,8 @@ trial as `hydra.sweeper.trial.threads` and is applied in whichever process runs 
 The count comes from one registry, the machine registry (autoft.search.liveness.WorkerRegistry):
 each worker process whose trials run here keeps a file `<host>-<pid>.json` (its concurrent trials)
 in `$AUTOFT_WORKERS_DIR`, default `<temp dir>/autoft-workers-<uid>`, a directory private to the
-user (0o700; one that is another user's or writable by others is not used). Files rather than the
+user (0o700; one that is another user's or writable by others is not used): workers count each other
+when they see the same directory (the same $TMPDIR, or $AUTOFT_WORKERS_DIR). Files rather than the
 study's storage, because trials of other studies share the cores too; liveness is the pid itself
 (and its start time), so no heartbeat keeps an entry fresh and a killed worker stops counting at
 once. Other users' workers are not seen (that would need a directory everyone can write): on a
