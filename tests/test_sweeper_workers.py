@@ -52,36 +52,6 @@ def _study(tmp_path, grace=2):
     return optuna.create_study(study_name="s", storage=storage, direction="maximize"), retry
 
 
-def test_the_budget_divides_the_cores_among_live_workers_of_this_host(tmp_path):
-    study, _ = _study(tmp_path)
-    store = StudyStorage(study)
-    me = lv.WorkerRegistry(store, interval=0.2, grace_period=2, directory=tmp_path / "registry").start()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        assert me.live_on_host() == 1 and me.budget("auto") == th.cpu_count() and me.budget(3) == 3
-        assert me.budget(None) is None
-        host = socket.gethostname()
-        # another live worker here (its process exists), one on another host, one that stopped, one long dead
-        for tag, rec in ((f"{host}:{sleeper.pid}", {"host": host, "pid": sleeper.pid, "stopped": False}),
-                         ("elsewhere:1", {"host": "elsewhere", "pid": 1, "stopped": False}),
-                         (f"{host}:2", {"host": host, "pid": 2, "stopped": True})):
-            store.write_study_record(lv.WORKER_PREFIX + tag, {**rec, "time": time.time()}, system=True)
-        assert me.live_on_host() == 2
-        assert me.budget("auto") == max(1, th.cpu_count() // 2)
-        sleeper.kill()
-        sleeper.wait()
-        # its record is still fresh (within the grace period): it counts until it goes stale
-        assert me.live_on_host() == 2
-        time.sleep(2.2)
-        assert me.live_on_host() == 1
-    finally:
-        if sleeper.poll() is None:
-            sleeper.kill()
-        me.stop()
-    rec = me.records()[f"{socket.gethostname()}:{os.getpid()}"]
-    assert rec["stopped"] is True
-
-
 def test_a_starved_heartbeat_of_a_live_local_worker_is_slow_not_lost(tmp_path):
     study, retry = _study(tmp_path, grace=1)
     trial = study.ask()
@@ -156,7 +126,6 @@ def test_four_workers_with_auto_threads_share_one_postgres_study(tmp_path, pg_ur
         assert t.user_attrs["omp_threads"] == str(t.user_attrs["threads"])
     # once the workers saw each other, they split the cores
     assert min(t.user_attrs["threads"] for t in trials) == max(1, cores // k)
-    recs = list(StudyStorage(study).study_records(lv.WORKER_PREFIX, system=True).values())
-    assert len(recs) == k and all(r["stopped"] for r in recs)
+    assert list((tmp_path / "registry").glob("*.json")) == []  # every worker left the machine registry
     for out in outs:
         assert "was lost" not in out and f"{n}/{n} finished" in out

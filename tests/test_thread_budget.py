@@ -1,33 +1,34 @@
 """`hydra.sweeper.threads: auto` counts every trial that shares this machine's cores: the concurrent
-trials of this worker (n_jobs with joblib) and the live autoft workers of other studies (the
-machine registry: one file per worker process, dead ones ignored). Real processes and real
-registry files throughout; each test has its own registry directory.
+trials of this worker (n_jobs with joblib) and this user's live autoft workers of other studies
+(the machine registry: one file per worker process in a private directory, dead ones ignored).
+Real processes and real registry files throughout; each test has its own registry directory.
 """
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
+import tempfile
+from pathlib import Path
 
-import optuna
 import pytest
 
 from autoft.search import liveness as lv
 from autoft.search import threads as th
-from autoft.search.storage import StudyStorage, open_storage, quiet_optuna
+from autoft.search.storage import quiet_optuna
 from sweep_helpers import run_app
 from test_sweeper import the_study
 
 quiet_optuna()
 
 HOLD = ("import sys, time\nfrom autoft.search.liveness import register_worker\n"
-        "print(register_worker(int(sys.argv[1]), sys.argv[2], sys.argv[3]), flush=True)\ntime.sleep(120)\n")
+        "print(register_worker(int(sys.argv[1]), sys.argv[2]), flush=True)\ntime.sleep(120)\n")
 
 
-def hold_worker(directory, slots, study="other-study"):
-    """A live process registered as a worker running `slots` trials here; returns it once registered."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(slots), study, str(directory)],
+def hold_worker(directory, slots):
+    """A live process (of another study) registered as a worker running `slots` trials here;
+    returns it once registered."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(slots), str(directory)],
                             stdout=subprocess.PIPE, text=True)
     path = proc.stdout.readline().strip()
     assert path.endswith(f"-{proc.pid}.json"), path
@@ -46,77 +47,76 @@ def test_thread_budget_divides_the_cores_among_concurrent_trials():
     assert th.thread_budget(4, 0) == 4  # never divides by zero
 
 
+def concurrent(directory):
+    return sum(e["slots"] for e in lv.live_workers(directory))
+
+
 def test_the_machine_registry_counts_live_workers_and_drops_dead_ones(tmp_path):
-    a, b = hold_worker(tmp_path, 2), hold_worker(tmp_path, 1, "third-study")
+    a, b = hold_worker(tmp_path, 2), hold_worker(tmp_path, 1)
     host = socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     # a killed worker's file, a pid now held by another process (other start time), another host's file
     fakes = {f"{host}-{dead.pid}.json": {"host": host, "pid": dead.pid, "slots": 4},
              f"{host}-{os.getpid()}.json": {"host": host, "pid": os.getpid(), "start": "1", "slots": 4},
-             "elsewhere-1.json": {"host": "elsewhere", "pid": 1, "slots": 4}}
+             "elsewhere-1.json": {"host": "elsewhere", "pid": 1, "slots": 4},
+             "not-an-entry.json": {"host": host, "pid": os.getpid(), "slots": "many"}}
     for name, entry in fakes.items():
         (tmp_path / name).write_text(json.dumps(entry))
     (tmp_path / "garbage.json").write_text("{not json")
     try:
         assert sorted(e["pid"] for e in lv.live_workers(tmp_path)) == sorted([a.pid, b.pid])
-        assert lv.concurrent_trials_here(tmp_path) == 3
+        assert concurrent(tmp_path) == 3
         assert not (tmp_path / f"{host}-{dead.pid}.json").exists()  # dead: removed
         assert not (tmp_path / f"{host}-{os.getpid()}.json").exists()  # pid reused: removed
         assert (tmp_path / "elsewhere-1.json").exists()  # not ours to judge
         stop(a)  # killed: no clean-up of its own, its file is ignored from now on
-        assert lv.concurrent_trials_here(tmp_path) == 1
+        assert concurrent(tmp_path) == 1
     finally:
         stop(a, b)
 
 
-def test_a_worker_registers_on_start_and_leaves_on_stop(tmp_path):
-    directory = tmp_path / "registry"  # created on first use, shared by every user (sticky, writable)
-    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    me = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=directory).start()
+def test_a_worker_registers_on_start_and_leaves_on_stop(tmp_path, monkeypatch):
+    directory = tmp_path / "registry"  # created on first use, private to this user
+    me = lv.WorkerRegistry(slots=2, directory=directory).start()
     try:
         entry = json.loads(me.machine_file.read_text())
-        assert entry["pid"] == os.getpid() and entry["slots"] == 2 and entry["study"] == "s"
-        assert directory.stat().st_mode & 0o1777 == 0o1777
-        plain = directory / "plain.txt"  # other users' workers read the file: the mode a plain write gives
-        plain.write_text("")
-        assert me.machine_file.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
-        plain.unlink()
+        assert entry["pid"] == os.getpid() and entry["slots"] == 2
+        assert directory.stat().st_mode & 0o777 == 0o700
         assert me.concurrent_here() == 2
     finally:
         me.stop()
     assert list(directory.glob("*.json")) == []
-    remote = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=0, directory=directory).start()
+    remote = lv.WorkerRegistry(slots=0, directory=directory).start()
     remote.stop()  # trials on other nodes: not registered here, and no budget
     assert remote.machine_file is None and list(directory.glob("*.json")) == []
+    monkeypatch.delenv(lv.WORKERS_DIR_ENV, raising=False)  # the default: one directory per user
+    assert lv.workers_dir() == Path(tempfile.gettempdir()) / f"autoft-workers-{os.getuid()}"
+
+
+def test_a_directory_others_can_write_is_never_used(tmp_path, caplog):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    # anyone could plant an entry there (here one naming a live process) or remove ours
+    (shared / "planted.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "slots": 7}))
+    me = lv.WorkerRegistry(slots=1, directory=shared).start()
+    assert me.machine_file is None and [p.name for p in shared.iterdir()] == ["planted.json"]
+    assert "not private to this user" in caplog.text
+    assert me.concurrent_here() == 1 and me.budget("auto") == th.cpu_count()  # its own trial only
+    me.stop()
 
 
 def test_auto_counts_this_workers_slots_and_other_studies_workers(tmp_path):
-    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    me = lv.WorkerRegistry(StudyStorage(study), 0.2, 2, slots=2, directory=tmp_path).start()
+    me = lv.WorkerRegistry(slots=2, directory=tmp_path).start()
+    assert me.concurrent_here() == 2 and me.budget("auto") == th.thread_budget(th.cpu_count(), 2)
     other = hold_worker(tmp_path, 3)
     try:
         assert me.concurrent_here() == 2 + 3
         assert me.budget("auto") == th.thread_budget(th.cpu_count(), 5) and me.concurrent == 5
         assert me.budget(3) == 3 and me.budget(None) is None  # an explicit integer stays
-        stop(other)
+        stop(other)  # killed: no clean-up of its own, it stops counting at once
         assert me.concurrent_here() == 2 and me.budget("auto") == th.thread_budget(th.cpu_count(), 2)
-    finally:
-        stop(other)
-        me.stop()
-
-
-def test_the_study_records_count_when_the_registry_cannot_see_a_worker(tmp_path):
-    """A worker of this study whose temp dir differs is still counted through the study."""
-    study = optuna.create_study(study_name="s", storage=open_storage(f"sqlite:///{tmp_path}/s.db"))
-    store = StudyStorage(study)
-    me = lv.WorkerRegistry(store, 0.2, 5, slots=1, directory=tmp_path / "mine").start()
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        store.write_study_record(f"{lv.WORKER_PREFIX}{socket.gethostname()}:{other.pid}", {
-            "host": socket.gethostname(), "pid": other.pid, "time": time.time(), "slots": 2, "stopped": False},
-            system=True)
-        assert me.concurrent_here() == 1 + 2
     finally:
         stop(other)
         me.stop()

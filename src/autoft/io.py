@@ -27,7 +27,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
 def _new_file(path: Path, suffix: str) -> str:
     """A new empty file beside `path`, made as open() makes one (mode 0o666 less the umask), so that
     the other users of a shared folder read what a plain write would let them (mkstemp's 0o600 would
-    hide results and the machine's worker registry from them)."""
+    hide results from them)."""
     while True:
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
         try:

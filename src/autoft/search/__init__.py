@@ -7,8 +7,8 @@
     outage.py        storage outages: which errors mean unreachable, the retry window, its log lines
     study.py         naming, fingerprint, creation/resume, counting toward n_trials, retries, samplers,
                      pruners, warm starts
-    liveness.py      one heartbeat thread (trials, re-evaluation claims, worker records), stale trials,
-                     the worker registry
+    liveness.py      one heartbeat thread (trials, re-evaluation claims), stale trials, the machine
+                     registry of workers (what the thread budget counts)
     threads.py       the thread budget per trial
     outcome.py       launch a job and classify what came back (trials and re-evaluations alike)
     reevaluation.py  top-k re-evaluation, a step once the study is complete: records, claims, selection

@@ -1,9 +1,9 @@
 """Liveness: one heartbeat thread, and what is judged from it.
 
 - `Heartbeat` calls a `beat()` every interval from a daemon thread until `stop()` (or until the
-  beat returns False). Three things beat through it: a RUNNING trial (`trial_heartbeat`: Optuna's
-  RDB heartbeat, or an `autoft:heartbeat` attribute on journal storages), a top-k re-evaluation's
-  claim (autoft.search.reevaluation.refresh_claim), and this worker's record (`WorkerRegistry`).
+  beat returns False). Two things beat through it: a RUNNING trial (`trial_heartbeat`: Optuna's
+  RDB heartbeat, or an `autoft:heartbeat` attribute on journal storages) and a top-k re-evaluation's
+  claim (autoft.search.reevaluation.refresh_claim).
 - Stale trials (`fail_stale`): RUNNING, silent for the grace period, and not the trial of a process
   alive on this machine: marked FAIL and retried. A trial also gets `autoft:alive` once its
   heartbeat runs, so a worker killed between asking for a trial and its first beat is found too
@@ -14,16 +14,12 @@
   trial or re-evaluation stale until one full grace period after that moment (`grace_after_outage`).
   A late beat is logged with its cause: a starved thread (the machine is overloaded) or a slow
   storage; while the storage is unreachable, the outage's own line has said so.
-- The worker registry counts the trials that share this machine's cores, for the thread budget
-  (autoft.search.threads). Concurrent trials are counted two ways, and the larger count wins:
-  the machine registry, one small JSON file per live worker process, `<host>-<pid>.json` in
-  `$AUTOFT_WORKERS_DIR` (default `<temp dir>/autoft-workers`, shared by all users), holding how
-  many trials it runs at once here (1 with the basic launcher, n_jobs with joblib); it sees
-  workers of every study, and a file whose process is gone (or whose pid now names another
-  process: its start time differs) is ignored and removed. And the study's worker records
-  (`autoft:worker:<host>:<pid>` system attributes -> {host, pid, time, threads, slots, stopped}),
-  beaten every heartbeat interval and marked stopped on exit: a record counts while fresh (within
-  the grace period) or, on this host, while its process exists.
+- The machine registry (`WorkerRegistry`) counts the trials that share this machine's cores, for
+  the thread budget (autoft.search.threads): one small JSON file per live worker process,
+  `<host>-<pid>.json` holding how many trials it runs at once here (1 with the basic launcher,
+  n_jobs with joblib), in a directory private to this user (`registry_dir`). It sees this user's
+  workers of every study; a file whose process is gone (or whose pid now names another process:
+  its start time differs) is ignored and removed. No heartbeat is needed: the pid says who lives.
 """
 from __future__ import annotations
 
@@ -45,7 +41,6 @@ from autoft.search.study import FAIL_KIND, FAIL_REASON
 
 log = logging.getLogger(__name__)
 
-WORKER_PREFIX = "autoft:worker:"
 WORKERS_DIR_ENV = "AUTOFT_WORKERS_DIR"
 
 
@@ -249,8 +244,29 @@ def fail_stale(study, *, grace_period: float, retry: Callable) -> int:
 # ----------------------------------------------------------------------------- the machine registry
 
 def workers_dir() -> Path:
-    """Where live workers of this machine register: $AUTOFT_WORKERS_DIR, else <temp dir>/autoft-workers."""
-    return Path(os.environ.get(WORKERS_DIR_ENV) or Path(tempfile.gettempdir()) / "autoft-workers")
+    """Where this user's live workers on this machine register: $AUTOFT_WORKERS_DIR, else
+    <temp dir>/autoft-workers-<uid>."""
+    return Path(os.environ.get(WORKERS_DIR_ENV) or Path(tempfile.gettempdir()) / f"autoft-workers-{os.getuid()}")
+
+
+def registry_dir(directory: Optional[Path] = None) -> Optional[Path]:
+    """The registry's directory, created private (0o700) when missing; None (logged) when it cannot
+    be, or when it is another user's or writable by others: whoever can write there could plant or
+    remove entries, so such a directory is never used."""
+    directory = Path(directory or workers_dir())
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = directory.stat()
+    except OSError as err:
+        log.warning("worker registry %s unusable (%s): the thread budget counts only this worker's trials",
+                    directory, err)
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        log.warning("worker registry %s is not private to this user (owner uid %d, mode %o): not used, so the "
+                    "thread budget counts only this worker's trials; set %s to a directory of your own",
+                    directory, st.st_uid, st.st_mode & 0o7777, WORKERS_DIR_ENV)
+        return None
+    return directory
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -264,9 +280,7 @@ def process_start(pid: int) -> Optional[str]:
     return fields[19] if len(fields) > 19 else None
 
 
-def _entry_alive(entry: dict, host: str) -> bool:
-    if entry.get("host") != host:
-        return True  # another machine sharing the directory: not ours to judge (and not counted)
+def _entry_alive(entry: dict) -> bool:
     pid = int(entry.get("pid", -1))
     if pid <= 0 or not pid_alive(pid):
         return False
@@ -274,21 +288,20 @@ def _entry_alive(entry: dict, host: str) -> bool:
     return start is None or entry.get("start") in (None, start)
 
 
-def register_worker(slots: int, study: str = "", directory: Optional[Path] = None) -> Optional[Path]:
+def register_worker(slots: int, directory: Optional[Path] = None) -> Optional[Path]:
     """Announce this process and the trials it runs at once on this machine; the file's path, or
-    None when the directory cannot be written (then only the study's records count)."""
-    directory = Path(directory or workers_dir())
+    None when the registry is unusable (then the budget counts only this worker's trials)."""
+    directory = registry_dir(directory)
+    if directory is None:
+        return None
     host, pid = socket.gethostname(), os.getpid()
     path = directory / f"{host}-{pid}.json"
     try:
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(directory, 0o1777)  # every user's workers register here; each removes only its own
-        atomic_write_text(path, json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots),
-                                            "study": study, "time": time.time()}))
+        atomic_write_text(path, json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots)}))
         return path
     except OSError as err:
-        log.debug("worker not registered in %s: %s", directory, err)
+        log.warning("worker not registered in %s (%s): the thread budget counts only this worker's trials",
+                    directory, err)
         return None
 
 
@@ -301,7 +314,9 @@ def unregister_worker(path: Optional[Path]) -> None:
 
 
 def live_workers(directory: Optional[Path] = None) -> list[dict]:
-    """The registered workers of this machine whose process still runs (dead ones' files removed)."""
+    """The registered workers of this machine whose process still runs (dead ones' files removed),
+    each {host, pid, start, slots}.
+    Files of other hosts (a directory on a shared file system) are neither counted nor judged."""
     directory = Path(directory or workers_dir())
     host, out = socket.gethostname(), []
     try:
@@ -311,92 +326,49 @@ def live_workers(directory: Optional[Path] = None) -> list[dict]:
     for path in paths:
         try:
             entry = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue  # gone meanwhile, or being replaced
-        if not isinstance(entry, dict) or entry.get("host") != host:
-            continue
-        if _entry_alive(entry, host):
+            if entry.get("host") != host:
+                continue
+            entry["slots"] = max(0, int(entry.get("slots", 1)))
+            alive = _entry_alive(entry)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue  # gone meanwhile, being replaced, or not an entry
+        if alive:
             out.append(entry)
         else:
-            unregister_worker(path)  # best effort: another user's file stays (sticky directory)
+            unregister_worker(path)
     return out
 
 
-def concurrent_trials_here(directory: Optional[Path] = None) -> int:
-    """Trials that live registered workers of any study run at once on this machine."""
-    return sum(max(0, int(e.get("slots", 1))) for e in live_workers(directory))
-
-
-# ----------------------------------------------------------------------------- one worker
-
 class WorkerRegistry:
-    """This worker in the study's records (kept fresh by a daemon thread) and in the machine
-    registry; counts the trials that share this machine's cores.
+    """This worker in the machine registry while it runs, and the thread budget of its next trials.
 
     `slots`: the trials this worker runs at once on this machine (1 with the basic launcher,
     n_jobs with joblib; 0 when its trials run elsewhere, e.g. SLURM: then it is not registered).
     """
 
-    def __init__(self, store, interval: float, grace_period: float, *, slots: int = 1,
-                 directory: Optional[Path] = None):
-        self.store = store  # autoft.search.storage.StudyStorage
-        self.interval, self.grace_period = float(interval), float(grace_period)
+    def __init__(self, slots: int = 1, directory: Optional[Path] = None):
         self.slots, self.directory = max(0, int(slots)), directory
-        self.host, self.pid = socket.gethostname(), os.getpid()
-        self.key = f"{WORKER_PREFIX}{self.host}:{self.pid}"
         self.threads: Optional[int] = None
         self.concurrent = 1
         self.machine_file: Optional[Path] = None
-        self._heartbeat: Optional[Heartbeat] = None
-
-    def beat(self, stopped: bool = False) -> None:
-        self.store.write_study_record(self.key, {
-            "host": self.host, "pid": self.pid, "time": time.time(), "threads": self.threads, "slots": self.slots,
-            "stopped": stopped}, system=True)
 
     def start(self) -> "WorkerRegistry":
-        self._heartbeat = Heartbeat(self.beat, self.interval, name="autoft-worker-heartbeat").start()
         if self.slots:
-            self.machine_file = register_worker(self.slots, self.store.name, self.directory)
+            self.machine_file = register_worker(self.slots, self.directory)
         return self
 
     def stop(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
         unregister_worker(self.machine_file)
         self.machine_file = None
-        try:
-            with fail_fast():  # a worker stopping for an outage does not wait for the storage's return
-                self.beat(stopped=True)
-        except Exception as err:
-            log.debug("worker record not closed: %s", err)
-
-    def records(self) -> dict:
-        recs = self.store.study_records(WORKER_PREFIX, system=True)
-        return {tag: rec for tag, rec in recs.items() if isinstance(rec, dict)}
-
-    def _others_here(self) -> list[dict]:
-        """Live records of this study's other workers on this machine."""
-        now, out = time.time(), []
-        for rec in self.records().values():
-            if rec.get("host") != self.host or rec.get("stopped") or int(rec.get("pid", -1)) == self.pid:
-                continue
-            if now - float(rec.get("time", 0)) <= self.grace_period or pid_alive(rec.get("pid", -1)):
-                out.append(rec)
-        return out
-
-    def live_on_host(self) -> int:
-        """Live workers of this study on this machine, this one included."""
-        return len(self._others_here()) + 1
 
     def concurrent_here(self) -> int:
-        """Trials running at once on this machine, this worker's included: the larger of the
-        machine registry's count (every study) and this study's records' count."""
+        """Trials running at once on this machine: this worker's, and those of the other live
+        registered workers (when this one could register)."""
         own = max(self.slots, 1)
-        machine = sum(max(0, int(e.get("slots", 1))) for e in live_workers(self.directory)
-                      if int(e.get("pid", -1)) != self.pid)
-        study = sum(max(0, int(r.get("slots", 1))) for r in self._others_here())
-        return own + max(machine, study)
+        if self.machine_file is None:
+            return own
+        pid = os.getpid()
+        return own + sum(e["slots"] for e in live_workers(self.machine_file.parent) if int(e["pid"]) != pid)
 
     def budget(self, setting: Any) -> Optional[int]:
         """The thread count for each of this worker's next trials (None: leave torch's default);

@@ -208,8 +208,7 @@ class Search:
                 base_lr = OmegaConf.select(cfg, "trainer.base_lr", default=None)
                 su.enqueue_warm_starts(self.study, warm_entries, self.space, base_lr)
         out.write_config(self.study_dir, cfg)
-        self.registry = lv.WorkerRegistry(self.store, s.heartbeat_interval, s.grace_period,
-                                          slots=self.local_slots).start()
+        self.registry = lv.WorkerRegistry(slots=self.local_slots).start()
         c = su.count(self.study.get_trials(deepcopy=False))
         log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
                  self.study_name, "new" if created else "resumed", st.mask_url(self.storage_url),
@@ -389,11 +388,7 @@ class Search:
         reg = self.registry
         if self.threads is None or reg is None or not reg.slots:
             return None  # trials on other nodes: their launcher's resources (cpus_per_task) govern
-        try:
-            n = reg.budget(self.threads)
-        except Exception as err:  # noqa: BLE001 (the storage hiccuped: keep the last budget)
-            log.debug("thread budget not re-evaluated: %s", err)
-            n = reg.threads
+        n = reg.budget(self.threads)
         if n is None:
             return None
         if n != reg.threads:

@@ -111,9 +111,8 @@ class SearchSettings:
     max_failure_rate: Optional[float] = None
     # CPU threads per trial for torch (torch.set_num_threads and OMP/MKL variables), set before
     # each trial in the process that runs it: auto = cores // trials running at once on this
-    # machine (at least 1), counting every live autoft worker here, of any study (a registry of
-    # small files in $AUTOFT_WORKERS_DIR, default <temp dir>/autoft-workers; dead workers' files are
-    # ignored) and each one's concurrent trials (1 with the basic launcher, n_jobs with joblib);
+    # machine (at least 1): this worker's (1 with the basic launcher, n_jobs with joblib) and those
+    # of this user's other live autoft workers here, of any study (autoft.search.threads says how);
     # an integer fixes it per trial; null leaves torch's default (all cores per trial). Trials on
     # other nodes (submitit, SLURM) are left to the launcher's resources (cpus_per_task).
     threads: Any = "auto"

@@ -407,7 +407,7 @@ class StudyStorage:
     `optuna.storages._heartbeat`, `_CachedStorage._backend`) that may change in any Optuna
     release. Here they are spelled once, so an Optuna upgrade touches one class;
     tests/test_storage_wrapper.py fails when another file reaches for them. The records the
-    sweeper keeps (re-evaluations, worker records, trial heartbeats, progress, failure reasons)
+    sweeper keeps (re-evaluations, trial heartbeats, progress, failure reasons)
     go through the same methods.
     """
 

@@ -3,9 +3,18 @@
 Several workers on one machine each default to torch's thread count (all cores): 8 workers on 2
 cores run 16+ busy threads per core and no trial ends. `hydra.sweeper.threads: auto` gives each
 concurrent trial `cores // concurrent trials on this machine` threads (at least 1), re-evaluated
-before every trial (the count comes from the worker registry, autoft.search.liveness); an integer
-fixes it; null leaves torch's default. The budget travels to the trial as
-`hydra.sweeper.trial.threads` and is applied in whichever process runs it (BudgetedTask).
+before every trial; an integer fixes it; null leaves torch's default. The budget travels to the
+trial as `hydra.sweeper.trial.threads` and is applied in whichever process runs it (BudgetedTask).
+
+The count comes from one registry, the machine registry (autoft.search.liveness.WorkerRegistry):
+each worker process whose trials run here keeps a file `<host>-<pid>.json` (its concurrent trials)
+in `$AUTOFT_WORKERS_DIR`, default `<temp dir>/autoft-workers-<uid>`, a directory private to the
+user (0o700; one that is another user's or writable by others is not used): workers count each other
+when they see the same directory (the same $TMPDIR, or $AUTOFT_WORKERS_DIR). Files rather than the
+study's storage, because trials of other studies share the cores too; liveness is the pid itself
+(and its start time), so no heartbeat keeps an entry fresh and a killed worker stops counting at
+once. Other users' workers are not seen (that would need a directory everyone can write): on a
+machine shared between users, set an integer, or let the scheduler's allocation (cpus_per_task) decide.
 """
 from __future__ import annotations
 
