@@ -137,6 +137,11 @@ def _integer(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def direction_name(d: Any) -> str:
+    """'maximize' or 'minimize' as written, or of an optuna Direction enum (hydra-optuna-sweeper's)."""
+    return str(getattr(d, "name", d)).lower()
+
+
 def problems(s: SearchSettings) -> List[str]:
     """Every bad value of the settings, each `hydra.sweeper.<key>=<value>: must be ...`."""
     found: List[str] = []
@@ -159,6 +164,10 @@ def problems(s: SearchSettings) -> List[str]:
     need(s.progress_interval is None or (finite(s.progress_interval) and s.progress_interval >= 0),
          "progress_interval", "a number of seconds >= 0 (0: off)")
     need(finite(s.poll_interval) and s.poll_interval > 0, "poll_interval", "a number of seconds > 0")
+    dirs = s.direction if isinstance(s.direction, (list, tuple)) else [s.direction]
+    need(s.direction is None or (len(dirs) > 0 and all(direction_name(d) in ("maximize", "minimize")
+                                                        for d in dirs)),
+         "direction", "maximize, minimize, a non-empty list of them, or null (from the app's config)")
     from autoft.search.threads import parse_threads
 
     try:
