@@ -34,11 +34,11 @@ from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search import outputs as out
 from autoft.search import reevaluation as rv
-from autoft.search.settings import SearchSettings
 from autoft.search import space as sp
 from autoft.search import storage as st
 from autoft.search import study as su
 from autoft.search.outcome import Outcome, find_user_error, run_job
+from autoft.search.settings import SearchSettings
 from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
 from autoft.values import plain
 
@@ -67,9 +67,10 @@ def load_callable(path: str, what: str) -> Callable:
 class Search:
     """The state of one search run in one worker process (see the module's docstring).
 
-    `settings`: the sweeper's keys, checked (autoft.search.settings.checked); `config`: the composed sweep config; `arguments`: the command line's overrides; `launch`: runs
-    one job; `sweep_dir`: where studies live; `slots`: trials at once in this process; `local_slots`:
-    those sharing this machine's cores (for the thread budget; 0 when they run elsewhere);
+    `settings`: the sweeper's keys, checked (autoft.search.settings.checked); `config`: the composed
+    sweep config; `arguments`: the command line's overrides; `launch`: runs one job; `sweep_dir`:
+    where studies live; `slots`: trials at once in this process; `local_slots`: those sharing this
+    machine's cores (for the thread budget; 0 when they run elsewhere);
     `in_process`: trials run in this process (the budget is applied here); `check_composes(batch)`:
     raises UserError when a batch of overrides does not compose; `trial_config(overrides)`: a context
     manager giving one trial's composed task config (pre-flight). Once an autoft app's study has its
@@ -118,7 +119,8 @@ class Search:
         self.direction = su.direction_for(s.direction, cfg)
         self.multi = isinstance(self.direction, list)
         self.n_objectives = len(self.direction) if self.multi else 1
-        # an autoft app (its `search` block has the re-evaluation's key) gets best_hparams.yaml and a W&B study run
+        # an autoft app (its `search` block has the re-evaluation's key) gets best_hparams.yaml and a
+        # W&B study run (until the app registers a hook for its outputs, issue 28)
         self.autoft_app = bool(search) and "reevaluation_of" in search
         self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
         self.threads = parse_threads(s.threads)  # the settings were checked (settings.checked)

@@ -165,9 +165,8 @@ def problems(s: SearchSettings) -> List[str]:
          "progress_interval", "a number of seconds >= 0 (0: off)")
     need(finite(s.poll_interval) and s.poll_interval > 0, "poll_interval", "a number of seconds > 0")
     dirs = s.direction if isinstance(s.direction, (list, tuple)) else [s.direction]
-    need(s.direction is None or (len(dirs) > 0 and all(direction_name(d) in ("maximize", "minimize")
-                                                        for d in dirs)),
-         "direction", "maximize, minimize, a non-empty list of them, or null (from the app's config)")
+    ok = s.direction is None or (len(dirs) > 0 and all(direction_name(d) in ("maximize", "minimize") for d in dirs))
+    need(ok, "direction", "maximize, minimize, a non-empty list of them, or null (from the app's config)")
     from autoft.search.threads import parse_threads
 
     try:
