@@ -86,3 +86,51 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------------------------------------
+# a script's main() in this process (no interpreter start, torch already imported), its output as a
+# subprocess's would be: what it prints and what the processes it launches write to fds 1 and 2
+
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name: str, argv: list, cwd=None, **env):
+    """`python scripts/<name>.py <argv>` run in-process under offline_env(**env) and in `cwd`; a
+    CompletedProcess (returncode, stdout; stderr is merged into stdout)."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+    import tempfile
+
+    buffer = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile() as fds:
+        for key in set(os.environ) - set(offline_env(**env)):
+            mp.delenv(key)
+        for key, value in offline_env(**env).items():
+            mp.setenv(key, value)
+        if cwd is not None:
+            mp.chdir(cwd)
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(fds.fileno(), 1), os.dup2(fds.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                try:
+                    code = load_script(name).main([str(a) for a in argv])
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) else 1
+        finally:
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+        fds.seek(0)
+        children = fds.read().decode(errors="replace")
+    return subprocess.CompletedProcess([name, *argv], code or 0, buffer.getvalue() + children, "")
