@@ -1,7 +1,8 @@
 """A researcher's own shift, the whole path from the command line: a DomainBed-style tree (and its CSV
 manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
 `final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
-meaningless; what is checked is that every stage runs on a user dataset and what the table holds."""
+meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts' main()
+runs in this process with the command's arguments; train.py (the search, final_retrain's runs) as processes."""
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import fabricate
-from conftest import offline_env
+from conftest import offline_env, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
@@ -33,7 +34,8 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     where = [f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", "dataset.name=myshift", *ROLES]
     if layout == "manifest":
         where.append(f"dataset.task.manifest={made['manifest']}")
-    check = run([ROOT / "scripts" / "prepare_data.py", "--dataset", "folder", *where[:1], *where[2:]], tmp_path)
+    check = run_script("prepare_data", ["--dataset", "folder", *where[:1], *where[2:]], tmp_path, OMP_NUM_THREADS="1")
+    assert check.returncode == 0, check.stdout[-3000:]
     assert "domain 'photo': 24 images in 3 classes (dog 8, elephant 8, guitar 8)" in check.stdout
     assert "task: 3 classes; ID train 15, id_val 3, id_test 6; OOD-val art_painting 24; tests cartoon 24, sketch 24" in check.stdout
     if layout == "tree":
@@ -48,8 +50,10 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     assert drawn["info"]["n"] == {"train": 15, "id_val": 3, "id_test": 6}
 
     out = tmp_path / "outputs" / "myshift" / "tiny_vit"
-    run([ROOT / "scripts" / "final_retrain.py", "--dataset", "folder", "--model", "tiny_vit", "--methods",
-         "zeroshot,ft,autoft", "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where], tmp_path)
+    final = run_script("final_retrain", ["--dataset", "folder", "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft",
+                                         "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where],
+                       tmp_path, OMP_NUM_THREADS="1")  # in this process; its train.py runs are processes
+    assert final.returncode == 0, final.stdout[-3000:]
     table = json.loads((out / "results_table.json").read_text())
     assert (table["dataset"], table["metric"], table["id_test"]) == ("myshift", "accuracy", "id_test")
     assert table["columns"] == ["id", "cartoon", "sketch", "ood_mean"]  # one column per test domain
