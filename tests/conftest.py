@@ -89,29 +89,28 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ------------------------------------------------------------------------------------------------
-# a script's main() in this process (no interpreter start, torch already imported), its output as a
-# subprocess's would be: what it prints and what the processes it launches write to fds 1 and 2
+# `python <script> <argv>` in this process (no interpreter start, torch already imported), its output
+# as a subprocess's would be: what it prints or logs and what the processes it launches write to fds 1, 2
 
-def load_script(name: str):
-    """scripts/<name>.py as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(name: str, argv: list, cwd=None, **env):
-    """`python scripts/<name>.py <argv>` run in-process under offline_env(**env) and in `cwd`; a
-    CompletedProcess (returncode, stdout; stderr is merged into stdout)."""
+def run_python(path, argv: list, cwd=None, **env):
+    """Run `path` as __main__ with sys.argv = [path, *argv], under offline_env(**env) and in `cwd`;
+    a CompletedProcess (returncode from SystemExit, else 0; stderr merged into stdout). What a run
+    changes in this process is put back: environment, cwd, Hydra's global state, the root logger's
+    handlers and level, torch's thread count."""
     import contextlib
     import io
+    import logging
+    import runpy
     import subprocess
     import sys
     import tempfile
 
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = [str(a) for a in argv]
     buffer = io.StringIO()
+    root, threads = logging.getLogger(), torch.get_num_threads()
+    handlers, level = list(root.handlers), root.level
     with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile() as fds:
         for key in set(os.environ) - set(offline_env(**env)):
             mp.delenv(key)
@@ -119,18 +118,36 @@ def run_script(name: str, argv: list, cwd=None, **env):
             mp.setenv(key, value)
         if cwd is not None:
             mp.chdir(cwd)
+        mp.setattr(sys, "argv", [str(path), *argv])
+        GlobalHydra.instance().clear()
         sys.stdout.flush(), sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
         os.dup2(fds.fileno(), 1), os.dup2(fds.fileno(), 2)
         try:
             with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
                 try:
-                    code = load_script(name).main([str(a) for a in argv])
+                    runpy.run_path(str(path), run_name="__main__")
+                    code = 0
                 except SystemExit as stop:
-                    code = stop.code if isinstance(stop.code, int) else 1
+                    code = stop.code if isinstance(stop.code, int) or stop.code is None else 1
         finally:
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
+            GlobalHydra.instance().clear()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            torch.set_num_threads(threads)
         fds.seek(0)
         children = fds.read().decode(errors="replace")
-    return subprocess.CompletedProcess([name, *argv], code or 0, buffer.getvalue() + children, "")
+    return subprocess.CompletedProcess([str(path), *argv], code or 0, buffer.getvalue() + children, "")
+
+
+def run_script(name: str, argv: list, cwd=None, **env):
+    """`python scripts/<name>.py <argv>` in this process (run_python)."""
+    return run_python(ROOT / "scripts" / f"{name}.py", argv, cwd, **env)
+
+
+def run_train(argv: list, cwd=None, **env):
+    """`python train.py <argv>` in this process (run_python): for tests about what a run writes, not
+    about the process (exit status on a signal, several workers, thread budgets of a fresh process)."""
+    return run_python(ROOT / "train.py", argv, cwd, **env)
