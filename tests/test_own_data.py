@@ -1,8 +1,9 @@
 """A researcher's own shift, the whole path from the command line: a DomainBed-style tree (and its CSV
 manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
 `final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
-meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts' main()
-runs in this process with the command's arguments; train.py (the search, final_retrain's runs) as processes."""
+meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts and the
+search run in this process with the command's arguments (conftest.run_python); final_retrain's train.py
+runs and the refused runs (exit status 2) are processes."""
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fabricate
-from conftest import offline_env, run_script
+from conftest import offline_env, run_script, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
@@ -41,9 +42,10 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     if layout == "tree":
         assert "skipped 6 entries that are not domains, classes or images: .ipynb_checkpoints/" in check.stdout
 
-    search = run([ROOT / "train.py", "-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
-                  "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path)
-    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stderr + search.stdout
+    search = run_train(["-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
+                        "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path, OMP_NUM_THREADS="1")
+    assert search.returncode == 0, search.stdout[-3000:]
+    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stdout
     study = tmp_path / "outputs" / "myshift" / "tiny_vit" / "search-autoft"
     assert (study / "best_hparams.yaml").is_file()
     drawn = json.loads(next(study.glob("*/id_split_myshift.json")).read_text())
