@@ -134,6 +134,8 @@ def run_python(path, argv: list, cwd=None, **env):
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
             GlobalHydra.instance().clear()
+            for handler in set(root.handlers) - set(handlers):  # Hydra's console and train.log handlers
+                handler.close()
             root.handlers[:] = handlers
             root.setLevel(level)
             torch.set_num_threads(threads)
