@@ -86,3 +86,70 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------------------------------------
+# `python <script> <argv>` in this process (no interpreter start, torch already imported), its output
+# as a subprocess's would be: what it prints or logs and what the processes it launches write to fds 1, 2
+
+def run_python(path, argv: list, cwd=None, **env):
+    """Run `path` as __main__ with sys.argv = [path, *argv], under offline_env(**env) and in `cwd`;
+    a CompletedProcess (returncode from SystemExit, else 0; stderr merged into stdout). What a run
+    changes in this process is put back: environment, cwd, Hydra's global state, the root logger's
+    handlers and level, torch's thread count."""
+    import contextlib
+    import io
+    import logging
+    import runpy
+    import subprocess
+    import sys
+    import tempfile
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    argv = [str(a) for a in argv]
+    buffer = io.StringIO()
+    root, threads = logging.getLogger(), torch.get_num_threads()
+    handlers, level = list(root.handlers), root.level
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile() as fds:
+        for key in set(os.environ) - set(offline_env(**env)):
+            mp.delenv(key)
+        for key, value in offline_env(**env).items():
+            mp.setenv(key, value)
+        if cwd is not None:
+            mp.chdir(cwd)
+        mp.setattr(sys, "argv", [str(path), *argv])
+        GlobalHydra.instance().clear()
+        sys.stdout.flush(), sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(fds.fileno(), 1), os.dup2(fds.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                try:
+                    runpy.run_path(str(path), run_name="__main__")
+                    code = 0
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) or stop.code is None else 1
+        finally:
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+            GlobalHydra.instance().clear()
+            for handler in set(root.handlers) - set(handlers):  # Hydra's console and train.log handlers
+                handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+            torch.set_num_threads(threads)
+        fds.seek(0)
+        children = fds.read().decode(errors="replace")
+    return subprocess.CompletedProcess([str(path), *argv], code or 0, buffer.getvalue() + children, "")
+
+
+def run_script(name: str, argv: list, cwd=None, **env):
+    """`python scripts/<name>.py <argv>` in this process (run_python)."""
+    return run_python(ROOT / "scripts" / f"{name}.py", argv, cwd, **env)
+
+
+def run_train(argv: list, cwd=None, **env):
+    """`python train.py <argv>` in this process (run_python): for tests about what a run writes, not
+    about the process (exit status on a signal, several workers, thread budgets of a fresh process)."""
+    return run_python(ROOT / "train.py", argv, cwd, **env)

@@ -287,18 +287,14 @@ def test_folder_benchmark_end_to_end(tree, tmp_path):
     """The whole command on a fabricated PACS-like tree with the tiny random CLIP: two rotations, one
     seed, zero-shot / FT / AutoFT (2 trials); each cell's tests are the domains it leaves, and the
     collected tables pair AutoFT with every baseline, with intervals over the two cells."""
-    import subprocess
-
-    from conftest import offline_env
+    from conftest import run_script
 
     out = tmp_path / "bench"
     budgets = ["model=tiny_vit", "device=cpu", "trainer.num_workers=0", "trainer.eval_batch_size=16",
                "trainer.batch_size=4", "trainer.inner_steps=2", "trainer.epochs=1", f"cache_dir={tmp_path / 'cache'}"]
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--dataset", "folder", "--quick",
-                           "--rotations", "cartoon,art_painting", "--trials", "2", "--out", str(out),
-                           f"data_root={tree}", *ROLES, *budgets],
-                          cwd=tmp_path, capture_output=True, text=True, env=offline_env(), timeout=600)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    done = run_script("benchmark", ["--dataset", "folder", "--quick", "--rotations", "cartoon,art_painting", "--trials", "2",
+                                    "--out", out, f"data_root={tree}", *ROLES, *budgets], tmp_path)  # its runs: processes
+    assert done.returncode == 0, done.stdout[-8000:]
     for split, tests in (("cartoon", ["art_painting", "sketch"]), ("art_painting", ["cartoon", "sketch"])):
         cell = out / "single" / split
         assert (cell / "search-s0" / "best_hparams.yaml").is_file()

@@ -3,8 +3,6 @@ camelyon17_v1.0 folder in the release's on-disk format (tests/fabricate.py, make
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import fabricate
-from conftest import compose_config, offline_env
+from conftest import compose_config, run_train
 from autoft import config_checks
 from autoft.data import wilds_agreement, wilds_tasks
 from autoft.data.base import Task
@@ -278,13 +276,11 @@ def test_camelyon17_config(camelyon):
 def test_camelyon17_zero_shot_run_writes_every_split(camelyon, tmp_path):
     root = camelyon[0]
     run = tmp_path / "run"
-    cmd = [sys.executable, str(ROOT / "train.py"), "dataset=camelyon17", f"data_root={root}", "method=zeroshot",
-           "model=tiny_vit", "logger=local", "device=cpu", "trainer.num_workers=0", "trainer.batch_size=4",
-           "trainer.eval_batch_size=16", "trainer.epochs=1", "dataset.task.ood_val_size=8",
-           f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env=offline_env(OMP_NUM_THREADS="1"))
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_train(["dataset=camelyon17", f"data_root={root}", "method=zeroshot", "model=tiny_vit", "logger=local",
+                      "device=cpu", "trainer.num_workers=0", "trainer.batch_size=4", "trainer.eval_batch_size=16",
+                      "trainer.epochs=1", "dataset.task.ood_val_size=8", f"cache_dir={tmp_path / 'cache'}",
+                      f"hydra.run.dir={run}"], tmp_path, OMP_NUM_THREADS="1")  # in this process
+    assert done.returncode == 0, done.stdout[-3000:]
     record = json.loads((run / "results.json").read_text())
     assert (record["dataset"], record["model"], record["method"]) == ("camelyon17", "tiny_vit", "zeroshot")
     assert (record["objective_metric"], record["id_test_split"]) == ("accuracy", "id_test")

@@ -1,15 +1,13 @@
 """Every method config, end to end through scripts/final_retrain.py -> train.py -> results.json ->
 make_tables, on a few dozen images of the embedded shapes world with a tiny random CLIP."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from autoft import cli
-from conftest import compose_config, offline_env
+from conftest import compose_config, run_script
 from autoft.models.classifier import zeroshot_weights
 from autoft.reporting.results import read_result
 
@@ -21,16 +19,11 @@ HPARAMS = {"loss_weights": {"ce": 1.0, "hinge": 0.01, "entropy": 0.001, "dcm": 0
                             "l2init": 0.001, "l1zero": 1e-4, "l2zero": 1e-4}, "lr_scale": 2.0, "weight_decay": 0.3}
 
 
-def env():
-    return offline_env()
-
-
 def retrain(out, hp_file, *args):
-    cmd = [sys.executable, str(ROOT / "scripts" / "final_retrain.py"), "--config-dir", str(TEST_CONF),
-           "--dataset", "tinyshapes", "--model", "tiny_vit", "--out", str(out), "--hparams", str(hp_file),
-           *args, *OVERRIDES]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env(), timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    """scripts/final_retrain.py in this process (its train.py runs are processes of their own)."""
+    done = run_script("final_retrain", ["--config-dir", TEST_CONF, "--dataset", "tinyshapes", "--model", "tiny_vit",
+                                        "--out", out, "--hparams", hp_file, *args, *OVERRIDES], cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-6000:]
     return done
 
 
@@ -39,7 +32,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("final")
     hp_file = out / "best_hparams.yaml"
     hp_file.write_text(json.dumps(HPARAMS))  # JSON is YAML
-    first = retrain(out, hp_file, "--seeds", "0")
+    first = retrain(out, hp_file, "--seeds", "0", "--no-tables")  # the second call tables every run
     second = retrain(out, hp_file, "--methods", "ft,autoft", "--seeds", "0,1", "--skip-existing")
     res = {m: read_result(out / m / "seed0" / "results.json").data for m in METHODS}
     return out, res, first, second

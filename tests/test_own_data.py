@@ -1,7 +1,9 @@
 """A researcher's own shift, the whole path from the command line: a DomainBed-style tree (and its CSV
 manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
 `final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
-meaningless; what is checked is that every stage runs on a user dataset and what the table holds."""
+meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts and the
+search run in this process with the command's arguments (conftest.run_python); final_retrain's train.py
+runs and the refused runs (exit status 2) are processes."""
 import json
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fabricate
-from conftest import offline_env
+from conftest import offline_env, run_script, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
@@ -33,23 +35,27 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     where = [f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", "dataset.name=myshift", *ROLES]
     if layout == "manifest":
         where.append(f"dataset.task.manifest={made['manifest']}")
-    check = run([ROOT / "scripts" / "prepare_data.py", "--dataset", "folder", *where[:1], *where[2:]], tmp_path)
+    check = run_script("prepare_data", ["--dataset", "folder", *where[:1], *where[2:]], tmp_path, OMP_NUM_THREADS="1")
+    assert check.returncode == 0, check.stdout[-3000:]
     assert "domain 'photo': 24 images in 3 classes (dog 8, elephant 8, guitar 8)" in check.stdout
     assert "task: 3 classes; ID train 15, id_val 3, id_test 6; OOD-val art_painting 24; tests cartoon 24, sketch 24" in check.stdout
     if layout == "tree":
         assert "skipped 6 entries that are not domains, classes or images: .ipynb_checkpoints/" in check.stdout
 
-    search = run([ROOT / "train.py", "-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
-                  "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path)
-    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stderr + search.stdout
+    search = run_train(["-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
+                        "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path, OMP_NUM_THREADS="1")
+    assert search.returncode == 0, search.stdout[-3000:]
+    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stdout
     study = tmp_path / "outputs" / "myshift" / "tiny_vit" / "search-autoft"
     assert (study / "best_hparams.yaml").is_file()
     drawn = json.loads(next(study.glob("*/id_split_myshift.json")).read_text())
     assert drawn["info"]["n"] == {"train": 15, "id_val": 3, "id_test": 6}
 
     out = tmp_path / "outputs" / "myshift" / "tiny_vit"
-    run([ROOT / "scripts" / "final_retrain.py", "--dataset", "folder", "--model", "tiny_vit", "--methods",
-         "zeroshot,ft,autoft", "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where], tmp_path)
+    final = run_script("final_retrain", ["--dataset", "folder", "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft",
+                                         "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where],
+                       tmp_path, OMP_NUM_THREADS="1")  # in this process; its train.py runs are processes
+    assert final.returncode == 0, final.stdout[-3000:]
     table = json.loads((out / "results_table.json").read_text())
     assert (table["dataset"], table["metric"], table["id_test"]) == ("myshift", "accuracy", "id_test")
     assert table["columns"] == ["id", "cartoon", "sketch", "ood_mean"]  # one column per test domain

@@ -296,7 +296,7 @@ def test_a_storage_outage_shorter_than_the_window_is_ridden_out(tmp_path, pg):
     n = 4
     url = pg.create_database("ridden_out")
     procs = _workers(_train_py(url, n, "hydra.sweeper.storage_outage_window=120"), tmp_path)
-    stopped, started = _outage(pg, "ridden_out", procs, after=1, seconds=10)
+    stopped, started = _outage(pg, "ridden_out", procs, after=1, seconds=5)  # 5 beats of each worker
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
 

@@ -6,7 +6,15 @@ import optuna
 import pytest
 import yaml
 
-from sweep_helpers import TINY, train
+from conftest import run_train
+from sweep_helpers import TINY
+
+
+def train(cwd, *args):
+    """train.py in this process: the test is about what the runs write."""
+    done = run_train(args, cwd)
+    assert done.returncode == 0, done.stdout[-6000:]
+    return done
 
 
 def test_train_py_search_then_final_retrain(tmp_path):

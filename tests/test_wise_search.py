@@ -21,7 +21,7 @@ from autoft.reporting.tables import build_table
 from autoft.search.space import parse_space
 from autoft.search.study import fingerprint
 from autoft.wise import interpolate
-from conftest import compose_config, offline_env
+from conftest import compose_config, offline_env, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = ROOT / "tests" / "conf"
@@ -129,10 +129,9 @@ def test_a_final_run_applies_its_alpha(tiny_bundle, tiny_task, tmp_path):
 def test_train_py_final_run_as_autoft_alpha(tmp_path):
     hp = Hyperparameters(loss_weights={"dcm": 0.1, "l2init": 0.01}, lr_scale=2.0, weight_decay=0.1, wise_alpha=0.5)
     hp_file = write_best_hparams(tmp_path / "best_hparams.yaml", hp)
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config-dir", str(TEST_CONF), *BASE, "method=autoft",
-           "method.name=autoft_alpha", f"hparams={hp_file}", f"hydra.run.dir={tmp_path}/autoft_alpha/seed0"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=offline_env(), timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_train(["--config-dir", TEST_CONF, *BASE, "method=autoft", "method.name=autoft_alpha", f"hparams={hp_file}",
+                      f"hydra.run.dir={tmp_path}/autoft_alpha/seed0"], tmp_path)  # in this process
+    assert done.returncode == 0, done.stdout[-3000:]
     result = read_result(tmp_path / "autoft_alpha" / "seed0" / "results.json")
     data = result.data
     assert data["method"] == "autoft_alpha" and data["wise_alpha"] == 0.5
