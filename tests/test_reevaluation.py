@@ -85,7 +85,9 @@ def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
         run_cfg = yaml.safe_load((tmp_path / SWEEP / study.study_name / "reevaluation" / f"trial_{t.number}" /
                                   ".hydra" / "config.yaml").read_text())
         assert run_cfg["seed"] == 1000 and run_cfg["search"]["seeds_per_trial"] == 2
-        assert run_cfg["search"]["reevaluation_of"] == t.number and run_cfg["search"]["trial_id"] is None
+        run_hydra = yaml.safe_load((tmp_path / SWEEP / study.study_name / "reevaluation" /
+                                    f"trial_{t.number}" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert run_cfg["search"]["reevaluation_of"] == t.number and not run_hydra["sweeper"]["trial"]
         assert run_cfg["trainer"]["weight_decay"] == t.params["trainer.weight_decay"]
     assert recs[1]["value"] < 0.66 < 0.99 < recs[0]["value"]  # luck not confirmed
 
@@ -225,9 +227,9 @@ def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
     assert "include seeds the search used ([1000, 1001])" in done.stderr
     assert "search.reevaluate_seed_offset" in done.stderr
     done = run_app(tmp_path, "search.reevaluate_top_k=-1", check=False)
-    assert done.returncode != 0 and "search.reevaluate_top_k must be an integer >= 0, got -1" in done.stderr
+    assert done.returncode != 0 and "search.reevaluate_top_k=-1: must be an integer >= 0" in done.stderr
     done = run_app(tmp_path, "search.reevaluate_top_k=1", "search.reevaluate_seeds=0", check=False)
-    assert "search.reevaluate_seeds must be an integer >= 1, got 0" in done.stderr
+    assert "search.reevaluate_seeds=0: must be an integer >= 1" in done.stderr
     assert not (tmp_path / SWEEP / "optuna.db").exists()
 
 

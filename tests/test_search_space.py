@@ -245,8 +245,8 @@ def test_reporter_is_a_no_op_outside_a_search_and_reports_inside(tmp_path):
         t.report(v, 1)
         study.tell(t, v)
     trial = study.ask()
-    r = TrialReporter.from_config({"trial_id": trial._trial_id, "study_name": "r", "storage": url,
-                                   "pruner": {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}})
+    r = TrialReporter("r", url, trial._trial_id, pruner={"_target_": "optuna.pruners.MedianPruner",
+                                                           "n_startup_trials": 1})
     assert r.active and r.pruning
     r.set_user_attrs(id_val=0.7)
     with pytest.raises(optuna.TrialPruned):

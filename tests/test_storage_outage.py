@@ -98,7 +98,7 @@ def test_the_window_is_five_minutes_by_default_and_must_be_positive(tmp_path):
     assert AutoFTOptunaSweeperConf.storage_outage_window == og.DEFAULT_WINDOW == 300
     done = run_app(tmp_path, "search.n_trials=1", "hydra.sweeper.storage_outage_window=0", check=False)
     assert done.returncode == 1
-    assert "hydra.sweeper.storage_outage_window must be a number of seconds > 0, got 0" in done.stderr
+    assert "hydra.sweeper.storage_outage_window=0.0: must be a number of seconds > 0" in done.stderr
 
 
 # ----------------------------------------------------------------------------- the retry, in one process

@@ -49,7 +49,9 @@ def test_search_writes_outputs_and_resumes_to_the_total(tmp_path):
     # every trial got the sampled values and its identity
     cfg2 = yaml.safe_load((study_dir / "trial_2" / ".hydra" / "config.yaml").read_text())
     t2 = study.trials[2]
-    assert cfg2["phase"] == "search" and cfg2["search"]["trial_number"] == 2
+    hydra2 = yaml.safe_load((study_dir / "trial_2" / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert cfg2["phase"] == "search" and hydra2["sweeper"]["trial"]["number"] == 2
+    assert hydra2["sweeper"]["trial"]["id"] == study.trials[2]._trial_id and "trial_number" not in cfg2["search"]
     assert cfg2["method"]["loss_weights"]["flyp"] == t2.params["method.loss_weights.flyp"]
     assert cfg2["trainer"]["lr_scale"] == t2.params["trainer.lr_scale"]
     assert t2.user_attrs["id_val_accuracy"] == pytest.approx(t2.value / 2, abs=1e-6)  # reporter's extra score

@@ -148,8 +148,8 @@ def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
 
 def test_search_trial_is_one_run_in_the_study_group(tmp_path):
     out = tmp_path / "trial_3"
-    train(tmp_path, *BASE, "phase=search", "logger=wandb", "logger.log_every_n_steps=1", "+search.study_name=study-x",
-          "+search.trial_number=3", "+search.eval_every=2", "+search.wise_alphas=[0.5,1.0]", "trainer.lr_scale=0.5",
+    train(tmp_path, *BASE, "phase=search", "logger=wandb", "logger.log_every_n_steps=1", "hydra/sweeper=autoft_optuna",
+          "++hydra.sweeper.trial={number:3,study_name:study-x}", "+search.eval_every=2", "+search.wise_alphas=[0.5,1.0]", "trainer.lr_scale=0.5",
           f"hydra.run.dir={out}")
     trial = json.loads((out / "trial.json").read_text())
     logged = the_run(out)

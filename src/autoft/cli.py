@@ -294,11 +294,10 @@ def run_search(cfg: DictConfig, ws: Workspace, hp: Hyperparameters, out: Path,
     per-step loss and lr and the intermediate OOD-val scores (search.eval_every). Returns the
     trial's record (what trial.json holds; its `objective` is the trial's score)."""
     spec = spec or run_spec(cfg, hp)
-    reporter = None
-    search = cfg.get("search") or {}
-    if search.get("trial_id") is not None:
-        from autoft.search.trial import TrialReporter
-        reporter = TrialReporter.from_config(search)
+    from autoft.search.trial import TrialReporter
+
+    reporter = TrialReporter.from_config(cfg.get("search"))
+    reporter = reporter if reporter.active else None
     logging_on = wb is not None and wb.active
 
     def report(step: int, value: float) -> None:

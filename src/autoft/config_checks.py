@@ -27,7 +27,7 @@ from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
 from autoft.names import IMAGE_CACHE_MODES, METRIC_NAMES, PHASES, PRECISIONS, SEARCHED_LOSSES, TRAINABLE, WANDB_MODES
 from autoft.records import read_best_hparams
-from autoft.values import finite, plain, show
+from autoft.values import finite, must, plain, show
 
 
 class _Checker:
@@ -36,7 +36,7 @@ class _Checker:
 
     def need(self, ok: bool, key: str, value, allowed: str) -> bool:
         if not ok:
-            self.problems.append(f"{key}={show(value)}: must be {allowed}")
+            self.problems.append(must(key, value, allowed))
         return ok
 
     def int_at_least(self, node, key: str, prefix: str, low: int) -> None:

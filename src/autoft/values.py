@@ -1,5 +1,5 @@
 """Plain values every layer shares: the one finite-number check, the one OmegaConf-to-Python step and
-the one way a message writes a value (`show`).
+the one way a message writes a value (`show`) and names a bad one (`must`).
 
 On the ground floor beside errors.py, io.py and names.py: at import it reads only the standard library
 (omegaconf when `plain` first runs), so that the lowest layers may import it.
@@ -35,3 +35,8 @@ def show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(show(v) for v in value) + "]"
     return str(value)
+
+
+def must(key: str, value: Any, allowed: str) -> str:
+    """The one wording of a bad config value, for every check: `key=value: must be <allowed>`."""
+    return f"{key}={show(value)}: must be {allowed}"

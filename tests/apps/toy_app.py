@@ -64,8 +64,10 @@ def main(cfg: DictConfig):
 
     if cfg.phase != "search":
         return None
+    from autoft.search.trial import hydra_trial_identity
+
     search = cfg.search
-    number = search.get("trial_number")
+    number = (hydra_trial_identity() or {}).get("number")
     again = search.get("reevaluation_of")
     if cfg.toy.started_dir:
         Path(cfg.toy.started_dir).mkdir(parents=True, exist_ok=True)

@@ -374,9 +374,11 @@ def for_run(cfg, hp: Mapping[str, Any], out_dir: str | Path, job_type: str,
     ident = f"{cfg.dataset.name}/{cfg.model.name}"
     where = str(Path(out_dir).resolve())
     if job_type == "trial":
-        search = cfg.get("search") or {}
-        group = search.get("study_name") or f"{ident}/search-{cfg.method.name}"
-        number = search.get("trial_number")
+        from autoft.search.trial import hydra_trial_identity
+
+        trial = hydra_trial_identity() or {}
+        group = trial.get("study_name") or f"{ident}/search-{cfg.method.name}"
+        number = trial.get("number")
         name = f"trial-{number}" if number is not None else f"trial-{Path(out_dir).name}"
         rid = run_id("trial", group, number) if number is not None else run_id("trial", where)
     else:

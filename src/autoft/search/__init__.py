@@ -1,5 +1,6 @@
 """AutoFT search: everything behind the `autoft_optuna` Hydra sweeper, each concept once.
 
+    settings.py      every hydra.sweeper key: schema, defaults, meanings, the one check
     space.py         hydra.sweeper.params (Hydra's override grammar) -> Optuna distributions
     storage.py       storage URLs, opening, the claim lock; the storage that rides out outages;
                      StudyStorage, the one wrapper of Optuna's privates

@@ -29,7 +29,7 @@ from autoft.errors import UserError
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # the search's own log lines
 
 # for callers outside a search (library code, tests); the sweeper passes its setting, whose default
-# lives in the schema (hydra_plugins.autoft_optuna_sweeper.config: storage_outage_window)
+# lives in the settings (autoft.search.settings.SearchSettings.storage_outage_window)
 DEFAULT_WINDOW = 300.0
 FIRST_DELAY, MAX_DELAY = 0.5, 5.0  # backoff between retries (jittered): quick to notice the return
 

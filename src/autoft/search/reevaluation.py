@@ -40,6 +40,7 @@ from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search.space import format_value
 from autoft.search.storage import StudyStorage
+from autoft.values import must
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # the search's one logger
 
@@ -78,7 +79,7 @@ def plan(search: Optional[Mapping], space, config, direction: Any, max_retries: 
         v = search.get(key, default)
         v = default if v is None else v
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError(f"search.{key} must be an integer >= {low}, got {v!r}")
+            raise UserError("invalid config: " + must(f"search.{key}", v, f"an integer >= {low}"))
         values[attr] = v
     fixed = {k.lstrip("+"): v for k, v in space.fixed.items()}
     try:

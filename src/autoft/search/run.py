@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager, List, Optional
 
@@ -39,45 +38,11 @@ from autoft.search import space as sp
 from autoft.search import storage as st
 from autoft.search import study as su
 from autoft.search.outcome import Outcome, find_user_error, run_job
+from autoft.search.settings import SearchSettings
 from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
 from autoft.values import plain
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # one logger for the search's lines
-
-
-@dataclass
-class SearchSettings:
-    """The sweeper's keys, as Hydra composed them. Their defaults and meanings have one home, the
-    sweeper's schema (hydra_plugins.autoft_optuna_sweeper.config), so none are repeated here."""
-
-    direction: Any
-    study_name: Optional[str]
-    storage: Optional[str]
-    n_trials: int
-    n_jobs: int
-    sampler: dict
-    params: Optional[dict]
-    custom_search_space: Optional[str]
-    heartbeat_interval: int
-    grace_period: int
-    storage_outage_window: float
-    max_retries: int
-    max_failures: Optional[int]
-    max_failure_rate: Optional[float]
-    threads: Any
-    progress_interval: float
-    preflight: Optional[str]
-    count_pruned: bool
-    warm_start: List[str]
-    plots: bool
-    poll_interval: float
-    fingerprint_exclude: List[str]
-
-    def __post_init__(self) -> None:
-        self.max_retries, self.count_pruned, self.plots = int(self.max_retries), bool(self.count_pruned), bool(self.plots)
-        self.poll_interval, self.progress_interval = float(self.poll_interval), float(self.progress_interval or 0)
-        self.sampler, self.warm_start = dict(self.sampler or {}), list(self.warm_start or [])
-        self.fingerprint_exclude = list(self.fingerprint_exclude or [])
 
 
 def load_callable(path: str, what: str) -> Callable:
@@ -102,9 +67,10 @@ def load_callable(path: str, what: str) -> Callable:
 class Search:
     """The state of one search run in one worker process (see the module's docstring).
 
-    `config`: the composed sweep config; `arguments`: the command line's overrides; `launch`: runs
-    one job; `sweep_dir`: where studies live; `slots`: trials at once in this process; `local_slots`:
-    those sharing this machine's cores (for the thread budget; 0 when they run elsewhere);
+    `settings`: the sweeper's keys, checked (autoft.search.settings.checked); `config`: the composed
+    sweep config; `arguments`: the command line's overrides; `launch`: runs one job; `sweep_dir`:
+    where studies live; `slots`: trials at once in this process; `local_slots`: those sharing this
+    machine's cores (for the thread budget; 0 when they run elsewhere);
     `in_process`: trials run in this process (the budget is applied here); `check_composes(batch)`:
     raises UserError when a batch of overrides does not compose; `trial_config(overrides)`: a context
     manager giving one trial's composed task config (pre-flight). Once an autoft app's study has its
@@ -153,28 +119,12 @@ class Search:
         self.direction = su.direction_for(s.direction, cfg)
         self.multi = isinstance(self.direction, list)
         self.n_objectives = len(self.direction) if self.multi else 1
-        # the trial identity goes into the app's `search` block only when it has one (autoft)
-        self.autoft_app = bool(search) and "trial_id" in search
+        # an autoft app (its `search` block has the re-evaluation's key) gets best_hparams.yaml and a
+        # W&B study run (until the app registers a hook for its outputs, issue 28)
+        self.autoft_app = bool(search) and "reevaluation_of" in search
         self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
-        for name, value, low in (("n_trials", s.n_trials, 1), ("n_jobs", s.n_jobs, 1),
-                                 ("heartbeat_interval", s.heartbeat_interval, 1), ("max_retries", s.max_retries, 0)):
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"hydra.sweeper.{name} must be an integer >= {low}, got {value!r}")
-        if not s.grace_period or s.grace_period <= s.heartbeat_interval:
-            raise UserError(f"hydra.sweeper.grace_period ({s.grace_period}) must exceed heartbeat_interval "
-                            f"({s.heartbeat_interval}); 3x is a safe choice")
-        window = s.storage_outage_window
-        if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
-            raise UserError(f"hydra.sweeper.storage_outage_window must be a number of seconds > 0, got {window!r}")
-        try:
-            self.threads = parse_threads(s.threads)
-        except ValueError as err:
-            raise UserError(str(err)) from None
+        self.threads = parse_threads(s.threads)  # the settings were checked (settings.checked)
         self.max_failures_n = int(s.max_failures) if s.max_failures is not None else int(self.n_trials)
-        rate = s.max_failure_rate
-        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
-                                 or not 0.0 <= float(rate) <= 1.0):
-            raise UserError(f"hydra.sweeper.max_failure_rate must be a number in [0, 1] (or null), got {rate!r}")
         self._prepare_grid()
         su.make_sampler(s.sampler, self.grid_space)  # validate before any study row
         self.custom_fn = load_callable(s.custom_search_space, "custom_search_space") if s.custom_search_space \
@@ -270,21 +220,17 @@ class Search:
     # ------------------------------------------------------------------ overrides
 
     def overrides(self, params: dict, *, trial_id: int, number: int, threads: Optional[int] = None) -> list[str]:
-        """One trial's overrides. Its identity always goes to `hydra.sweeper.trial` (any app reads
-        it through HydraConfig; autoft.search.trial.TrialReporter does); into `search.*` only when
-        the app's config has those keys (autoft's train.py). No key the app lacks is added."""
+        """One trial's overrides. Its identity goes once, to `hydra.sweeper.trial`: every launcher
+        (basic, joblib, submitit) hands the trial its Hydra config, and any app reads it through
+        autoft.search.trial.hydra_trial_identity. No key of the app's config is added."""
         fmt = sp.format_value
         budget = f",threads:{int(threads)}" if threads else ""
         # the outage window goes along: a trial in another process (joblib, SLURM) waits as long as its worker
         ident = (f"++hydra.sweeper.trial={{id:{trial_id},number:{number},study_name:{fmt(self.study_name)},"
                  f"storage:{fmt(self.storage_url)},storage_outage_window:{float(self.s.storage_outage_window):g}"
                  f"{budget}}}")
-        ovs = [*self.passthrough, *self.space.overrides(params),
-               f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
-        if self.autoft_app:
-            ovs += [f"++search.trial_id={trial_id}", f"++search.trial_number={number}",
-                    f"++search.study_name={fmt(self.study_name)}", f"++search.storage={fmt(self.storage_url)}"]
-        return ovs
+        return [*self.passthrough, *self.space.overrides(params),
+                f"hydra.sweep.dir={fmt(str(self.study_dir))}", f"hydra.sweep.subdir=trial_{number}", ident]
 
     # ------------------------------------------------------------------ run
 

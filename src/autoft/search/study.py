@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
+from autoft.values import must
 from autoft.hparams import HPARAMS_FIELDS, search_params
 from autoft.records import read_yaml
+from autoft.search.settings import direction_name
 from autoft.search.space import SearchSpace
 from autoft.search.storage import STUDY_FILE, normalize_url
 
@@ -90,20 +92,11 @@ def study_name_for(config, fp: str) -> str:
 
 def direction_for(direction: Any, config) -> Any:
     """'maximize' | 'minimize', or a list of them for a multi-objective study. Null: from
-    dataset.higher_is_better, else 'minimize' (hydra-optuna-sweeper's default)."""
+    dataset.higher_is_better, else 'minimize' (hydra-optuna-sweeper's default). `direction` was
+    checked with the settings (autoft.search.settings)."""
     if direction is not None:
-        many = isinstance(direction, (list, tuple)) or type(direction).__name__ == "ListConfig"
-        items = list(direction) if many else [direction]
-        out = []
-        for d in items:
-            d = str(getattr(d, "name", d)).lower()  # a Direction enum too
-            if d not in ("maximize", "minimize"):
-                raise UserError(f"hydra.sweeper.direction must be maximize or minimize (or a list of them, or null), "
-                                f"got '{direction}'")
-            out.append(d)
-        if many and not out:
-            raise UserError("hydra.sweeper.direction is an empty list")
-        return out if many and len(out) > 1 else out[0]
+        out = [direction_name(d) for d in (direction if isinstance(direction, (list, tuple)) else [direction])]
+        return out if len(out) > 1 else out[0]
     from omegaconf import OmegaConf
 
     hib = OmegaConf.select(config, "dataset.higher_is_better", default=None)
@@ -394,7 +387,7 @@ def make_pruner(spec: Any):
         target, kwargs = PRUNERS[spec]
         spec = {"_target_": target, **kwargs}
     if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise UserError(f"search.pruner must be a name or a mapping with _target_, got {spec!r}")
+        raise UserError("invalid config: " + must("search.pruner", spec, "a name or a mapping with _target_"))
     try:
         pruner = instantiate(dict(spec))
     except Exception as err:

@@ -1,17 +1,15 @@
 """The running trial, seen from inside the task: intermediate reports, pruning, extra scores.
 
-    reporter = TrialReporter.from_config(cfg.search)   # a no-op outside a search
+    reporter = TrialReporter.from_config(cfg.search)   # a no-op outside a search trial
     reporter.report(step, ood_val_objective)           # raises optuna.TrialPruned when pruned
     reporter.set_user_attrs(id_val_accuracy=0.91)      # shown in trials.csv and optuna-dashboard
     reporter.progress(step, total_steps)               # liveness: the sweeper logs the last step
 
-The sweeper passes the trial's identity to every trial as `hydra.sweeper.trial` ({id, number,
-study_name, storage}; read it with `HydraConfig.get().sweeper.trial`), and, when the app's config
-has a `search` block with these keys (autoft's train.py), also as search.trial_id, search.trial_number,
-search.study_name and search.storage; it never adds keys an app's config does not have. The
-reporter reopens the trial from the storage, so it works the same in the
-sweeper's process, in another process, or on another node (submitit). The pruner comes from
-`search.pruner`, the same config the sweeper validated.
+The sweeper passes the trial's identity to every trial once, as `hydra.sweeper.trial` ({id, number,
+study_name, storage, ...}); every launcher (basic, joblib, submitit) sets the trial's Hydra config
+where it runs, and the app reads it with `hydra_trial_identity()`. The reporter reopens the trial
+from the storage, so it works the same in the sweeper's process, in another process, or on another
+node (submitit). The pruner comes from `search.pruner`, the same config the sweeper validated.
 
 While the study's storage is unreachable (autoft.search.outage) the trial keeps training: progress
 and intermediate reports are skipped (no pruning decision for those steps), and the final
@@ -38,17 +36,13 @@ class TrialReporter:
 
     @classmethod
     def from_config(cls, search: Optional[Mapping] = None) -> "TrialReporter":
-        """From the `search` block (autoft), else from `hydra.sweeper.trial` (any Hydra app)."""
-        search = search or {}
-        get = search.get
-        ident = hydra_trial_identity()
-        window = (ident or {}).get("storage_outage_window")
-        window = float(window) if window is not None else None
-        if get("trial_id") is None or get("storage") is None or get("study_name") is None:
-            if ident is None:
-                return cls()  # not inside a search: every call is a no-op
-            return cls(str(ident["study_name"]), str(ident["storage"]), int(ident["id"]), get("pruner"), window)
-        return cls(str(get("study_name")), str(get("storage")), int(get("trial_id")), get("pruner"), window)
+        """The running trial (`hydra_trial_identity`); its pruner from the `search` block."""
+        ident = hydra_trial_identity() or {}
+        if ident.get("id") is None:
+            return cls()  # not inside a search trial: every call is a no-op
+        window = ident.get("storage_outage_window")
+        return cls(str(ident["study_name"]), str(ident["storage"]), int(ident["id"]), (search or {}).get("pruner"),
+                   float(window) if window is not None else None)
 
     @property
     def active(self) -> bool:
@@ -170,7 +164,8 @@ def record_scores(search: Optional[Mapping], **scores: Any) -> None:
 
 
 def hydra_trial_identity() -> Optional[dict]:
-    """The running trial's identity from `hydra.sweeper.trial` (None outside an autoft_optuna sweep)."""
+    """The running trial's identity, `hydra.sweeper.trial` ({id, number, study_name, storage, ...}): the
+    one place an app reads it. None outside an autoft_optuna sweep's trial."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -179,6 +174,4 @@ def hydra_trial_identity() -> Optional[dict]:
         ident = HydraConfig.get().sweeper.get("trial")
     except Exception:  # noqa: BLE001 (another sweeper, no Hydra)
         return None
-    if not ident or ident.get("id") is None:
-        return None
-    return dict(ident)
+    return dict(ident) if ident else None

@@ -2,8 +2,8 @@
 
     python train.py -m search=autoft dataset=iwildcam
 
-This module is the Hydra glue only: it reads the sweeper's config (config.py; the deprecated
-`search_space` through compat.py), builds the Hydra launcher, and hands one `autoft.search.run.Search`
+This module is the Hydra glue only: it reads the sweeper's config (autoft.search.settings, checked;
+the deprecated `search_space` through compat.py), builds the Hydra launcher, and hands one `autoft.search.run.Search`
 what it needs from Hydra: a `launch(overrides, job_idx)` callable, the sweep dir, the compose check
 and a trial's composed config for the pre-flight. The search itself (claims, heartbeats, lost and
 failed trials, re-evaluation, outputs) is autoft.search's; its module docstrings explain it.
@@ -31,7 +31,6 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
 from autoft.errors import UserError
-from autoft.values import plain
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,9 @@ class SearchStopped(UserError, CompactHydraException):
 
 
 class AutoFTOptunaSweeper(Sweeper):
-    def __init__(self, search_space: Any = None, trial: Any = None, sweep_dir: Optional[str] = None,
-                 **keys: Any) -> None:
+    def __init__(self, **keys: Any) -> None:
         super().__init__()
-        # `trial` is written into each trial's config by the search; the sweeper reads nothing from it
-        self.keys = {k: plain(v) for k, v in keys.items()}
-        self.search_space, self.sweep_dir = plain(search_space), sweep_dir
+        self.keys = keys  # the settings (autoft.search.settings), checked when the sweep starts
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher = None
@@ -74,12 +70,12 @@ class AutoFTOptunaSweeper(Sweeper):
     def _search(self, arguments: List[str]):
         from pathlib import Path
 
-        from autoft.search.run import Search, SearchSettings
+        from autoft.search.run import Search
+        from autoft.search.settings import checked
         from hydra_plugins.autoft_optuna_sweeper.compat import space_params
 
-        cfg, keys = self.config, dict(self.keys)
-        keys["params"] = space_params(keys.get("params"), self.search_space)  # the deprecated search_space too
-        settings = SearchSettings(**keys)
+        cfg, settings = self.config, checked(self.keys)
+        settings.params = space_params(settings.params, settings.search_space)  # the deprecated search_space too
         n_jobs, launcher = settings.n_jobs, type(self.launcher).__name__
         in_process = launcher == "BasicLauncher"  # the basic launcher runs jobs here, one at a time
         slots = n_jobs
@@ -91,7 +87,7 @@ class AutoFTOptunaSweeper(Sweeper):
         # trials sharing this machine's cores: 1 in this process, the slots with joblib, 0 elsewhere (SLURM)
         local_slots = 1 if in_process else (slots if "joblib" in launcher.lower() else 0)
         on_cli = any(str(o).startswith("hydra.sweep.dir=") for o in cfg.hydra.overrides.hydra)
-        sweep_dir = Path(str(cfg.hydra.sweep.dir) if on_cli or not self.sweep_dir else self.sweep_dir)
+        sweep_dir = Path(str(cfg.hydra.sweep.dir) if on_cli or not settings.sweep_dir else settings.sweep_dir)
         return Search(settings, cfg, arguments, launch=self._launch, sweep_dir=sweep_dir,
                       slots=slots if isinstance(slots, int) else 1, local_slots=local_slots, in_process=in_process,
                       check_composes=self._check_composes, trial_config=self._trial_config)
