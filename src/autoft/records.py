@@ -37,10 +37,14 @@ RERUN = ("rerun the final run that wrote it (same dataset, model, method and see
 
 # ------------------------------------------------------------------ trial.json
 
-def write_trial(out_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    path = Path(out_dir) / TRIAL_FILE
+def _write_record(out_dir: str | Path, name: str, record: Mapping[str, Any]) -> Path:
+    path = Path(out_dir) / name
     write_json(path, dict(record))
     return path
+
+
+def write_trial(out_dir: str | Path, record: Mapping[str, Any]) -> Path:
+    return _write_record(out_dir, TRIAL_FILE, record)
 
 
 def read_trial(path: str | Path) -> Optional[dict]:
@@ -55,9 +59,7 @@ def read_trial(path: str | Path) -> Optional[dict]:
 # ------------------------------------------------------------------ results.json
 
 def write_results(out_dir: str | Path, record: Mapping[str, Any]) -> Path:
-    path = Path(out_dir) / RESULTS_FILE
-    write_json(path, dict(record))
-    return path
+    return _write_record(out_dir, RESULTS_FILE, record)
 
 
 def read_results(path: str | Path) -> Any:
