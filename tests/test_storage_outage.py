@@ -136,6 +136,19 @@ def test_past_the_window_one_error_names_the_storage_without_its_password(caplog
     assert outage_lines(caplog.text) == (1, 0)
 
 
+def test_only_an_answer_from_the_database_ends_an_outage(tmp_path, caplog):
+    """The engine and heartbeat getters answer from the open storage without a query: during an
+    outage they must not log "reachable again" (a worker once did, then stopped at once)."""
+    storage = st.open_storage(f"sqlite:///{tmp_path}/s.db", outage_window=30)
+    storage.get_all_studies()  # opened
+    with caplog.at_level("INFO", logger=LOGGER):
+        storage.outage.failed(RuntimeError("server closed the connection unexpectedly"))
+        assert storage.engine is not None and storage.get_heartbeat_interval() is None
+        assert storage.outage.down and outage_lines(caplog.text) == (1, 0)
+        storage.get_all_studies()  # a query that the database answered
+    assert not storage.outage.down and outage_lines(caplog.text) == (1, 1)
+
+
 def test_beats_never_wait_on_an_outage():
     pytest.importorskip("psycopg2")
     storage = st.cached_storage(f"postgresql://me@127.0.0.1:{free_port()}/db", outage_window=300)

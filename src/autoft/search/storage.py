@@ -353,18 +353,23 @@ def _resilient_class():
                         self._inner = self._open_inner()
             return self._inner
 
+        def opened(self):
+            """The inner storage, opened (inside the retry) when it is not yet. Once open, no call
+            reaches the database: its success must not be taken for the storage's return."""
+            return self._inner if self._inner is not None else self.outage.call(self.inner)
+
         @property
         def engine(self):
             """The SQLAlchemy engine of an RDB storage (the claim lock's connection), else None."""
-            inner = self.outage.call(self.inner)
+            inner = self.opened()
             return getattr(inner, "engine", None) or getattr(getattr(inner, "_backend", None), "engine", None)
 
         def get_heartbeat_interval(self):
-            inner = self.outage.call(self.inner)
+            inner = self.opened()
             return inner.get_heartbeat_interval() if isinstance(inner, BaseHeartbeat) else None
 
         def get_heartbeat_stale_trial_callback(self):
-            inner = self.outage.call(self.inner)
+            inner = self.opened()
             return inner.get_heartbeat_stale_trial_callback() if isinstance(inner, BaseHeartbeat) else None
 
         def set_trial_state_values(self, trial_id, state, values=None):
