@@ -1,9 +1,8 @@
 """Top-k re-evaluation, a step after the search (DomainBed's sweep-then-collect): read the complete
 study, re-run its k best trials with fresh seeds, choose on the re-evaluated mean. The app asks for
-it (SearchApp.reevaluation: autoft's search.reevaluate_top_k) and says how a run takes its seeds
-(SearchApp.reevaluation_overrides); a plain Hydra app has none.
+it and says how a run takes its seeds (autoft.search.app.SearchApp); a plain Hydra app has none.
 
-    plan = app.reevaluation(space, direction, max_retries)  # the app's plan (autoft.search.app), before any training
+    plan = app.reevaluation(space, direction, max_retries)  # the app's Plan, before any training
     reevaluation.reevaluate(search)       # Search.run, in each slot, once the sweep loop completed the study
     sel, recs = reevaluation.selection(study, plan)  # the chosen trial and the records: what the outputs show
 
