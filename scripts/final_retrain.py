@@ -46,7 +46,7 @@ def autoft_hparams(args, out: Path) -> Path:
     """The hyperparameters file AutoFT's final runs read (written from the study when asked)."""
     from autoft.errors import UserError
     from autoft.records import HPARAMS_FILE, write_best_hparams
-    from autoft.search.outputs import best_hparams_from_study
+    from autoft.search_app import best_hparams_from_study
 
     if args.hparams:
         path = Path(args.hparams)

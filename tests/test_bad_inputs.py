@@ -285,7 +285,7 @@ def test_results_json_cut_short_names_the_file_and_the_fix(tmp_path):
 
 
 def test_study_storage_that_is_not_a_database_names_the_file(tmp_path):
-    from autoft.search.outputs import best_hparams_from_study
+    from autoft.search_app import best_hparams_from_study
 
     path = tmp_path / "optuna.db"
     path.write_bytes(b"not a database" * 100)

@@ -12,7 +12,7 @@ from autoft.names import LOSS_NAMES
 from autoft.reporting.selection import same_hparams
 from autoft.reporting.results import RunResult
 from autoft.records import read_best_hparams, write_best_hparams
-from autoft.search.outputs import best_hparams
+from autoft.search_app import best_hparams
 from conftest import compose_config
 
 # a best_hparams.yaml as searches wrote it before wise_alpha existed (trimmed: records elided)

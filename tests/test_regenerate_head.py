@@ -96,14 +96,15 @@ def test_the_option_reaches_the_trial_and_a_bad_value_is_refused():
 
 
 def test_a_study_searched_with_regenerated_heads_is_another_study():
-    from hydra_plugins.autoft_optuna_sweeper.config import AutoFTOptunaSweeperConf
+    from autoft.search_app import FINGERPRINT_EXCLUDE, NEUTRAL_DEFAULTS
 
-    exclude = AutoFTOptunaSweeperConf().fingerprint_exclude
+    exclude = FINGERPRINT_EXCLUDE
     params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/search/autoft.yaml").hydra.sweeper.params)
 
     def fp(cfg):
         space, _ = parse_space(params, [], config=cfg)
-        return fingerprint(cfg, space=space, direction="maximize", sampler={}, pruner=None, exclude=exclude)
+        return fingerprint(cfg, space=space, direction="maximize", sampler={}, pruner=None, exclude=exclude,
+                           neutral=NEUTRAL_DEFAULTS)
 
     default = compose_config(*TRIAL)
     assert default.search.regenerate_head is False

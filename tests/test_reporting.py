@@ -13,7 +13,7 @@ import pytest
 from autoft.errors import UserError
 from autoft.reporting.report import make_report
 from autoft.reporting.results import ResultsError, load_results
-from autoft.search.outputs import best_hparams_from_study
+from autoft.search_app import best_hparams_from_study
 from autoft.search.study import load_studies, load_studies_under
 from autoft.reporting.tables import build_table, latex_escape, to_latex, to_markdown
 

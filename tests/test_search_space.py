@@ -11,12 +11,12 @@ from omegaconf import OmegaConf
 
 from autoft.errors import UserError
 from autoft.records import read_best_hparams, write_best_hparams
-from autoft.search.outputs import best_hparams
 from autoft.search.space import parse_space
 from autoft.search.storage import mask_url, normalize_url, storage_kind
 from autoft.search.study import (fingerprint, load_warm_starts, make_pruner, make_sampler, open_study,
                                  study_name_for, warm_start_params)
 from autoft.search.trial import TrialReporter
+from autoft.search_app import WARM_START_KEYS, AutoftApp, best_hparams, loss_filter, warm_start_values
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = OmegaConf.load(REPO / "conf/search/autoft.yaml").hydra.sweeper.params
@@ -93,11 +93,11 @@ def test_bad_space_names_the_key(key, text, words):
 
 
 def test_losses_restriction_and_new_keys():
-    space, _ = parse_space(OmegaConf.to_container(PAPER), [], config=config(), losses=["flyp", "l2init"])
+    space, _ = parse_space(OmegaConf.to_container(PAPER), [], config=config(), keep=loss_filter(["flyp", "l2init"]))
     assert sorted(k for k in space.distributions if k.startswith("method.")) == [
         "method.loss_weights.flyp", "method.loss_weights.l2init"]
     with pytest.raises(UserError, match="search.losses"):
-        parse_space(OmegaConf.to_container(PAPER), [], config=config(), losses=["ce"])
+        parse_space(OmegaConf.to_container(PAPER), [], config=config(), keep=loss_filter(["ce"]))
     space, _ = parse_space({"+trainer.extra": "interval(0, 1)"}, [], config=config())
     assert space.overrides({"trainer.extra": 0.5}) == ["+trainer.extra=0.5"]
 
@@ -109,7 +109,7 @@ def test_study_name_is_stable_and_separates_configs():
 
     def name(cfg, params=params, **extra):
         space, _ = parse_space(params, [], config=cfg)
-        return study_name_for(cfg, fingerprint(cfg, space=space, **{**kw, **extra}))
+        return study_name_for(AutoftApp(cfg).label(), fingerprint(cfg, space=space, **{**kw, **extra}))
 
     base = name(config())
     assert base.startswith("toy-tiny-autoft-") and base == name(config())
@@ -156,22 +156,22 @@ def test_shipped_warm_starts_map_onto_the_space():
     space, _ = parse_space(OmegaConf.to_container(PAPER), [], config=config())
     for name, lr_scale in (("iwildcam", 13.6), ("fmow", 2.52), ("imagenet", 0.303)):
         inline = OmegaConf.load(REPO / f"conf/search/warm_start/{name}.yaml")
-        (origin, entry), = load_warm_starts([], inline)
+        (origin, entry), = load_warm_starts([], {"search.warm_start": inline}, WARM_START_KEYS)
         assert origin == f"search.warm_start:{name}"
-        p = warm_start_params(entry, space, base_lr=5e-5, origin=origin)
+        p = warm_start_params(warm_start_values(entry, base_lr=5e-5), space, origin=origin)
         assert p["trainer.lr_scale"] == pytest.approx(lr_scale)  # relative to the base lr they were found with
         assert "method.loss_weights.ce" not in p
-    p = warm_start_params(OmegaConf.to_container(OmegaConf.load(REPO / "conf/search/warm_start/iwildcam.yaml"))
-                          ["iwildcam"], space, None, "x")
+    p = warm_start_params(warm_start_values(OmegaConf.to_container(
+        OmegaConf.load(REPO / "conf/search/warm_start/iwildcam.yaml"))["iwildcam"], None), space, "x")
     assert p["method.loss_weights.dcm"] == 0.622 and p["trainer.weight_decay"] == 0.604
     # FMoW's l1zero (2.6e-5) lies below the paper's range: left to the sampler, not forced
     fmow = OmegaConf.to_container(OmegaConf.load(REPO / "conf/search/warm_start/fmow.yaml"))["fmow"]
-    assert "method.loss_weights.l1zero" not in warm_start_params(fmow, space, None, "fmow")
+    assert "method.loss_weights.l1zero" not in warm_start_params(warm_start_values(fmow, None), space, "fmow")
 
 
 def test_best_hparams_round_trip(tmp_path):
     cfg = config()
-    space, _ = parse_space(OmegaConf.to_container(PAPER), [], config=cfg, losses=["flyp", "l2init"])
+    space, _ = parse_space(OmegaConf.to_container(PAPER), [], config=cfg, keep=loss_filter(["flyp", "l2init"]))
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(
         params={"method.loss_weights.flyp": 0.5, "method.loss_weights.l2init": 0.01, "trainer.lr_scale": 4.0,
@@ -229,7 +229,7 @@ def test_pruner_specs():
     assert isinstance(make_pruner({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}),
                       optuna.pruners.MedianPruner)
     with pytest.raises(UserError, match="search.pruner 'mediam'"):
-        make_pruner("mediam")
+        make_pruner("mediam", key="search.pruner")
 
 
 def test_reporter_is_a_no_op_outside_a_search_and_reports_inside(tmp_path):

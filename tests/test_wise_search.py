@@ -91,17 +91,18 @@ def test_bad_alphas_are_refused_before_any_work(bad, tmp_path):
 
 def test_the_study_fingerprint_follows_the_alphas():
     """A different objective is a different study: search.wise_alphas is part of the fingerprint
-    (the sweeper excludes only hydra.sweeper's fingerprint_exclude keys), re-evaluation is not."""
-    from hydra_plugins.autoft_optuna_sweeper.config import AutoFTOptunaSweeperConf
+    (the sweeper excludes only the app's fingerprint_exclude keys), re-evaluation is not."""
+    from autoft.search_app import FINGERPRINT_EXCLUDE, NEUTRAL_DEFAULTS
 
-    exclude = AutoFTOptunaSweeperConf().fingerprint_exclude
+    exclude = FINGERPRINT_EXCLUDE
     assert not any(k == "search.wise_alphas" or "search.wise_alphas".startswith(k + ".") for k in exclude)
     params = OmegaConf.to_container(OmegaConf.load(ROOT / "conf/search/autoft.yaml").hydra.sweeper.params)
 
     def fp(*overrides):
         cfg = compose_config(*TRIAL, *overrides)
         space, _ = parse_space(params, [], config=cfg)
-        return fingerprint(cfg, space=space, direction="maximize", sampler={}, pruner=None, exclude=exclude)
+        return fingerprint(cfg, space=space, direction="maximize", sampler={}, pruner=None, exclude=exclude,
+                           neutral=NEUTRAL_DEFAULTS)
 
     off = fp()
     assert fp("search.wise_alphas=[0.5,1.0]") != off

@@ -1,8 +1,8 @@
-"""What a study leaves beside it, all derived from the storage: best_hparams.yaml (read by the final
-retrain), trials.csv, optimization_results.yaml (hydra-optuna-sweeper's file), plots/.
+"""What a study leaves beside it, all derived from the storage: trials.csv, optimization_results.yaml
+(hydra-optuna-sweeper's file), plots/. The app adds its own (SearchApp.write_outputs: autoft's
+best_hparams.yaml, autoft.search_app).
 
     write_study_outputs(study, place, ...)   everything at once (the search calls it after each trial)
-    best_hparams_from_study(url)             the chosen trial of any study, for the final retrain
 
 With top-k re-evaluation (autoft.search.reevaluation) each of them shows both scores: the trial's
 search score (with its bootstrap interval and per-seed scores) and its re-evaluated score.
@@ -21,69 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from autoft.hparams import Hyperparameters
-from autoft.errors import UserError
 from autoft.io import atomic_write, atomic_write_text
-from autoft.records import HPARAMS_FILE, write_best_hparams
-from autoft.search.reevaluation import chosen_trial_number
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
-from autoft.values import finite
 
 log = logging.getLogger(__name__)
 
 _INTERNAL_ATTRS = {FAIL_REASON, RETRY_OF, WARM_START_ATTR, "fail_kind", "worker"}
-
-
-def _select(config, key: str, default=None):
-    from omegaconf import OmegaConf
-
-    if config is None:
-        return default
-    try:
-        return OmegaConf.select(config, key, default=default)
-    except Exception:
-        return default
-
-
-def best_hparams(config, trial, *, study_name: str, storage: str, direction: str, n_complete: int,
-                 selection=None) -> Hyperparameters:
-    """The chosen trial as the hyperparameters of a final run, with where they came from as records.
-
-    Unsearched values come from the composed config, so the file is complete on its own: all nine
-    loss weights (ce 1.0), the lr's scale and the absolute lr (Hyperparameters.values), weight_decay, seed when it
-    was searched, and the WiSE-FT alpha the trial chose (search.wise_alphas; else 1). `objective` is
-    the trial's search score; its bootstrap interval and per-seed scores follow when the trial
-    recorded them. With a re-evaluation `selection` (autoft.search.reevaluation.Selection), the
-    re-evaluated score and every candidate's two scores are added, and `selected_by` says which
-    score chose the trial.
-    """
-    params = dict(trial.params)
-    records: dict[str, Any] = {
-        "objective": float(trial.value), "metric": _select(config, "dataset.metric"), "direction": direction,
-        "trial_number": int(trial.number), "study_name": study_name, "storage": storage,
-        "n_complete": int(n_complete), "params": params, "dataset": _select(config, "dataset.name"),
-        "model": _select(config, "model.name")}
-    attrs = trial.user_attrs
-    if finite(attrs.get("ci_low")) and finite(attrs.get("ci_high")):
-        records["search_ci"] = [float(attrs["ci_low"]), float(attrs["ci_high"])]
-    if isinstance(attrs.get("per_seed"), list):
-        records["search_per_seed"] = [float(x) for x in attrs["per_seed"]]
-    if isinstance(attrs.get("seeds"), list):
-        records["search_seeds"] = [int(x) for x in attrs["seeds"]]
-    if selection is not None:
-        records["selected_by"] = selection.selected_by
-        records["search_best_trial"] = int(selection.search_best.number)
-        rec = selection.winner_record
-        if rec is not None and rec.get("state") == "complete":
-            records["reevaluated_objective"] = float(rec["value"])
-            records["reevaluated_seeds"] = [int(x) for x in rec["seeds"]]
-            if rec.get("per_seed") is not None:
-                records["reevaluated_per_seed"] = [float(x) for x in rec["per_seed"]]
-            if "ci_low" in rec:
-                records["reevaluated_ci"] = [float(rec["ci_low"]), float(rec["ci_high"])]
-        records["reevaluation"] = selection.summary()
-    defaults = Hyperparameters.from_config(config) if config is not None else None
-    return Hyperparameters.from_trial(params, attrs, defaults, records=records)
 
 
 # the noise guards, right after the objective: its interval and per-seed scores, then the re-evaluation
@@ -113,7 +56,7 @@ def _reeval_cells(record: Optional[Mapping]) -> dict:
 def trials_table(trials, reevaluations: Optional[Mapping[int, Mapping]] = None,
                  chosen: Optional[int] = None) -> tuple[list[str], list[dict]]:
     """One row per trial. `reevaluations`: trial number -> re-evaluation record (adds the re-evaluated
-    columns); `chosen`: the trial best_hparams.yaml holds (marked 1 in the `chosen` column)."""
+    columns); `chosen`: the chosen trial (marked 1 in the `chosen` column)."""
     params = sorted({k for t in trials for k in t.params})
     attrs = sorted({k for t in trials for k in t.user_attrs} - _INTERNAL_ATTRS - set(NOISE_COLUMNS))
     reeval = list(REEVAL_COLUMNS) if reevaluations is not None else []
@@ -237,19 +180,17 @@ class StudyPlace:
     """Where a study's outputs go and what they name."""
 
     study_dir: Path  # <sweep dir>/<study name>: every file
-    sweep_dir: Path  # also optimization_results.yaml and best_hparams.yaml (the study last run here)
+    sweep_dir: Path  # also optimization_results.yaml, and the app's best_hparams.yaml (the study last run here)
     study_name: str
     storage: str  # masked URL
     direction: Any  # 'maximize' | 'minimize', or a list of them
 
 
-def write_study_outputs(study, place: StudyPlace, *, selection, reevaluations=None, config=None,
-                        plots: bool = False) -> None:
+def write_study_outputs(study, place: StudyPlace, *, selection, reevaluations=None, plots: bool = False) -> None:
     """Every file beside a study, from its storage. `selection`: autoft.search.reevaluation.select's
     answer (single objective; None for a multi-objective study, which gets its Pareto front in
     optimization_results.yaml only); `reevaluations`: the re-evaluation records (None: no
-    re-evaluation columns); `config`: the composed config of an autoft app (best_hparams.yaml is
-    written only then); `plots`: write plots/ too (at the end of a run)."""
+    re-evaluation columns); `plots`: write plots/ too (at the end of a run)."""
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
@@ -265,45 +206,5 @@ def write_study_outputs(study, place: StudyPlace, *, selection, reevaluations=No
     if not complete or selection.winner is None:
         return
     write_results(dirs, place.study_name, place.direction, best=selection.winner)
-    if config is not None:
-        hp = best_hparams(config, selection.winner, study_name=place.study_name, storage=place.storage,
-                          direction=place.direction, n_complete=len(complete),
-                          selection=selection if reevaluations is not None else None)
-        write_best_hparams(place.study_dir / HPARAMS_FILE, hp)
-        # the study last run in this sweep dir: what `hparams=<sweep dir>/best_hparams.yaml` reads
-        write_best_hparams(place.sweep_dir / HPARAMS_FILE, hp)
     if plots:
         write_study_plots(study, place.study_dir / "plots", reevaluations=reevaluations, chosen=chosen)
-
-
-def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
-                            defaults: Optional[Hyperparameters] = None) -> Hyperparameters:
-    """The chosen trial of an Optuna study (a finished top-k re-evaluation's winner, else the best
-    trial) as the hyperparameters `train.py hparams=<file>` reads. Values the study did not search
-    come from `defaults` (the config's, Hyperparameters.from_config); records name the study, the
-    trial, its objective and what selected it."""
-    import optuna
-
-    from autoft.search.storage import normalize_url
-
-    try:
-        names = [s.study_name for s in optuna.study.get_all_study_summaries(normalize_url(storage),
-                                                                            include_best_trial=False)]
-    except Exception as err:
-        raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
-    if study_name is None:
-        if len(names) != 1:
-            raise UserError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                            "name one with --study-name")
-        study_name = names[0]
-    elif study_name not in names:
-        raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
-    study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
-    chosen = chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
-    try:
-        best = study.trials[chosen] if chosen is not None else study.best_trial
-    except ValueError:
-        raise UserError(f"study '{study_name}' has no completed trial yet") from None
-    records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
-               "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
-    return Hyperparameters.from_trial(best.params, best.user_attrs, defaults, records=records)

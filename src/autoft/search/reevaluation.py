@@ -1,12 +1,13 @@
 """Top-k re-evaluation, a step after the search (DomainBed's sweep-then-collect): read the complete
-study, re-run its k best trials with fresh seeds, choose on the re-evaluated mean.
+study, re-run its k best trials with fresh seeds, choose on the re-evaluated mean. The app asks for
+it and says how a run takes its seeds (autoft.search.app.SearchApp); a plain Hydra app has none.
 
-    plan = reevaluation.plan(search_block, space, config, direction, max_retries)  # before any training
+    plan = app.reevaluation(space, direction, max_retries)  # the app's Plan, before any training
     reevaluation.reevaluate(search)       # Search.run, in each slot, once the sweep loop completed the study
     sel, recs = reevaluation.selection(study, plan)  # the chosen trial and the records: what the outputs show
 
 The best of hundreds of trials on a small OOD-val set is partly the luckiest. The fresh seeds,
-`seed + search.reevaluate_seed_offset + j` (j < search.reevaluate_seeds), are the same for every
+`base_seed + seed_offset + j` (j < n_seeds), are the same for every
 candidate (compared on equal terms) and disjoint from every seed the search used. A re-evaluation
 that diverges or returns NaN fails for good (never chosen); one that raises is retried up to
 hydra.sweeper.max_retries times.
@@ -28,19 +29,12 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from omegaconf import OmegaConf
-
-from autoft.errors import UserError
-from autoft.names import SEED_KEY
-from autoft.records import TRIAL_FILE, read_trial
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search.space import format_value
 from autoft.search.storage import StudyStorage
-from autoft.values import must
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # the search's one logger
 
@@ -69,35 +63,6 @@ class Plan:
         return [self.base_seed + self.seed_offset + j for j in range(self.n_seeds)]
 
 
-def plan(search: Optional[Mapping], space, config, direction: Any, max_retries: int) -> Plan:
-    """`search.reevaluate_top_k`, `_seeds`, `_seed_offset`, checked; the fresh seeds must be new to
-    the search (else it re-runs a lucky seed). `space`: the parsed hydra.sweeper.params."""
-    search = search or {}
-    values = {}
-    for key, attr, low, default in (("reevaluate_top_k", "top_k", 0, 0), ("reevaluate_seeds", "n_seeds", 1, 2),
-                                    ("reevaluate_seed_offset", "seed_offset", 1, 1000)):
-        v = search.get(key, default)
-        v = default if v is None else v
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise UserError("invalid config: " + must(f"search.{key}", v, f"an integer >= {low}"))
-        values[attr] = v
-    fixed = {k.lstrip("+"): v for k, v in space.fixed.items()}
-    try:
-        base = int(fixed.get(SEED_KEY, OmegaConf.select(config, "seed", default=0) or 0))
-        k = int(fixed.get("search.seeds_per_trial", search.get("seeds_per_trial", 1)) or 1)
-    except (TypeError, ValueError):
-        base, k = 0, 1  # not integers: train.py itself reports that
-    p = Plan(**values, base_seed=base, direction=direction, max_retries=max_retries)
-    if p.enabled:
-        clash = sorted(set(p.seeds) & search_seeds(base, k, space.distributions.get(SEED_KEY)))
-        if clash:
-            raise UserError(f"re-evaluation seeds {p.seeds} include seeds the search used ({clash}); raise "
-                            "search.reevaluate_seed_offset above the largest searched seed")
-        if isinstance(direction, list):
-            raise UserError(f"search.reevaluate_top_k needs a single objective; this study has directions {direction}")
-    return p
-
-
 def search_seeds(base_seed: int, seeds_per_trial: int, distribution=None) -> set:
     """Every seed an inner run of the search can use: seed..seed+k-1, over the searched seeds if any."""
     from optuna.distributions import CategoricalDistribution, IntDistribution
@@ -111,14 +76,18 @@ def search_seeds(base_seed: int, seeds_per_trial: int, distribution=None) -> set
 
 
 def overrides(search, params: Mapping, number: int) -> list[str]:
-    """The re-evaluation of trial `number`: its hyperparameters, the fresh seeds, no trial identity
-    (it is not a search trial: nothing reports to the study from inside it)."""
-    replaced = {SEED_KEY, "search.seeds_per_trial", "search.reevaluation_of"}
-    ovs = [*search.passthrough, *search.space.overrides({k: v for k, v in params.items() if k != SEED_KEY})]
-    seeds = search.reeval.seeds
-    return [*(o for o in ovs if o.split("=", 1)[0].lstrip("+~") not in replaced),
-            f"hydra.sweep.dir={format_value(str(search.study_dir))}", f"hydra.sweep.subdir=reevaluation/trial_{number}",
-            f"++seed={seeds[0]}", f"++search.seeds_per_trial={len(seeds)}", f"++search.reevaluation_of={number}"]
+    """The re-evaluation of trial `number`: its hyperparameters, the app's fresh seeds
+    (SearchApp.reevaluation_overrides, which replace the trial's own values of their keys), no trial
+    identity (it is not a search trial: nothing reports to the study from inside it)."""
+    own = search.app.reevaluation_overrides(search.reeval.seeds, number)
+    replaced = {_key(o) for o in own}
+    ovs = [*search.passthrough, *search.space.overrides(params)]
+    return [*(o for o in ovs if _key(o) not in replaced), f"hydra.sweep.dir={format_value(str(search.study_dir))}",
+            f"hydra.sweep.subdir=reevaluation/trial_{number}", *own]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 # ----------------------------------------------------------------------------- records, the choice
@@ -289,27 +258,16 @@ def failed_record(claim: Mapping, kind: str, reason: str) -> dict:
                  attempts=int(claim.get("attempts", 0)) + 1, finished=time.time())
 
 
-def run_scores(run_dir: Path, since: float) -> dict:
-    """The re-evaluated run's trial.json (per_seed, ci); {} when this run wrote none (an older file
-    is a killed run's)."""
-    path = Path(run_dir) / TRIAL_FILE
-    try:
-        fresh = path.stat().st_mtime >= since - 1
-    except OSError:
-        return {}
-    return (read_trial(path) or {}) if fresh else {}
-
-
 # ----------------------------------------------------------------------------- the step
 
 def reevaluate(search) -> None:
     """Claim and run the missing re-evaluations of `search`'s complete study until none is left; then
     wait for those running elsewhere (a lost one is taken over after the grace period). `search`: the
     autoft.search.run.Search (one call per slot): its storage and claim lock, its launch and classify
-    (_launch), its stop event and its outputs."""
+    (launch_job), its stop event and its outputs."""
     study, s, plan = search.study, search.s, search.reeval
     announced = False
-    while not search._stop.is_set():
+    while not search.stopping.is_set():
         with search.store.claim_lock(search.storage_url):
             recs, live, now = records(study), 0, time.time()
             grace = lv.grace_after_outage(search.store, s.grace_period)
@@ -329,7 +287,7 @@ def reevaluate(search) -> None:
         if trial is None:
             if not live:
                 return
-            announced = search._wait(announced, "re-evaluation: %d running elsewhere: waiting for them (a lost one "
+            announced = search.wait(announced, "re-evaluation: %d running elsewhere: waiting for them (a lost one "
                                      "is taken over %ds after its last heartbeat)", live, s.grace_period)
             continue
         if lost:
@@ -347,12 +305,12 @@ def _run(search, trial, claim: dict) -> None:
     release = lambda: _finish(search, n, claim, ended(claim, RELEASED), heartbeat)  # noqa: E731
     with search.holding(("reevaluation", n), release):  # a stopping search gives it back: a rerun takes it up at once
         try:
-            o = search._launch(overrides(search, trial.params, n), n)
+            o = search.launch_job(overrides(search, trial.params, n), n)
         except BaseException:  # KeyboardInterrupt
             release()
             raise
         if o.kind == "complete":
-            scores = run_scores(search.study_dir / "reevaluation" / f"trial_{n}", t0)
+            scores = search.app.run_scores(search.study_dir / "reevaluation" / f"trial_{n}", t0)
             record = result_record(claim, o.values[0], scores, time.time() - t0)
         elif o.kind in STOPS and o.kind != "launcher":
             record = ended(claim, RELEASED)
@@ -363,8 +321,8 @@ def _run(search, trial, claim: dict) -> None:
             record = failed_record(claim, o.kind if o.kind in (*FINAL_FAILURES, "lost") else "error", reason)
         _finish(search, n, claim, record, heartbeat)
     if o.kind in STOPS:
-        search._stop.set()
-        raise search._bad_return(o, f" in the re-evaluation of trial {n}") if o.kind == "bad_return" else o.error
+        search.stopping.set()
+        raise search.bad_return(o, f" in the re-evaluation of trial {n}") if o.kind == "bad_return" else o.error
     _progress(search, trial, record)
 
 
@@ -396,4 +354,4 @@ def _progress(search, trial, record: dict) -> None:
     log.info("re-evaluation of trial %d (search %.6g): %s | %d/%d candidates re-evaluated", trial.number,
              trial.value, what, done, len(sel.candidates))
     search.write_outputs(final=False)
-    search._changed.set()
+    search.changed.set()

@@ -8,28 +8,25 @@ study is complete, the top-k re-evaluation step; the outputs beside the study, t
 Each slot (hydra.sweeper.n_jobs) loops: under the study's claim lock (never more than n_trials
 finished or running) fail stale trials (liveness.fail_stale), ask, suggest, start the trial's
 heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; what
-they hold is given back (trials: FAIL, parameters re-queued). With search.reevaluate_top_k, the
-slots then run autoft.search.reevaluation.reevaluate, a step that reads the complete study (it
-explains its records). The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`:
-the Hydra plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports
-Hydra's launcher machinery.
+they hold is given back (trials: FAIL, parameters re-queued). When the app asks for a top-k
+re-evaluation, the slots then run autoft.search.reevaluation.reevaluate, a step that reads the
+complete study (it explains its records). What the search needs to know about the app it sweeps
+comes from one hook, hydra.sweeper.app (autoft.search.app.SearchApp): no key of the app's config is
+read here. The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`: the Hydra
+plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports Hydra's
+launcher machinery.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, ContextManager, List, Optional
 
-from omegaconf import OmegaConf
-
 from autoft.errors import UserError
-from autoft.records import HPARAMS_FILE
 from autoft.search import liveness as lv
 from autoft.search import outage as og
 from autoft.search import outputs as out
@@ -37,31 +34,12 @@ from autoft.search import reevaluation as rv
 from autoft.search import space as sp
 from autoft.search import storage as st
 from autoft.search import study as su
+from autoft.search.app import SearchApp, load_app, load_callable
 from autoft.search.outcome import Outcome, find_user_error, run_job
 from autoft.search.settings import SearchSettings
 from autoft.search.threads import THREADS_ATTR, apply_threads, cpu_count, parse_threads
-from autoft.values import plain
 
 log = logging.getLogger("hydra_plugins.autoft_optuna_sweeper.sweeper")  # one logger for the search's lines
-
-
-def load_callable(path: str, what: str) -> Callable:
-    """A function from a dotpath. `fn`, `__main__.fn` or `.<script stem>.fn` name one in the app's
-    own script (hydra-optuna-sweeper's examples write `.custom-search-space-objective.configure`)."""
-    module_name, _, name = str(path).lstrip(".").rpartition(".")
-    main = sys.modules.get("__main__")
-    stem = Path(getattr(main, "__file__", "") or "").stem
-    try:
-        if not module_name or module_name in ("__main__", stem):
-            module = main
-        else:
-            module = importlib.import_module(module_name)
-        fn = getattr(module, name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"hydra.sweeper.{what} '{path}' cannot be imported: {err}") from None
-    if not callable(fn):
-        raise UserError(f"hydra.sweeper.{what} '{path}' is not a function")
-    return fn
 
 
 class Search:
@@ -73,9 +51,8 @@ class Search:
     machine's cores (for the thread budget; 0 when they run elsewhere);
     `in_process`: trials run in this process (the budget is applied here); `check_composes(batch)`:
     raises UserError when a batch of overrides does not compose; `trial_config(overrides)`: a context
-    manager giving one trial's composed task config (pre-flight). Once an autoft app's study has its
-    final outputs, its W&B run (autoft.reporting.wandb_logger.log_study, per the app's `logger`)
-    is written from them."""
+    manager giving one trial's composed task config (pre-flight). `app` (hydra.sweeper.app, loaded
+    in prepare) answers what the search asks of the app, and writes the app's own outputs."""
 
     def __init__(self, settings: SearchSettings, config, arguments: List[str], *,
                  launch: Callable[[list, int], Any], sweep_dir: Path, slots: int = 1, local_slots: int = 1,
@@ -87,8 +64,9 @@ class Search:
         self.check_composes, self.trial_config = check_composes, trial_config
         self.n_trials = settings.n_trials
         self.study = self.registry = None
-        self._stop = threading.Event()
-        self._changed = threading.Event()  # a slot finished a trial: waiting slots look again
+        self.app: Optional[SearchApp] = None
+        self.stopping = threading.Event()  # set: every slot stops
+        self.changed = threading.Event()  # a slot finished a trial: waiting slots look again
         self._lock = threading.Lock()
         self._inflight: dict[Any, Callable[[], None]] = {}  # what the slots hold -> how to give it back
         self._threads_of: dict[int, int] = {}  # trial number -> its thread budget
@@ -102,27 +80,17 @@ class Search:
 
         s, cfg = self.s, self.config
         st.quiet_optuna()
-        search = OmegaConf.select(cfg, "search", default=None) or {}
-        losses = search.get("losses") if search else None
-        if losses is None:
-            losses = OmegaConf.select(cfg, "method.search_losses", default=None)
+        self.app = app = load_app(s.app, cfg)
         self.space, self.passthrough = sp.parse_space(s.params or {}, self.arguments, config=cfg,
-                                                      losses=plain(losses) if losses is not None else None)
+                                                      keep=app.space_filter())
         if not self.space.distributions and not s.custom_search_space:
             raise UserError("search space: hydra.sweeper.params holds no searched parameter (interval, range or "
                             "choice) and hydra.sweeper.custom_search_space is not set; nothing to search")
-        self.pruner_spec = plain(search.get("pruner")) if search else None
-        su.make_pruner(self.pruner_spec)  # validate before any trial
-        if self.pruner_spec not in (None, "none") and search and not int(search.get("eval_every", 0) or 0):
-            raise UserError(f"search.pruner={self.pruner_spec} needs intermediate reports: set search.eval_every "
-                            "to the number of inner steps between OOD-val evaluations (e.g. search.eval_every=10)")
-        self.direction = su.direction_for(s.direction, cfg)
+        self.pruner_spec = app.pruner()  # checked by the app
+        self.direction = su.direction_for(app.direction() if s.direction is None else s.direction)
         self.multi = isinstance(self.direction, list)
         self.n_objectives = len(self.direction) if self.multi else 1
-        # an autoft app (its `search` block has the re-evaluation's key) gets best_hparams.yaml and a
-        # W&B study run (until the app registers a hook for its outputs, issue 28)
-        self.autoft_app = bool(search) and "reevaluation_of" in search
-        self.reeval = rv.plan(search, self.space, cfg, self.direction, s.max_retries)
+        self.reeval = app.reevaluation(self.space, self.direction, s.max_retries)
         self.threads = parse_threads(s.threads)  # the settings were checked (settings.checked)
         self.max_failures_n = int(s.max_failures) if s.max_failures is not None else int(self.n_trials)
         self._prepare_grid()
@@ -135,15 +103,16 @@ class Search:
         sampler_fp = dict(s.sampler)
         if s.custom_search_space:
             sampler_fp["custom_search_space"] = str(s.custom_search_space)
+        exclude = app.fingerprint_exclude() if s.fingerprint_exclude is None else s.fingerprint_exclude
         self.fingerprint = su.fingerprint(cfg, space=self.space, direction=self.direction, sampler=sampler_fp,
-                                          pruner=self.pruner_spec, exclude=s.fingerprint_exclude)
-        self.study_name = s.study_name or su.study_name_for(cfg, self.fingerprint)
+                                          pruner=self.pruner_spec, exclude=exclude, neutral=app.neutral_defaults())
+        self.study_name = s.study_name or su.study_name_for(app.label(), self.fingerprint)
         self.study_dir = self.sweep_dir / self.study_name.replace("/", "_")
         self.place = out.StudyPlace(self.study_dir, self.sweep_dir, self.study_name, st.mask_url(self.storage_url),
                                     self.direction)
         self._check_composes()
         self._preflight()
-        warm_entries = su.load_warm_starts(s.warm_start, search.get("warm_start") if search else None)
+        warm_entries = su.load_warm_starts(s.warm_start, app.warm_starts(), app.warm_start_keys)
         self._open_study(warm_entries)
 
     def _prepare_grid(self) -> None:
@@ -190,16 +159,12 @@ class Search:
                 raise
 
     def _open_study(self, warm_entries) -> None:
-        s, cfg = self.s, self.config
+        s = self.s
         self.retry = su.RetryLost(s.max_retries)
         self.storage = st.open_storage(self.storage_url, heartbeat_interval=s.heartbeat_interval,
                                        grace_period=s.grace_period, stale_callback=self.retry,
                                        outage_window=s.storage_outage_window)
-        attrs = {"n_trials": int(self.n_trials), "search_space": self.space.describe(),
-                 "metric": OmegaConf.select(cfg, "dataset.metric", default=None),
-                 "dataset": OmegaConf.select(cfg, "dataset.name", default=None),
-                 "model": OmegaConf.select(cfg, "model.name", default=None),
-                 "method": OmegaConf.select(cfg, "method.name", default=None)}
+        attrs = {"n_trials": int(self.n_trials), "search_space": self.space.describe(), **self.app.study_attrs()}
         self.study, created = su.open_study(self.storage, self.study_name, self.direction, self.fingerprint, attrs,
                                             sampler=su.make_sampler(s.sampler, self.grid_space),
                                             pruner=su.make_pruner(self.pruner_spec))
@@ -207,9 +172,8 @@ class Search:
         self.store = st.StudyStorage(self.study)
         if warm_entries:
             with self.store.claim_lock(self.storage_url):
-                base_lr = OmegaConf.select(cfg, "trainer.base_lr", default=None)
-                su.enqueue_warm_starts(self.study, warm_entries, self.space, base_lr)
-        out.write_config(self.study_dir, cfg)
+                su.enqueue_warm_starts(self.study, warm_entries, self.space, self.app.warm_start_values)
+        out.write_config(self.study_dir, self.config)
         self.registry = lv.WorkerRegistry(slots=self.local_slots).start()
         c = su.count(self.study.get_trials(deepcopy=False))
         log.info("study %s (%s) in %s: %d/%d finished, %d running, %d failed; %s over %d parameters; outputs in %s",
@@ -235,14 +199,14 @@ class Search:
     # ------------------------------------------------------------------ run
 
     def run(self) -> list:
-        """The sweep loop in the slots until the study is complete; then, with search.reevaluate_top_k,
-        the re-evaluation step in the same slots. The launcher's job returns; outputs are written
+        """The sweep loop in the slots until the study is complete; then, when the app plans one, the
+        re-evaluation step in the same slots. The launcher's job returns; outputs are written
         however it ends."""
         self._t0 = time.time()
         self._done0 = su.count(self.study.get_trials(deepcopy=False)).done(self.s.count_pruned)
         try:
             self._in_slots(self._slot)
-            if self.reeval.enabled and not self._stop.is_set():
+            if self.reeval.enabled and not self.stopping.is_set():
                 self._in_slots(lambda i: rv.reevaluate(self))
         finally:
             self.write_outputs(final=True)
@@ -264,17 +228,17 @@ class Search:
                     body(i)
                 except BaseException as err:  # noqa: BLE001 (handed to the main thread)
                     errors.append(err)
-                    self._stop.set()
-                    self._changed.set()
+                    self.stopping.set()
+                    self.changed.set()
 
             threads = [threading.Thread(target=guarded, args=(i,), name=f"autoft-slot-{i}", daemon=True)
                        for i in range(self.slots)]
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads) and not errors:
-                self._changed.wait(0.5)
+                self.changed.wait(0.5)
         except KeyboardInterrupt:
-            self._stop.set()
+            self.stopping.set()
             self._abandon_inflight()
             raise
         if errors:
@@ -305,7 +269,7 @@ class Search:
         # each slot has a Study object of its own (its own sampler; the storage shared)
         study = self.study if slot == 0 else self.store.load(
             sampler=su.make_sampler(self.s.sampler, self.grid_space), pruner=su.make_pruner(self.pruner_spec))
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             claimed = self._claim(study)
             if claimed is None:
                 break
@@ -316,12 +280,12 @@ class Search:
             finally:
                 heartbeat.stop()
 
-    def _wait(self, announced: bool, message: str, *args) -> bool:
+    def wait(self, announced: bool, message: str, *args) -> bool:
         """Log why this slot waits (once), then wait for another slot's news or poll_interval; True."""
         if not announced:
             log.info(message, *args)
-        self._changed.wait(self.s.poll_interval)
-        self._changed.clear()
+        self.changed.wait(self.s.poll_interval)
+        self.changed.clear()
         return True
 
     # ------------------------------------------------------------------ claiming a trial
@@ -330,7 +294,7 @@ class Search:
         s = self.s
         announced = False
         locked = st.has_claim_lock(self.storage_url)
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             with self.store.claim_lock(self.storage_url) as claim:
                 lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
                 trials = study.get_trials(deepcopy=False)
@@ -362,7 +326,7 @@ class Search:
                         return trial, heartbeat
                     heartbeat.stop()
                     continue
-            announced = self._wait(announced, "%d/%d trials finished and %d running elsewhere: waiting for them (a "
+            announced = self.wait(announced, "%d/%d trials finished and %d running elsewhere: waiting for them (a "
                                    "lost one is retried %ds after its last heartbeat)", done, self.n_trials,
                                    c.running, s.grace_period)
         return None
@@ -430,14 +394,14 @@ class Search:
 
     # ------------------------------------------------------------------ one trial
 
-    def _launch(self, overrides: list, job_idx: int, n_objectives: int = 1) -> Outcome:
+    def launch_job(self, overrides: list, job_idx: int, n_objectives: int = 1) -> Outcome:
         o = run_job(self.launch, overrides, job_idx, n_objectives)
         if o.job is not None:
             with self._lock:
                 self.returns.append(o.job)
         return o
 
-    def _bad_return(self, o: Outcome, where: str = "") -> UserError:
+    def bad_return(self, o: Outcome, where: str = "") -> UserError:
         want = (f"{self.n_objectives} objectives (a list or tuple of floats, one per direction)"
                 if self.multi else "the objective (a float)")
         hint = "" if self.multi or where else "; with train.py the search needs phase=search (search=autoft sets it)"
@@ -450,7 +414,7 @@ class Search:
             threads = self._threads_of.pop(trial.number, None)
         ovs = self.overrides(trial.params, trial_id=self.store.trial_id(trial), number=trial.number, threads=threads)
         try:
-            o = self._launch(ovs, trial.number, self.n_objectives)
+            o = self.launch_job(ovs, trial.number, self.n_objectives)
         except KeyboardInterrupt:
             self._interrupted(study, trial)
             raise
@@ -465,10 +429,10 @@ class Search:
             raise o.error
         elif o.kind == "bad_return":
             self._fail(study, trial, "user_error", o.reason)
-            raise self._bad_return(o)
+            raise self.bad_return(o)
         elif o.kind == "user_error":
             self._fail(study, trial, "user_error", o.reason)
-            self._stop.set()
+            self.stopping.set()
             raise o.error
         else:
             if o.extra:
@@ -544,11 +508,12 @@ class Search:
         log.info("trial %d: %s | %s | %d/%d finished, %d running, %d failed | ETA %s", t.number, what, best_txt,
                  done, self.n_trials, c.running, c.failed, su.format_eta(eta) if done < self.n_trials else "0:00:00")
         self.write_outputs(final=False)
-        self._changed.set()
+        self.changed.set()
 
     def write_outputs(self, final: bool) -> None:
         """The files beside the study (autoft.search.outputs); with re-evaluation, the chosen trial as a
-        study attribute (reevaluation.record_winner); at the end, plots and the study's W&B run."""
+        study attribute (reevaluation.record_winner); at the end, plots; then the app's own outputs
+        (SearchApp.write_outputs: autoft's best_hparams.yaml, and at the end its study's W&B run)."""
         study = self.study
         if study is None:
             return
@@ -557,14 +522,11 @@ class Search:
             return
         try:
             sel, recs = (None, None) if self.multi else rv.selection(study, self.reeval)
-            out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs,
-                                    config=self.config if self.autoft_app else None, plots=final and self.s.plots)
+            out.write_study_outputs(study, self.place, selection=sel, reevaluations=recs, plots=final and self.s.plots)
             if recs is not None and sel.winner is not None:
                 rv.record_winner(study, sel)
-            if final and self.autoft_app and sel is not None and sel.winner is not None:
-                from autoft.reporting.wandb_logger import log_study  # the study's W&B run, from the files written
-
-                log_study(self.config.get("logger"), self.study_dir, self.study_name)
+            if sel is not None and sel.winner is not None:
+                self.app.write_outputs(study, self.place, sel, recs, final)
         except og.StorageUnreachable:  # the worker stops with that message; a rerun writes them
             log.debug("study outputs not written: the study storage is unreachable")
         except Exception as err:  # outputs are derived from the storage: never fail the search for them
@@ -591,6 +553,6 @@ class Search:
                  self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
         if self.reeval.enabled:
             rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
-        if self.autoft_app:
-            log.info("best hyperparameters: %s", self.study_dir / HPARAMS_FILE)
+        for what, path in self.app.summary_files(self.place).items():
+            log.info("%s: %s", what, path)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")

@@ -8,7 +8,8 @@ nsgaii, nsgaiii, qmc, gp, bruteforce) and the deprecated `search_space` (read wi
 hydra_plugins.autoft_optuna_sweeper.compat); the removed `motpe` sampler names its replacement.
 Differences: `n_trials` is the study's *total* of finished trials (a rerun resumes to it);
 `max_failure_rate` counts failures over the whole study. The other keys are ours; conf/search/autoft.yaml
-documents them.
+documents them. No key of the app's own config is read here or anywhere in autoft.search: what the
+search needs to know about its app comes from `app` (autoft.search.app.SearchApp).
 Hydra imports this module on every run (plugin discovery): keep it free of heavy imports and of
 `from __future__ import annotations` (Hydra's ConfigStore reads the dataclass's types).
 """
@@ -51,24 +52,14 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
 REMOVED_SAMPLERS: Dict[str, Dict[str, Any]] = {"motpe": {"_target_": "optuna.samplers.MOTPESampler", "seed": None}}
 
 
-def _fingerprint_exclude() -> List[str]:
-    # keys that never change a trial's objective: changing them must resume the same study
-    return ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "budget", "search.n_trials",
-            "dataset.passes_per_epoch", "trainer.epochs", "trainer.num_workers",
-            "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "trainer.image_cache",
-            "trainer.image_cache_dir", "search.warm_start", "search.bootstrap",
-            # re-evaluation happens after the search: changing it must resume the same study
-            "search.reevaluate_top_k", "search.reevaluate_seeds", "search.reevaluate_seed_offset",
-            "search.reevaluation_of"]
-
-
 @dataclass
 class SearchSettings:
     # maximize | minimize, or a list of them (a multi-objective study: the task returns one value
-    # per direction; the Pareto front is reported); null: from the composed config's
-    # dataset.higher_is_better, else minimize (hydra-optuna-sweeper's default)
+    # per direction; the Pareto front is reported); null: the app's (hydra.sweeper.app), else
+    # minimize (hydra-optuna-sweeper's default)
     direction: Any = None
-    # null: <dataset>-<model>-<method>-<fingerprint of everything that affects a trial's objective>
+    # null: <the app's label (autoft: dataset-model-method), else study>-<fingerprint of everything
+    # that affects a trial's objective>
     study_name: Optional[str] = None
     # where studies live (null: hydra.sweep.dir). A hydra.sweep.dir=... on the command line wins.
     # Trials run in <sweep_dir>/<study name>/trial_<trial number>.
@@ -121,13 +112,20 @@ class SearchSettings:
     # dotpath of fn(cfg): called once with the first trial's composed config before any study row
     # or trial exists; a UserError from it stops the search (e.g. autoft.cli.preflight)
     preflight: Optional[str] = None
+    # dotpath of the app's hook: an autoft.search.app.SearchApp subclass, or fn(cfg) returning one.
+    # Everything the search needs to know about the app it sweeps goes through it (the study's name
+    # and default direction, a pruner, re-evaluation, inline warm starts, the app's own files beside
+    # the study); null: a plain Hydra app, as hydra-optuna-sweeper treats it (e.g. autoft.search_app.AutoftApp)
+    app: Optional[str] = None
     count_pruned: bool = True
     # hyperparameter files (best_hparams.yaml or warm-start files) enqueued as the first trials
     warm_start: List[str] = field(default_factory=list)
     plots: bool = True
     # seconds between looks at the study while other workers finish its last trials
     poll_interval: float = 5.0
-    fingerprint_exclude: List[str] = field(default_factory=_fingerprint_exclude)
+    # keys that never change a trial's objective: changing them resumes the same study; null: the
+    # app's list (SearchApp.fingerprint_exclude: hydra, and what the app adds)
+    fingerprint_exclude: Optional[List[str]] = None
     # the trial's identity, set by the sweeper in each trial's config ({id, number, study_name, storage,
     # storage_outage_window, threads}); empty here. Read it with autoft.search.trial.hydra_trial_identity
     trial: Dict[str, Any] = field(default_factory=dict)
@@ -185,5 +183,7 @@ def checked(keys: Mapping[str, Any]) -> SearchSettings:
         raise UserError("invalid config: " + found[0] if len(found) == 1 else
                         "invalid config:\n  - " + "\n  - ".join(found))
     s.sampler, s.warm_start = dict(s.sampler or {}), list(s.warm_start or [])
-    s.fingerprint_exclude, s.progress_interval = list(s.fingerprint_exclude or []), float(s.progress_interval or 0)
+    s.progress_interval = float(s.progress_interval or 0)
+    if s.fingerprint_exclude is not None:
+        s.fingerprint_exclude = list(s.fingerprint_exclude)
     return s

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
-from autoft.names import LOSS_PREFIX, SEARCHED_LOSSES
 from autoft.values import finite
 
 _TAGS = {"log", "int"}
@@ -166,24 +165,18 @@ def _exists(config, key: str) -> bool:
 
 
 def parse_space(params: Optional[Mapping[str, Any]], arguments: Sequence[str] = (), *,
-                config=None, losses: Optional[Iterable[str]] = None) -> tuple[SearchSpace, list[str]]:
+                config=None, keep: Optional[Callable[[str], bool]] = None) -> tuple[SearchSpace, list[str]]:
     """Build the search space from the sweeper's `params` and the command line.
 
     Command-line sweeps (`x=interval(0, 1)`, `x=1,2,3`) join the space; a plain command-line value
-    of a searched key fixes it. Loss-weight keys outside `losses` are dropped (the method's weight
-    stays). Returns the space and the other command-line overrides, to pass to every trial.
+    of a searched key fixes it. Keys `keep` refuses are dropped and keep their config value (the
+    app's choice, SearchApp.space_filter). Returns the space and the other command-line overrides,
+    to pass to every trial.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
-    keep = None
-    if losses is not None:
-        keep = list(losses)
-        unknown = sorted(set(keep) - set(SEARCHED_LOSSES))
-        if unknown:
-            raise UserError(f"search.losses: unknown or unsearchable loss term(s) {unknown}; valid: "
-                            f"{', '.join(SEARCHED_LOSSES)} (ce is fixed to 1)")
 
     entries: list[tuple[str, str, str]] = []  # (origin, key text, value text)
     for key, text in (params or {}).items():
@@ -212,7 +205,7 @@ def parse_space(params: Optional[Mapping[str, Any]], arguments: Sequence[str] = 
         prefix = key_text[: len(key_text) - len(key_text.lstrip("+"))]
         if ov.is_delete():
             raise _bad(key_text, text, "deletes a key; a search parameter must set one")
-        if keep is not None and key.startswith(LOSS_PREFIX) and key[len(LOSS_PREFIX):] not in keep:
+        if keep is not None and not keep(key):
             space.distributions.pop(key, None)
             continue
         if not prefix and not _exists(config, key):

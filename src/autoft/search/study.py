@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from autoft.errors import UserError
 from autoft.values import must
-from autoft.hparams import HPARAMS_FIELDS, search_params
 from autoft.records import read_yaml
 from autoft.search.settings import direction_name
 from autoft.search.space import SearchSpace
@@ -37,9 +36,6 @@ RETRIES_ATTR = "autoft:retries"  # system attribute: how often these parameters 
 WARM_START_ATTR = "warm_start"
 FINGERPRINT_ATTR = "autoft_fingerprint"
 COUNTED_FAILURES = ("error", "diverged", "nan")
-# keys added after studies were made, at the value those studies were searched with: left out of the
-# fingerprint at that value, so such a study keeps its name and resumes; any other value is another study
-NEUTRAL_DEFAULTS = {"search.regenerate_head": False}
 
 
 # ----------------------------------------------------------------------------- naming
@@ -56,22 +52,23 @@ def _drop(tree: Any, dotted: str) -> None:
 
 
 def fingerprint(config, *, space: SearchSpace, direction: str, sampler: Mapping, pruner: Any,
-                exclude: Iterable[str]) -> str:
+                exclude: Iterable[str], neutral: Optional[Mapping[str, Any]] = None) -> str:
     """A short hash of everything a trial's objective depends on.
 
     The config is taken unresolved (`${data_root}` stays a reference, so the same command on
     another machine finds the same study); `exclude` drops keys that never change a trial
-    (device, paths, n_trials, final-run settings); a NEUTRAL_DEFAULTS key counts only away from its
-    neutral value.
+    (the app's: device, paths, n_trials, final-run settings); a `neutral` key (added after studies
+    were made, SearchApp.neutral_defaults) counts only away from its neutral value, so those studies
+    keep their names.
     """
     from omegaconf import OmegaConf
 
     tree = OmegaConf.to_container(config, resolve=False) if config is not None else {}
     for key in exclude:
         _drop(tree, key)
-    for key, neutral in NEUTRAL_DEFAULTS.items():
+    for key, default in (neutral or {}).items():
         value = OmegaConf.select(config, key, default=None) if config is not None else None
-        if type(value) is type(neutral) and value == neutral:
+        if type(value) is type(default) and value == default:
             _drop(tree, key)
     # searched and fixed keys take their values from the trial's overrides (in `space`)
     for key in [*space.distributions, *(k.lstrip("+") for k in space.fixed)]:
@@ -82,27 +79,17 @@ def fingerprint(config, *, space: SearchSpace, direction: str, sampler: Mapping,
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def study_name_for(config, fp: str) -> str:
-    from omegaconf import OmegaConf
-
-    parts = [str(OmegaConf.select(config, k, default="") or "") for k in ("dataset.name", "model.name", "method.name")]
-    stem = "-".join(p for p in parts if p) or "study"
-    return f"{stem}-{fp}"
+def study_name_for(label: str, fp: str) -> str:
+    """<label>-<fingerprint>: the app's label (SearchApp.label), else `study`."""
+    return f"{label or 'study'}-{fp}"
 
 
-def direction_for(direction: Any, config) -> Any:
-    """'maximize' | 'minimize', or a list of them for a multi-objective study. Null: from
-    dataset.higher_is_better, else 'minimize' (hydra-optuna-sweeper's default). `direction` was
-    checked with the settings (autoft.search.settings)."""
-    if direction is not None:
-        out = [direction_name(d) for d in (direction if isinstance(direction, (list, tuple)) else [direction])]
-        return out if len(out) > 1 else out[0]
-    from omegaconf import OmegaConf
-
-    hib = OmegaConf.select(config, "dataset.higher_is_better", default=None)
-    if hib is None:
-        return "minimize"
-    return "maximize" if bool(hib) else "minimize"
+def direction_for(direction: Any) -> Any:
+    """'maximize' | 'minimize', or a list of them for a multi-objective study, from
+    hydra.sweeper.direction (checked with the settings, autoft.search.settings) or, when that is
+    null, the app's (SearchApp.direction; hydra-optuna-sweeper's minimize)."""
+    out = [direction_name(d) for d in (direction if isinstance(direction, (list, tuple)) else [direction])]
+    return out if len(out) > 1 else out[0]
 
 
 def directions_of(direction: Any) -> list[str]:
@@ -370,8 +357,9 @@ PRUNERS = {
 }
 
 
-def make_pruner(spec: Any):
-    """None/'none' -> no pruning; a name in PRUNERS; or a {_target_: ...} mapping."""
+def make_pruner(spec: Any, key: str = "pruner"):
+    """None/'none' -> no pruning; a name in PRUNERS; or a {_target_: ...} mapping. `key`: the
+    setting the messages name (the app's, SearchApp.pruner)."""
     from hydra.utils import instantiate
     from omegaconf import DictConfig, OmegaConf
     import optuna
@@ -382,33 +370,32 @@ def make_pruner(spec: Any):
         return optuna.pruners.NopPruner()
     if isinstance(spec, str):
         if spec not in PRUNERS:
-            raise UserError(f"search.pruner '{spec}' is not a pruner; valid: none, {', '.join(PRUNERS)}, "
+            raise UserError(f"{key} '{spec}' is not a pruner; valid: none, {', '.join(PRUNERS)}, "
                             "or {_target_: optuna.pruners.<Pruner>, ...}")
         target, kwargs = PRUNERS[spec]
         spec = {"_target_": target, **kwargs}
     if not isinstance(spec, Mapping) or "_target_" not in spec:
-        raise UserError("invalid config: " + must("search.pruner", spec, "a name or a mapping with _target_"))
+        raise UserError("invalid config: " + must(key, spec, "a name or a mapping with _target_"))
     try:
         pruner = instantiate(dict(spec))
     except Exception as err:
-        raise UserError(f"search.pruner cannot be built ({spec.get('_target_')}): {err}") from None
+        raise UserError(f"{key} cannot be built ({spec.get('_target_')}): {err}") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
-        raise UserError(f"search.pruner._target_ {spec.get('_target_')} is not an Optuna pruner")
+        raise UserError(f"{key}._target_ {spec.get('_target_')} is not an Optuna pruner")
     return pruner
 
 
 # ----------------------------------------------------------------------------- warm starts
 
-def _entries(obj: Any, origin: str) -> list[tuple[str, dict]]:
-    """A hyperparameter mapping (best_hparams.yaml schema), or a mapping of name -> such mapping."""
+def _entries(obj: Any, origin: str, keys: Sequence[str]) -> list[tuple[str, dict]]:
+    """One warm-start entry (a mapping with any of `keys`), or a mapping of name -> such entry."""
     if not isinstance(obj, Mapping):
         raise UserError(f"warm start {origin}: expected a mapping of hyperparameters, got {type(obj).__name__}")
-    keys = {*HPARAMS_FIELDS, "params"}
-    if keys & set(obj):
+    if set(keys) & set(obj):
         return [(origin, dict(obj))]
     out = []
     for name, entry in obj.items():
-        if not isinstance(entry, Mapping) or not keys & set(entry):
+        if not isinstance(entry, Mapping) or not set(keys) & set(entry):
             raise UserError(f"warm start {origin}: entry '{name}' holds none of {sorted(keys)}")
         out.append((f"{origin}:{name}", dict(entry)))
     return out
@@ -418,24 +405,28 @@ WARM_START_FIX = ("name a best_hparams.yaml, or a YAML mapping of names to such 
                   "(conf/search/warm_start/)")
 
 
-def load_warm_starts(files: Sequence[str], inline: Optional[Mapping]) -> list[tuple[str, dict]]:
+def load_warm_starts(files: Sequence[str], inline: Optional[Mapping[str, Any]] = None,
+                     keys: Sequence[str] = ("params",)) -> list[tuple[str, dict]]:
+    """The warm-start entries: the app's own (`inline`, origin -> mapping; SearchApp.warm_starts),
+    then hydra.sweeper.warm_start's files. `keys` mark one entry (SearchApp.warm_start_keys)."""
     from omegaconf import OmegaConf
 
     out: list[tuple[str, dict]] = []
-    if inline:
-        out += _entries(OmegaConf.to_container(inline, resolve=True) if OmegaConf.is_config(inline) else inline,
-                        "search.warm_start")
+    for origin, mapping in (inline or {}).items():
+        if mapping:
+            out += _entries(OmegaConf.to_container(mapping, resolve=True) if OmegaConf.is_config(mapping)
+                            else mapping, origin, keys)
     for f in files or []:
         data = read_yaml(f, f"hydra.sweeper.warm_start: {f}", WARM_START_FIX)
-        out += _entries(data, str(Path(f)))
+        out += _entries(data, str(Path(f)), keys)
     return out
 
 
-def warm_start_params(entry: Mapping, space: SearchSpace, base_lr: Optional[float], origin: str) -> dict:
-    """Map one hyperparameter entry onto the searched keys (values outside the space are skipped)."""
+def warm_start_params(values: Mapping[str, Any], space: SearchSpace, origin: str) -> dict:
+    """One entry's values (override key -> value, SearchApp.warm_start_values) on the searched keys;
+    values outside the space are skipped."""
     from optuna.distributions import IntDistribution
 
-    values = {**search_params(entry, base_lr), **(entry.get("params") or {})}
     params = {}
     for key, value in values.items():
         if key not in space.distributions:
@@ -451,11 +442,12 @@ def warm_start_params(entry: Mapping, space: SearchSpace, base_lr: Optional[floa
 
 
 def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: SearchSpace,
-                        base_lr: Optional[float]) -> int:
-    """Enqueue each entry once per study (a rerun does not add them again)."""
+                        values_of: Callable[[Mapping[str, Any]], dict]) -> int:
+    """Enqueue each entry once per study (a rerun does not add them again); `values_of`: an entry as
+    override key -> value (SearchApp.warm_start_values)."""
     n = 0
     for origin, entry in entries:
-        params = warm_start_params(entry, space, base_lr, origin)
+        params = warm_start_params(values_of(entry), space, origin)
         if not params:
             log.warning("warm start %s: no value falls in the search space; skipped", origin)
             continue

@@ -13,8 +13,8 @@ of finished trials (a rerun resumes; after completion it trains nothing); one tr
 slot, asked when the slot is free (no batch barrier), and any number of workers join a study
 through its storage; trials of dead workers are retried; a trial that raises or diverges is FAILED
 and the search goes on, while a UserError stops everything with its message; the study name derives
-from the config; top-k re-evaluation (`search.reevaluate_top_k`), a step run once the study is
-complete (autoft.search.reevaluation).
+from the config's fingerprint; an app's hook (`hydra.sweeper.app`, autoft.search.app) may add a top-k
+re-evaluation step run once the study is complete (autoft.search.reevaluation) and files of its own.
 
 Hydra imports this module on every run of train.py to discover plugins: the heavy imports happen
 inside methods.
