@@ -10,6 +10,16 @@ if "AUTOFT_IMAGE_CACHE_DIR" not in os.environ:  # image caches of test runs (and
     os.environ["AUTOFT_IMAGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoft-test-image-cache-")
     atexit.register(shutil.rmtree, os.environ["AUTOFT_IMAGE_CACHE_DIR"], True)
 
+if os.environ.get("PYTEST_XDIST_WORKER") and "AUTOFT_WORKERS_DIR" not in os.environ:
+    # under pytest -n, each test process counts only its own searches' workers toward the thread
+    # budget (tests assert the budget they see; another test's search is not their machine's load)
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["AUTOFT_WORKERS_DIR"] = tempfile.mkdtemp(prefix="autoft-test-workers-")
+    atexit.register(shutil.rmtree, os.environ["AUTOFT_WORKERS_DIR"], True)
+
 import numpy as np
 import pytest
 import torch
