@@ -22,8 +22,11 @@ foundation: install  ## build (once, cached) the embedded task's small CLIP mode
 demo: install  ## the whole method on the embedded default task: search, final retrain, baselines, table
 	$(PY) scripts/demo.py
 
-test: install  ## the default suite: every test not marked slow (README "Tests" prints its count and times)
-	$(PY) -m pytest -m "not slow" -q
+# test processes: one more than the cores, since tests spend part of their time waiting on the runs
+# they start (heartbeats, outages, workers); a whole file goes to one process (its module fixtures run once)
+TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+test: install  ## the default suite: every test not marked slow, TEST_WORKERS processes (README "Tests" prints its count and times)
+	$(PY) -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: install  ## longer end-to-end checks
 	$(PY) -m pytest -m slow -q
