@@ -102,11 +102,13 @@ def pytest_collection_modifyitems(config, items):
 # `python <script> <argv>` in this process (no interpreter start, torch already imported), its output
 # as a subprocess's would be: what it prints or logs and what the processes it launches write to fds 1, 2
 
-def run_python(path, argv: list, cwd=None, **env):
+def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     """Run `path` as __main__ with sys.argv = [path, *argv], under offline_env(**env) and in `cwd`;
-    a CompletedProcess (returncode from SystemExit, else 0; stderr merged into stdout). What a run
-    changes in this process is put back: environment, cwd, Hydra's global state, the root logger's
-    handlers and level, torch's thread count."""
+    a CompletedProcess (returncode from SystemExit, else 0; stderr merged into stdout, or apart in
+    `.stderr` with separate_stderr=True, for a test that tells a log line on stdout from an error
+    report on stderr). Warnings the run shows are printed to its stderr, as a process's would be (not
+    recorded by pytest). What a run changes in this process is put back: environment, cwd, Hydra's
+    global state, the root logger's handlers and level, torch's thread count, the warning filters."""
     import contextlib
     import io
     import logging
@@ -114,14 +116,20 @@ def run_python(path, argv: list, cwd=None, **env):
     import subprocess
     import sys
     import tempfile
+    import warnings
 
     from hydra.core.global_hydra import GlobalHydra
 
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
     argv = [str(a) for a in argv]
-    buffer = io.StringIO()
+    out = io.StringIO()
+    err = io.StringIO() if separate_stderr else out
     root, threads = logging.getLogger(), torch.get_num_threads()
     handlers, level = list(root.handlers), root.level
-    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile() as fds:
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(), tempfile.TemporaryFile() as fd_out, \
+            tempfile.TemporaryFile() as fd_err:
         for key in set(os.environ) - set(offline_env(**env)):
             mp.delenv(key)
         for key, value in offline_env(**env).items():
@@ -129,17 +137,24 @@ def run_python(path, argv: list, cwd=None, **env):
         if cwd is not None:
             mp.chdir(cwd)
         mp.setattr(sys, "argv", [str(path), *argv])
+        warnings.showwarning = show
+        # the same filters plus a catch-all with the default action (a no-op): the filters changed, so
+        # each run shows its warnings afresh, as a fresh process would, not once per test
+        warnings.simplefilter("default", append=True)
         GlobalHydra.instance().clear()
         sys.stdout.flush(), sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
-        os.dup2(fds.fileno(), 1), os.dup2(fds.fileno(), 2)
+        os.dup2(fd_out.fileno(), 1), os.dup2((fd_err if separate_stderr else fd_out).fileno(), 2)
         try:
-            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
                     runpy.run_path(str(path), run_name="__main__")
                     code = 0
                 except SystemExit as stop:
-                    code = stop.code if isinstance(stop.code, int) or stop.code is None else 1
+                    code = stop.code
+                    if not (isinstance(code, int) or code is None):  # sys.exit("message"): as a process does
+                        print(code, file=sys.stderr)
+                        code = 1
         finally:
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
@@ -149,9 +164,9 @@ def run_python(path, argv: list, cwd=None, **env):
             root.handlers[:] = handlers
             root.setLevel(level)
             torch.set_num_threads(threads)
-        fds.seek(0)
-        children = fds.read().decode(errors="replace")
-    return subprocess.CompletedProcess([str(path), *argv], code or 0, buffer.getvalue() + children, "")
+        children = [f.seek(0) or f.read().decode(errors="replace") for f in (fd_out, fd_err)]
+    stderr = err.getvalue() + children[1] if separate_stderr else ""  # else fd 2 and sys.stderr went to stdout
+    return subprocess.CompletedProcess([str(path), *argv], code or 0, out.getvalue() + children[0], stderr)
 
 
 def run_script(name: str, argv: list, cwd=None, **env):

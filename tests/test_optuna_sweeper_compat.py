@@ -28,8 +28,6 @@ src/hydra_plugins/autoft_optuna_sweeper/config.py (n_trials is the study's total
 counts over the whole study).
 """
 import itertools
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -38,15 +36,18 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from autoft.search.space import grid_values, parse_space
+from conftest import run_python
 from sweep_helpers import SWEEP, run_app
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = REPO / "tests" / "apps" / "optuna_examples"  # the layout of upstream's plugin directory
 
 
-def run_example(script, tmp_path, *args, check=True, timeout=240):
-    """`python <script> --multirun ...` as upstream's tests run it; hydra.sweep.dir=<tmp_path>/sweep
-    unless given. Paths are upstream's, relative to ROOT."""
+def run_example(script, tmp_path, *args, check=True):
+    """`python <script> --multirun ...` as upstream's tests run it, in this process (run_python: no
+    test here is about the process boundary; the exit status is SystemExit's, stdout and stderr stay
+    apart: tests tell a trial's logged traceback, on stdout, from Hydra's error report, on stderr);
+    hydra.sweep.dir=<tmp_path>/sweep unless given. Paths are upstream's, relative to ROOT."""
     sweep = tmp_path / "sweep"
     args = [a.replace("--config-dir=", f"--config-dir={ROOT}/") for a in args]
     flags = [a for a in args if a.startswith("--")]  # Hydra's own flags come before the overrides
@@ -54,8 +55,8 @@ def run_example(script, tmp_path, *args, check=True, timeout=240):
     if not any(a.startswith("hydra.sweep.dir=") for a in overrides):
         overrides.insert(0, f"hydra.sweep.dir={sweep}")
     sweep = Path(next(a for a in overrides if a.startswith("hydra.sweep.dir=")).split("=", 1)[1])
-    cmd = [sys.executable, str(ROOT / script), "--multirun", *flags, "hydra.sweeper.plots=false", *overrides]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+    done = run_python(ROOT / script, ["--multirun", *flags, "hydra.sweeper.plots=false", *overrides], cwd=tmp_path,
+                      separate_stderr=True)
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done, sweep
