@@ -106,7 +106,8 @@ def run_python(path, argv: list, cwd=None, **env):
     """Run `path` as __main__ with sys.argv = [path, *argv], under offline_env(**env) and in `cwd`;
     a CompletedProcess (returncode from SystemExit, else 0; stderr merged into stdout). What a run
     changes in this process is put back: environment, cwd, Hydra's global state, the root logger's
-    handlers and level, torch's thread count."""
+    handlers and level, torch's thread count, the search's storage and outage caches (empty during
+    the run, as in a fresh process)."""
     import contextlib
     import io
     import logging
@@ -117,11 +118,16 @@ def run_python(path, argv: list, cwd=None, **env):
 
     from hydra.core.global_hydra import GlobalHydra
 
+    from autoft.search import outage, storage
+
     argv = [str(a) for a in argv]
     buffer = io.StringIO()
     root, threads = logging.getLogger(), torch.get_num_threads()
     handlers, level = list(root.handlers), root.level
     with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryFile() as fds:
+        # the search's per-process caches keyed by storage URL start empty, as in a fresh process
+        mp.setattr(outage, "_OUTAGES", {})
+        mp.setattr(storage, "_REPORT_STORAGES", {})
         for key in set(os.environ) - set(offline_env(**env)):
             mp.delenv(key)
         for key, value in offline_env(**env).items():
