@@ -108,7 +108,8 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     `.stderr` with separate_stderr=True, for a test that tells a log line on stdout from an error
     report on stderr). Warnings the run shows are printed to its stderr, as a process's would be (not
     recorded by pytest). What a run changes in this process is put back: environment, cwd, Hydra's
-    global state, the root logger's handlers and level, torch's thread count, the warning filters."""
+    global state, the root logger's handlers and level, torch's thread count, the warning filters,
+    the search's storage and outage caches (empty during the run, as in a fresh process)."""
     import contextlib
     import io
     import logging
@@ -120,6 +121,8 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
 
     from hydra.core.global_hydra import GlobalHydra
 
+    from autoft.search import outage, storage
+
     def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -130,6 +133,9 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     handlers, level = list(root.handlers), root.level
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(), tempfile.TemporaryFile() as fd_out, \
             tempfile.TemporaryFile() as fd_err:
+        # the search's per-process caches keyed by storage URL start empty, as in a fresh process
+        mp.setattr(outage, "_OUTAGES", {})
+        mp.setattr(storage, "_REPORT_STORAGES", {})
         for key in set(os.environ) - set(offline_env(**env)):
             mp.delenv(key)
         for key, value in offline_env(**env).items():

@@ -4,12 +4,11 @@ One table (BAD) of bad inputs: config keys, values, types, cross-field rules, co
 other files. Each case runs the real entry point's checks; nothing may be built (no task, no model,
 no study), no result written, and the files of an earlier run must stay byte-identical. Most cases
 run in-process (Hydra's compose, its error put in words by autoft.config_messages.composition_error, then
-autoft.cli.run with the builders replaced by tripwires); the cases in SUBPROCESS also run as
-`python train.py ...`, which must exit with status 2 and print one message and no traceback.
+autoft.cli.run with the builders replaced by tripwires); the cases in TRAIN_PY also run train.py
+from its command line (in this process, conftest.run_train: the same main, argv and exit status),
+which must exit with status 2 and print one message and no traceback.
 """
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from autoft import cli, config_checks, config_messages
 from autoft.errors import UserError
-from conftest import TINY_CLIP, compose_config, offline_env
+from conftest import TINY_CLIP, compose_config, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 BASE = ["experiment=shapes_tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0"]
 
 # files the cases point at, written by the `files` fixture: {name} in an override is replaced by its path
@@ -149,10 +147,10 @@ BAD = [
     ("hparams-missing", ["hparams={missing.yaml}"], "{missing.yaml}: file not found"),
     ("checkpoint-garbage", ["experiment=shapes_rn10t", "model.checkpoint={garbage.pt}"], "{garbage.pt}"),
 ]
-# the cases that also run as real `python train.py` processes (item 1 of the issue, and a few more)
-SUBPROCESS = {"batch-zero", "device-tpu", "hparams-corrupt", "cue-above-one", "trainer-typo", "task-key-unknown",
-              "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "pair-without-budgets", "yaml-key-typo",
-              "yaml-broken"}
+# the cases that also run train.py from its command line (item 1 of the issue, and a few more)
+TRAIN_PY = {"batch-zero", "device-tpu", "hparams-corrupt", "cue-above-one", "trainer-typo", "task-key-unknown",
+            "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "pair-without-budgets", "yaml-key-typo",
+            "yaml-broken"}
 
 
 @pytest.fixture(scope="module")
@@ -238,15 +236,13 @@ def earlier_run(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("case,overrides,named", [c for c in BAD if c[0] in SUBPROCESS],
-                         ids=[c[0] for c in BAD if c[0] in SUBPROCESS])
+@pytest.mark.parametrize("case,overrides,named", [c for c in BAD if c[0] in TRAIN_PY],
+                         ids=[c[0] for c in BAD if c[0] in TRAIN_PY])
 def test_bad_input_stops_train_py(case, overrides, named, files, earlier_run, tmp_path):
     before = digest(earlier_run)
-    env = offline_env()
-    cmd = [sys.executable, str(ROOT / "train.py"), *BASE, f"cache_dir={tmp_path / 'cache'}",
-           f"hydra.run.dir={earlier_run}", *[fill(o, files) for o in overrides]]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
-    out = done.stdout + done.stderr
+    done = run_train([*BASE, f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={earlier_run}",
+                      *[fill(o, files) for o in overrides]], tmp_path)
+    out = done.stdout  # stdout and stderr (an uncaught exception would fail the test here)
     assert done.returncode == 2, out
     assert fill(named, files) in out, out
     assert "Traceback" not in out, out

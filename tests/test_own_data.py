@@ -2,30 +2,19 @@
 manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
 `final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
 meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts and the
-search run in this process with the command's arguments (conftest.run_python); final_retrain's train.py
-runs and the refused runs (exit status 2) are processes."""
+search run in this process with the command's arguments (conftest.run_python), and so do the refused
+runs (exit status 2); final_retrain's train.py runs are processes."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import fabricate
-from conftest import offline_env, run_script, run_train
+from conftest import run_script, run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 ROLES = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=art_painting",
          "dataset.task.test_domains=[cartoon,sketch]", "dataset.task.templates=photo"]
 SMALL = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=32",
          "trainer.batch_size=4"]
-
-
-def run(args, cwd, expect=0):
-    done = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          env=offline_env(OMP_NUM_THREADS="1"), timeout=300)
-    assert done.returncode == expect, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
 
 
 @pytest.mark.parametrize("layout", ["tree", "manifest"])
@@ -67,15 +56,17 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
 def test_bad_roles_stop_train_py_with_one_message(tmp_path):
     data = tmp_path / "data"
     fabricate.make_domain_tree(data, per_class=4, manifest=None)
-    done = run([ROOT / "train.py", "dataset=folder", f"data_root={data}", "dataset.task.id_domain=photo",
-                "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[cartoon,sketch]", *SMALL], tmp_path,
-               expect=2)
-    said = done.stdout + done.stderr  # train.py logs the message (Hydra's log goes to stdout)
+    done = run_train(["dataset=folder", f"data_root={data}", "dataset.task.id_domain=photo",
+                      "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[cartoon,sketch]", *SMALL],
+                     tmp_path, OMP_NUM_THREADS="1")
+    said = done.stdout  # what train.py logs and prints, stderr included
+    assert done.returncode == 2, said[-3000:]
     assert "OOD-val domain 'cartoon' is also a test domain" in said and "Traceback" not in said
-    done = run([ROOT / "train.py", "dataset=folder", f"data_root={data}", "dataset.task.id_domain=photos",
-                "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[sketch]", "method=zeroshot", *SMALL],
-               tmp_path, expect=2)
-    said = done.stdout + done.stderr
+    done = run_train(["dataset=folder", f"data_root={data}", "dataset.task.id_domain=photos",
+                      "dataset.task.ood_val_domain=cartoon", "dataset.task.test_domains=[sketch]", "method=zeroshot",
+                      *SMALL], tmp_path, OMP_NUM_THREADS="1")
+    said = done.stdout
+    assert done.returncode == 2, said[-3000:]
     assert "domain 'photos' not found" in said and "domains found: art_painting, cartoon, photo, sketch" in said
     assert "Traceback" not in said and not (tmp_path / "outputs" / "folder" / "tiny_vit" / "zeroshot" / "seed0" /
                                                    "results.json").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fabricate
-from conftest import offline_env
+from conftest import offline_env, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["device=cpu", "logger=local", "trainer.num_workers=0", "trainer.eval_batch_size=16", "trainer.batch_size=4"]
@@ -100,10 +100,9 @@ def test_search_on_a_missing_dataset_stops_before_any_trial(tmp_path):
     """The search's pre-flight check (hydra.sweeper.preflight: autoft.cli.preflight) builds the
     dataset once before any trial: one message, no trial, no study row, instead of failing trial
     after trial (the builder's UserError, wrapped by Hydra's instantiate, is recognised as such)."""
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "search=autoft", "experiment=iwildcam_tiny_vit",
-                           f"data_root={tmp_path / 'empty'}", *COMMON], cwd=tmp_path, capture_output=True, text=True,
-                          env=offline_env(), timeout=300)
-    out = done.stdout + done.stderr
+    done = run_train(["-m", "search=autoft", "experiment=iwildcam_tiny_vit", f"data_root={tmp_path / 'empty'}",
+                      *COMMON], tmp_path)  # in this process: the search's refusal is the subject, not the process
+    out = done.stdout  # stdout and stderr
     assert done.returncode != 0 and "iwildcam_v2.0" in out and "prepare_data.py" in out, out
     assert "Traceback" not in out and "trial 1" not in out
     assert not list(tmp_path.glob("outputs/**/trial_*"))

@@ -3,7 +3,9 @@ winner; both scores reach best_hparams.yaml, trials.csv, the history plot and th
 
 The toy app (tests/apps/) makes a seed's score differ from the hyperparameters' true score: a
 `lucky` weight decay scores +1 with the search's seed only, so the search ranks it first and fresh
-seeds do not confirm it. Real processes, a real SQLite study; one test runs train.py end to end.
+seeds do not confirm it. A real SQLite study; the app runs in this process (run_app_here) unless the
+processes are what a test is about (a worker killed mid-re-evaluation, two workers); one test runs
+train.py end to end (in this process too, conftest.run_train).
 """
 import csv
 import importlib.util
@@ -20,7 +22,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from sweep_helpers import APP, FAST, REPO, SWEEP, TINY, run_app, train
+from conftest import run_script, run_train
+from sweep_helpers import APP, FAST, SWEEP, TINY, run_app_here
 WEIGHTS = {k: 0.01 for k in ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")}
 GOOD = {"loss_weights": WEIGHTS, "lr_scale": 10 ** 0.5, "weight_decay": 0.3}  # the toy's optimum: 1.0
 LUCKY = {"loss_weights": WEIGHTS, "lr_scale": 10 ** 0.5, "weight_decay": 0.9}  # true 0.64, +1 with seed 0
@@ -55,7 +58,7 @@ def reevaluations(study):
 def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
     args = ["search.n_trials=4", warm_starts(tmp_path), "search.reevaluate_top_k=2", "search.reevaluate_seeds=2",
             "hydra.sweeper.plots=true", *NOISY]
-    first = run_app(tmp_path, *args)
+    first = run_app_here(tmp_path, *args)
     study = the_study(tmp_path)
     trials = study.trials
     # re-evaluations are not trials: the study holds its 4 search trials, the total is untouched
@@ -119,16 +122,16 @@ def test_reevaluation_changes_the_winner_and_the_choice_follows_it(tmp_path):
     assert (tmp_path / SWEEP / study.study_name / "plots" / "optimization_history.png").stat().st_size > 10_000
 
     # a rerun trains nothing; a larger top-k re-evaluates only the new candidate
-    again = run_app(tmp_path, *args)
+    again = run_app_here(tmp_path, *args)
     assert "Launching" not in again.stdout
-    more = run_app(tmp_path, *[a for a in args if "reevaluate_top_k" not in a], "search.reevaluate_top_k=3")
+    more = run_app_here(tmp_path, *[a for a in args if "reevaluate_top_k" not in a], "search.reevaluate_top_k=3")
     assert more.stdout.count("Launching") == 1 and "re-evaluating trial" in more.stdout
     study = the_study(tmp_path)
     assert len(study.trials) == 4 and len(reevaluations(study)) == 3
 
 
 def test_without_luck_the_search_best_is_confirmed(tmp_path):
-    run_app(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
+    run_app_here(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
             "search.reevaluate_seeds=1", "toy.seed_noise=0.01")
     study = the_study(tmp_path)
     best = yaml.safe_load((tmp_path / SWEEP / "best_hparams.yaml").read_text())
@@ -141,7 +144,7 @@ def test_failed_reevaluations_are_recorded_and_never_chosen(tmp_path):
     args = ["search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=3", "search.reevaluate_seeds=1",
             "hydra.sweeper.max_retries=1", "toy.fail_reevaluation_of=[0,1]", "toy.reevaluation_failure=[diverge,raise]",
             f"toy.started_dir={started}", *NOISY]
-    done = run_app(tmp_path, *args)
+    done = run_app_here(tmp_path, *args)
     study = the_study(tmp_path)
     recs = reevaluations(study)
     assert recs[0]["state"] == "failed" and recs[0]["fail_reason"] == "diverged: loss is nan at step 2"
@@ -157,7 +160,7 @@ def test_failed_reevaluations_are_recorded_and_never_chosen(tmp_path):
     rows = {int(r["number"]): r for r in csv.DictReader((tmp_path / SWEEP / study.study_name / "trials.csv").open())}
     assert rows[0]["reevaluation_state"] == "failed (diverged: loss is nan at step 2)"
     assert rows[0]["reevaluated_objective"] == "" and rows[2]["chosen"] == "1"
-    again = run_app(tmp_path, *args)  # nothing left to run: failures that used their retries stay failed
+    again = run_app_here(tmp_path, *args)  # nothing left to run: failures that used their retries stay failed
     assert "Launching" not in again.stdout
 
 
@@ -186,7 +189,7 @@ def test_study_killed_during_reevaluation_resumes_only_the_missing_ones(tmp_path
     assert states == ["complete", "running"]  # the killed one's claim is left behind
     killed = next(n for n, r in reevaluations(study).items() if r["state"] == "running")
 
-    done = run_app(tmp_path, *args)
+    done = run_app_here(tmp_path, *args)
     study = the_study(tmp_path)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # no new search trial
     recs = reevaluations(study)
@@ -222,14 +225,14 @@ def test_two_workers_share_the_reevaluation(tmp_path):
 
 
 def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
-    done = run_app(tmp_path, "search.reevaluate_top_k=2", "seed=range(995,1005)", check=False)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "include seeds the search used ([1000, 1001])" in done.stderr
-    assert "search.reevaluate_seed_offset" in done.stderr
-    done = run_app(tmp_path, "search.reevaluate_top_k=-1", check=False)
-    assert done.returncode != 0 and "search.reevaluate_top_k=-1: must be an integer >= 0" in done.stderr
-    done = run_app(tmp_path, "search.reevaluate_top_k=1", "search.reevaluate_seeds=0", check=False)
-    assert "search.reevaluate_seeds=0: must be an integer >= 1" in done.stderr
+    done = run_app_here(tmp_path, "search.reevaluate_top_k=2", "seed=range(995,1005)", check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stdout
+    assert "include seeds the search used ([1000, 1001])" in done.stdout
+    assert "search.reevaluate_seed_offset" in done.stdout
+    done = run_app_here(tmp_path, "search.reevaluate_top_k=-1", check=False)
+    assert done.returncode != 0 and "search.reevaluate_top_k=-1: must be an integer >= 0" in done.stdout
+    done = run_app_here(tmp_path, "search.reevaluate_top_k=1", "search.reevaluate_seeds=0", check=False)
+    assert "search.reevaluate_seeds=0: must be an integer >= 1" in done.stdout
     assert not (tmp_path / SWEEP / "optuna.db").exists()
 
 
@@ -238,8 +241,9 @@ def test_reevaluation_settings_are_checked_before_any_training(tmp_path):
 
 
 def test_train_py_reevaluates_with_fresh_seeds(tmp_path):
-    train(tmp_path, "-m", "search=autoft", "search.n_trials=2", "hydra.sweeper.plots=true", "search.bootstrap=50",
-          "search.reevaluate_top_k=2", "search.reevaluate_seeds=1", *TINY)
+    done = run_train(["-m", "search=autoft", "search.n_trials=2", "hydra.sweeper.plots=true", "search.bootstrap=50",
+                      "search.reevaluate_top_k=2", "search.reevaluate_seeds=1", *TINY], tmp_path)
+    assert done.returncode == 0, done.stdout[-6000:]
     sweep = tmp_path / "outputs/synthetic/tiny_vit/search-autoft"
     url = f"sqlite:///{sweep / 'optuna.db'}"
     (name,) = optuna.get_all_study_names(url)
@@ -278,7 +282,7 @@ def final_result(root, method, seed, hp, ood_val, tests):
 
 
 def test_selection_report_puts_the_four_scores_side_by_side(tmp_path):
-    run_app(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
+    run_app_here(tmp_path, "search.n_trials=3", warm_starts(tmp_path), "search.reevaluate_top_k=2",
             "search.reevaluate_seeds=2", *NOISY)
     root = tmp_path / "outputs/toy/toy"
     best = yaml.safe_load((root / "search-autoft" / "best_hparams.yaml").read_text())
@@ -288,9 +292,8 @@ def test_selection_report_puts_the_four_scores_side_by_side(tmp_path):
     final_result(root, "autoft", 1, best, 0.72, {"snow": 0.64, "fog": 0.52})
     final_result(root, "autoft", 2, {**best, "weight_decay": 0.9}, 0.10, {"snow": 0.10, "fog": 0.10})
     final_result(root, "ft", 0, {**best, "lr_scale": 1.0}, 0.50, {"snow": 0.40, "fog": 0.30})
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "make_tables.py"), str(root), "--no-plots"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_script("make_tables", [root, "--no-plots"])
+    assert done.returncode == 0, done.stdout
     (entry,) = json.loads((root / "selection_report.json").read_text())
     assert entry["trial_number"] == 0 and entry["final_seeds"] == [0, 1]
     assert entry["trial_score"] == best["objective"] and entry["reevaluated_score"] == best["reevaluated_objective"]

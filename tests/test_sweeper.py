@@ -2,7 +2,8 @@
 
 The toy app (tests/apps/) composes the shipped conf/search/autoft.yaml, method and trainer configs;
 its objective is a cheap function of the sampled values with knobs to sleep, diverge, return NaN,
-raise or raise a UserError. Each test runs real processes against a real SQLite study.
+raise or raise a UserError. Each test runs the app against a real SQLite study: in this process
+(run_app_here) unless the processes are what it is about (a worker killed mid-trial, two workers).
 """
 import csv
 import os
@@ -16,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from sweep_helpers import APP, FAST, SWEEP, run_app
+from sweep_helpers import APP, FAST, SWEEP, run_app_here
 
 
 def storage_url(cwd):
@@ -37,7 +38,7 @@ def states(study):
 
 
 def test_search_writes_outputs_and_resumes_to_the_total(tmp_path):
-    first = run_app(tmp_path, "search.n_trials=3", "hydra.sweeper.plots=true")
+    first = run_app_here(tmp_path, "search.n_trials=3", "hydra.sweeper.plots=true")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 3}
     study_dir = tmp_path / SWEEP / study.study_name
@@ -70,23 +71,23 @@ def test_search_writes_outputs_and_resumes_to_the_total(tmp_path):
         p.name for p in (study_dir / "plots").iterdir()}
 
     # rerun after completion: trains nothing, reports the best
-    again = run_app(tmp_path, "search.n_trials=3")
+    again = run_app_here(tmp_path, "search.n_trials=3")
     assert "Launching" not in again.stdout and "3/3 finished" in again.stdout
     assert f"best {study.best_value:.6g}" in again.stdout
     assert len(the_study(tmp_path).trials) == 3
     # a larger total resumes the same study to it (n_trials is the total, not "more")
-    run_app(tmp_path, "search.n_trials=5")
+    run_app_here(tmp_path, "search.n_trials=5")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 5} and [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     # another config never mixes into it
-    run_app(tmp_path, "search.n_trials=1", "trainer.inner_steps=7")
+    run_app_here(tmp_path, "search.n_trials=1", "trainer.inner_steps=7")
     assert len(optuna.get_all_study_names(storage_url(tmp_path))) == 2
 
 
 def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
     reasons = {0: "diverged: loss is nan at step 2", 2: "objective is nan",
                3: "RuntimeError: toy trial crashed on purpose"}
-    done = run_app(tmp_path, "search.n_trials=4", "toy.fail_on=[0,2,3]", "toy.failure=[diverge,return_nan,raise]")
+    done = run_app_here(tmp_path, "search.n_trials=4", "toy.fail_on=[0,2,3]", "toy.failure=[diverge,return_nan,raise]")
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 4, "FAIL": 3}
     failed = {t.number: t.user_attrs["fail_reason"] for t in study.trials if t.state.name == "FAIL"}
@@ -98,34 +99,34 @@ def test_failed_trials_are_recorded_and_the_search_goes_on(tmp_path):
 
 
 def test_user_error_stops_everything_at_once(tmp_path):
-    done = run_app(tmp_path, "search.n_trials=5", "toy.fail_on=[1]", "toy.failure=user_error", check=False)
+    done = run_app_here(tmp_path, "search.n_trials=5", "toy.fail_on=[1]", "toy.failure=user_error", check=False)
     assert done.returncode != 0
-    assert "toy.failure=user_error: dataset.root does not exist" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "toy.failure=user_error: dataset.root does not exist" in done.stdout
+    assert "Traceback" not in done.stdout
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 1, "FAIL": 1}
     assert study.trials[1].user_attrs["fail_kind"] == "user_error"
 
 
 def test_bad_search_space_fails_before_any_training(tmp_path):
-    done = run_app(tmp_path, "trainer.weight_decay=interval(1,0)", check=False)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "'trainer.weight_decay: interval(1,0)' is an empty or negative range" in done.stderr
-    done = run_app(tmp_path, "method.loss_weights.flyp=tag(log,interval(0,10))", check=False)
-    assert "method.loss_weights.flyp" in done.stderr and "low bound must be > 0" in done.stderr
-    done = run_app(tmp_path, "trainer.weight_dekay=interval(0,1)", check=False)
-    assert "unknown config key 'trainer.weight_dekay'" in done.stderr
-    done = run_app(tmp_path, "search.pruner=mediam", "search.eval_every=1", check=False)
-    assert "search.pruner 'mediam' is not a pruner" in done.stderr
+    done = run_app_here(tmp_path, "trainer.weight_decay=interval(1,0)", check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stdout
+    assert "'trainer.weight_decay: interval(1,0)' is an empty or negative range" in done.stdout
+    done = run_app_here(tmp_path, "method.loss_weights.flyp=tag(log,interval(0,10))", check=False)
+    assert "method.loss_weights.flyp" in done.stdout and "low bound must be > 0" in done.stdout
+    done = run_app_here(tmp_path, "trainer.weight_dekay=interval(0,1)", check=False)
+    assert "unknown config key 'trainer.weight_dekay'" in done.stdout
+    done = run_app_here(tmp_path, "search.pruner=mediam", "search.eval_every=1", check=False)
+    assert "search.pruner 'mediam' is not a pruner" in done.stdout
     # nothing was trained: no storage, no trial directory
     assert not (tmp_path / SWEEP / "optuna.db").exists()
     assert not list(tmp_path.glob("outputs/**/trial_*"))
 
 
 def test_max_failures_stops_a_search_that_keeps_failing(tmp_path):
-    done = run_app(tmp_path, "search.n_trials=3", "toy.fail_on=[0,1,2,3,4,5]", "toy.failure=raise",
+    done = run_app_here(tmp_path, "search.n_trials=3", "toy.fail_on=[0,1,2,3,4,5]", "toy.failure=raise",
                    "hydra.sweeper.max_failures=2", check=False)
-    assert done.returncode != 0 and "max_failures=2" in done.stderr
+    assert done.returncode != 0 and "max_failures=2" in done.stdout
     assert states(the_study(tmp_path)) == {"FAIL": 2}
 
 
@@ -150,7 +151,7 @@ def test_worker_killed_mid_trial_then_rerun_finishes_exactly_n_trials(tmp_path):
     assert states(study) == {"COMPLETE": 1, "RUNNING": 1}
     lost_params = study.trials[1].params
 
-    done = run_app(tmp_path, *args)
+    done = run_app_here(tmp_path, *args)
     study = the_study(tmp_path)
     assert states(study) == {"COMPLETE": 4, "FAIL": 1}
     lost = study.trials[1]
@@ -166,7 +167,7 @@ def test_worker_killed_mid_trial_then_rerun_finishes_exactly_n_trials(tmp_path):
 
 
 def test_pruning_stops_hopeless_trials(tmp_path):
-    run_app(tmp_path, "search.n_trials=6", "search.eval_every=1",
+    run_app_here(tmp_path, "search.n_trials=6", "search.eval_every=1",
             "search.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:2}")
     study = the_study(tmp_path)
     s = states(study)
@@ -178,13 +179,13 @@ def test_pruning_stops_hopeless_trials(tmp_path):
 
 
 def test_warm_start_enqueues_the_published_values_once(tmp_path):
-    run_app(tmp_path, "search.n_trials=2", "search/warm_start=iwildcam")
+    run_app_here(tmp_path, "search.n_trials=2", "search/warm_start=iwildcam")
     study = the_study(tmp_path)
     first = study.trials[0]
     assert first.user_attrs["warm_start"] == "search.warm_start:iwildcam"
     assert first.params["method.loss_weights.dcm"] == 0.622 and first.params["trainer.weight_decay"] == 0.604
     assert first.params["trainer.lr_scale"] == pytest.approx(13.6)
-    run_app(tmp_path, "search.n_trials=3", "search/warm_start=iwildcam")
+    run_app_here(tmp_path, "search.n_trials=3", "search/warm_start=iwildcam")
     study = the_study(tmp_path)
     assert len(study.trials) == 3 and sum("warm_start" in t.user_attrs for t in study.trials) == 1
 
