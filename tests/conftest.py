@@ -88,8 +88,18 @@ def compose_config(*overrides, return_hydra_config: bool = False):
         return compose("config", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)
 
 
+# files of long end-to-end runs, longest first: collected first, so that under `pytest -n` (a file per
+# process) none of them starts last and leaves the other processes idle. Only the order depends on it.
+LONG_FILES = ("test_own_data.py", "test_readme.py", "test_storage_outage.py", "test_wandb.py", "test_methods.py",
+              "test_benchmark.py", "test_optuna_sweeper_compat.py", "test_reevaluation.py", "test_sweeper.py",
+              "test_weights.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` (pytest -m cuda; make gpu-check) skip themselves, saying why, without a GPU."""
+    """Long files first (LONG_FILES; the order within a file is kept). Tests marked `cuda` (pytest -m
+    cuda; make gpu-check) skip themselves, saying why, without a GPU."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on one with pytest -m cuda or make gpu-check)")
@@ -108,8 +118,9 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     `.stderr` with separate_stderr=True, for a test that tells a log line on stdout from an error
     report on stderr). Warnings the run shows are printed to its stderr, as a process's would be (not
     recorded by pytest). What a run changes in this process is put back: environment, cwd, Hydra's
-    global state, the root logger's handlers and level, torch's thread count, the warning filters,
-    the search's storage and outage caches (empty during the run, as in a fresh process)."""
+    global state and run config, the root logger's handlers and level, torch's thread count, the
+    warning filters, the search's storage and outage caches (empty during the run, as in a fresh
+    process)."""
     import contextlib
     import io
     import logging
@@ -120,6 +131,7 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     import warnings
 
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     from autoft.search import outage, storage
 
@@ -133,9 +145,12 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     handlers, level = list(root.handlers), root.level
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings(), tempfile.TemporaryFile() as fd_out, \
             tempfile.TemporaryFile() as fd_err:
-        # the search's per-process caches keyed by storage URL start empty, as in a fresh process
+        # the search's per-process caches keyed by storage URL start empty, as in a fresh process, and
+        # Hydra's run config is unset again afterwards (else library code in later tests thinks it runs
+        # under this Hydra run and writes beside its output directory)
         mp.setattr(outage, "_OUTAGES", {})
         mp.setattr(storage, "_REPORT_STORAGES", {})
+        mp.setattr(HydraConfig.instance(), "cfg", None)
         for key in set(os.environ) - set(offline_env(**env)):
             mp.delenv(key)
         for key, value in offline_env(**env).items():
