@@ -88,18 +88,8 @@ def compose_config(*overrides, return_hydra_config: bool = False):
         return compose("config", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)
 
 
-# files of long end-to-end runs, longest first: collected first, so that under `pytest -n` (a file per
-# process) none of them starts last and leaves the other processes idle. Only the order depends on it.
-LONG_FILES = ("test_own_data.py", "test_readme.py", "test_storage_outage.py", "test_wandb.py", "test_methods.py",
-              "test_benchmark.py", "test_optuna_sweeper_compat.py", "test_reevaluation.py", "test_sweeper.py",
-              "test_weights.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    """Long files first (LONG_FILES; the order within a file is kept). Tests marked `cuda` (pytest -m
-    cuda; make gpu-check) skip themselves, saying why, without a GPU."""
-    rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+    """Tests marked `cuda` (pytest -m cuda; make gpu-check) skip themselves, saying why, without a GPU."""
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on one with pytest -m cuda or make gpu-check)")
