@@ -2,23 +2,24 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("WANDB_MODE", "disabled")
-if "AUTOFT_IMAGE_CACHE_DIR" not in os.environ:  # image caches of test runs (and their subprocesses) die with the session
+
+
+def _session_dir(var: str, prefix: str) -> None:
+    """$var: a fresh private directory removed when the session ends (its subprocesses inherit it)."""
     import atexit
     import shutil
     import tempfile
 
-    os.environ["AUTOFT_IMAGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="autoft-test-image-cache-")
-    atexit.register(shutil.rmtree, os.environ["AUTOFT_IMAGE_CACHE_DIR"], True)
+    os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, os.environ[var], True)
 
+
+if "AUTOFT_IMAGE_CACHE_DIR" not in os.environ:  # image caches of test runs (and their subprocesses) die with the session
+    _session_dir("AUTOFT_IMAGE_CACHE_DIR", "autoft-test-image-cache-")
 if os.environ.get("PYTEST_XDIST_WORKER") and "AUTOFT_WORKERS_DIR" not in os.environ:
     # under pytest -n, each test process counts only its own searches' workers toward the thread
     # budget (tests assert the budget they see; another test's search is not their machine's load)
-    import atexit
-    import shutil
-    import tempfile
-
-    os.environ["AUTOFT_WORKERS_DIR"] = tempfile.mkdtemp(prefix="autoft-test-workers-")
-    atexit.register(shutil.rmtree, os.environ["AUTOFT_WORKERS_DIR"], True)
+    _session_dir("AUTOFT_WORKERS_DIR", "autoft-test-workers-")
 
 import numpy as np
 import pytest
