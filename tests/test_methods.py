@@ -33,7 +33,7 @@ def runs(tmp_path_factory):
     hp_file = out / "best_hparams.yaml"
     hp_file.write_text(json.dumps(HPARAMS))  # JSON is YAML
     first = retrain(out, hp_file, "--seeds", "0", "--no-tables")  # the second call tables every run
-    second = retrain(out, hp_file, "--methods", "ft,autoft", "--seeds", "0,1", "--skip-existing")
+    second = retrain(out, hp_file, "--methods", "zeroshot,ft", "--seeds", "0,1", "--skip-existing")
     res = {m: read_result(out / m / "seed0" / "results.json").data for m in METHODS}
     return out, res, first, second
 
@@ -119,8 +119,8 @@ def test_flyp_is_contrastive_only_with_the_head_of_its_own_text_tower(runs, thet
 def test_seeds_skip_existing_and_the_table(runs):
     out, res, first, second = runs
     assert "method=zeroshot,lp,ft,lpft,l2sp,flyp seed=0" in first.stdout  # one process for them
-    assert "method=ft seed=1 " in second.stdout and "method=autoft seed=1 " in second.stdout
-    assert "seed=0" not in second.stdout  # complete runs are kept
+    assert "method=ft seed=1 " in second.stdout and "zeroshot: all seeds done, skipped" in second.stdout
+    assert "seed=0" not in second.stdout  # complete runs are kept; zero-shot has no seed of its own
     assert read_result(out / "ft" / "seed1" / "results.json").seed == 1
     md = (out / "results_table.md").read_text()
     for label in ("Zero-shot", "LP", "FT", "LP-FT", "L2-SP", "FLYP", "WiSE-FT (α=0.5)", "AutoFT",

@@ -1,9 +1,11 @@
 """A researcher's own shift, the whole path from the command line: a DomainBed-style tree (and its CSV
 manifest) on disk -> `prepare_data.py --check` -> `train.py -m search=autoft dataset=folder` ->
 `final_retrain.py` -> the table, one column per test domain. The tiny random CLIP makes the numbers
-meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The scripts and the
-search run in this process with the command's arguments (conftest.run_python), and so do the refused
-runs (exit status 2); final_retrain's train.py runs are processes."""
+meaningless; what is checked is that every stage runs on a user dataset and what the table holds. The
+manifest goes through the stages that take it from the command line (the check and the search); the final
+runs build the task through the same call (test_data_folders proves both layouts build the same task).
+The scripts and the search run in this process with the command's arguments (conftest.run_python), and so
+do the refused runs (exit status 2); final_retrain's train.py runs are processes."""
 import json
 
 import pytest
@@ -39,6 +41,8 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     assert (study / "best_hparams.yaml").is_file()
     drawn = json.loads(next(study.glob("*/id_split_myshift.json")).read_text())
     assert drawn["info"]["n"] == {"train": 15, "id_val": 3, "id_test": 6}
+    if layout == "manifest":
+        return  # the final runs read the task as the search did: the tree's path below covers them
 
     out = tmp_path / "outputs" / "myshift" / "tiny_vit"
     final = run_script("final_retrain", ["--dataset", "folder", "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft",

@@ -250,8 +250,11 @@ def test_final_retrain_and_the_demo_send_tables_to_wandb_by_default():
 
 
 def test_logger_none_writes_nothing(tmp_path):
+    from conftest import run_train  # in this process: W&B is never started, so no W&B state is left behind
+
     out = tmp_path / "run"
-    train(tmp_path, *BASE, "method=zeroshot", "logger=none", f"hydra.run.dir={out}")
+    done = run_train([*BASE, "method=zeroshot", "logger=none", f"hydra.run.dir={out}"], ROOT)
+    assert done.returncode == 0, done.stdout[-3000:]
     assert (out / "results.json").is_file() and not (out / "wandb").exists()
 
 
