@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from autoft.search import liveness as lv
 from autoft.search import threads as th
 from autoft.search.storage import quiet_optuna
-from sweep_helpers import run_app
+from sweep_helpers import APP, FAST, run_app
 from test_sweeper import the_study
 
 quiet_optuna()
@@ -142,3 +143,52 @@ def test_joblib_trials_each_run_with_their_share(tmp_path, monkeypatch):
     for t in trials:
         assert t.user_attrs["threads"] == expected and t.user_attrs["omp_threads"] == str(expected)
     assert lv.live_workers(registry) == []  # the sweeper unregistered; the killed worker's file is ignored
+
+
+def test_eight_independent_workers_share_two_cores_without_oversubscription(tmp_path, monkeypatch):
+    """Eight workers of eight studies (each its own SQLite file), started side by side with no thread
+    setting in their environment: left alone, torch would give each all the cores (8 x cores busy
+    threads). With threads: auto they find each other in the machine registry: a trial that starts
+    while all eight are live runs on cores // 8 threads (at least 1). Each trial waits for the test's
+    go, so the second trials all start while every worker is live; the first worker's trials import
+    torch and record the count torch runs with (one torch import, not eight: the suite's time)."""
+    k, cores = 8, th.cpu_count()
+    registry, go = tmp_path / "registry", tmp_path / "go"
+    monkeypatch.setenv(lv.WORKERS_DIR_ENV, str(registry))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    cmd = [sys.executable, str(APP), "-m", "search=autoft", *FAST, "search.n_trials=2", "toy.steps=1",
+           "hydra.sweeper.threads=auto", f"toy.barrier={go}", "toy.started_dir=started"]
+    dirs = [tmp_path / f"w{i}" for i in range(k)]
+    workers = []
+
+    def wait_for(ready, what):
+        deadline = time.time() + 240
+        while not ready():
+            assert time.time() < deadline and all(w.poll() is None for w in workers), what
+            time.sleep(0.1)
+
+    try:
+        for d in dirs:
+            d.mkdir()
+            workers.append(subprocess.Popen(cmd + [f"toy.torch={d == dirs[0]}"], cwd=d, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True))
+        wait_for(lambda: len(lv.live_workers(registry)) == k, "the workers did not all register")
+        Path(f"{go}-0").touch()
+        wait_for(lambda: all((d / "started" / "trial_1.started").exists() for d in dirs), "no second trials")
+        Path(f"{go}-1").touch()  # no worker could end before this: each second trial's budget saw all eight
+        outs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        stop(*workers)
+    assert [w.returncode for w in workers] == [0] * k, outs
+    share = th.thread_budget(cores, k)
+    for d in dirs:
+        trials = the_study(d).trials
+        assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+        first, second = trials
+        assert 1 <= first.user_attrs["threads"] <= cores  # set as the worker started: as many as had registered
+        assert second.user_attrs["threads"] == share and second.user_attrs["omp_threads"] == str(share)
+        if d == dirs[0]:  # torch runs with the budget, not its default
+            assert first.user_attrs["torch_threads"] == first.user_attrs["threads"]
+            assert second.user_attrs["torch_threads"] == share
+    assert lv.live_workers(registry) == []  # every worker left the registry
