@@ -3,6 +3,7 @@ on loopback (an ephemeral port), its HTTP API read back within a time bound, the
 
     optuna-dashboard sqlite:///outputs/<dataset>/<model>/search-autoft/optuna.db
 """
+import importlib.util
 import json
 import shutil
 import socket
@@ -18,7 +19,9 @@ import pytest
 
 from sweep_helpers import SWEEP, run_app
 
-pytest.importorskip("optuna_dashboard")
+# found, not imported: importing it (scikit-learn, scipy) would cost every test process's collection
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna_dashboard") is None,
+                                reason="optuna-dashboard is not installed")
 
 
 def free_port() -> int:
