@@ -46,7 +46,8 @@ class StorageUnreachable(UserError):
     the same way (one message, no traceback, a non-zero exit): nothing is lost, a rerun resumes."""
 
 
-def _chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+def chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+    """An exception and those behind it (__cause__, else __context__), each once."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -62,7 +63,7 @@ def unreachable(err: BaseException) -> bool:
         from sqlalchemy import exc as sa
     except ImportError:  # pragma: no cover (journal storages only)
         return False
-    for e in _chain(err):
+    for e in chain(err):
         if isinstance(e, StorageUnreachable):
             return True
         if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
@@ -75,11 +76,7 @@ def unreachable(err: BaseException) -> bool:
 
 def reason(err: BaseException) -> str:
     """The driver's own first line (what the server or the socket said), without SQLAlchemy's wrapping."""
-    for e in _chain(err):
-        orig = getattr(e, "orig", None)
-        if orig is not None:
-            err = orig
-            break
+    err = next((e.orig for e in chain(err) if getattr(e, "orig", None) is not None), err)
     lines = [x.strip() for x in str(err).splitlines() if x.strip()]
     return lines[0].rstrip(".") if lines else type(err).__name__
 

@@ -293,7 +293,6 @@ class Search:
     def _claim(self, study):
         s = self.s
         announced = False
-        locked = st.has_claim_lock(self.storage_url)
         while not self.stopping.is_set():
             with self.store.claim_lock(self.storage_url) as claim:
                 lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
@@ -322,7 +321,7 @@ class Search:
                         self._fail(study, trial, "error", "sampling failed: " + traceback.format_exc(limit=2))
                         raise
                     # a claim lost to an outage (its connection died) serialised nothing: check as if unlocked
-                    if (locked and claim.held()) or not self._surplus(study, trial):
+                    if claim.held() or not self._surplus(study, trial):
                         return trial, heartbeat
                     heartbeat.stop()
                     continue

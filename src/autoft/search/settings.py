@@ -20,16 +20,12 @@ from autoft.errors import UserError
 from autoft.values import finite, must, plain
 
 
-def _tpe() -> Dict[str, Any]:
-    # constant_liar: concurrent workers see each other's running trials and spread out
-    return {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10,
-            "multivariate": False, "constant_liar": True}
-
-
 # the hydra/sweeper/sampler group; `seed` is re-derived per trial (autoft.search.study.make_sampler);
 # any other key of the sampler's constructor may be set (hydra.sweeper.sampler.<key>=...)
 SAMPLERS: Dict[str, Dict[str, Any]] = {
-    "tpe": _tpe(),
+    # constant_liar: concurrent workers see each other's running trials and spread out
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10, "multivariate": False,
+            "constant_liar": True},
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
     "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None, "x0": None, "sigma0": None,
               "n_startup_trials": 1, "warn_independent_sampling": True, "consider_pruned_trials": False,

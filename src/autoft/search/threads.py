@@ -38,10 +38,8 @@ def parse_threads(value: Any) -> Optional[object]:
         return None
     if isinstance(value, str) and value.lower() == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and value.isdigit()):
-        raise ValueError(f"hydra.sweeper.threads must be auto, a positive integer or null, got {value!r}")
-    n = int(value)
-    if n < 1:
+    n = int(value) if isinstance(value, str) and value.isdigit() else value
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"hydra.sweeper.threads must be auto, a positive integer or null, got {value!r}")
     return n
 
