@@ -15,11 +15,8 @@
   A late beat is logged with its cause: a starved thread (the machine is overloaded) or a slow
   storage; while the storage is unreachable, the outage's own line has said so.
 - The machine registry (`WorkerRegistry`) counts the trials that share this machine's cores, for
-  the thread budget (autoft.search.threads): one small JSON file per live worker process,
-  `<host>-<pid>.json` holding how many trials it runs at once here (1 with the basic launcher,
-  n_jobs with joblib), in a directory private to this user (`registry_dir`). It sees this user's
-  workers of every study; a file whose process is gone (or whose pid now names another process:
-  its start time differs) is ignored and removed. No heartbeat is needed: the pid says who lives.
+  the thread budget; autoft.search.threads says how. A file whose process is gone (or whose pid now
+  names another process: its start time differs) is ignored and removed: the pid says who lives.
 """
 from __future__ import annotations
 

@@ -95,6 +95,17 @@ def fail_fast() -> Iterator[None]:
         _FAST.on = before
 
 
+def once_or(default: Any, fn: Callable[[], Any]) -> Any:
+    """fn(), trying the storage once (fail_fast); `default` while it is unreachable (other errors raise)."""
+    try:
+        with fail_fast():
+            return fn()
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        return default
+
+
 class Outage:
     """What this process knows of one storage's reachability, and the retry of its calls."""
 

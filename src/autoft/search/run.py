@@ -10,11 +10,8 @@ finished or running) fail stale trials (liveness.fail_stale), ask, suggest, star
 heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; what
 they hold is given back (trials: FAIL, parameters re-queued). When the app asks for a top-k
 re-evaluation, the slots then run autoft.search.reevaluation.reevaluate, a step that reads the
-complete study (it explains its records). What the search needs to know about the app it sweeps
-comes from one hook, hydra.sweeper.app (autoft.search.app.SearchApp): no key of the app's config is
-read here. The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`: the Hydra
-plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports Hydra's
-launcher machinery.
+complete study (it explains its records). The app answers through its hook (autoft.search.app);
+the launcher is a plain callable `launch(overrides, job_idx) -> JobReturn` (the Hydra plugin's).
 """
 from __future__ import annotations
 
@@ -55,9 +52,9 @@ class Search:
     in prepare) answers what the search asks of the app, and writes the app's own outputs."""
 
     def __init__(self, settings: SearchSettings, config, arguments: List[str], *,
-                 launch: Callable[[list, int], Any], sweep_dir: Path, slots: int = 1, local_slots: int = 1,
-                 in_process: bool = True, check_composes: Optional[Callable[[list], None]] = None,
-                 trial_config: Optional[Callable[[list], ContextManager]] = None):
+                 launch: Callable[[list, int], Any], sweep_dir: Path, slots: int, local_slots: int,
+                 in_process: bool, check_composes: Callable[[list], None],
+                 trial_config: Callable[[list], ContextManager]):
         self.s, self.config, self.arguments = settings, config, list(arguments)
         self.launch, self.sweep_dir = launch, Path(sweep_dir).absolute()
         self.slots, self.local_slots, self.in_process = slots, local_slots, in_process
@@ -133,8 +130,6 @@ class Search:
 
     def _check_composes(self) -> None:
         """Compose one trial's config (mid-space values) so a bad key fails before any training."""
-        if self.check_composes is None:
-            return
         point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
         batch = [self.overrides(point, trial_id=0, number=0)]
         if self.reeval.enabled:
@@ -144,7 +139,7 @@ class Search:
     def _preflight(self) -> None:
         """hydra.sweeper.preflight: fn(cfg) on the first trial's composed config, before any study
         row or trial exists; its UserError stops the search."""
-        if not self.s.preflight or self.trial_config is None:
+        if not self.s.preflight:
             return
         fn = load_callable(self.s.preflight, "preflight")
         point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
@@ -364,15 +359,14 @@ class Search:
         return n
 
     def _suggest(self, trial) -> None:
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, IntDistribution
 
         for key, d in self.space.distributions.items():
-            if isinstance(d, FloatDistribution):
-                trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
-            elif isinstance(d, IntDistribution):
-                trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
-            elif isinstance(d, CategoricalDistribution):
+            if isinstance(d, CategoricalDistribution):
                 trial.suggest_categorical(key, d.choices)
+            else:
+                suggest = trial.suggest_int if isinstance(d, IntDistribution) else trial.suggest_float
+                suggest(key, d.low, d.high, step=d.step, log=d.log)
         if self.custom_fn is not None:  # hydra.sweeper.custom_search_space: more parameters, conditional ones
             self.custom_fn(self.config, trial)
 

@@ -8,8 +8,7 @@ nsgaii, nsgaiii, qmc, gp, bruteforce) and the deprecated `search_space` (read wi
 hydra_plugins.autoft_optuna_sweeper.compat); the removed `motpe` sampler names its replacement.
 Differences: `n_trials` is the study's *total* of finished trials (a rerun resumes to it);
 `max_failure_rate` counts failures over the whole study. The other keys are ours; conf/search/autoft.yaml
-documents them. No key of the app's own config is read here or anywhere in autoft.search: what the
-search needs to know about its app comes from `app` (autoft.search.app.SearchApp).
+documents them. No key of the app's own config is read in autoft.search: `app` answers for it.
 Hydra imports this module on every run (plugin discovery): keep it free of heavy imports and of
 `from __future__ import annotations` (Hydra's ConfigStore reads the dataclass's types).
 """

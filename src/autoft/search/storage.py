@@ -13,10 +13,8 @@ attribute instead (StudyStorage.record_heartbeat). The threads that beat, and th
 stale trials, live in autoft.search.liveness.
 
 Outages: `open_storage` returns the storage wrapped so that every call to it waits out an outage
-(a restart, a failover, a network blip) for up to hydra.sweeper.storage_outage_window seconds, with
-one line when it goes away and one when it is back (autoft.search.outage); past the window the
-worker stops with one message. PostgreSQL connections get timeouts and TCP keepalives, so a dead
-server or network is noticed within seconds rather than the operating system's minutes.
+(autoft.search.outage: the window, its log lines). PostgreSQL connections get timeouts and TCP
+keepalives, so a dead server or network is noticed within seconds rather than the operating system's minutes.
 
 StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
 sweeper and the search layer reach trials, heartbeats and records only through it.

@@ -168,24 +168,16 @@ class Counts:
         return self.complete + (self.pruned if count_pruned else 0)
 
 
-def count(trials: Sequence) -> Counts:
-    from optuna.trial import TrialState
+def counted_failure(trial) -> bool:
+    """A failure that counts against max_failures: it raised, diverged or returned NaN (not lost, interrupted...)."""
+    return trial.state.name == "FAIL" and trial.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES
 
-    c = Counts()
-    for t in trials:
-        if t.state == TrialState.COMPLETE:
-            c.complete += 1
-        elif t.state == TrialState.PRUNED:
-            c.pruned += 1
-        elif t.state == TrialState.RUNNING:
-            c.running += 1
-        elif t.state == TrialState.WAITING:
-            c.waiting += 1
-        elif t.state == TrialState.FAIL:
-            c.failed += 1
-            if t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES:
-                c.counted_failures += 1
-    return c
+
+def count(trials: Sequence) -> Counts:
+    from collections import Counter
+
+    n = Counter(t.state.name for t in trials)
+    return Counts(n["COMPLETE"], n["PRUNED"], n["RUNNING"], n["WAITING"], n["FAIL"], sum(map(counted_failure, trials)))
 
 
 def fail_reason(trial) -> Optional[str]:
@@ -198,10 +190,8 @@ def fail_reason(trial) -> Optional[str]:
 
 
 def last_failure(trials: Sequence) -> Optional[str]:
-    """The reason of the latest trial whose failure counts against the limits (error, diverged, nan)."""
-    from optuna.trial import TrialState
-
-    counted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES]
+    """The reason of the latest trial whose failure counts against the limits."""
+    counted = [t for t in trials if counted_failure(t)]
     return fail_reason(max(counted, key=lambda t: t.number)) if counted else None
 
 

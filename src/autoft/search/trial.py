@@ -87,38 +87,28 @@ class TrialReporter:
             return
         import optuna
 
-        from autoft.search.outage import fail_fast, unreachable
+        from autoft.search.outage import once_or
 
-        try:
-            with fail_fast():
-                if not self._running():
-                    raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
-                if value is not None and math.isfinite(float(value)):
-                    self._get_trial().report(float(value), int(step))
-                prune = self.should_prune()
-        except Exception as err:
-            if not unreachable(err):
-                raise
+        def send() -> bool:
+            if not self._running():
+                raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
+            if value is not None and math.isfinite(float(value)):
+                self._get_trial().report(float(value), int(step))
+            return self.should_prune()
+
+        prune = once_or(None, send)
+        if prune is None:
             log.debug("step %s of trial id %s not reported: the study storage is unreachable", step, self.trial_id)
-            return
-        if prune:
+        elif prune:
             raise optuna.TrialPruned(f"pruned at step {step} (objective {value:.4g})")
 
     def should_prune(self) -> bool:
         """Whether the pruner stops this trial now (False while the storage is unreachable)."""
         if not self.active:
             return False
-        from autoft.search.outage import fail_fast, unreachable
+        from autoft.search.outage import once_or
 
-        try:
-            with fail_fast():
-                if not self._running():
-                    return True
-                return bool(self._get_trial().should_prune())
-        except Exception as err:
-            if not unreachable(err):
-                raise
-            return False
+        return once_or(False, lambda: not self._running() or bool(self._get_trial().should_prune()))
 
     def progress(self, step: int, total: Optional[int] = None, min_interval: float = 10.0) -> None:
         """Record the task's current step (at most every `min_interval` s): the worker's periodic
