@@ -20,6 +20,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -187,7 +188,7 @@ def grace_after_outage(store: StudyStorage, grace_period: float) -> float:
     period after the storage came back from an outage this process saw. During an outage every
     heartbeat stops reaching the database, the live ones too: they get a fair chance to beat again."""
     outage = store.outage
-    if outage is not None and (outage.down or outage.back_within(grace_period) is not None):
+    if outage is not None and (outage.down or outage.back_within(grace_period)):
         return float("inf")
     return grace_period
 
@@ -304,10 +305,8 @@ def register_worker(slots: int, directory: Optional[Path] = None) -> Optional[Pa
 
 def unregister_worker(path: Optional[Path]) -> None:
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             Path(path).unlink()
-        except OSError:
-            pass
 
 
 def live_workers(directory: Optional[Path] = None) -> list[dict]:

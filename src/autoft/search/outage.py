@@ -140,12 +140,9 @@ class Outage:
                 log.info("study storage %s reachable again after %.0f s", self.label, self.back_at - self.since)
                 self.since = None
 
-    def back_within(self, seconds: float) -> Optional[float]:
-        """Seconds since the storage came back, when that is less than `seconds`; else None."""
-        if self.back_at is None or self.down:
-            return None
-        ago = time.time() - self.back_at
-        return ago if ago < seconds else None
+    def back_within(self, seconds: float) -> bool:
+        """Whether the storage came back from an outage less than `seconds` ago (and is still up)."""
+        return self.back_at is not None and not self.down and time.time() - self.back_at < seconds
 
     def stopped(self, since: float) -> StorageUnreachable:
         return StorageUnreachable(

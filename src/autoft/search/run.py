@@ -420,13 +420,10 @@ class Search:
         elif o.kind == "launcher":
             self._fail(study, trial, "error", o.reason)
             raise o.error
-        elif o.kind == "bad_return":
-            self._fail(study, trial, "user_error", o.reason)
-            raise self.bad_return(o)
-        elif o.kind == "user_error":
+        elif o.kind in ("bad_return", "user_error"):
             self._fail(study, trial, "user_error", o.reason)
             self.stopping.set()
-            raise o.error
+            raise self.bad_return(o) if o.kind == "bad_return" else o.error
         else:
             if o.extra:
                 self.store.set_trial_user_attrs(trial, {k: v for k, v in o.extra.items()
@@ -487,15 +484,13 @@ class Search:
             what += f" ({su.fail_reason(t)})"
         elif what == "PRUNED" and t.last_step is not None:
             what += f" at step {t.last_step}"
-        if self.multi:
-            front = study.best_trials
-            best_txt = f"Pareto front of {len(front)} trial(s)" if front else "no complete trial yet"
+        if not c.complete:
+            best_txt = "no complete trial yet"
+        elif self.multi:
+            best_txt = f"Pareto front of {len(study.best_trials)} trial(s)"
         else:
-            try:
-                best = study.best_trial
-                best_txt = f"best {best.value:.6g} (trial {best.number})"
-            except ValueError:
-                best_txt = "no complete trial yet"
+            best = study.best_trial
+            best_txt = f"best {best.value:.6g} (trial {best.number})"
         finished = done - self._done0
         eta = (self.n_trials - done) * (time.time() - self._t0) / finished if finished > 0 else None
         log.info("trial %d: %s | %s | %d/%d finished, %d running, %d failed | ETA %s", t.number, what, best_txt,
@@ -535,17 +530,15 @@ class Search:
                      done, n, c.complete, c.failed, ", ".join(self.direction),
                      "; ".join(f"trial {t.number}: " + ", ".join(f"{v:.6g}" for v in t.values) for t in front)
                      or "empty")
-            log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
-            return
-        try:
-            best = study.best_trial
-        except ValueError:
+        elif not c.complete:
             log.info("study %s: %d/%d finished, no complete trial", self.study_name, done, n)
             return
-        log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
-                 self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
-        if self.reeval.enabled:
-            rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
-        for what, path in self.app.summary_files(self.place).items():
-            log.info("%s: %s", what, path)
+        else:
+            best = study.best_trial
+            log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
+                     self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
+            if self.reeval.enabled:
+                rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
+            for what, path in self.app.summary_files(self.place).items():
+                log.info("%s: %s", what, path)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")

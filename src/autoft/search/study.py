@@ -276,10 +276,11 @@ def make_sampler(spec: Optional[Mapping], grid_space: Optional[Mapping] = None):
         raise UserError(f"hydra.sweeper.sampler cannot be built ({spec.get('_target_')}): {err}") from None
     if not isinstance(first, optuna.samplers.BaseSampler):
         raise UserError(f"hydra.sweeper.sampler._target_ {spec.get('_target_')} is not an Optuna sampler")
-    return TrialSeededSampler(build, int(seed) if per_trial else None, first)
+    return _trial_seeded_sampler_class()(build, int(seed) if per_trial else None, first)
 
 
 def _trial_seeded_sampler_class():
+    """make_sampler's wrapper, a class built at call time (optuna is imported late)."""
     import optuna
 
     class _TrialSeeded(optuna.samplers.BaseSampler):
@@ -311,10 +312,6 @@ def _trial_seeded_sampler_class():
             self._inner.reseed_rng()
 
     return _TrialSeeded
-
-
-def TrialSeededSampler(factory, seed, first):  # noqa: N802 (a class built lazily: optuna is imported late)
-    return _trial_seeded_sampler_class()(factory, seed, first)
 
 
 PRUNERS = {
