@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import traceback
@@ -120,9 +121,7 @@ class Search:
             return
         if sampler.get("search_space") is None:
             self.grid_space = sp.grid_values(self.space)
-        size = 1
-        for values in (self.grid_space or sampler["search_space"]).values():
-            size *= len(values)
+        size = math.prod(len(values) for values in (self.grid_space or sampler["search_space"]).values())
         if size < self.n_trials:
             log.info("grid sampler: the grid holds %d points, fewer than n_trials=%d: the search ends after %d",
                      size, self.n_trials, size)

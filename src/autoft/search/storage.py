@@ -15,9 +15,6 @@ stale trials, live in autoft.search.liveness.
 Outages: `open_storage` returns the storage wrapped so that every call to it waits out an outage
 (autoft.search.outage: the window, its log lines). PostgreSQL connections get timeouts and TCP
 keepalives, so a dead server or network is noticed within seconds rather than the operating system's minutes.
-
-StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
-sweeper and the search layer reach trials, heartbeats and records only through it.
 """
 from __future__ import annotations
 

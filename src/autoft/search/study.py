@@ -406,10 +406,9 @@ def warm_start_params(values: Mapping[str, Any], space: SearchSpace, origin: str
 
 
 def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: SearchSpace,
-                        values_of: Callable[[Mapping[str, Any]], dict]) -> int:
+                        values_of: Callable[[Mapping[str, Any]], dict]) -> None:
     """Enqueue each entry once per study (a rerun does not add them again); `values_of`: an entry as
     override key -> value (SearchApp.warm_start_values)."""
-    n = 0
     for origin, entry in entries:
         params = warm_start_params(values_of(entry), space, origin)
         if not params:
@@ -419,9 +418,7 @@ def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: Searc
         if known:
             continue
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: origin})
-        n += 1
         log.info("warm start %s enqueued", origin)
-    return n
 
 
 def format_eta(seconds: Optional[float]) -> str:

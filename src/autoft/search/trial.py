@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Mapping, Optional
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class TrialReporter:
         self._trial = None
         self._store = None
         self._lost = False
+        self._last_progress = 0.0
 
     @classmethod
     def from_config(cls, search: Optional[Mapping] = None) -> "TrialReporter":
@@ -115,15 +117,13 @@ class TrialReporter:
         'trial N running for X s, last heartbeat ..., step s/total' line shows it."""
         if not self.active:
             return
-        import time
-
-        now = time.time()
-        if now - getattr(self, "_last_progress", 0.0) < min_interval:
-            return
-        self._last_progress = now
+        from autoft.search.outage import fail_fast
         from autoft.search.storage import PROGRESS_ATTR
 
-        from autoft.search.outage import fail_fast
+        now = time.time()
+        if now - self._last_progress < min_interval:
+            return
+        self._last_progress = now
 
         try:
             with fail_fast():  # advisory: never waits on an outage
