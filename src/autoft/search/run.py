@@ -327,19 +327,17 @@ class Search:
     def _check_failures(self, c, trials) -> None:
         """Stop the search when failures exceed max_failures or max_failure_rate x n_trials. Past the
         rate, the message quotes the last failure's error (hydra-optuna-sweeper re-raises it)."""
-        rate = self.s.max_failure_rate
-        where = self.study_dir / "trials.csv"
-        if c.counted_failures >= self.max_failures_n:
-            raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
-                            f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
-                            f"Their reasons are in {where}.")
-        if rate is not None:
-            allowed = int(float(rate) * self.n_trials + 1e-9)
-            if c.counted_failures > allowed:
-                raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
-                                f"returned NaN), more than hydra.sweeper.max_failure_rate={rate} x "
-                                f"n_trials={self.n_trials} ({allowed} allowed). The last: {su.last_failure(trials)}. "
-                                f"Their reasons are in {where}.")
+        n, rate = c.counted_failures, self.s.max_failure_rate
+        allowed = int(float(rate) * self.n_trials + 1e-9) if rate is not None else None
+        if n >= self.max_failures_n:
+            limit = f"the limit hydra.sweeper.max_failures={self.max_failures_n}"
+        elif allowed is not None and n > allowed:
+            limit = (f"more than hydra.sweeper.max_failure_rate={rate} x n_trials={self.n_trials} ({allowed} "
+                     f"allowed). The last: {su.last_failure(trials)}")
+        else:
+            return
+        raise UserError(f"the search stopped: {n} trials failed (raised, diverged or returned NaN), {limit}. "
+                        f"Their reasons are in {self.study_dir / 'trials.csv'}.")
 
     def _apply_threads(self) -> Optional[int]:
         """The thread budget for the next trial (hydra.sweeper.threads); applied here when trials run

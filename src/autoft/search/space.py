@@ -55,9 +55,7 @@ class SearchSpace:
         dist = self.distributions[key]
         if isinstance(dist, CategoricalDistribution):
             return value in dist.choices
-        if not finite(value):
-            return False
-        if not dist.low <= value <= dist.high:
+        if not (finite(value) and dist.low <= value <= dist.high):
             return False
         step = getattr(dist, "step", None)
         if not step:

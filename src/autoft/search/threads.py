@@ -71,14 +71,6 @@ def apply_threads(n: int) -> int:
     return n
 
 
-def trial_threads() -> Optional[int]:
-    """The running trial's thread budget (`hydra.sweeper.trial.threads`; None: none was set)."""
-    from autoft.search.trial import hydra_trial_identity
-
-    n = (hydra_trial_identity() or {}).get("threads")
-    return int(n) if n else None
-
-
 class BudgetedTask:
     """An app's task function, run under its trial's thread budget in whichever process the
     launcher runs it: with joblib each worker process applies its own share before the task (the
@@ -88,7 +80,9 @@ class BudgetedTask:
         self.task_function = task_function
 
     def __call__(self, cfg):
-        n = trial_threads()
-        if n is not None:
-            apply_threads(n)
+        from autoft.search.trial import hydra_trial_identity
+
+        n = (hydra_trial_identity() or {}).get("threads")  # the trial's budget; none set: torch's default
+        if n:
+            apply_threads(int(n))
         return self.task_function(cfg)
