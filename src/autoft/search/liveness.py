@@ -295,7 +295,8 @@ def register_worker(slots: int, directory: Optional[Path] = None) -> Optional[Pa
     host, pid = socket.gethostname(), os.getpid()
     path = directory / f"{host}-{pid}.json"
     try:
-        atomic_write_text(path, json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots)}))
+        entry = {"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots)}
+        atomic_write_text(path, json.dumps(entry))
         return path
     except OSError as err:
         log.warning("worker not registered in %s (%s): the thread budget counts only this worker's trials",

@@ -37,7 +37,8 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
                 "mutation_prob": None, "crossover_prob": 0.9, "swapping_prob": 0.5},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol", "scramble": True,
             "warn_independent_sampling": True},
-    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10, "deterministic_objective": False},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10,
+           "deterministic_objective": False},
     "bruteforce": {"_target_": "optuna.samplers.BruteForceSampler", "seed": None},
 }
 
