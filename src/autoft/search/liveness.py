@@ -15,14 +15,12 @@
   A late beat is logged with its cause: a starved thread (the machine is overloaded) or a slow
   storage; while the storage is unreachable, the outage's own line has said so.
 - The machine registry (`WorkerRegistry`) counts the trials that share this machine's cores, for
-  the thread budget (autoft.search.threads): one small JSON file per live worker process,
-  `<host>-<pid>.json` holding how many trials it runs at once here (1 with the basic launcher,
-  n_jobs with joblib), in a directory private to this user (`registry_dir`). It sees this user's
-  workers of every study; a file whose process is gone (or whose pid now names another process:
-  its start time differs) is ignored and removed. No heartbeat is needed: the pid says who lives.
+  the thread budget; autoft.search.threads says how. A file whose process is gone (or whose pid now
+  names another process: its start time differs) is ignored and removed: the pid says who lives.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -190,7 +188,7 @@ def grace_after_outage(store: StudyStorage, grace_period: float) -> float:
     period after the storage came back from an outage this process saw. During an outage every
     heartbeat stops reaching the database, the live ones too: they get a fair chance to beat again."""
     outage = store.outage
-    if outage is not None and (outage.down or outage.back_within(grace_period) is not None):
+    if outage is not None and (outage.down or outage.back_within(grace_period)):
         return float("inf")
     return grace_period
 
@@ -297,7 +295,8 @@ def register_worker(slots: int, directory: Optional[Path] = None) -> Optional[Pa
     host, pid = socket.gethostname(), os.getpid()
     path = directory / f"{host}-{pid}.json"
     try:
-        atomic_write_text(path, json.dumps({"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots)}))
+        entry = {"host": host, "pid": pid, "start": process_start(pid), "slots": int(slots)}
+        atomic_write_text(path, json.dumps(entry))
         return path
     except OSError as err:
         log.warning("worker not registered in %s (%s): the thread budget counts only this worker's trials",
@@ -307,10 +306,8 @@ def register_worker(slots: int, directory: Optional[Path] = None) -> Optional[Pa
 
 def unregister_worker(path: Optional[Path]) -> None:
     if path is not None:
-        try:
+        with contextlib.suppress(OSError):
             Path(path).unlink()
-        except OSError:
-            pass
 
 
 def live_workers(directory: Optional[Path] = None) -> list[dict]:

@@ -46,7 +46,8 @@ class StorageUnreachable(UserError):
     the same way (one message, no traceback, a non-zero exit): nothing is lost, a rerun resumes."""
 
 
-def _chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+def chain(err: Optional[BaseException]) -> Iterator[BaseException]:
+    """An exception and those behind it (__cause__, else __context__), each once."""
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -62,7 +63,7 @@ def unreachable(err: BaseException) -> bool:
         from sqlalchemy import exc as sa
     except ImportError:  # pragma: no cover (journal storages only)
         return False
-    for e in _chain(err):
+    for e in chain(err):
         if isinstance(e, StorageUnreachable):
             return True
         if isinstance(e, sa.DBAPIError) and e.connection_invalidated:
@@ -75,11 +76,7 @@ def unreachable(err: BaseException) -> bool:
 
 def reason(err: BaseException) -> str:
     """The driver's own first line (what the server or the socket said), without SQLAlchemy's wrapping."""
-    for e in _chain(err):
-        orig = getattr(e, "orig", None)
-        if orig is not None:
-            err = orig
-            break
+    err = next((e.orig for e in chain(err) if getattr(e, "orig", None) is not None), err)
     lines = [x.strip() for x in str(err).splitlines() if x.strip()]
     return lines[0].rstrip(".") if lines else type(err).__name__
 
@@ -96,6 +93,17 @@ def fail_fast() -> Iterator[None]:
         yield
     finally:
         _FAST.on = before
+
+
+def once_or(default: Any, fn: Callable[[], Any]) -> Any:
+    """fn(), trying the storage once (fail_fast); `default` while it is unreachable (other errors raise)."""
+    try:
+        with fail_fast():
+            return fn()
+    except Exception as err:
+        if not unreachable(err):
+            raise
+        return default
 
 
 class Outage:
@@ -132,12 +140,9 @@ class Outage:
                 log.info("study storage %s reachable again after %.0f s", self.label, self.back_at - self.since)
                 self.since = None
 
-    def back_within(self, seconds: float) -> Optional[float]:
-        """Seconds since the storage came back, when that is less than `seconds`; else None."""
-        if self.back_at is None or self.down:
-            return None
-        ago = time.time() - self.back_at
-        return ago if ago < seconds else None
+    def back_within(self, seconds: float) -> bool:
+        """Whether the storage came back from an outage less than `seconds` ago (and is still up)."""
+        return self.back_at is not None and not self.down and time.time() - self.back_at < seconds
 
     def stopped(self, since: float) -> StorageUnreachable:
         return StorageUnreachable(

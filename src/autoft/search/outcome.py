@@ -30,18 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from autoft.errors import UserError
-from autoft.search.outage import StorageUnreachable
+from autoft.search.outage import StorageUnreachable, chain
 
 
 def find_user_error(err: Optional[BaseException]) -> Optional[UserError]:
     """The UserError behind an exception, following __cause__/__context__; else None."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return next((e for e in chain(err) if isinstance(e, UserError)), None)
 
 
 @dataclass
@@ -65,13 +59,10 @@ def objectives(value: Any, n_objectives: int) -> Optional[list]:
     'objective'; a single objective may come as a 1-element list."""
     if isinstance(value, dict):
         value = value.get("objective")
-    try:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value)
-    except ImportError:  # pragma: no cover
-        pass
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
     if n_objectives > 1:
         if not isinstance(value, (list, tuple)) or len(value) != n_objectives or not all(_number(v) for v in value):
             return None

@@ -45,9 +45,7 @@ def _reeval_cells(record: Optional[Mapping]) -> dict:
     out = {"reevaluation_state": record.get("state", ""), "reevaluated_seeds": _cell(record.get("seeds", ""))}
     if record.get("state") == "complete":
         out["reevaluated_objective"] = record.get("value", "")
-        out["reevaluated_ci_low"] = record.get("ci_low", "")
-        out["reevaluated_ci_high"] = record.get("ci_high", "")
-        out["reevaluated_per_seed"] = _cell(record.get("per_seed", ""))
+        out.update({f"reevaluated_{k}": _cell(record.get(k, "")) for k in ("ci_low", "ci_high", "per_seed")})
     elif record.get("state") == "failed":
         out["reevaluation_state"] = f"failed ({record.get('fail_reason', '')})"
     return out

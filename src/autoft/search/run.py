@@ -10,16 +10,14 @@ finished or running) fail stale trials (liveness.fail_stale), ask, suggest, star
 heartbeat; launch and classify (outcome.run_job); tell. A UserError stops every slot at once; what
 they hold is given back (trials: FAIL, parameters re-queued). When the app asks for a top-k
 re-evaluation, the slots then run autoft.search.reevaluation.reevaluate, a step that reads the
-complete study (it explains its records). What the search needs to know about the app it sweeps
-comes from one hook, hydra.sweeper.app (autoft.search.app.SearchApp): no key of the app's config is
-read here. The launcher is a plain callable `launch(overrides, job_idx) -> JobReturn`: the Hydra
-plugin (hydra_plugins.autoft_optuna_sweeper) passes its launcher's; nothing here imports Hydra's
-launcher machinery.
+complete study (it explains its records). The app answers through its hook (autoft.search.app);
+the launcher is a plain callable `launch(overrides, job_idx) -> JobReturn` (the Hydra plugin's).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import traceback
@@ -55,9 +53,9 @@ class Search:
     in prepare) answers what the search asks of the app, and writes the app's own outputs."""
 
     def __init__(self, settings: SearchSettings, config, arguments: List[str], *,
-                 launch: Callable[[list, int], Any], sweep_dir: Path, slots: int = 1, local_slots: int = 1,
-                 in_process: bool = True, check_composes: Optional[Callable[[list], None]] = None,
-                 trial_config: Optional[Callable[[list], ContextManager]] = None):
+                 launch: Callable[[list, int], Any], sweep_dir: Path, slots: int, local_slots: int,
+                 in_process: bool, check_composes: Callable[[list], None],
+                 trial_config: Callable[[list], ContextManager]):
         self.s, self.config, self.arguments = settings, config, list(arguments)
         self.launch, self.sweep_dir = launch, Path(sweep_dir).absolute()
         self.slots, self.local_slots, self.in_process = slots, local_slots, in_process
@@ -123,9 +121,7 @@ class Search:
             return
         if sampler.get("search_space") is None:
             self.grid_space = sp.grid_values(self.space)
-        size = 1
-        for values in (self.grid_space or sampler["search_space"]).values():
-            size *= len(values)
+        size = math.prod(len(values) for values in (self.grid_space or sampler["search_space"]).values())
         if size < self.n_trials:
             log.info("grid sampler: the grid holds %d points, fewer than n_trials=%d: the search ends after %d",
                      size, self.n_trials, size)
@@ -133,8 +129,6 @@ class Search:
 
     def _check_composes(self) -> None:
         """Compose one trial's config (mid-space values) so a bad key fails before any training."""
-        if self.check_composes is None:
-            return
         point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
         batch = [self.overrides(point, trial_id=0, number=0)]
         if self.reeval.enabled:
@@ -144,7 +138,7 @@ class Search:
     def _preflight(self) -> None:
         """hydra.sweeper.preflight: fn(cfg) on the first trial's composed config, before any study
         row or trial exists; its UserError stops the search."""
-        if not self.s.preflight or self.trial_config is None:
+        if not self.s.preflight:
             return
         fn = load_callable(self.s.preflight, "preflight")
         point = {k: sp.midpoint(d) for k, d in self.space.distributions.items()}
@@ -293,7 +287,6 @@ class Search:
     def _claim(self, study):
         s = self.s
         announced = False
-        locked = st.has_claim_lock(self.storage_url)
         while not self.stopping.is_set():
             with self.store.claim_lock(self.storage_url) as claim:
                 lv.fail_stale(study, grace_period=s.grace_period, retry=self.retry)
@@ -322,7 +315,7 @@ class Search:
                         self._fail(study, trial, "error", "sampling failed: " + traceback.format_exc(limit=2))
                         raise
                     # a claim lost to an outage (its connection died) serialised nothing: check as if unlocked
-                    if (locked and claim.held()) or not self._surplus(study, trial):
+                    if claim.held() or not self._surplus(study, trial):
                         return trial, heartbeat
                     heartbeat.stop()
                     continue
@@ -334,19 +327,17 @@ class Search:
     def _check_failures(self, c, trials) -> None:
         """Stop the search when failures exceed max_failures or max_failure_rate x n_trials. Past the
         rate, the message quotes the last failure's error (hydra-optuna-sweeper re-raises it)."""
-        rate = self.s.max_failure_rate
-        where = self.study_dir / "trials.csv"
-        if c.counted_failures >= self.max_failures_n:
-            raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
-                            f"returned NaN), the limit hydra.sweeper.max_failures={self.max_failures_n}. "
-                            f"Their reasons are in {where}.")
-        if rate is not None:
-            allowed = int(float(rate) * self.n_trials + 1e-9)
-            if c.counted_failures > allowed:
-                raise UserError(f"the search stopped: {c.counted_failures} trials failed (raised, diverged or "
-                                f"returned NaN), more than hydra.sweeper.max_failure_rate={rate} x "
-                                f"n_trials={self.n_trials} ({allowed} allowed). The last: {su.last_failure(trials)}. "
-                                f"Their reasons are in {where}.")
+        n, rate = c.counted_failures, self.s.max_failure_rate
+        allowed = int(float(rate) * self.n_trials + 1e-9) if rate is not None else None
+        if n >= self.max_failures_n:
+            limit = f"the limit hydra.sweeper.max_failures={self.max_failures_n}"
+        elif allowed is not None and n > allowed:
+            limit = (f"more than hydra.sweeper.max_failure_rate={rate} x n_trials={self.n_trials} ({allowed} "
+                     f"allowed). The last: {su.last_failure(trials)}")
+        else:
+            return
+        raise UserError(f"the search stopped: {n} trials failed (raised, diverged or returned NaN), {limit}. "
+                        f"Their reasons are in {self.study_dir / 'trials.csv'}.")
 
     def _apply_threads(self) -> Optional[int]:
         """The thread budget for the next trial (hydra.sweeper.threads); applied here when trials run
@@ -365,15 +356,14 @@ class Search:
         return n
 
     def _suggest(self, trial) -> None:
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, IntDistribution
 
         for key, d in self.space.distributions.items():
-            if isinstance(d, FloatDistribution):
-                trial.suggest_float(key, d.low, d.high, step=d.step, log=d.log)
-            elif isinstance(d, IntDistribution):
-                trial.suggest_int(key, d.low, d.high, step=d.step, log=d.log)
-            elif isinstance(d, CategoricalDistribution):
+            if isinstance(d, CategoricalDistribution):
                 trial.suggest_categorical(key, d.choices)
+            else:
+                suggest = trial.suggest_int if isinstance(d, IntDistribution) else trial.suggest_float
+                suggest(key, d.low, d.high, step=d.step, log=d.log)
         if self.custom_fn is not None:  # hydra.sweeper.custom_search_space: more parameters, conditional ones
             self.custom_fn(self.config, trial)
 
@@ -427,13 +417,10 @@ class Search:
         elif o.kind == "launcher":
             self._fail(study, trial, "error", o.reason)
             raise o.error
-        elif o.kind == "bad_return":
-            self._fail(study, trial, "user_error", o.reason)
-            raise self.bad_return(o)
-        elif o.kind == "user_error":
+        elif o.kind in ("bad_return", "user_error"):
             self._fail(study, trial, "user_error", o.reason)
             self.stopping.set()
-            raise o.error
+            raise self.bad_return(o) if o.kind == "bad_return" else o.error
         else:
             if o.extra:
                 self.store.set_trial_user_attrs(trial, {k: v for k, v in o.extra.items()
@@ -494,15 +481,13 @@ class Search:
             what += f" ({su.fail_reason(t)})"
         elif what == "PRUNED" and t.last_step is not None:
             what += f" at step {t.last_step}"
-        if self.multi:
-            front = study.best_trials
-            best_txt = f"Pareto front of {len(front)} trial(s)" if front else "no complete trial yet"
+        if not c.complete:
+            best_txt = "no complete trial yet"
+        elif self.multi:
+            best_txt = f"Pareto front of {len(study.best_trials)} trial(s)"
         else:
-            try:
-                best = study.best_trial
-                best_txt = f"best {best.value:.6g} (trial {best.number})"
-            except ValueError:
-                best_txt = "no complete trial yet"
+            best = study.best_trial
+            best_txt = f"best {best.value:.6g} (trial {best.number})"
         finished = done - self._done0
         eta = (self.n_trials - done) * (time.time() - self._t0) / finished if finished > 0 else None
         log.info("trial %d: %s | %s | %d/%d finished, %d running, %d failed | ETA %s", t.number, what, best_txt,
@@ -542,17 +527,15 @@ class Search:
                      done, n, c.complete, c.failed, ", ".join(self.direction),
                      "; ".join(f"trial {t.number}: " + ", ".join(f"{v:.6g}" for v in t.values) for t in front)
                      or "empty")
-            log.info("results: %s", self.sweep_dir / "optimization_results.yaml")
-            return
-        try:
-            best = study.best_trial
-        except ValueError:
+        elif not c.complete:
             log.info("study %s: %d/%d finished, no complete trial", self.study_name, done, n)
             return
-        log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
-                 self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
-        if self.reeval.enabled:
-            rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
-        for what, path in self.app.summary_files(self.place).items():
-            log.info("%s: %s", what, path)
+        else:
+            best = study.best_trial
+            log.info("study %s: %d/%d finished (%d complete, %d pruned, %d failed); best %.6g at trial %d",
+                     self.study_name, done, n, c.complete, c.pruned, c.failed, best.value, best.number)
+            if self.reeval.enabled:
+                rv.log_summary(rv.selection(study, self.reeval)[0], self.reeval)
+            for what, path in self.app.summary_files(self.place).items():
+                log.info("%s: %s", what, path)
         log.info("results: %s", self.sweep_dir / "optimization_results.yaml")

@@ -8,8 +8,7 @@ nsgaii, nsgaiii, qmc, gp, bruteforce) and the deprecated `search_space` (read wi
 hydra_plugins.autoft_optuna_sweeper.compat); the removed `motpe` sampler names its replacement.
 Differences: `n_trials` is the study's *total* of finished trials (a rerun resumes to it);
 `max_failure_rate` counts failures over the whole study. The other keys are ours; conf/search/autoft.yaml
-documents them. No key of the app's own config is read here or anywhere in autoft.search: what the
-search needs to know about its app comes from `app` (autoft.search.app.SearchApp).
+documents them. No key of the app's own config is read in autoft.search: `app` answers for it.
 Hydra imports this module on every run (plugin discovery): keep it free of heavy imports and of
 `from __future__ import annotations` (Hydra's ConfigStore reads the dataclass's types).
 """
@@ -20,16 +19,12 @@ from autoft.errors import UserError
 from autoft.values import finite, must, plain
 
 
-def _tpe() -> Dict[str, Any]:
-    # constant_liar: concurrent workers see each other's running trials and spread out
-    return {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10,
-            "multivariate": False, "constant_liar": True}
-
-
 # the hydra/sweeper/sampler group; `seed` is re-derived per trial (autoft.search.study.make_sampler);
 # any other key of the sampler's constructor may be set (hydra.sweeper.sampler.<key>=...)
 SAMPLERS: Dict[str, Dict[str, Any]] = {
-    "tpe": _tpe(),
+    # constant_liar: concurrent workers see each other's running trials and spread out
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "n_startup_trials": 10, "multivariate": False,
+            "constant_liar": True},
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
     "cmaes": {"_target_": "optuna.samplers.CmaEsSampler", "seed": None, "x0": None, "sigma0": None,
               "n_startup_trials": 1, "warn_independent_sampling": True, "consider_pruned_trials": False,
@@ -42,7 +37,8 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
                 "mutation_prob": None, "crossover_prob": 0.9, "swapping_prob": 0.5},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": None, "qmc_type": "sobol", "scramble": True,
             "warn_independent_sampling": True},
-    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10, "deterministic_objective": False},
+    "gp": {"_target_": "optuna.samplers.GPSampler", "seed": None, "n_startup_trials": 10,
+           "deterministic_objective": False},
     "bruteforce": {"_target_": "optuna.samplers.BruteForceSampler", "seed": None},
 }
 

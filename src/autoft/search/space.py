@@ -55,9 +55,7 @@ class SearchSpace:
         dist = self.distributions[key]
         if isinstance(dist, CategoricalDistribution):
             return value in dist.choices
-        if not finite(value):
-            return False
-        if not dist.low <= value <= dist.high:
+        if not (finite(value) and dist.low <= value <= dist.high):
             return False
         step = getattr(dist, "step", None)
         if not step:
@@ -178,25 +176,22 @@ def parse_space(params: Optional[Mapping[str, Any]], arguments: Sequence[str] = 
 
     parser = OverridesParser.create()
 
-    entries: list[tuple[str, str, str]] = []  # (origin, key text, value text)
-    for key, text in (params or {}).items():
-        if text is None:
-            continue  # e.g. seed: ${search.seed_space} while seed search is off
-        entries.append(("params", str(key), str(text)))
+    # (key text, value text); a null value is skipped, e.g. seed: ${search.seed_space} while seed search is off
+    entries = [(str(key), str(text)) for key, text in (params or {}).items() if text is not None]
     passthrough: list[str] = []
     for arg in arguments:
         try:
             ov = parser.parse_override(arg)
         except HydraException as err:
             raise UserError(f"command line: cannot parse override '{arg}': {err}") from None
-        searched_before = any(k.lstrip("+") == ov.key_or_group for _, k, _ in entries)
+        searched_before = any(k.lstrip("+") == ov.key_or_group for k, _ in entries)
         if ov.is_sweep_override() or searched_before:
-            entries.append(("command line", ov.get_key_element(), arg.split("=", 1)[1]))
+            entries.append((ov.get_key_element(), arg.split("=", 1)[1]))
         else:
             passthrough.append(arg)
 
     space = SearchSpace()
-    for origin, key_text, text in entries:
+    for key_text, text in entries:
         try:
             ov = parser.parse_override(f"{key_text}={text}")
         except HydraException as err:

@@ -13,13 +13,8 @@ attribute instead (StudyStorage.record_heartbeat). The threads that beat, and th
 stale trials, live in autoft.search.liveness.
 
 Outages: `open_storage` returns the storage wrapped so that every call to it waits out an outage
-(a restart, a failover, a network blip) for up to hydra.sweeper.storage_outage_window seconds, with
-one line when it goes away and one when it is back (autoft.search.outage); past the window the
-worker stops with one message. PostgreSQL connections get timeouts and TCP keepalives, so a dead
-server or network is noticed within seconds rather than the operating system's minutes.
-
-StudyStorage (at the end) is the one home of every access to Optuna's private attributes; the
-sweeper and the search layer reach trials, heartbeats and records only through it.
+(autoft.search.outage: the window, its log lines). PostgreSQL connections get timeouts and TCP
+keepalives, so a dead server or network is noticed within seconds rather than the operating system's minutes.
 """
 from __future__ import annotations
 
@@ -199,12 +194,6 @@ def cached_storage(url: str, outage_window: Optional[float] = None):
         return _REPORT_STORAGES[url]
 
 
-def uses_rdb_heartbeat(storage) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
-
-
 @contextlib.contextmanager
 def _flock(lock_file: Path) -> Iterator[None]:
     with open(lock_file, "a") as fh:
@@ -216,15 +205,16 @@ def _flock(lock_file: Path) -> Iterator[None]:
 
 
 class Claim:
-    """A taken claim lock. `held()` says whether it still is: a PostgreSQL advisory lock dies with
-    its connection, so after a server restart the work done under it was not serialised."""
+    """A taken claim lock. `held()` says whether it serialised the work done under it: not on a
+    storage without a claim lock (`locked` False), nor once a PostgreSQL advisory lock died with its
+    connection (a server restart)."""
 
-    def __init__(self, conn=None):
-        self.conn = conn
+    def __init__(self, conn=None, locked: bool = True):
+        self.conn, self.locked = conn, locked
 
     def held(self) -> bool:
         if self.conn is None:
-            return True
+            return self.locked
         import sqlalchemy
 
         try:
@@ -251,8 +241,8 @@ def claim_lock(url: str, storage, study_name: str) -> Iterator[Claim]:
     an flock on a file beside the database (one machine); PostgreSQL: a transaction-scoped advisory
     lock (taken through the storage's outage retry); journal: Optuna's O_EXCL lock file. A dead holder
     releases it (process exit, closed connection, or the lock file's 30 s grace period). Other
-    storages fall back to the sweeper's after-ask surplus check, as does a claim that was not `held()`
-    to its end. Yields the Claim.
+    storages (their Claim never `held()`) fall back to the sweeper's after-ask surplus check, as does a
+    claim that was not `held()` to its end. Yields the Claim.
     """
     kind = storage_kind(url)
     if kind == "sqlite" and sqlite_path(url) is not None:
@@ -293,12 +283,7 @@ def claim_lock(url: str, storage, study_name: str) -> Iterator[Claim]:
         finally:
             lock.release()
         return
-    yield Claim()
-
-
-def has_claim_lock(url: str) -> bool:
-    kind = storage_kind(url)
-    return kind in ("postgresql", "journal") or (kind == "sqlite" and sqlite_path(url) is not None)
+    yield Claim(locked=False)
 
 
 PROGRESS_ATTR = "autoft:progress"  # trial system attribute: the task's last reported step
@@ -481,7 +466,9 @@ class StudyStorage:
     @functools.cached_property
     def rdb_heartbeat(self) -> bool:
         """Whether the storage keeps Optuna's own heartbeats (RDB with heartbeat_interval)."""
-        return uses_rdb_heartbeat(self.storage)
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        return is_heartbeat_enabled(self.storage)
 
     def record_heartbeat(self, trial) -> None:
         """One beat: Optuna's heartbeat row (RDB), else our timestamp attribute (journal)."""

@@ -92,10 +92,6 @@ def direction_for(direction: Any) -> Any:
     return out if len(out) > 1 else out[0]
 
 
-def directions_of(direction: Any) -> list[str]:
-    return list(direction) if isinstance(direction, (list, tuple)) else [direction]
-
-
 def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, Any], sampler=None,
                pruner=None) -> tuple[Any, bool]:
     """Create the study, or load it when it exists; (study, created_here).
@@ -108,8 +104,8 @@ def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, 
 
     created = False
     try:
-        storage.create_new_study([StudyDirection.MAXIMIZE if d == "maximize" else StudyDirection.MINIMIZE
-                                  for d in directions_of(direction)], study_name=name)
+        directions = direction if isinstance(direction, (list, tuple)) else [direction]
+        storage.create_new_study([StudyDirection[d.upper()] for d in directions], study_name=name)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         pass
@@ -118,8 +114,7 @@ def open_study(storage, name: str, direction: str, fp: str, attrs: Mapping[str, 
         for k, v in {FINGERPRINT_ATTR: fp, **attrs}.items():
             study.set_user_attr(k, v)
     else:
-        have_list = [d.name.lower() for d in study.directions]
-        have = have_list if len(have_list) > 1 else have_list[0]
+        have = direction_for(study.directions)
         old = study.user_attrs.get(FINGERPRINT_ATTR)
         if have != direction or (old is not None and old != fp):
             what = f"direction {have}" if have != direction else f"fingerprint {old}"
@@ -152,15 +147,10 @@ def load_studies(url: str) -> list[StudyRecord]:
     return out
 
 
-def find_studies(root: Path) -> list[Path]:
-    """SQLite study files (the sweeper's optuna.db) under root."""
-    return sorted(Path(root).rglob(STUDY_FILE))
-
-
 def load_studies_under(root: Path) -> dict[Path, list[StudyRecord]]:
-    """Every study stored in a SQLite file under root: study file -> its studies' records (what
-    autoft.reporting.report.make_report takes as `studies`)."""
-    return {db: load_studies(f"sqlite:///{db.resolve()}") for db in find_studies(root)}
+    """Every study stored in a SQLite file (the sweeper's optuna.db) under root: study file -> its
+    studies' records (what autoft.reporting.report.make_report takes as `studies`)."""
+    return {db: load_studies(f"sqlite:///{db.resolve()}") for db in sorted(Path(root).rglob(STUDY_FILE))}
 
 
 # ----------------------------------------------------------------------------- counting
@@ -178,24 +168,16 @@ class Counts:
         return self.complete + (self.pruned if count_pruned else 0)
 
 
-def count(trials: Sequence) -> Counts:
-    from optuna.trial import TrialState
+def counted_failure(trial) -> bool:
+    """A failure that counts against max_failures: it raised, diverged or returned NaN (not lost, interrupted...)."""
+    return trial.state.name == "FAIL" and trial.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES
 
-    c = Counts()
-    for t in trials:
-        if t.state == TrialState.COMPLETE:
-            c.complete += 1
-        elif t.state == TrialState.PRUNED:
-            c.pruned += 1
-        elif t.state == TrialState.RUNNING:
-            c.running += 1
-        elif t.state == TrialState.WAITING:
-            c.waiting += 1
-        elif t.state == TrialState.FAIL:
-            c.failed += 1
-            if t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES:
-                c.counted_failures += 1
-    return c
+
+def count(trials: Sequence) -> Counts:
+    from collections import Counter
+
+    n = Counter(t.state.name for t in trials)
+    return Counts(n["COMPLETE"], n["PRUNED"], n["RUNNING"], n["WAITING"], n["FAIL"], sum(map(counted_failure, trials)))
 
 
 def fail_reason(trial) -> Optional[str]:
@@ -208,10 +190,8 @@ def fail_reason(trial) -> Optional[str]:
 
 
 def last_failure(trials: Sequence) -> Optional[str]:
-    """The reason of the latest trial whose failure counts against the limits (error, diverged, nan)."""
-    from optuna.trial import TrialState
-
-    counted = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_KIND) in COUNTED_FAILURES]
+    """The reason of the latest trial whose failure counts against the limits."""
+    counted = [t for t in trials if counted_failure(t)]
     return fail_reason(max(counted, key=lambda t: t.number)) if counted else None
 
 
@@ -285,38 +265,26 @@ def make_sampler(spec: Optional[Mapping], grid_space: Optional[Mapping] = None):
         spec["search_space"] = {k: list(v) for k, v in grid_space.items()}
     spec.setdefault("_convert_", "all")
     seed = spec.pop("seed", None)
+    per_trial = seed is not None and not target.endswith(_FIXED_SEED)
+
+    def build(s: Optional[int]):
+        return instantiate(spec) if s is None else instantiate(spec, seed=s)
+
     try:
-        if seed is None or target.endswith(_FIXED_SEED):
-            sampler = instantiate(spec, seed=seed) if "seed" in _params_of(target) else instantiate(spec)
-            if not isinstance(sampler, optuna.samplers.BaseSampler):
-                raise UserError(f"hydra.sweeper.sampler._target_ {target} is not an Optuna sampler")
-            return TrialSeededSampler(lambda s: sampler, None, sampler)
-        first = instantiate(spec, seed=_seed_for(seed, 0))
-    except UserError:
-        raise
+        first = build(_seed_for(seed, 0) if per_trial else seed)
     except Exception as err:
         raise UserError(f"hydra.sweeper.sampler cannot be built ({spec.get('_target_')}): {err}") from None
     if not isinstance(first, optuna.samplers.BaseSampler):
         raise UserError(f"hydra.sweeper.sampler._target_ {spec.get('_target_')} is not an Optuna sampler")
-    return TrialSeededSampler(lambda s: instantiate(spec, seed=s), int(seed), first)
-
-
-def _params_of(target: str) -> set:
-    import inspect
-
-    from hydra.utils import get_class
-
-    try:
-        return set(inspect.signature(get_class(target)).parameters)
-    except Exception:  # noqa: BLE001 (instantiate reports the real problem)
-        return {"seed"}
+    return _trial_seeded_sampler_class()(build, int(seed) if per_trial else None, first)
 
 
 def _trial_seeded_sampler_class():
+    """make_sampler's wrapper, a class built at call time (optuna is imported late)."""
     import optuna
 
     class _TrialSeeded(optuna.samplers.BaseSampler):
-        def __init__(self, factory: Callable[[int], Any], seed: int, first):
+        def __init__(self, factory: Callable[[int], Any], seed: Optional[int], first):
             self._factory, self._seed, self._inner = factory, seed, first
 
         def before_trial(self, study, trial):
@@ -344,10 +312,6 @@ def _trial_seeded_sampler_class():
             self._inner.reseed_rng()
 
     return _TrialSeeded
-
-
-def TrialSeededSampler(factory, seed, first):  # noqa: N802 (a class built lazily: optuna is imported late)
-    return _trial_seeded_sampler_class()(factory, seed, first)
 
 
 PRUNERS = {
@@ -442,10 +406,9 @@ def warm_start_params(values: Mapping[str, Any], space: SearchSpace, origin: str
 
 
 def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: SearchSpace,
-                        values_of: Callable[[Mapping[str, Any]], dict]) -> int:
+                        values_of: Callable[[Mapping[str, Any]], dict]) -> None:
     """Enqueue each entry once per study (a rerun does not add them again); `values_of`: an entry as
     override key -> value (SearchApp.warm_start_values)."""
-    n = 0
     for origin, entry in entries:
         params = warm_start_params(values_of(entry), space, origin)
         if not params:
@@ -455,9 +418,7 @@ def enqueue_warm_starts(study, entries: Sequence[tuple[str, dict]], space: Searc
         if known:
             continue
         study.enqueue_trial(params, user_attrs={WARM_START_ATTR: origin})
-        n += 1
         log.info("warm start %s enqueued", origin)
-    return n
 
 
 def format_eta(seconds: Optional[float]) -> str:

@@ -38,10 +38,8 @@ def parse_threads(value: Any) -> Optional[object]:
         return None
     if isinstance(value, str) and value.lower() == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) and not (isinstance(value, str) and value.isdigit()):
-        raise ValueError(f"hydra.sweeper.threads must be auto, a positive integer or null, got {value!r}")
-    n = int(value)
-    if n < 1:
+    n = int(value) if isinstance(value, str) and value.isdigit() else value
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"hydra.sweeper.threads must be auto, a positive integer or null, got {value!r}")
     return n
 
@@ -73,14 +71,6 @@ def apply_threads(n: int) -> int:
     return n
 
 
-def trial_threads() -> Optional[int]:
-    """The running trial's thread budget (`hydra.sweeper.trial.threads`; None: none was set)."""
-    from autoft.search.trial import hydra_trial_identity
-
-    n = (hydra_trial_identity() or {}).get("threads")
-    return int(n) if n else None
-
-
 class BudgetedTask:
     """An app's task function, run under its trial's thread budget in whichever process the
     launcher runs it: with joblib each worker process applies its own share before the task (the
@@ -90,7 +80,9 @@ class BudgetedTask:
         self.task_function = task_function
 
     def __call__(self, cfg):
-        n = trial_threads()
-        if n is not None:
-            apply_threads(n)
+        from autoft.search.trial import hydra_trial_identity
+
+        n = (hydra_trial_identity() or {}).get("threads")  # the trial's budget; none set: torch's default
+        if n:
+            apply_threads(int(n))
         return self.task_function(cfg)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Mapping, Optional
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class TrialReporter:
         self._trial = None
         self._store = None
         self._lost = False
+        self._last_progress = 0.0
 
     @classmethod
     def from_config(cls, search: Optional[Mapping] = None) -> "TrialReporter":
@@ -87,53 +89,41 @@ class TrialReporter:
             return
         import optuna
 
-        from autoft.search.outage import fail_fast, unreachable
+        from autoft.search.outage import once_or
 
-        try:
-            with fail_fast():
-                if not self._running():
-                    raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
-                if value is not None and math.isfinite(float(value)):
-                    self._get_trial().report(float(value), int(step))
-                prune = self.should_prune()
-        except Exception as err:
-            if not unreachable(err):
-                raise
+        def send() -> bool:
+            if not self._running():
+                raise optuna.TrialPruned(f"trial is no longer RUNNING in study {self.study_name}")
+            if value is not None and math.isfinite(float(value)):
+                self._get_trial().report(float(value), int(step))
+            return self.should_prune()
+
+        prune = once_or(None, send)
+        if prune is None:
             log.debug("step %s of trial id %s not reported: the study storage is unreachable", step, self.trial_id)
-            return
-        if prune:
+        elif prune:
             raise optuna.TrialPruned(f"pruned at step {step} (objective {value:.4g})")
 
     def should_prune(self) -> bool:
         """Whether the pruner stops this trial now (False while the storage is unreachable)."""
         if not self.active:
             return False
-        from autoft.search.outage import fail_fast, unreachable
+        from autoft.search.outage import once_or
 
-        try:
-            with fail_fast():
-                if not self._running():
-                    return True
-                return bool(self._get_trial().should_prune())
-        except Exception as err:
-            if not unreachable(err):
-                raise
-            return False
+        return once_or(False, lambda: not self._running() or bool(self._get_trial().should_prune()))
 
     def progress(self, step: int, total: Optional[int] = None, min_interval: float = 10.0) -> None:
         """Record the task's current step (at most every `min_interval` s): the worker's periodic
         'trial N running for X s, last heartbeat ..., step s/total' line shows it."""
         if not self.active:
             return
-        import time
-
-        now = time.time()
-        if now - getattr(self, "_last_progress", 0.0) < min_interval:
-            return
-        self._last_progress = now
+        from autoft.search.outage import fail_fast
         from autoft.search.storage import PROGRESS_ATTR
 
-        from autoft.search.outage import fail_fast
+        now = time.time()
+        if now - self._last_progress < min_interval:
+            return
+        self._last_progress = now
 
         try:
             with fail_fast():  # advisory: never waits on an outage

@@ -69,15 +69,11 @@ def entry_params(key: str, entry: Any) -> str:
     step = entry.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
         raise _bad(key, f"needs a positive 'step', got {step!r}")
-    if kind == "int":
-        low, high = int(low), int(high)
-        if entry.get("log"):
-            return f"tag(log, int(interval({low}, {high})))"
-        if step is None or int(step) == 1:
-            return f"int(interval({low}, {high}))"
-        return f"range({low}, {high}, step={int(step)})"
+    num = int if kind == "int" else float
+    interval = f"interval({num(low)!r}, {num(high)!r})"
+    interval = f"int({interval})" if kind == "int" else interval
     if entry.get("log"):
-        return f"tag(log, interval({float(low)!r}, {float(high)!r}))"
-    if step is None:
-        return f"interval({float(low)!r}, {float(high)!r})"
-    return f"range({float(low)!r}, {float(high)!r}, step={float(step)!r})"
+        return f"tag(log, {interval})"
+    if step is None or num(step) == 1 and kind == "int":
+        return interval
+    return f"range({num(low)!r}, {num(high)!r}, step={num(step)!r})"

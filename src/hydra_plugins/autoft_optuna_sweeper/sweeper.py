@@ -76,20 +76,19 @@ class AutoFTOptunaSweeper(Sweeper):
 
         cfg, settings = self.config, checked(self.keys)
         settings.params = space_params(settings.params, settings.search_space)  # the deprecated search_space too
-        n_jobs, launcher = settings.n_jobs, type(self.launcher).__name__
+        slots, launcher = settings.n_jobs, type(self.launcher).__name__
         in_process = launcher == "BasicLauncher"  # the basic launcher runs jobs here, one at a time
-        slots = n_jobs
-        if isinstance(n_jobs, int) and n_jobs > 1 and in_process:
+        if slots > 1 and in_process:
             log.warning("hydra.sweeper.n_jobs=%d with the basic launcher runs one trial at a time in this process. "
                         "For parallel trials use hydra/launcher=joblib, submitit_local or slurm, or start the same "
-                        "command several times (one worker per GPU: device=cuda:0, device=cuda:1, ...)", n_jobs)
+                        "command several times (one worker per GPU: device=cuda:0, device=cuda:1, ...)", slots)
             slots = 1
         # trials sharing this machine's cores: 1 in this process, the slots with joblib, 0 elsewhere (SLURM)
         local_slots = 1 if in_process else (slots if "joblib" in launcher.lower() else 0)
         on_cli = any(str(o).startswith("hydra.sweep.dir=") for o in cfg.hydra.overrides.hydra)
         sweep_dir = Path(str(cfg.hydra.sweep.dir) if on_cli or not settings.sweep_dir else settings.sweep_dir)
         return Search(settings, cfg, arguments, launch=self._launch, sweep_dir=sweep_dir,
-                      slots=slots if isinstance(slots, int) else 1, local_slots=local_slots, in_process=in_process,
+                      slots=slots, local_slots=local_slots, in_process=in_process,
                       check_composes=self._check_composes, trial_config=self._trial_config)
 
     def _launch(self, overrides: list, job_idx: int):
