@@ -29,7 +29,7 @@ def test_the_base_hook_reads_no_key_and_answers_as_hydra_optuna_sweeper():
     assert app.fingerprint_exclude() == ["hydra"] and app.neutral_defaults() == {} and app.study_attrs() == {}
     assert app.warm_starts() == {} and app.warm_start_values({"params": {"x": 1}}) == {"x": 1}
     assert not app.reevaluation(None, "minimize", 2).enabled and app.reevaluation_overrides([7], 0) == []
-    assert app.run_scores(Path("."), 0.0) == {} and app.summary_files(None) == {}
+    assert app.run_scores(Path("."), [0]) == {} and app.summary_files(None) == {}
     app.write_outputs(None, None, None, None, True)  # writes nothing
 
 
@@ -69,3 +69,17 @@ def test_search_autoft_sets_the_autoft_hook_and_without_it_the_same_app_is_a_pla
     assert (tmp_path / "autoft" / SWEEP / "best_hparams.yaml").is_file() and "best hyperparameters: " in done.stdout
     assert plain["study_name"].startswith("study-") and plain["direction"] == "minimize"
     assert not list((tmp_path / "plain").rglob("best_hparams.yaml"))
+
+
+def test_autofts_hook_reads_back_a_reevaluation_record_only_for_the_seeds_it_ran(tmp_path):
+    """The record is read from the run's folder (train.py wrote it); one an earlier plan left there
+    (other seeds, say a run killed before the seed offset changed) is not this run's scores."""
+    from autoft.records import write_trial
+    from autoft.search_app import AutoftApp
+
+    app = AutoftApp({})
+    assert app.run_scores(tmp_path, [1000, 1001]) == {}  # nothing written
+    write_trial(tmp_path, {"objective": 0.5, "seeds": [100, 101], "per_seed": [0.4, 0.6], "ci": [0.3, 0.7]})
+    assert app.run_scores(tmp_path, [1000, 1001]) == {}
+    write_trial(tmp_path, {"objective": 0.7, "seeds": [1000, 1001], "per_seed": [0.6, 0.8], "ci": [0.5, 0.9]})
+    assert app.run_scores(tmp_path, [1000, 1001])["per_seed"] == [0.6, 0.8]

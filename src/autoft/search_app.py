@@ -158,15 +158,11 @@ class AutoftApp(SearchApp):
         return [f"++{SEED_KEY}={seeds[0]}", f"++search.seeds_per_trial={len(seeds)}",
                 f"++search.reevaluation_of={number}"]
 
-    def run_scores(self, run_dir: Path, since: float) -> dict:
-        """The re-evaluated run's trial.json (per_seed, ci); {} when this run wrote none (an older file
-        is a killed run's)."""
-        path = Path(run_dir) / TRIAL_FILE
-        try:
-            fresh = path.stat().st_mtime >= since - 1
-        except OSError:
-            return {}
-        return (read_trial(path) or {}) if fresh else {}
+    def run_scores(self, run_dir: Path, seeds: list[int]) -> dict:
+        """The re-evaluated run's trial.json (per_seed, ci) when it names this re-evaluation's seeds;
+        {} when the run wrote none, or the file is another plan's (a run before the seeds changed)."""
+        record = read_trial(Path(run_dir) / TRIAL_FILE) or {}
+        return record if list(record.get("seeds") or []) == list(seeds) else {}
 
     def write_outputs(self, study, place, selection, reevaluations, final: bool) -> None:
         """best_hparams.yaml beside the study and in the sweep dir; at the end, the study's W&B run

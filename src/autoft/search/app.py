@@ -102,8 +102,9 @@ class SearchApp:
         each key set here replaces the trial's own."""
         return []
 
-    def run_scores(self, run_dir: Path, since: float) -> dict:
-        """A finished re-evaluation run's per-seed scores and interval ({per_seed, ci}; {}: none)."""
+    def run_scores(self, run_dir: Path, seeds: list[int]) -> dict:
+        """A finished re-evaluation run's per-seed scores and interval ({per_seed, ci}; {}: none), for
+        the seeds it was given (the record read back must be that run's, not an earlier plan's)."""
         return {}
 
     def write_outputs(self, study, place, selection, reevaluations, final: bool) -> None:

@@ -310,7 +310,7 @@ def _run(search, trial, claim: dict) -> None:
             release()
             raise
         if o.kind == "complete":
-            scores = search.app.run_scores(search.study_dir / "reevaluation" / f"trial_{n}", t0)
+            scores = search.app.run_scores(search.study_dir / "reevaluation" / f"trial_{n}", claim["seeds"])
             record = result_record(claim, o.values[0], scores, time.time() - t0)
         elif o.kind in STOPS and o.kind != "launcher":
             record = ended(claim, RELEASED)
