@@ -87,8 +87,8 @@ def main(cfg: DictConfig):
     every = int(search.get("eval_every", 0) or 0)
     if reporter.active:  # what the sweeper's thread budget gave this process (torch reads it at import)
         reporter.set_user_attrs(omp_threads=os.environ.get("OMP_NUM_THREADS"))
-    if cfg.toy.barrier:  # trial n waits for the test's go, the file <barrier>-<n> (at most 2 minutes)
-        deadline = time.time() + 120
+    if cfg.toy.barrier:  # trial n waits for the test's go, the file <barrier>-<n> (at most 5 minutes,
+        deadline = time.time() + 300  # longer than the test waits for the workers, even on loaded cores)
         while not Path(f"{cfg.toy.barrier}-{number}").exists() and time.time() < deadline:
             time.sleep(0.05)
     if cfg.toy.torch and reporter.active:  # the thread count torch itself runs this trial's work with
