@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
@@ -174,8 +175,6 @@ def counted_failure(trial) -> bool:
 
 
 def count(trials: Sequence) -> Counts:
-    from collections import Counter
-
     n = Counter(t.state.name for t in trials)
     return Counts(n["COMPLETE"], n["PRUNED"], n["RUNNING"], n["WAITING"], n["FAIL"], sum(map(counted_failure, trials)))
 

@@ -117,13 +117,12 @@ class TrialReporter:
         'trial N running for X s, last heartbeat ..., step s/total' line shows it."""
         if not self.active:
             return
-        from autoft.search.outage import fail_fast
-        from autoft.search.storage import PROGRESS_ATTR
-
         now = time.time()
-        if now - self._last_progress < min_interval:
+        if now - self._last_progress < min_interval:  # the common case, once per training step: nothing else
             return
         self._last_progress = now
+        from autoft.search.outage import fail_fast
+        from autoft.search.storage import PROGRESS_ATTR
 
         try:
             with fail_fast():  # advisory: never waits on an outage
