@@ -2,6 +2,7 @@
 (autoft.models.torch_files). The hub caches are written with huggingface_hub's layout and open_clip's
 own file names (hub.write_hub_weights), read back with huggingface_hub's own readers, and loaded by
 open_clip itself, offline (conftest sets HF_HUB_OFFLINE=1 before huggingface_hub is imported)."""
+import functools
 import hashlib
 import json
 import os
@@ -35,10 +36,12 @@ def preset(name: str, **override):
     return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"), override)
 
 
+@functools.cache
 def marked_weights(arch: str) -> dict:
     """open_clip's own state dict of `arch` (its key names and shapes, from a model built on the meta
     device), cheap to make: fp16 zeros, tensor i's first element i + 1, so every tensor that
-    arrives is identifiable and none can be the model's random initialisation."""
+    arrives is identifiable and none can be the model's random initialisation. Made once per process
+    (callers only read it)."""
     meta = open_clip.create_model(arch, device="meta").state_dict()
     weights = {}
     for i, (k, v) in enumerate(meta.items()):
