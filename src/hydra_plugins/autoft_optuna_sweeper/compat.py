@@ -74,6 +74,6 @@ def entry_params(key: str, entry: Any) -> str:
     interval = f"int({interval})" if kind == "int" else interval
     if entry.get("log"):
         return f"tag(log, {interval})"
-    if step is None or num(step) == 1 and kind == "int":
+    if step is None or (kind == "int" and int(step) == 1):  # an int step of 1 is the plain int interval
         return interval
     return f"range({num(low)!r}, {num(high)!r}, step={num(step)!r})"
