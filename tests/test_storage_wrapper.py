@@ -92,3 +92,39 @@ def test_the_wrapper_reads_and_writes_trials_and_records(tmp_path, kind):
     assert not store.set_trial_user_attrs(trial, {"late": 1})
     with store.claim_lock(url):
         pass
+
+
+def test_a_finished_trial_is_read_from_the_database_once_and_a_running_one_at_every_read(tmp_path):
+    """open_storage keeps Optuna's trial cache (what optuna.load_study(storage=url) gives): the sweeper
+    reads the whole study several times per trial, and without it every read fetches every trial
+    (scripts/bench_study_reads.py: 241 ms against 1 ms per read at 1000 trials, SQLite)."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url), direction="maximize")
+    for i in range(3):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, float(i))
+    running = study.ask()
+    assert [t.value for t in study.get_trials()] == [0.0, 1.0, 2.0, None]
+    with sqlite3.connect(tmp_path / "s.db") as conn:  # the finished values changed behind the storage's back
+        conn.execute("UPDATE trial_values SET value = 9.0")
+    other = optuna.load_study(study_name="s", storage=open_storage(url))  # another worker, its own storage
+    assert [t.value for t in other.get_trials()][:3] == [9.0] * 3  # it reads the database
+    other.tell(running.number, 5.0)
+    trials = study.get_trials()
+    assert [t.value for t in trials] == [0.0, 1.0, 2.0, 5.0]  # finished ones from the cache; the running one anew
+    assert trials[3].state.name == "COMPLETE"
+
+
+def test_the_study_reads_benchmark_runs(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_study_reads", REPO / "scripts" / "bench_study_reads.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--trials", "3,6", "--reads", "2"])
+    assert [r["trials"] for r in rows] == [3, 6] and all(r["cached_ms"] > 0 and r["bare_ms"] > 0 for r in rows)
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("| finished trials |") and printed[2].startswith("| 3 | ") and len(printed) == 4

@@ -101,8 +101,13 @@ _PG_CONNECT_ARGS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 3
 
 def _open(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: Optional[int] = None,
           stale_callback: Optional[Callable] = None):
-    """The Optuna storage a (normalized) URL names, created when needed; the driver's errors raised as they are."""
+    """The Optuna storage a (normalized) URL names, created when needed; the driver's errors raised as they are.
+
+    An RDB storage comes in Optuna's trial cache, as `optuna.load_study(storage=url)` gives it: a
+    finished trial is read from the database once, not at every count and every sampler call (those
+    read the whole study: without the cache a search's bookkeeping grows with the square of its trials)."""
     import optuna
+    from optuna.storages import _CachedStorage
 
     kind = storage_kind(url)
     if kind == "journal":
@@ -129,10 +134,10 @@ def _open(url: str, *, heartbeat_interval: Optional[int] = None, grace_period: O
     for attempt in range(6):
         try:
             with guard if attempt == 0 else contextlib.nullcontext():
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period,
-                                                  heartbeat_stale_trial_callback=stale_callback)
+                return _CachedStorage(optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                                 heartbeat_interval=heartbeat_interval,
+                                                                 grace_period=grace_period,
+                                                                 heartbeat_stale_trial_callback=stale_callback))
         except Exception as err:
             # workers starting together on a fresh database race to create its tables: the
             # loser sees 'already exists' / a unique violation, and succeeds once they exist
@@ -403,7 +408,7 @@ class StudyStorage:
 
     def __init__(self, study):
         self.study = study
-        self.storage = study._storage  # an RDB storage comes wrapped in Optuna's cache
+        self.storage = study._storage  # open_storage's wrapper: an RDB storage inside it in Optuna's trial cache
         self.study_id = study._study_id
 
     @property
