@@ -97,7 +97,7 @@ def test_the_wrapper_reads_and_writes_trials_and_records(tmp_path, kind):
 def test_a_finished_trial_is_read_from_the_database_once_and_a_running_one_at_every_read(tmp_path):
     """open_storage keeps Optuna's trial cache (what optuna.load_study(storage=url) gives): the sweeper
     reads the whole study several times per trial, and without it every read fetches every trial
-    (scripts/bench_study_reads.py: 241 ms against 1 ms per read at 1000 trials, SQLite)."""
+    (scripts/bench_study_reads.py; its dated measurements are in docs/speed.md)."""
     import sqlite3
 
     url = f"sqlite:///{tmp_path}/s.db"
