@@ -220,6 +220,34 @@ def test_search_plots_and_best_hparams_from_a_real_study(tmp_path, results):
         best_hparams_from_study(storage)
 
 
+def test_parallel_coordinates_place_each_trial_on_log_linear_and_categorical_axes(tmp_path):
+    """Three trials enqueued by hand: lr on a log axis (1e-4, 1e-3, 1e-2 sit at 0, 1/2, 1), wd linear
+    (0.1, 0.4, 0.2 -> 0, 1, 1/3), a categorical by its index; a failed trial is left out; the best is last."""
+    from autoft.reporting.plots import parallel_axes, plot_parallel_coordinates
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for lr, wd, opt in ((1e-4, 0.1, "adam"), (1e-2, 0.4, "sgd"), (1e-3, 0.2, "adam")):
+        study.enqueue_trial({"lr": lr, "wd": wd, "opt": opt})
+
+    def objective(trial):
+        lr, wd = trial.suggest_float("lr", 1e-5, 1e-1, log=True), trial.suggest_float("wd", 0, 1)
+        trial.suggest_categorical("opt", ["adam", "sgd"])
+        return -abs(np.log10(lr) + 3) + wd  # 1e-4: -0.9, 1e-2: -0.6, 1e-3: 0.2 (the best)
+
+    study.optimize(objective, n_trials=3)
+    study.optimize(lambda t: float("nan"), n_trials=1)  # a failed trial
+    labels, done, scaled, ends = parallel_axes(study.trials, maximize=True)
+    assert labels == ["objective", "lr", "opt", "wd"]
+    assert [t.number for t in done] == [0, 1, 2]  # worst first, the best last
+    assert np.allclose(scaled, [[0, 0.3 / 1.1, 1], [0, 1, 0.5], [0, 1, 0], [0, 1, 1 / 3]])
+    assert np.allclose(ends, [(-0.9, 0.2), (1e-4, 1e-2), (0, 1), (0.1, 0.4)])  # lr's ends in its own units
+    png = plot_parallel_coordinates("s", study.trials, True, tmp_path / "pc.png")
+    img = mpimg.imread(png)
+    assert img.shape[1] > 500 and img[..., :3].std() > 0.01
+    assert plot_parallel_coordinates("s", study.trials[3:], True, tmp_path / "none.png") is None  # nothing complete
+
+
 def small_study(storage: str, name: str) -> None:
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))

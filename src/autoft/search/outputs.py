@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from autoft.io import atomic_write, atomic_write_text
+from autoft.io import atomic_write_text
 from autoft.search.study import FAIL_REASON, RETRY_OF, WARM_START_ATTR, duration_s, fail_reason
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,9 @@ def write_trials_csv(path: str | Path, trials, reevaluations: Optional[Mapping[i
 
 def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mapping[int, Mapping]] = None,
                       chosen: Optional[int] = None) -> list[Path]:
-    """Optimisation history (with intervals and re-evaluations) and hyperparameter importances, drawn
-    by autoft.reporting.plots from the study's trials (the same plots a report draws), and optuna's
-    parallel coordinates (PNG). A plot never fails the search."""
+    """Optimisation history (with intervals and re-evaluations), hyperparameter importances and
+    parallel coordinates (PNG), drawn by autoft.reporting.plots from the study's trials. A plot
+    never fails the search."""
     from optuna.study import StudyDirection
     from optuna.trial import TrialState
 
@@ -112,7 +112,7 @@ def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mappin
     drawn = {"optimization_history": lambda p: P.plot_search_history(study.study_name, trials, maximize, p,
                                                                       reevaluations, chosen),
              "param_importances": lambda p: P.plot_importances(study.study_name, trials, maximize, p),
-             "parallel_coordinate": lambda p: _parallel_coordinate(study, p)}
+             "parallel_coordinate": lambda p: P.plot_parallel_coordinates(study.study_name, trials, maximize, p)}
     written = []
     for name, draw in drawn.items():
         try:
@@ -122,24 +122,6 @@ def write_study_plots(study, out_dir: str | Path, reevaluations: Optional[Mappin
         except Exception as err:  # a plot must never fail a search
             log.warning("plot %s not written: %s", name, err)
     return written
-
-
-def _parallel_coordinate(study, path: Path) -> Path:
-    import matplotlib
-
-    if "matplotlib.pyplot" not in __import__("sys").modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    ax = ovm.plot_parallel_coordinate(study)
-    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-    fig.set_size_inches(max(fig.get_size_inches()[0], 9), max(fig.get_size_inches()[1], 5))
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    finally:
-        plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- optimization_results.yaml
