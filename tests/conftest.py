@@ -76,11 +76,12 @@ TEST_CONF = ROOT / "tests" / "conf"
 
 
 def offline_env(**extra) -> dict:
-    """The environment of a subprocess under test: no hub downloads, W&B off, no API key."""
+    """The environment of a subprocess under test: no hub downloads, W&B off, no API key; then
+    `extra`, where a value of None removes the variable."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
     env.pop("WANDB_API_KEY", None)
     env.update(extra)
-    return env
+    return {k: v for k, v in env.items() if v is not None}
 
 
 def compose_config(*overrides, return_hydra_config: bool = False):

@@ -31,10 +31,27 @@ def offline_env(tmp_path):
 
 
 def train(tmp_path, *args):
+    """train.py as a process: for the joblib workers and the kill."""
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, capture_output=True,
                           text=True, env=offline_env(tmp_path), timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def in_process(tmp_path, path, *args):
+    """`python <path> <args>` in this process (conftest.run_python) under offline_env(tmp_path)."""
+    from conftest import run_python
+
+    env = offline_env(tmp_path)
+    unset = {k: None for k in os.environ if k not in env}  # the WANDB_* variables offline_env drops
+    done = run_python(path, list(args), ROOT, **unset, NETRC=env["NETRC"])
+    assert done.returncode == 0, done.stdout[-6000:]
+    return done
+
+
+def train_here(tmp_path, *args):
+    """train.py in this process: for what a run writes to W&B."""
+    return in_process(tmp_path, ROOT / "train.py", *args)
 
 
 def the_run(folder):
@@ -124,12 +141,29 @@ def test_a_transaction_log_cut_short_reads_as_far_as_it_goes(multirun, tmp_path)
     assert not O.has_exit_record(cut)
 
 
+
+def test_a_part_started_in_the_same_second_is_one_of_the_runs_parts(tmp_path):
+    """W&B names a run's directory offline-run-<time>-<id> and adds -1 when a resumed part starts in
+    the same second as the last (seen from an in-process search followed by log_study): that part is
+    still the run's, found by its log run-<id>.wandb, for read_run and for a resume's held_step."""
+    import shutil
+
+    rid = W.run_id("final", "same-second")
+    run = W.start_run(enabled=True, project="autoft", job_type="final", name="x", config={}, out_dir=tmp_path,
+                      mode="offline", run_id=rid)
+    with run.closing():
+        for step in (1, 2, 3):
+            run.record_step(step, {"loss": 1.0 / step, "lr": 0.1})
+    (first,) = O.offline_runs(tmp_path)
+    shutil.copytree(first, first.with_name(first.name + "-1"))  # the directory a same-second restart gets
+    logged = O.read_run(tmp_path, rid)
+    assert logged["parts"] == 2 and [h["global_step"] for h in logged["history"]] == [1, 2, 3] * 2
+    assert O.held_step(tmp_path, rid, but=first) == O.held_step(tmp_path, rid) == 3
+
 def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
     tmp, out = multirun
     before = set(O.offline_runs(out))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(out), "--wandb"],
-                          capture_output=True, text=True, env=offline_env(tmp), timeout=300)
-    assert done.returncode == 0, done.stderr
+    in_process(tmp, ROOT / "scripts" / "make_tables.py", out, "--wandb")
     new = [p for p in O.offline_runs(out) if p not in before]
     assert len(new) == 1
     logged = O.read_offline_run(new[0])
@@ -148,7 +182,7 @@ def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
 
 def test_search_trial_is_one_run_in_the_study_group(tmp_path):
     out = tmp_path / "trial_3"
-    train(tmp_path, *BASE, "phase=search", "logger=wandb", "logger.log_every_n_steps=1", "hydra/sweeper=autoft_optuna",
+    train_here(tmp_path, *BASE, "phase=search", "logger=wandb", "logger.log_every_n_steps=1", "hydra/sweeper=autoft_optuna",
           "++hydra.sweeper.trial={number:3,study_name:study-x}", "+search.eval_every=2", "+search.wise_alphas=[0.5,1.0]", "trainer.lr_scale=0.5",
           f"hydra.run.dir={out}")
     trial = json.loads((out / "trial.json").read_text())
@@ -262,7 +296,7 @@ def test_a_wandb_failure_never_stops_training(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")  # W&B cannot create its folder here
     out = tmp_path / "run"
-    done = train(tmp_path, *BASE, "method=zeroshot", "logger=wandb", f"logger.dir={blocker}/sub",
+    done = train_here(tmp_path, *BASE, "method=zeroshot", "logger=wandb", f"logger.dir={blocker}/sub",
                  f"hydra.run.dir={out}")
     assert (out / "results.json").is_file()
     assert "W&B could not start" in done.stdout + done.stderr
@@ -306,7 +340,7 @@ def test_a_study_has_one_run_updated_not_duplicated(tmp_path):
     import optuna
 
     sweep = tmp_path / "sweep"
-    train(tmp_path, "-m", *BASE, "search=autoft", "search.n_trials=2", "search.bootstrap=0", "logger=wandb",
+    train_here(tmp_path, "-m", *BASE, "search=autoft", "search.n_trials=2", "search.bootstrap=0", "logger=wandb",
           "hydra.sweeper.plots=true", f"hydra.sweep.dir={sweep}")
     url = f"sqlite:///{sweep / 'optuna.db'}"
     (name,) = optuna.get_all_study_names(url)

@@ -6,7 +6,9 @@ the tests check.
 An offline run directory (offline-run-<time>-<id>) holds its transaction log, run-<id>.wandb: W&B's
 records (protobuf, wandb.proto.wandb_internal_pb2.Record) in a LevelDB-style log of 32 KiB blocks,
 each record one chunk or split over several (first, middle, last), every chunk behind a 7-byte header
-(crc32, length, kind). A resumed run writes one directory per start, all with the run's id.
+(crc32, length, kind). A resumed run writes one directory per start, all with the run's id; a start
+within the same second as the last one gets W&B's suffix (offline-run-<time>-<id>-1), so a run's parts
+are found by their log's name, run-<id>.wandb, not by the directory's.
 """
 from __future__ import annotations
 
@@ -133,7 +135,7 @@ def read_run(root: str | Path, run_id: str) -> dict[str, Any]:
     """One W&B run as the server will hold it once every offline directory with its id is synced
     (a resumed run writes one directory per start; `wandb sync` uploads them in start order): config
     and summary updated in that order, history and artifacts concatenated, `parts` the count."""
-    parts = [read_offline_run(p) for p in offline_runs(root) if p.name.endswith(f"-{run_id}")]
+    parts = [read_offline_run(p) for p in parts_of(root, run_id)]
     if not parts:
         raise FileNotFoundError(f"{root}: no offline run with id {run_id}")
     out = {**parts[0], "config": {}, "summary": {}, "history": [], "artifacts": [], "output": "", "parts": len(parts)}
@@ -150,8 +152,8 @@ def held_step(root: str | Path, run_id: str, but: Optional[Path] = None) -> int:
     """The last step the offline directories of run `run_id` under root hold (0: none), leaving out
     `but` (the part being written now); a part cut short is read as far as it goes."""
     held = 0
-    for part in offline_runs(root):
-        if part.name.endswith(f"-{run_id}") and part != but:
+    for part in parts_of(root, run_id):
+        if part != but:
             try:
                 held = max([held, *(h.get("_step", 0) for h in read_offline_run(part)["history"])])
             except Exception:  # noqa: BLE001 (a torn file holds nothing usable)
@@ -162,4 +164,9 @@ def held_step(root: str | Path, run_id: str, but: Optional[Path] = None) -> int:
 def offline_runs(root: str | Path) -> list[Path]:
     """offline-run-* directories under root (any depth), oldest first."""
     return sorted(Path(root).rglob("offline-run-*"), key=lambda p: p.name)
+
+
+def parts_of(root: str | Path, run_id: str) -> list[Path]:
+    """The offline directories of run `run_id` under root, in start order: those holding run-<id>.wandb."""
+    return [p for p in offline_runs(root) if (p / f"run-{run_id}.wandb").is_file()]
 
