@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweep_helpers import SWEEP, run_app
+from sweep_helpers import SWEEP, run_app_here
 
 # found, not imported: importing it (scikit-learn, scipy) would cost every test process's collection
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("optuna_dashboard") is None,
@@ -36,7 +36,7 @@ def get(url: str, timeout: float = 10.0):
 
 
 def test_dashboard_serves_the_trials_of_a_search(tmp_path):
-    run_app(tmp_path, "search.n_trials=3")
+    run_app_here(tmp_path, "search.n_trials=3")
     url = f"sqlite:///{tmp_path / SWEEP / 'optuna.db'}"
     [name] = optuna.get_all_study_names(url)
     study = optuna.load_study(study_name=name, storage=url)

@@ -9,7 +9,7 @@ import yaml
 
 from autoft.errors import UserError
 from autoft.search.app import SearchApp, load_app
-from sweep_helpers import SWEEP, run_app
+from sweep_helpers import SWEEP, run_app_here
 from test_optuna_sweeper_compat import results, run_example
 
 
@@ -59,8 +59,8 @@ def test_a_plain_hydra_app_is_swept_as_hydra_optuna_sweeper_sweeps_it(tmp_path):
 def test_search_autoft_sets_the_autoft_hook_and_without_it_the_same_app_is_a_plain_one(tmp_path):
     (tmp_path / "autoft").mkdir()
     (tmp_path / "plain").mkdir()
-    done = run_app(tmp_path / "autoft", "search.n_trials=2")
-    run_app(tmp_path / "plain", "search.n_trials=2", "hydra.sweeper.app=null")
+    done = run_app_here(tmp_path / "autoft", "search.n_trials=2")
+    run_app_here(tmp_path / "plain", "search.n_trials=2", "hydra.sweeper.app=null")
     autoft, plain = (yaml.safe_load((tmp_path / d / SWEEP / "optimization_results.yaml").read_text())
                      for d in ("autoft", "plain"))
     assert autoft["study_name"].startswith("toy-toy-autoft-") and autoft["direction"] == "maximize"
