@@ -19,6 +19,8 @@ Markdown file. The reference file format is described in autoft/reporting/tables
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import sys
 
@@ -81,4 +83,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    atexit.register(gc.freeze)  # no collector pass over the imported libraries at exit: about 0.9 s (docs/speed.md)
     sys.exit(main())

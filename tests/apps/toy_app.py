@@ -129,5 +129,9 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)  # as train.py: no collector pass over the imported libraries at exit
     sys.argv.append(f"hydra.searchpath=[file://{REPO / 'conf'}]")
     main()
