@@ -204,18 +204,21 @@ def parallel_axes(trials: Sequence, maximize: bool) -> tuple[list[str], list, np
 
         position = (v - low) / (high - low),  v = log10(value) on a log-scale range, else value
     """
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.values and finite(t.value)]
-    params = sorted({p for t in done for p in t.params})
-    done.sort(key=lambda t: t.value if maximize else -t.value)
+    done = sorted((t for t in trials if t.state.name == "COMPLETE" and t.values and finite(t.value)),
+                  key=lambda t: t.value if maximize else -t.value)
+    dists: dict = {}  # each searched name's distribution, as its first (worst) trial drew it: the axis scale
+    for t in done:
+        for p, d in t.distributions.items():
+            dists.setdefault(p, d)
+    params = sorted(dists)
+    if not done:
+        return ["objective"], [], np.empty((1, 0)), []
     grid = np.array([[float(t.value) for t in done]] +
                     [[_axis_position(t.distributions[p], t.params[p]) if p in t.params else np.nan for t in done]
-                     for p in params], dtype=float).reshape(len(params) + 1, len(done))
-    if not done:
-        return ["objective", *params], done, grid, []
+                     for p in params], dtype=float)
     low, high = np.nanmin(grid, axis=1), np.nanmax(grid, axis=1)
     scaled = (grid - low[:, None]) / np.where(high > low, high - low, 1.0)[:, None]
-    logs = [False] + [bool(getattr(next(t.distributions[p] for t in done if p in t.params), "log", False))
-                      for p in params]
+    logs = [False] + [getattr(dists[p], "log", False) for p in params]
     ends = [(10 ** lo, 10 ** hi) if log else (lo, hi) for lo, hi, log in zip(low, high, logs)]
     return ["objective", *params], done, scaled, [(float(lo), float(hi)) for lo, hi in ends]
 
