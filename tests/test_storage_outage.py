@@ -279,13 +279,23 @@ def _workers(cmd: list[str], tmp_path, names=("a", "b")) -> list[subprocess.Pope
     procs = []
     for name in names:
         (tmp_path / name).mkdir()
-        procs.append(subprocess.Popen(cmd, cwd=tmp_path / name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      text=True, env=offline_env()))
+        with open(tmp_path / f"{name}.log", "w") as log:  # a file, not a pipe: nothing blocks a worker on its output
+            procs.append(subprocess.Popen(cmd, cwd=tmp_path / name, stdout=log, stderr=subprocess.STDOUT, env=offline_env()))
+        procs[-1].log = tmp_path / f"{name}.log"
     return procs
 
 
-def _outage(server: PgServer, db: str, procs, after: int, seconds: float) -> tuple[datetime, datetime]:
-    """Stop the server once `after` trials are complete and one is running, start it `seconds` later;
+def _outputs(procs) -> list[str]:
+    """What each worker printed, once it has exited."""
+    for p in procs:
+        p.wait(timeout=300)
+    return [p.log.read_text(errors="replace") for p in procs]
+
+
+def _outage(server: PgServer, db: str, procs, after: int, seconds: float, until_exit: bool = False
+            ) -> tuple[datetime, datetime]:
+    """Stop the server once `after` trials are complete and one is running, start it `seconds` later,
+    or with `until_exit` once every worker has exited (at most `seconds`: they must stop by themselves);
     (stopped, started)."""
     deadline = time.time() + 300
     while _count(server, db, "COMPLETE") < after or _count(server, db, "RUNNING") < 1:
@@ -293,7 +303,13 @@ def _outage(server: PgServer, db: str, procs, after: int, seconds: float) -> tup
         time.sleep(0.2)
     stopped = datetime.now()
     server.stop("fast")  # what a restart or a failover does: every connection is cut
-    time.sleep(seconds)
+    if until_exit:
+        back = time.time() + seconds
+        while any(p.poll() is None for p in procs):
+            assert time.time() < back, f"the workers still ran {seconds} s into the outage"
+            time.sleep(0.2)
+    else:
+        time.sleep(seconds)
     server.start()
     return stopped, datetime.now()
 
@@ -310,7 +326,7 @@ def test_a_storage_outage_shorter_than_the_window_is_ridden_out(tmp_path, pg):
     url = pg.create_database("ridden_out")
     procs = _workers(_train_py(url, n, "hydra.sweeper.storage_outage_window=120"), tmp_path)
     stopped, started = _outage(pg, "ridden_out", procs, after=1, seconds=5)  # 5 beats of each worker
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = _outputs(procs)
     assert [p.returncode for p in procs] == [0, 0], outs
 
     trials = _trials(url)
@@ -333,8 +349,8 @@ def test_an_outage_longer_than_the_window_stops_each_worker_with_one_message_and
     url = pg.create_database("past_window")
     cmd = _toy(url, n, "hydra.sweeper.storage_outage_window=3")
     procs = _workers(cmd, tmp_path)
-    _outage(pg, "past_window", procs, after=2, seconds=10)
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    _outage(pg, "past_window", procs, after=2, seconds=60, until_exit=True)  # down until both stopped
+    outs = _outputs(procs)
     assert all(p.returncode == 1 for p in procs), outs  # ended while the server was still down
     for out in outs:
         assert out.count("has been unreachable for") == 1, out
