@@ -28,11 +28,9 @@ if os.environ.get("PYTEST_XDIST_WORKER") and "AUTOFT_WORKERS_DIR" not in os.envi
 
 import numpy as np
 import pytest
-import torch
 
-from autoft.data.base import Split, Task
-from autoft.data.images import TensorImageDataset
-from autoft.models.clip import load_clip
+# torch, open_clip and the library are imported where they are used: pytest-xdist's controller loads
+# this file too, and never runs a test (importing them there cost about 5 s of CPU per session)
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -42,6 +40,11 @@ TINY_CLIP = {
 
 
 def random_split(name, n, classes, seed, size=16):
+    import torch
+
+    from autoft.data.base import Split
+    from autoft.data.images import TensorImageDataset
+
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
     images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
@@ -52,6 +55,10 @@ def random_split(name, n, classes, seed, size=16):
 
 @pytest.fixture
 def tiny_bundle():
+    import torch
+
+    from autoft.models.clip import load_clip
+
     torch.manual_seed(0)
     return load_clip(custom=TINY_CLIP)
 
@@ -62,6 +69,8 @@ def tiny_task():
 
 
 def tiny_task_value():
+    from autoft.data.base import Task
+
     classes = ["cat", "dog", "bird"]
     return Task(name="tiny", classnames=classes, templates=["a photo of a {}.", "a {} in the wild."],
                 train=random_split("train", 48, 3, 0), id_val=random_split("id_val", 12, 3, 1),
@@ -97,6 +106,8 @@ def compose_config(*overrides, return_hydra_config: bool = False):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` (pytest -m cuda; make gpu-check) skip themselves, saying why, without a GPU."""
+    import torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on one with pytest -m cuda or make gpu-check)")
@@ -127,6 +138,7 @@ def run_python(path, argv: list, cwd=None, *, separate_stderr=False, **env):
     import tempfile
     import warnings
 
+    import torch
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
