@@ -141,7 +141,6 @@ def test_a_transaction_log_cut_short_reads_as_far_as_it_goes(multirun, tmp_path)
     assert not O.has_exit_record(cut)
 
 
-
 def test_a_part_started_in_the_same_second_is_one_of_the_runs_parts(tmp_path):
     """W&B names a run's directory offline-run-<time>-<id> and adds -1 when a resumed part starts in
     the same second as the last (seen from an in-process search followed by log_study): that part is
@@ -159,6 +158,7 @@ def test_a_part_started_in_the_same_second_is_one_of_the_runs_parts(tmp_path):
     logged = O.read_run(tmp_path, rid)
     assert logged["parts"] == 2 and [h["global_step"] for h in logged["history"]] == [1, 2, 3] * 2
     assert O.held_step(tmp_path, rid, but=first) == O.held_step(tmp_path, rid) == 3
+
 
 def test_make_tables_logs_tables_and_plots_as_an_artifact(multirun):
     tmp, out = multirun

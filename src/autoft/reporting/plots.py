@@ -206,13 +206,13 @@ def parallel_axes(trials: Sequence, maximize: bool) -> tuple[list[str], list, np
     """
     done = sorted((t for t in trials if t.state.name == "COMPLETE" and t.values and finite(t.value)),
                   key=lambda t: t.value if maximize else -t.value)
+    if not done:
+        return ["objective"], [], np.empty((1, 0)), []
     dists: dict = {}  # each searched name's distribution, as its first (worst) trial drew it: the axis scale
     for t in done:
         for p, d in t.distributions.items():
             dists.setdefault(p, d)
     params = sorted(dists)
-    if not done:
-        return ["objective"], [], np.empty((1, 0)), []
     grid = np.array([[float(t.value) for t in done]] +
                     [[_axis_position(t.distributions[p], t.params[p]) if p in t.params else np.nan for t in done]
                      for p in params], dtype=float)
