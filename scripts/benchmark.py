@@ -17,8 +17,10 @@ three consecutive domains of that order. The tests are all remaining domains, dr
 included. A cell (split, seed s) runs the AutoFT search with seed s (sampler and inner runs), then
 the final runs of every method with seed s: zeroshot (once per split), lp, ft, lpft, l2sp, flyp,
 autoft (and `autoft_alpha`, the search that also picks the WiSE-FT alpha, with --alpha-searched);
-each fine-tuned run also reports its WiSE-FT curve. Baselines do not depend on the search, so they
-run once per (split, seed) and pair with that cell's AutoFT.
+each fine-tuned run also reports its WiSE-FT curve. Baselines do not depend on the search, nor on
+the split: a final run selects its epoch on ID val and never reads OOD-val or the tests. So each
+baseline trains once per seed, in the first split, and the other splits evaluate those weights on
+their own domains (train.py weights_from=<that run's directory>); each pairs with its cell's AutoFT.
 
 Every step is an ordinary `train.py` command (printed in its log), run side by side: --jobs
 processes, one CPU thread each (the default fills a 2-core machine). It is resumable: a step whose
@@ -291,22 +293,27 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
     if grid.alpha_searched:
         variants.append(("autoft_alpha", "search-alpha", [f"search.wise_alphas={ALPHAS}"]))
     steps = []
+    splits = grid.splits(domains)
     for v, (method, dirname, opts) in enumerate(variants):
         for s in range(grid.seeds):
-            for sp in grid.splits(domains):
+            for k, sp in enumerate(splits):
                 where = out / sp.family / sp.id
                 base = [*common, *sp.overrides()]
                 if v == 0:
                     methods = (["zeroshot"] if s == 0 else []) + list(grid.baselines)
                     results = {m: where / m / f"seed{0 if m == 'zeroshot' else s}" / RESULTS_FILE for m in methods}
                     # one process for the split's baselines (the model and data load once); a rerun
-                    # after a kill runs only the methods whose results are missing
+                    # after a kill runs only the methods whose results are missing. The first split
+                    # trains them; the others evaluate its weights (the module's docstring says why)
                     todo = [m for m in methods if not complete(results[m])] or methods
+                    first = f"{splits[0].id}/baselines-s{s}"
+                    trained = out / splits[0].family / splits[0].id
+                    reuse = [f"weights_from={trained}/${{method.name}}/seed${{seed}}"] if k else []
+                    cost = sum(UNITS["zeroshot" if m == "zeroshot" or k else "final"] for m in todo)
                     steps.append(Step(f"{sp.id}/baselines-s{s}",
                                       py + ["-m", "method=" + ",".join(todo), f"seed={s}", "phase=final",
-                                            f"hydra.sweep.dir={where}", *base],
-                                      list(results.values()),
-                                      sum(UNITS["zeroshot" if m == "zeroshot" else "final"] for m in todo)))
+                                            f"hydra.sweep.dir={where}", *reuse, *base],
+                                      list(results.values()), cost, after=[first] if k else []))
                 sdir = where / f"{dirname}-s{s}"
                 steps.append(Step(f"{sp.id}/{dirname}-s{s}",
                                   py + ["-m", "search=autoft", f"seed={s}", f"hydra.sweep.dir={sdir}",

@@ -34,6 +34,11 @@ FILES = {
     "zero_lr.yaml": b"loss_weights: {ce: 1.0}\nlr_scale: 0\nweight_decay: 0.1\n",
     "nan_wd.yaml": b"loss_weights: {ce: 1.0}\nlr_scale: 1.0\nweight_decay: .nan\n",
     "garbage.pt": b"this is not a torch file" * 10,
+    # finished final runs that weights_from names (the base config's dataset, model, method and seed)
+    "ft_run/results.json": b'{"dataset": "shapes", "model": "tiny_vit", "method": "ft", "seed": 0, "epochs": [{"epoch": 1}]}',
+    "lp_run/results.json": b'{"dataset": "shapes", "model": "tiny_vit", "method": "lp", "seed": 0, "epochs": [{"epoch": 1}]}',
+    "garbage_run/results.json": b'{"dataset": "shapes", "model": "tiny_vit", "method": "ft", "seed": 0, "epochs": [{"epoch": 1}]}',
+    "garbage_run/model.pt": b"this is not a torch file" * 10,
     # config files of a user's config directory ({conf}: on the search path with hydra.searchpath)
     "conf/experiment/key_typo.yaml": b"# @package _global_\ntrainer:\n  bach_size: 32\n",
     "conf/experiment/batch_words.yaml": b"# @package _global_\ntrainer:\n  batch_size: lots\n",
@@ -146,11 +151,20 @@ BAD = [
     ("hparams-nan-wd", ["hparams={nan_wd.yaml}"], "weight_decay=nan"),
     ("hparams-missing", ["hparams={missing.yaml}"], "{missing.yaml}: file not found"),
     ("checkpoint-garbage", ["experiment=shapes_rn10t", "model.checkpoint={garbage.pt}"], "{garbage.pt}"),
+    # files: the finished run whose weights a final run evaluates again
+    ("weights-from-missing", ["weights_from={missing.yaml}"], "weights_from={missing.yaml}: not a directory"),
+    ("weights-from-no-results", ["weights_from={conf}"], "weights_from={conf}: {conf}/results.json: missing"),
+    ("weights-from-other-method", ["weights_from={lp_run}"], "method 'lp' there, 'ft' here"),
+    ("weights-from-other-seed", ["weights_from={ft_run}", "seed=1"], "seed 0 there, 1 here"),
+    ("weights-from-no-weights", ["weights_from={ft_run}"], "weights_from={ft_run}: model.pt missing"),
+    ("weights-from-garbage", ["weights_from={garbage_run}"], "cannot read {garbage_run}/model.pt"),
+    ("weights-from-in-search", ["phase=search", "weights_from={ft_run}"], "only a final run (phase=final)"),
+    ("weights-from-with-hparams", ["weights_from={ft_run}", "hparams={zero_lr.yaml}"], "leave out hparams"),
 ]
 # the cases that also run train.py from its command line (item 1 of the issue, and a few more)
 TRAIN_PY = {"batch-zero", "device-tpu", "hparams-corrupt", "cue-above-one", "trainer-typo", "task-key-unknown",
             "checkpoint-garbage", "accum-not-dividing", "batch-not-int", "pair-without-budgets", "yaml-key-typo",
-            "yaml-broken"}
+            "yaml-broken", "weights-from-garbage"}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +173,7 @@ def files(tmp_path_factory):
     for name, data in FILES.items():
         (d / name).parent.mkdir(parents=True, exist_ok=True)
         (d / name).write_bytes(data)
-    return {name: str(d / name) for name in [*FILES, "missing.yaml", "conf"]}
+    return {name: str(d / name) for name in [*FILES, "missing.yaml", "conf", "ft_run", "lp_run", "garbage_run"]}
 
 
 def fill(text: str, files: dict) -> str:

@@ -203,6 +203,11 @@ def test_quick_grid_runs_zero_shot_ft_and_autoft_only(tmp_path):
     assert sorted(steps) == ["garden/autoft-s0", "garden/baselines-s0", "garden/search-s0",
                              "snow/autoft-s0", "snow/baselines-s0", "snow/search-s0"]
     assert "method=zeroshot,ft" in steps["garden/baselines-s0"].cmd
+    # the baselines train in the first split only; the second evaluates their weights, once they exist
+    first, second = steps["garden/baselines-s0"], steps["snow/baselines-s0"]
+    assert not any(a.startswith("weights_from=") for a in first.cmd) and first.after == []
+    assert f"weights_from={tmp_path / 'single' / 'garden'}/${{method.name}}/seed${{seed}}" in second.cmd
+    assert second.after == ["garden/baselines-s0"] and second.units < first.units
     assert b.main(["--quick", "--collect", "--out", str(tmp_path), "--baselines", "ft,sgd"]) == 2
 
 
@@ -283,6 +288,31 @@ def test_a_dataset_without_domains_or_roles_is_refused(tree, capsys):
     assert "domain 'skech' not found" in capsys.readouterr().err
 
 
+def test_the_ood_val_choice_changes_nothing_training_reads(tree, tmp_path):
+    """Why the benchmark trains each baseline in its first split only (weights_from in the others): two
+    rotations give the same ID train, ID val and ID test data, classes and templates, on a folder
+    tree and on the embedded world; a final run selects its epoch on ID val, so its weights are the same."""
+    import torch
+
+    from autoft.data.folders import folder_task
+    from autoft.data.shapes import shapes_task
+
+    def id_data(task):
+        splits = (task.train, task.id_val, task.tests["id_test"])
+        images = [s.dataset.images if hasattr(s.dataset, "images") else s.dataset.example_ids() for s in splits]
+        return [s.labels for s in splits], images, task.classnames, task.templates
+
+    sizes = dict(n_train=40, n_val=20, n_test=20, ood_val_size=20, cache_dir=str(tmp_path))
+    for a, b in ((folder_task(tree, id_domain="photo", ood_val_domain="art_painting", test_domains=["cartoon", "sketch"]),
+                  folder_task(tree, id_domain="photo", ood_val_domain="cartoon", test_domains=["art_painting", "sketch"])),
+                 (shapes_task(**sizes, ood_val_domain="garden", test_domains=["snow", "night"]),
+                  shapes_task(**sizes, ood_val_domain=["snow", "night"], test_domains=["garden"]))):
+        assert a.ood_val.name != b.ood_val.name and set(a.tests) != set(b.tests)
+        (la, ia, ca, ta), (lb, ib, cb, tb) = id_data(a), id_data(b)
+        assert all((x == y).all() for x, y in zip(la, lb)) and (ca, ta) == (cb, tb) and len(la[0]) > 0
+        assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else (x == y).all() for x, y in zip(ia, ib))
+
+
 def test_folder_benchmark_end_to_end(tree, tmp_path):
     """The whole command on a fabricated PACS-like tree with the tiny random CLIP: two rotations, one
     seed, zero-shot / FT / AutoFT (2 trials); each cell's tests are the domains it leaves, and the
@@ -301,6 +331,19 @@ def test_folder_benchmark_end_to_end(tree, tmp_path):
         for m in ("zeroshot", "ft", "autoft"):
             r = read_result(cell / m / "seed0" / "results.json")
             assert r.ood_splits == tests, (split, m, r.ood_splits)
+    # FT trained once, in the first split; the second evaluated those weights on its own domains: the
+    # numbers of what both evaluate (ID test, sketch, every WiSE-FT mixture) are the same to the bit
+    trained, reused = (read_result(out / "single" / sp / "ft" / "seed0" / "results.json").data
+                       for sp in ("cartoon", "art_painting"))
+    assert "weights_from" not in trained["hparams"] and not (out / "single" / "art_painting" / "ft" / "seed0" / "model.pt").exists()
+    assert reused["hparams"] == {**trained["hparams"], "weights_from": str(out / "single" / "cartoon" / "ft" / "seed0")}
+    assert reused["epochs"] == trained["epochs"] and reused["selected_epoch"] == trained["selected_epoch"] == 1
+    for split in ("id_val", "id_test", "sketch"):
+        assert reused["metrics"][split] == trained["metrics"][split], split
+        assert all(reused["wise"][a][split] == trained["wise"][a][split] for a in trained["wise"]), split
+    assert "cartoon" in reused["metrics"] and "cartoon" not in trained["metrics"]
+    log = (out / "logs" / "art_painting__baselines-s0.log").read_text()
+    assert "weights_from=" in log and "may have trained on other ID data" not in log  # only the OOD roles changed
     text = (out / "benchmark.md").read_text()
     assert text.startswith("# Benchmark on folder") and "Model: tiny_vit. ID: photo" in text
     assert "cartoon -> art_painting, sketch; art_painting -> cartoon, sketch" in text

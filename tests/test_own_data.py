@@ -56,6 +56,23 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
     results = json.loads((out / "autoft" / "seed0" / "results.json").read_text())
     assert set(results["metrics"]) >= {"id_val", "ood_val", "id_test", "cartoon", "sketch"}
 
+    # the finished FT run evaluated with other roles, without training (docs/own_data.md's command)
+    other = ["dataset.task.ood_val_domain=sketch", "dataset.task.test_domains=[cartoon,art_painting]"]
+    trained = json.loads((out / "ft" / "seed0" / "results.json").read_text())
+    for name, extra in (("again", []), ("other_split", ["dataset.task.split_seed=1"])):
+        done = run_train(["method=ft", "dataset=folder", *SMALL, *where, *other, *extra, f"weights_from={out / 'ft' / 'seed0'}",
+                          f"hydra.run.dir={tmp_path / name}"], tmp_path, OMP_NUM_THREADS="1")
+        assert done.returncode == 0, done.stdout[-3000:]
+        again = json.loads((tmp_path / name / "results.json").read_text())
+        assert list(again["metrics"]) == ["id_val", "ood_val", "id_test", "cartoon", "art_painting"]
+        assert again["epochs"] == trained["epochs"] and again["hparams"]["weights_from"] == str(out / "ft" / "seed0")
+        warned = "dataset.task.split_seed 0 there, 1 here. That run may have trained on other ID data" in done.stdout
+        if name == "again":  # the same weights on the same ID split and test domain: the same numbers
+            assert not warned and again["metrics"]["cartoon"] == trained["metrics"]["cartoon"]
+            assert again["metrics"]["id_test"] == trained["metrics"]["id_test"]
+        else:  # another ID split: said (the ID roles' keys differ from that run's saved config)
+            assert warned
+
 
 def test_bad_roles_stop_train_py_with_one_message(tmp_path):
     data = tmp_path / "data"

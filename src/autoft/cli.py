@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoft.config_checks import validate
+from autoft.config_checks import finished_run, validate
 from autoft.data.base import Task
 from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv, from_environment
@@ -25,7 +25,7 @@ from autoft.errors import UserError
 from autoft.hparams import WISE_ALPHA_ATTR, Hyperparameters
 from autoft.models import hub
 from autoft.models.clip import load_clip
-from autoft.pipeline import RunSpec, Workspace, run_final, run_trial, seed_everything
+from autoft.pipeline import FinishedRun, RunSpec, Workspace, run_final, run_trial, seed_everything
 from autoft.records import read_best_hparams, write_results, write_trial
 from autoft.reporting import wandb_logger
 from autoft.reporting.wandb_summary import trial_summary
@@ -225,6 +225,7 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
     used = hparams_record(cfg, hp, spec)
     seed_everything(int(cfg.seed))
     warn_uncalibrated(cfg)
+    finished = FinishedRun.read(cfg.weights_from, finished_run(cfg)) if cfg.get("weights_from") else None
     ws = workspace(cfg)
     check_batch_fits(ws.task, cfg)
     out = output_dir()
@@ -236,17 +237,20 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
         return record["objective"]  # what the sweeper reads (a float: autoft.search.outcome)
 
     env = distributed_env(cfg)
+    t = cfg.trainer
+    hparams = {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}
+    if finished is not None:  # a finished run's weights, evaluated on this run's domains: its hyperparameters
+        used = hparams = {**(finished.results.get("hparams") or {}), "weights_from": str(finished.directory)}
     wb = wandb_logger.for_run(cfg, used, out, job_type="final", origin=hp.records)  # rank 0 only
     with wb.closing():
-        res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch, on_step=wb.on_step)
+        res = run_final(ws, spec, out, progress=True, dist_env=env, on_epoch_end=wb.log_epoch, on_step=wb.on_step,
+                        finished=finished)
         if not env.is_main:
             return None
-        t = cfg.trainer
         record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name, "seed": int(cfg.seed),
                   "objective_metric": ws.task.metric, "higher_is_better": ws.task.higher_is_better,
                   "id_test_split": ws.task.id_test, "id_test_metrics": list(ws.task.id_test_metrics or [ws.task.metric]),
-                  "extra_test_splits": list(ws.task.extra_tests),
-                  "hparams": {**used, "epochs": int(t.epochs), "batch_size": int(t.batch_size)}, **res,
+                  "extra_test_splits": list(ws.task.extra_tests), "hparams": hparams, **res,
                   "resources": resources(ws.device), "image_sources": dict(ws.image_sources)}
         path = write_results(out, record)
         wb.log_final(record, out, upload_checkpoint=bool((cfg.get("logger") or {}).get("upload_checkpoint", False)))

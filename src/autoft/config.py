@@ -140,6 +140,7 @@ class RootConf:
     data_root: str = "data"
     cache_dir: str = MISSING
     hparams: Optional[str] = None        # null, or a readable best_hparams.yaml (final phase)
+    weights_from: Optional[str] = None   # null, or a finished final run's directory: evaluate its weights (final phase)
 
 
 # the keys a budget file sets (conf/budget/<dataset>_<model>.yaml); MISSING without one

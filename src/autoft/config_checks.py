@@ -12,6 +12,7 @@ autoft.config_task.
 Torch-free, like the schema (a CUDA device alone imports torch, to count the GPUs): a bad config is
 refused in a second.
 """
+import logging
 import re
 from dataclasses import replace
 from functools import lru_cache
@@ -25,9 +26,12 @@ from autoft.config_messages import unknown_keys
 from autoft.config_task import task_problems
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
-from autoft.names import IMAGE_CACHE_MODES, METRIC_NAMES, PHASES, PRECISIONS, SEARCHED_LOSSES, TRAINABLE, WANDB_MODES
-from autoft.records import read_best_hparams
+from autoft.names import (IMAGE_CACHE_MODES, METRIC_NAMES, OOD_ROLE_KEYS, PHASES, PRECISIONS, SEARCHED_LOSSES,
+                          TRAINABLE, WANDB_MODES)
+from autoft.records import read_best_hparams, read_finished_run
 from autoft.values import finite, must, plain, show
+
+log = logging.getLogger(__name__)
 
 
 class _Checker:
@@ -206,6 +210,13 @@ def problems(cfg: DictConfig) -> list[str]:
     device = device_problem(copy.device)
     if device:
         c.problems.append(device)
+    if copy.get("weights_from") is not None:  # evaluates a finished final run: nothing to search or choose
+        if copy.phase != "final":
+            c.problems.append(f"weights_from={copy.weights_from}: only a final run (phase=final) evaluates a "
+                              "finished run's weights; leave it out of a search")
+        if copy.get("hparams"):
+            c.problems.append(f"weights_from with hparams={copy.hparams}: a run that evaluates a finished run's "
+                              "weights keeps that run's hyperparameters; leave out hparams")
 
     t, ds, m, mo, lg = copy.trainer, copy.dataset, copy.method, copy.model, copy.logger
     # trainer
@@ -292,13 +303,40 @@ def _search_problems(c: "_Checker", s: DictConfig) -> None:
 
 
 def check_files(cfg: DictConfig) -> None:
-    """Files named by the config that every run reads: the hparams file and the model checkpoint."""
+    """Files named by the config that every run reads: the hparams file, the finished run that
+    weights_from names, and the model checkpoint."""
     if cfg.get("hparams"):  # one UserError naming the file and every bad or missing key
         read_best_hparams(cfg.hparams)
+    if cfg.get("weights_from"):
+        read_finished_run(cfg.weights_from, **finished_identity(cfg))
     ckpt = cfg.model.get("checkpoint")
     if ckpt and not Path(ckpt).is_file():
         hint = cfg.model.get("build_command") or "point model.checkpoint at an existing file"
         raise UserError(f"model.checkpoint={ckpt}: file not found. Build it with: {hint}")
+
+
+def finished_identity(cfg: DictConfig) -> dict:
+    """What the run weights_from names must share with this one."""
+    return dict(dataset=cfg.dataset.name, model=cfg.model.name, method=cfg.method.name, seed=int(cfg.seed))
+
+
+def finished_run(cfg: DictConfig) -> dict:
+    """The results.json of the run weights_from names (autoft.records.read_finished_run), after a
+    warning when that run's saved config (.hydra/config.yaml) set a dataset.task key other than the
+    OOD roles (names.OOD_ROLE_KEYS) otherwise: its ID data or head may differ from this run's.
+    Values are compared unresolved, so a data_root moved elsewhere is no difference."""
+    record = read_finished_run(cfg.weights_from, **finished_identity(cfg))
+    saved = Path(cfg.weights_from) / ".hydra" / "config.yaml"
+    if saved.is_file():
+        there = OmegaConf.to_container(OmegaConf.load(saved), resolve=False).get("dataset", {}).get("task", {})
+        here = OmegaConf.to_container(cfg.dataset.task, resolve=False)
+        differ = [f"dataset.task.{k} {there.get(k)!r} there, {here.get(k)!r} here"
+                  for k in sorted(set(there) | set(here)) if k not in OOD_ROLE_KEYS and there.get(k) != here.get(k)]
+        if differ:
+            log.warning("weights_from=%s: %s. That run may have trained on other ID data or with another head; "
+                        "these results may not be its weights evaluated on other domains", cfg.weights_from,
+                        "; ".join(differ))
+    return record
 
 
 def validate(cfg: DictConfig) -> None:

@@ -30,6 +30,9 @@ SHAPES_DOMAINS = ("studio", "garden", "snow", "night", "fog", "clutter",  # auto
                   "sketch", "outline", "texture")
 IWILDCAM_CAPTION_NAMES = ("latin", "english")              # iWildCam's class names in the head's captions
 IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", "objectnet")
+# dataset.task keys that choose only OOD-val and the tests: a run evaluating a finished run's weights
+# (weights_from) may change them; any other task key may change the ID data or the head it trained
+OOD_ROLE_KEYS = ("ood_val_domain", "test_domains", "ood_val_size", "subset_seed", "subset_dir", "test_cue")
 IMAGE_CACHE_MODES = ("auto", "read", "off")                # trainer.image_cache (autoft.data.image_cache)
 WANDB_MODES = ("auto", "online", "offline", "disabled")    # logger.mode (autoft.reporting.wandb_logger)
 

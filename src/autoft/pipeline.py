@@ -46,6 +46,7 @@ from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
 from autoft.models.clip import ClipBundle
 from autoft.models.torch_files import read_torch_file, why_unreadable
+from autoft.records import MODEL_FILE
 from autoft.wise import ALPHAS, interpolate
 
 log = logging.getLogger(__name__)
@@ -360,9 +361,34 @@ def _settings_record(settings: FinetuneSettings) -> dict:
     return {**asdict(settings), "optimizer": repr(settings.optimizer)}
 
 
+# what a final run's results record about its training: kept by a run that evaluates its weights again
+TRAINING_RECORD = ("selected_epoch", "epochs", "images_seen", "lp_epochs")
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished final run whose weights are evaluated again instead of training (weights_from)."""
+    directory: Path
+    results: dict              # its results.json (autoft.records.read_finished_run checked it is this run's)
+    weights: Optional[dict]    # the weights it selected (its model.pt); None when it trained nothing
+
+    @classmethod
+    def read(cls, directory: str | Path, results: dict) -> "FinishedRun":
+        """Read before any work: an unreadable model.pt is one UserError naming the file."""
+        path = Path(directory) / MODEL_FILE
+        if not results.get("epochs"):
+            return cls(Path(directory), results, None)
+        try:
+            return cls(Path(directory), results, read_torch_file(path))  # weights-only: no code runs
+        except Exception as err:  # cut short, overwritten or carrying code
+            raise UserError(f"weights_from={directory}: cannot read {path} ({why_unreadable(err)}); rerun the "
+                            "final run that wrote it") from None
+
+
 def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,
               on_epoch_end: Optional[Callable[[int, dict], None]] = None,
-              on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
+              on_step: Optional[Callable[[int, dict], None]] = None,
+              finished: Optional[FinishedRun] = None) -> dict:
     """Fine-tune on all of ID train for `spec.epochs`, select the epoch on ID val, evaluate everything.
 
     After every epoch the full training state goes to `output_dir/last.pt` (rank 0, atomically); a
@@ -374,13 +400,25 @@ def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = T
     every split at the spec's WiSE-FT alpha (1: the fine-tuned model itself; model.pt always holds
     the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve.
 
+    `finished`: a finished final run of the same method and seed whose weights are evaluated instead
+    of training again (weights_from). Training never reads OOD-val or the tests (the epoch is
+    selected on ID val), so they are the weights this run would train with other OOD-val or test
+    domains; the results keep that run's training record (TRAINING_RECORD).
+
     `on_step(step, info)` follows every fine-tuning step (step: the run's optimiser step, continued
     on resume) and `on_epoch_end(epoch, results)` every epoch, before its checkpoint: a logger that
     writes there holds every checkpointed epoch, so a resumed run continues its history."""
     ws.reset()
     t0 = time.perf_counter()
     results: dict = {"selected_epoch": 0, "epochs": []}
-    if spec.train:
+    if spec.train and finished is not None:
+        try:
+            ws.classifier.load_state_dict(finished.weights)
+        except RuntimeError:  # another class set (dataset.task.classes) or another model's weights
+            raise UserError(f"weights_from={finished.directory}: its {MODEL_FILE} holds another classifier's "
+                            "weights; evaluate a run of this dataset, model and class set") from None
+        results = {k: finished.results[k] for k in TRAINING_RECORD if k in finished.results}
+    elif spec.train:
         results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results, on_step)
     if spec.train and spec.wise_alpha != 1.0:
         (results["metrics"],) = at_mixtures(ws, [spec.wise_alpha], lambda: evaluate_all(ws))
@@ -444,7 +482,7 @@ def _fine_tune(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool, d
     bar.close()
     ws.classifier.load_state_dict(best_state)
     if dist_env.is_main:
-        atomic_torch_save(best_state, output_dir / "model.pt")
+        atomic_torch_save(best_state, output_dir / MODEL_FILE)
         checkpoint.unlink()  # the run is complete: model.pt and results.json are its record
     return results
 

@@ -7,6 +7,8 @@
                         (autoft.reporting.results checks what it must hold)
     best_hparams.yaml   the hyperparameters a search chose (autoft.hparams.Hyperparameters and their
                         records): written beside the study, read by the final run and the reports
+    model.pt            a fine-tuned final run's selected weights (autoft.pipeline.run_final), read
+                        again by a run that evaluates them on other domains (weights_from)
 
 Every write is atomic (autoft.io): several workers may rewrite a file at once, and a kill never
 leaves half a file. This module imports only the ground floor (errors, io, hparams) and OmegaConf,
@@ -25,6 +27,7 @@ from autoft.io import atomic_write_text, write_json
 TRIAL_FILE = "trial.json"
 RESULTS_FILE = "results.json"
 HPARAMS_FILE = "best_hparams.yaml"
+MODEL_FILE = "model.pt"
 
 
 class ResultsError(UserError):
@@ -71,6 +74,29 @@ def read_results(path: str | Path) -> Any:
         raise ResultsError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ResultsError(f"{path}: corrupt JSON ({err}); {RERUN}") from None
+
+
+def read_finished_run(directory: str | Path, **identity: Any) -> dict:
+    """The results.json of the finished final run in `directory` (weights_from), checked to be the
+    run `identity` names (dataset, model, method, seed) and, when it fine-tuned, to have left its
+    MODEL_FILE: one UserError naming the key, the directory and what differs."""
+    where = f"weights_from={directory}"
+    if not Path(directory).is_dir():
+        raise UserError(f"{where}: not a directory; name the output directory of a finished final run "
+                        f"(the one holding its {RESULTS_FILE})")
+    try:
+        record = read_results(Path(directory) / RESULTS_FILE)
+    except ResultsError as err:
+        raise UserError(f"{where}: {err}; name the output directory of a finished final run") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: {RESULTS_FILE} holds {type(record).__name__}, not a run's record; {RERUN}")
+    differ = [f"{k} {record.get(k)!r} there, {v!r} here" for k, v in identity.items() if record.get(k) != v]
+    if differ:
+        raise UserError(f"{where}: that run is another one ({'; '.join(differ)}); evaluate a run of the same "
+                        "dataset, model, method and seed")
+    if record.get("epochs") and not (Path(directory) / MODEL_FILE).is_file():
+        raise UserError(f"{where}: {MODEL_FILE} missing (the run fine-tuned, but its weights are gone); {RERUN}")
+    return record
 
 
 # ------------------------------------------------------------------ best_hparams.yaml

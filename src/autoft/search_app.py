@@ -35,7 +35,8 @@ from autoft.values import finite, must, plain
 log = logging.getLogger(__name__)
 
 # keys that never change a trial's objective: changing them must resume the same study
-FINGERPRINT_EXCLUDE = ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "budget", "search.n_trials",
+FINGERPRINT_EXCLUDE = ["hydra", "device", "data_root", "cache_dir", "logger", "hparams", "weights_from", "budget",
+                       "search.n_trials",
                        "dataset.passes_per_epoch", "trainer.epochs", "trainer.num_workers",
                        "trainer.eval_batch_size", "trainer.compile", "trainer.channels_last", "trainer.image_cache",
                        "trainer.image_cache_dir", "search.warm_start", "search.bootstrap",

@@ -44,7 +44,7 @@ from urllib.parse import urlparse
 
 from autoft.errors import UserError
 from autoft.io import append_json_lines, read_json_lines
-from autoft.records import HPARAMS_FILE, RESULTS_FILE, read_best_hparams
+from autoft.records import HPARAMS_FILE, MODEL_FILE, RESULTS_FILE, read_best_hparams
 from autoft.reporting.wandb_offline import held_step, wait_for_exit_record
 from autoft.reporting.wandb_summary import flatten, run_config, study_summary, summary_of, typed_columns, wise_rows
 
@@ -247,8 +247,8 @@ class WandbRun:
             return
         meta = {k: record.get(k) for k in ("dataset", "model", "method", "seed", "objective_metric")}
         self.artifact(f"results-{self.run.id}", "results", [out_dir / RESULTS_FILE], metadata=meta)
-        if (out_dir / "model.pt").is_file():
-            self.artifact(f"model-{self.run.id}", "model", [out_dir / "model.pt"],
+        if (out_dir / MODEL_FILE).is_file():
+            self.artifact(f"model-{self.run.id}", "model", [out_dir / MODEL_FILE],
                           metadata={**meta, "selected_epoch": record.get("selected_epoch")},
                           reference=not upload_checkpoint)
 
