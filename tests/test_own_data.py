@@ -7,6 +7,7 @@ runs build the task through the same call (test_data_folders proves both layouts
 The scripts and the search run in this process with the command's arguments (conftest.run_python), and so
 do the refused runs (exit status 2); final_retrain's train.py runs are processes."""
 import json
+import shutil
 
 import pytest
 
@@ -72,6 +73,16 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
             assert again["metrics"]["id_test"] == trained["metrics"]["id_test"]
         else:  # another ID split: said (the ID roles' keys differ from that run's saved config)
             assert warned
+    # a run whose final model is a WiSE-FT mixture (autoft_alpha's) is evaluated at its alpha again
+    mixed = tmp_path / "mixed"
+    shutil.copytree(out / "autoft" / "seed0", mixed)
+    source = json.loads((mixed / "results.json").read_text())
+    (mixed / "results.json").write_text(json.dumps({**source, "wise_alpha": 0.5}))
+    done = run_train(["method=autoft", "dataset=folder", *SMALL, *where, f"weights_from={mixed}",
+                      f"hydra.run.dir={tmp_path / 'mixed_again'}"], tmp_path, OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stdout[-3000:]
+    again = json.loads((tmp_path / "mixed_again" / "results.json").read_text())
+    assert again["wise_alpha"] == 0.5 and again["metrics"]["cartoon"] == source["wise"]["0.5"]["cartoon"]
 
 
 def test_bad_roles_stop_train_py_with_one_message(tmp_path):

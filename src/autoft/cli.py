@@ -226,6 +226,8 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
     seed_everything(int(cfg.seed))
     warn_uncalibrated(cfg)
     finished = FinishedRun.read(cfg.weights_from, finished_run(cfg)) if cfg.get("weights_from") else None
+    if finished is not None:  # its final model: the WiSE-FT mixture that run reported (autoft_alpha's)
+        spec = replace(spec, wise_alpha=float(finished.results.get("wise_alpha", 1.0)))
     ws = workspace(cfg)
     check_batch_fits(ws.task, cfg)
     out = output_dir()
