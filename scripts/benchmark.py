@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The embedded world (or any domain dataset) as a benchmark: K domain splits x S seeds, every method, 95% intervals.
 
-    python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (39 min on 2 idle cores)
+    python scripts/benchmark.py                 # the default grid: 6 splits x 1 seed (39 min on 2 cores, 2026-12-01)
     python scripts/benchmark.py --seeds 2       # ... x 2 seeds (twice as long)
     python scripts/benchmark.py --quick         # 2 splits, zero-shot / FT / AutoFT only (6 min)
     python scripts/benchmark.py --collect       # only rebuild the tables from what has finished
