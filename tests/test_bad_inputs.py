@@ -156,7 +156,7 @@ BAD = [
     ("weights-from-no-results", ["weights_from={conf}"], "weights_from={conf}: {conf}/results.json: missing"),
     ("weights-from-other-method", ["weights_from={lp_run}"], "method 'lp' there, 'ft' here"),
     ("weights-from-other-seed", ["weights_from={ft_run}", "seed=1"], "seed 0 there, 1 here"),
-    ("weights-from-no-weights", ["weights_from={ft_run}"], "weights_from={ft_run}: model.pt missing"),
+    ("weights-from-no-weights", ["weights_from={ft_run}"], "weights_from={ft_run}: {ft_run}/model.pt missing"),
     ("weights-from-garbage", ["weights_from={garbage_run}"], "cannot read {garbage_run}/model.pt"),
     ("weights-from-in-search", ["phase=search", "weights_from={ft_run}"], "only a final run (phase=final)"),
     ("weights-from-with-hparams", ["weights_from={ft_run}", "hparams={zero_lr.yaml}"], "leave out hparams"),

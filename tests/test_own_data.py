@@ -73,6 +73,13 @@ def test_own_shift_from_folder_to_table(tmp_path, layout):
             assert again["metrics"]["id_test"] == trained["metrics"]["id_test"]
         else:  # another ID split: said (the ID roles' keys differ from that run's saved config)
             assert warned
+    # a run that evaluated another's weights can be named in turn: the weights come from the first
+    done = run_train(["method=ft", "dataset=folder", *SMALL, *where, f"weights_from={tmp_path / 'again'}",
+                      f"hydra.run.dir={tmp_path / 'chained'}"], tmp_path, OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stdout[-3000:]
+    chained = json.loads((tmp_path / "chained" / "results.json").read_text())
+    assert chained["hparams"]["weights_from"] == str(out / "ft" / "seed0")
+    assert chained["metrics"]["cartoon"] == trained["metrics"]["cartoon"]
     # a run whose final model is a WiSE-FT mixture (autoft_alpha's) is evaluated at its alpha again
     mixed = tmp_path / "mixed"
     shutil.copytree(out / "autoft" / "seed0", mixed)

@@ -46,7 +46,7 @@ from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
 from autoft.models.clip import ClipBundle
 from autoft.models.torch_files import read_torch_file, why_unreadable
-from autoft.records import MODEL_FILE
+from autoft.records import MODEL_FILE, weights_dir
 from autoft.wise import ALPHAS, interpolate
 
 log = logging.getLogger(__name__)
@@ -374,15 +374,16 @@ class FinishedRun:
 
     @classmethod
     def read(cls, directory: str | Path, results: dict) -> "FinishedRun":
-        """Read before any work: an unreadable model.pt is one UserError naming the file."""
-        path = Path(directory) / MODEL_FILE
+        """Read before any work: an unreadable model.pt is one UserError naming the file. `directory`
+        becomes the one that holds the weights (records.weights_dir: a run that evaluated another's)."""
+        origin = weights_dir(directory, results)
         if not results.get("epochs"):
-            return cls(Path(directory), results, None)
+            return cls(origin, results, None)
         try:
-            return cls(Path(directory), results, read_torch_file(path))  # weights-only: no code runs
+            return cls(origin, results, read_torch_file(origin / MODEL_FILE))  # weights-only: no code runs
         except Exception as err:  # cut short, overwritten or carrying code
-            raise UserError(f"weights_from={directory}: cannot read {path} ({why_unreadable(err)}); rerun the "
-                            "final run that wrote it") from None
+            raise UserError(f"weights_from={directory}: cannot read {origin / MODEL_FILE} ({why_unreadable(err)}); "
+                            "rerun the final run that wrote it") from None
 
 
 def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = True, dist_env: DistEnv = SINGLE,

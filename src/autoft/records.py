@@ -94,9 +94,17 @@ def read_finished_run(directory: str | Path, **identity: Any) -> dict:
     if differ:
         raise UserError(f"{where}: that run is another one ({'; '.join(differ)}); evaluate a run of the same "
                         "dataset, model, method and seed")
-    if record.get("epochs") and not (Path(directory) / MODEL_FILE).is_file():
-        raise UserError(f"{where}: {MODEL_FILE} missing (the run fine-tuned, but its weights are gone); {RERUN}")
+    weights = weights_dir(directory, record)
+    if record.get("epochs") and not (weights / MODEL_FILE).is_file():
+        raise UserError(f"{where}: {weights / MODEL_FILE} missing (the run fine-tuned, but its weights are gone); "
+                        f"{RERUN}")
     return record
+
+
+def weights_dir(directory: str | Path, record: Mapping[str, Any]) -> Path:
+    """Where the weights of the finished run in `directory` are: its own MODEL_FILE, or, when it
+    evaluated another run's weights itself, that run's (its hparams.weights_from): chains resolve."""
+    return Path((record.get("hparams") or {}).get("weights_from") or directory)
 
 
 # ------------------------------------------------------------------ best_hparams.yaml
