@@ -117,7 +117,16 @@ def test_a_final_run_applies_its_alpha(tiny_bundle, tiny_task, tmp_path):
     zero_shot = run_final(ws, RunSpec(**common, train=False), tmp_path / "zs", progress=False)
     at_zero = run_final(ws, RunSpec(**common, wise_alpha=0.0), tmp_path / "a0", progress=False)
     at_half = run_final(ws, RunSpec(**common, wise_alpha=0.5), tmp_path / "a5", progress=False)
+    evaluated = []  # every split evaluation of the runs below: 2 epochs' ID val, then every split per model
+    evaluate = ws.evaluate
+    ws.evaluate = lambda split, *a, **k: evaluated.append(split.name) or evaluate(split, *a, **k)
     plain = run_final(ws, RunSpec(**common), tmp_path / "a1", progress=False)
+    splits = 2 + len(tiny_task.tests)  # id_val, ood_val and the tests
+    assert len(evaluated) == 2 + 3 * splits  # the final model (alpha 1) is the curve's last point: evaluated once
+    evaluated.clear()
+    odd = run_final(ws, RunSpec(**common, wise_alpha=0.25), tmp_path / "a25", progress=False)
+    del ws.evaluate
+    assert len(evaluated) == 2 + 4 * splits and odd["wise"] == plain["wise"]  # off the curve: evaluated on its own
     assert at_zero["metrics"] == zero_shot["metrics"]  # theta(0) is the zero-shot model, exactly
     assert at_half["metrics"] == at_half["wise"]["0.5"] and plain["metrics"] == plain["wise"]["1.0"]
     assert at_half["wise"] == plain["wise"]  # the curve is the fine-tuned run's, whatever the alpha

@@ -399,7 +399,8 @@ def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = T
     with cross-entropy at lp_lr, then fine-tuning from there); the epochs, each followed by the FLYP
     head refresh (refresh_head) and the ID-val evaluation that selects the epoch; the evaluation of
     every split at the spec's WiSE-FT alpha (1: the fine-tuned model itself; model.pt always holds
-    the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve.
+    the fine-tuned weights, and results record `wise_alpha`); the WiSE-FT curve (an alpha on the curve,
+    1 by default, is evaluated once: the curve's point is the final model's evaluation).
 
     `finished`: a finished final run of the same method and seed whose weights are evaluated instead
     of training again (weights_from). Training never reads OOD-val or the tests (the epoch is
@@ -421,13 +422,17 @@ def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = T
         results = {k: finished.results[k] for k in TRAINING_RECORD if k in finished.results}
     elif spec.train:
         results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results, on_step)
-    if spec.train and spec.wise_alpha != 1.0:
+    alphas = [float(a) for a in spec.curve_alphas] if spec.train else []
+    curve = at_mixtures(ws, alphas, lambda: evaluate_all(ws)) if alphas else []  # theta(1) is exact (wise.py)
+    if spec.wise_alpha in alphas:  # the final model is on the curve: evaluated once
+        results["metrics"] = curve[alphas.index(spec.wise_alpha)]
+    elif spec.train and spec.wise_alpha != 1.0:
         (results["metrics"],) = at_mixtures(ws, [spec.wise_alpha], lambda: evaluate_all(ws))
     else:
         results["metrics"] = evaluate_all(ws)
     results["wise_alpha"] = float(spec.wise_alpha) if spec.train else 1.0
-    if spec.train and spec.curve_alphas:
-        results["wise"] = wise_curve(ws, spec.curve_alphas)
+    if alphas:
+        results["wise"] = dict(zip((f"{a:.1f}" for a in alphas), curve))
     results["seconds"] = time.perf_counter() - t0
     return results
 
@@ -557,7 +562,3 @@ def at_mixtures(ws: Workspace, alphas: Sequence[float], evaluate: Callable[[], o
         ws.classifier.load_state_dict(finetuned)
     return out
 
-
-def wise_curve(ws: Workspace, alphas) -> dict[str, dict]:
-    """Every split evaluated at theta(a) for each a; leaves the working model at the fine-tuned weights."""
-    return dict(zip((f"{a:.1f}" for a in alphas), at_mixtures(ws, alphas, lambda: evaluate_all(ws))))
