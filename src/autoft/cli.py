@@ -16,7 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoft.config_checks import finished_run, validate
+from autoft.config_checks import validate
 from autoft.data.base import Task
 from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv, from_environment
@@ -225,7 +225,7 @@ def run_validated(cfg: DictConfig) -> Optional[float]:
     used = hparams_record(cfg, hp, spec)
     seed_everything(int(cfg.seed))
     warn_uncalibrated(cfg)
-    finished = FinishedRun.read(cfg.weights_from, finished_run(cfg)) if cfg.get("weights_from") else None
+    finished = FinishedRun.read(cfg.weights_from) if cfg.get("weights_from") else None
     if finished is not None:  # its final model: the WiSE-FT mixture that run reported (autoft_alpha's)
         spec = replace(spec, wise_alpha=float(finished.results.get("wise_alpha", 1.0)))
     ws = workspace(cfg)

@@ -308,24 +308,21 @@ def check_files(cfg: DictConfig) -> None:
     if cfg.get("hparams"):  # one UserError naming the file and every bad or missing key
         read_best_hparams(cfg.hparams)
     if cfg.get("weights_from"):
-        read_finished_run(cfg.weights_from, **finished_identity(cfg))
+        check_finished_run(cfg)
     ckpt = cfg.model.get("checkpoint")
     if ckpt and not Path(ckpt).is_file():
         hint = cfg.model.get("build_command") or "point model.checkpoint at an existing file"
         raise UserError(f"model.checkpoint={ckpt}: file not found. Build it with: {hint}")
 
 
-def finished_identity(cfg: DictConfig) -> dict:
-    """What the run weights_from names must share with this one."""
-    return dict(dataset=cfg.dataset.name, model=cfg.model.name, method=cfg.method.name, seed=int(cfg.seed))
-
-
-def finished_run(cfg: DictConfig) -> dict:
-    """The results.json of the run weights_from names (autoft.records.read_finished_run), after a
-    warning when that run's saved config (.hydra/config.yaml) set a dataset.task key other than the
-    OOD roles (names.OOD_ROLE_KEYS) otherwise: its ID data or head may differ from this run's.
-    Values are compared unresolved, so a data_root moved elsewhere is no difference."""
-    record = read_finished_run(cfg.weights_from, **finished_identity(cfg))
+def check_finished_run(cfg: DictConfig) -> None:
+    """The run weights_from names: its results.json is this run's dataset, model, method and seed
+    (autoft.records.read_finished_run, a UserError otherwise). A warning when that run's saved config
+    (.hydra/config.yaml) set a dataset.task key other than the OOD roles (names.OOD_ROLE_KEYS)
+    otherwise: its ID data or head may differ from this run's. Values are compared unresolved, so a
+    data_root moved elsewhere is no difference."""
+    read_finished_run(cfg.weights_from, dataset=cfg.dataset.name, model=cfg.model.name, method=cfg.method.name,
+                      seed=int(cfg.seed))
     saved = Path(cfg.weights_from) / ".hydra" / "config.yaml"
     if saved.is_file():
         there = OmegaConf.to_container(OmegaConf.load(saved), resolve=False).get("dataset", {}).get("task", {})
@@ -336,7 +333,6 @@ def finished_run(cfg: DictConfig) -> dict:
             log.warning("weights_from=%s: %s. That run may have trained on other ID data or with another head; "
                         "these results may not be its weights evaluated on other domains", cfg.weights_from,
                         "; ".join(differ))
-    return record
 
 
 def validate(cfg: DictConfig) -> None:

@@ -46,7 +46,7 @@ from autoft.metrics import bootstrap_interval
 from autoft.models.classifier import CLIPClassifier, trainable_parameters, zeroshot_weights
 from autoft.models.clip import ClipBundle
 from autoft.models.torch_files import read_torch_file, why_unreadable
-from autoft.records import MODEL_FILE, weights_dir
+from autoft.records import MODEL_FILE, RESULTS_FILE, read_results, weights_dir
 from autoft.wise import ALPHAS, interpolate
 
 log = logging.getLogger(__name__)
@@ -373,9 +373,11 @@ class FinishedRun:
     weights: Optional[dict]    # the weights it selected (its model.pt); None when it trained nothing
 
     @classmethod
-    def read(cls, directory: str | Path, results: dict) -> "FinishedRun":
-        """Read before any work: an unreadable model.pt is one UserError naming the file. `directory`
-        becomes the one that holds the weights (records.weights_dir: a run that evaluated another's)."""
+    def read(cls, directory: str | Path) -> "FinishedRun":
+        """Read before any work (validate checked the run: config_checks.check_finished_run); an
+        unreadable model.pt is one UserError naming the file. `directory` becomes the one that holds
+        the weights (records.weights_dir: a run that evaluated another's)."""
+        results = read_results(Path(directory) / RESULTS_FILE)
         origin = weights_dir(directory, results)
         if not results.get("epochs"):
             return cls(origin, results, None)
