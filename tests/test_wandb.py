@@ -22,6 +22,11 @@ BASE = ["--config-dir", str(TEST_CONF), "experiment=tinyshapes_tiny_vit", "devic
         "trainer.num_workers=0"]
 
 
+# tinyshapes' roles, written out (the builder's defaults): the run's W&B config then holds them
+ROLES = ["++dataset.task.id_domain=studio", "++dataset.task.ood_val_domain=garden",
+         "++dataset.task.test_domains=[snow,night,fog,clutter]"]
+
+
 def offline_env(tmp_path):
     """No API key anywhere (env or netrc) and no WANDB_MODE: logger.mode=auto must choose offline."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -66,7 +71,7 @@ def multirun(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wandb")
     out = tmp / "out"
     train(tmp, "-m", *BASE, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=ft", "seed=0,1",
-          "logger=wandb", "logger.log_every_n_steps=1", f"hydra.sweep.dir={out}")
+          "logger=wandb", "logger.log_every_n_steps=1", f"hydra.sweep.dir={out}", *ROLES)
     return tmp, out
 
 
@@ -81,6 +86,8 @@ def test_final_runs_log_config_summary_and_epochs(multirun):
         assert logged["run"]["group"] == "tinyshapes/tiny_vit/ft" and logged["run"]["name"] == f"ft-seed{seed}"
         cfg = logged["config"]
         assert cfg["seed"] == seed and cfg["method"] == "ft" and cfg["dataset"] == "tinyshapes"
+        assert (cfg["id_domain"], cfg["ood_val_domain"], cfg["test_domains"]) == (
+            "studio", "garden", ["snow", "night", "fog", "clutter"])  # the split, as the benchmark's runs need
         for term, w in res["hparams"]["loss_weights"].items():  # flat keys: W&B's parameter panels use them
             assert cfg[f"loss_weights/{term}"] == w
         assert cfg["lr_scale"] == res["hparams"]["lr_scale"] and cfg["weight_decay"] == res["hparams"]["weight_decay"]
@@ -123,6 +130,28 @@ def test_final_runs_log_config_summary_and_epochs(multirun):
         assert arts["results"]["files"] == ["results.json"]
         assert arts["model"]["refs"] == [(run_dir / "model.pt").resolve().as_uri()]
         assert "epoch 2/2" in logged["output"]  # the console log (W&B's Logs tab)
+
+
+def test_a_runs_config_names_its_domain_roles_and_the_weights_it_read(tmp_path):
+    """The benchmark's splits share W&B groups (dataset/model/method): each run's config says which
+    domains it trained, chose and tested on, and whose weights it evaluated (weights_from)."""
+    from autoft import cli
+    from conftest import compose_config
+
+    roles = ["dataset.task.id_domain=photo", "dataset.task.ood_val_domain=[art_painting,cartoon]",
+             "dataset.task.test_domains=[sketch]"]
+
+    def config_of(*overrides):
+        cfg = compose_config(*overrides)
+        hp = cli.hyperparameters(cfg)
+        return run_config(cfg, cli.hparams_record(cfg, hp, cli.run_spec(cfg, hp)))
+
+    config = config_of("dataset=folder", "model=tiny_vit", *roles, f"weights_from={tmp_path}")
+    assert (config["id_domain"], config["ood_val_domain"], config["test_domains"]) == (
+        "photo", ["art_painting", "cartoon"], ["sketch"])
+    assert config["weights_from"] == str(tmp_path) and config["dataset"] == "folder"
+    plain = config_of("model=tiny_vit", "dataset=tinyshapes")  # its roles are left to the builder's defaults
+    assert not {"id_domain", "ood_val_domain", "test_domains", "weights_from"} & set(plain)
 
 
 def test_a_transaction_log_cut_short_reads_as_far_as_it_goes(multirun, tmp_path):

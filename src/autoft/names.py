@@ -33,6 +33,9 @@ IMAGENET_TESTS = ("imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch", 
 # dataset.task keys that choose only OOD-val and the tests: a run evaluating a finished run's weights
 # (weights_from) may change them; any other task key may change the ID data or the head it trained
 OOD_ROLE_KEYS = ("ood_val_domain", "test_domains", "ood_val_size", "subset_seed", "subset_dir", "test_cue")
+# dataset.task keys of a domain dataset's roles (shapes, folder datasets): W&B's run config holds them,
+# so the runs of a benchmark's splits, which share a group, can be told apart
+DOMAIN_ROLE_KEYS = ("id_domain", "ood_val_domain", "test_domains")
 IMAGE_CACHE_MODES = ("auto", "read", "off")                # trainer.image_cache (autoft.data.image_cache)
 WANDB_MODES = ("auto", "online", "offline", "disabled")    # logger.mode (autoft.reporting.wandb_logger)
 

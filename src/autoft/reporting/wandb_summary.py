@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from autoft.names import DOMAIN_ROLE_KEYS
 from autoft.reporting.results import RunResult
+from autoft.values import plain
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = "/") -> dict[str, Any]:
@@ -69,7 +71,8 @@ def hparams_config(hp: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_config(cfg, hp: Mapping[str, Any], origin: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """W&B config of a train.py run: its hyperparameters (flat, `hparams_config`) plus what identifies
-    it, and for hyperparameters read from a search's file the study and trial they came from."""
+    it (a domain dataset's roles among them, DOMAIN_ROLE_KEYS; the finished run weights_from read),
+    and for hyperparameters read from a search's file the study and trial they came from."""
     t = cfg.trainer
     budget = {"epochs": int(t.epochs)} if cfg.phase == "final" else {"inner_steps": int(t.inner_steps)}
     out = {"phase": cfg.phase, "dataset": cfg.dataset.name, "model": cfg.model.name, "method": cfg.method.name,
@@ -77,6 +80,10 @@ def run_config(cfg, hp: Mapping[str, Any], origin: Optional[Mapping[str, Any]] =
            "hparams_source": hp.get("source")}
     if cfg.phase == "search":  # a trial's alpha is chosen (search.wise_alphas): the summary's wise_alpha
         out.pop("wise_alpha", None)
+    task = cfg.dataset.get("task") or {}
+    out.update({k: plain(task[k]) for k in DOMAIN_ROLE_KEYS if task.get(k) is not None})
+    if cfg.get("weights_from"):  # evaluated, not trained: whose weights
+        out["weights_from"] = str(cfg.weights_from)
     origin = origin or {}
     if origin.get("study_name") is not None:
         out.update(hparams_study=origin["study_name"], hparams_trial=origin.get("trial_number"))
