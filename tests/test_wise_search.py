@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from autoft import cli
 from autoft.data.base import project_logits
 from autoft.hparams import Hyperparameters
-from autoft.pipeline import RunSpec, Workspace, run_final
+from autoft.pipeline import RunSpec, Workspace, at_mixtures, evaluate_all, run_final
 from autoft.records import write_best_hparams
 from autoft.reporting.results import read_result
 from autoft.reporting.tables import build_table
@@ -122,18 +122,42 @@ def test_a_final_run_applies_its_alpha(tiny_bundle, tiny_task, tmp_path):
     ws.evaluate = lambda split, *a, **k: evaluated.append(split.name) or evaluate(split, *a, **k)
     plain = run_final(ws, RunSpec(**common), tmp_path / "a1", progress=False)
     splits = 2 + len(tiny_task.tests)  # id_val, ood_val and the tests
-    assert len(evaluated) == 2 + 3 * splits  # the final model (alpha 1) is the curve's last point: evaluated once
+    # the final model (alpha 1) is the curve's last point, evaluated once; alpha 0 is the zero-shot
+    # model, evaluated once per Workspace (by the zero-shot run above)
+    assert len(evaluated) == 2 + 2 * splits
     evaluated.clear()
     odd = run_final(ws, RunSpec(**common, wise_alpha=0.25), tmp_path / "a25", progress=False)
     del ws.evaluate
-    assert len(evaluated) == 2 + 4 * splits and odd["wise"] == plain["wise"]  # off the curve: evaluated on its own
-    assert at_zero["metrics"] == zero_shot["metrics"]  # theta(0) is the zero-shot model, exactly
+    assert len(evaluated) == 2 + 3 * splits and odd["wise"] == plain["wise"]  # off the curve: evaluated on its own
+    assert at_zero["metrics"] == zero_shot["metrics"]  # theta(0) is the zero-shot model, exactly: ...
+    assert at_mixtures(ws, [0.0], lambda: evaluate_all(ws)) == [zero_shot["metrics"]]  # ... evaluated afresh too
     assert at_half["metrics"] == at_half["wise"]["0.5"] and plain["metrics"] == plain["wise"]["1.0"]
     assert at_half["wise"] == plain["wise"]  # the curve is the fine-tuned run's, whatever the alpha
     assert (at_zero["wise_alpha"], at_half["wise_alpha"], plain["wise_alpha"]) == (0.0, 0.5, 1.0)
     # model.pt holds the fine-tuned weights in every case: the final model is theta(wise_alpha) of them
     assert all(torch.equal(a, b) for a, b in zip(torch.load(tmp_path / "a5" / "model.pt").values(),
                                                  torch.load(tmp_path / "a1" / "model.pt").values()))
+
+
+def test_a_linear_probes_curve_passes_the_image_tower_once_per_split(tiny_bundle, tiny_task, tmp_path):
+    """LP trains the head alone, so every point of its WiSE-FT curve has the zero-shot image tower:
+    the curve is each split's features once, then one head per alpha (pipeline.head_mixtures). Its
+    numbers equal the general path's (each alpha's whole model evaluated) to the bit."""
+    ws = Workspace.build(tiny_task, tiny_bundle, torch.device("cpu"))
+    alphas = (0.0, 0.3, 0.7, 1.0)
+    spec = RunSpec(weights={"ce": 1.0}, lr=3e-1, weight_decay=0.1, epochs=2, batch_size=8, trainable="head",
+                   curve_alphas=alphas)
+    passes = []  # every pass of the image tower over a split
+    batches = ws.eval_batches
+    ws.eval_batches = lambda split, *a, **k: passes.append(split.name) or batches(split, *a, **k)
+    probe = run_final(ws, spec, tmp_path / "lp", progress=False)
+    del ws.eval_batches
+    splits = 2 + len(tiny_task.tests)  # id_val, ood_val and the tests
+    assert len(passes) == 2 + splits  # 2 epochs' ID val, then each split once for a 4-point curve (not 4 times)
+    general = at_mixtures(ws, alphas, lambda: evaluate_all(ws))  # ws holds the probe's weights
+    assert [probe["wise"][f"{a:.1f}"] for a in alphas] == general and probe["metrics"] == general[-1]
+    assert general[0] == evaluate_all(ws.__class__.build(tiny_task, tiny_bundle, torch.device("cpu")))  # zero-shot
+    assert general[0]["ood_val"] != general[-1]["ood_val"]  # the probe moved the head: the points differ
 
 
 def test_train_py_final_run_as_autoft_alpha(tmp_path):

@@ -6,6 +6,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from autoft.data.base import Split, project_logits
 from autoft.data.loading import Normalizer
@@ -25,6 +26,22 @@ def predict(model, batches: Iterable, normalizer: Normalizer, device: torch.devi
         logits, _ = model(normalizer(images))
         out.append(logits.float().cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def batch_features(model, batches: Iterable, normalizer: Normalizer) -> list[torch.Tensor]:
+    """The normalised image features of each batch (fp32, on the model's device), in `predict`'s
+    batches: a linear head's logits follow from them (`linear_logits`) without another pass of the
+    image tower."""
+    model.eval()
+    return [model(normalizer(images))[1].float() for images, *_ in batches]
+
+
+@torch.no_grad()
+def linear_logits(features: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Logits [N, C] (fp32, CPU) = features @ weight^T + bias, batch by batch as the classifier's head
+    computes them inside `predict`: the same numbers for the same batches."""
+    return torch.cat([F.linear(f, weight, bias).float().cpu() for f in features])
 
 
 def tensor_batches(images: torch.Tensor, batch_size: int):

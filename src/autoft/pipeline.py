@@ -19,6 +19,7 @@ are decoded live; `image_sources` records which, per split, for results.json and
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -39,7 +40,7 @@ from autoft.data.image_cache import CachePolicy
 from autoft.distributed import SINGLE, DistEnv
 from autoft.errors import UserError
 from autoft.engine import ADAMW, Finetuner, FinetuneSettings, OptimizerFactory
-from autoft.evaluation import predict, split_metrics, tensor_batches
+from autoft.evaluation import batch_features, linear_logits, predict, split_metrics, tensor_batches
 from autoft.io import atomic_torch_save
 from autoft.losses import AutoFTObjective
 from autoft.metrics import bootstrap_interval
@@ -74,6 +75,7 @@ class Workspace:
     net: Optional[torch.nn.Module] = None
     image_cache: Optional[CachePolicy] = None  # trainer.image_cache; None: live images
     image_sources: dict = field(default_factory=dict)  # split (subsets: 'train[n]') -> 'cache' | 'live'
+    zero_shot: Optional[dict] = None  # evaluate_all at theta0, once per process (zero_shot_metrics)
 
     def __post_init__(self):
         if self.net is None:
@@ -122,15 +124,17 @@ class Workspace:
         theta0 = [self.theta0[name] for name, p in self.classifier.named_parameters() if id(p) in ids]
         return params, AutoFTObjective(weights, params, theta0)
 
-    def logits(self, split: Split, indices: Optional[np.ndarray] = None) -> torch.Tensor:
+    def eval_batches(self, split: Split, indices: Optional[np.ndarray] = None):
+        """(a subset of) a split's images in evaluation batches: decoded tensors when they fit, else a loader."""
         n = len(split) if indices is None else len(indices)
         if self.fits_in_memory(n):
             images, _ = self.split_tensors(split, indices)
-            batches = tensor_batches(images, self.eval_batch_size)
-        else:
-            batches = loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers,
-                             view=self.view(split, indices))
-        return predict(self.net, batches, self.normalizer, self.device)  # fp32 (see predict)
+            return tensor_batches(images, self.eval_batch_size)
+        return loader(split, self.bundle.image_size, self.eval_batch_size, num_workers=self.num_workers,
+                      view=self.view(split, indices))
+
+    def logits(self, split: Split, indices: Optional[np.ndarray] = None) -> torch.Tensor:
+        return predict(self.net, self.eval_batches(split, indices), self.normalizer, self.device)  # fp32 (see predict)
 
     def evaluate(self, split: Split, indices: Optional[np.ndarray] = None) -> dict[str, float]:
         return split_metrics(self.logits(split, indices), split, indices)
@@ -311,12 +315,13 @@ def _plain_run(run: dict) -> dict:
     return out
 
 
+def eval_splits(task: Task) -> dict[str, Split]:
+    """The splits a final run reports, in the order its results hold them: id_val, ood_val, the tests."""
+    return {"id_val": task.id_val, "ood_val": task.ood_val, **task.tests}
+
+
 def evaluate_all(ws: Workspace) -> dict[str, dict[str, float]]:
-    task = ws.task
-    out = {"id_val": ws.evaluate(task.id_val), "ood_val": ws.evaluate(task.ood_val)}
-    for name, split in task.tests.items():
-        out[name] = ws.evaluate(split)
-    return out
+    return {name: ws.evaluate(split) for name, split in eval_splits(ws.task).items()}
 
 
 class EpochSource:
@@ -425,13 +430,13 @@ def run_final(ws: Workspace, spec: RunSpec, output_dir: Path, progress: bool = T
     elif spec.train:
         results = _fine_tune(ws, spec, Path(output_dir), progress, dist_env, on_epoch_end, results, on_step)
     alphas = [float(a) for a in spec.curve_alphas] if spec.train else []
-    curve = at_mixtures(ws, alphas, lambda: evaluate_all(ws)) if alphas else []  # theta(1) is exact (wise.py)
+    curve = (head_mixtures(ws, alphas) or mixtures(ws, alphas)) if alphas else []  # theta(1) is exact (wise.py)
     if spec.wise_alpha in alphas:  # the final model is on the curve: evaluated once
         results["metrics"] = curve[alphas.index(spec.wise_alpha)]
     elif spec.train and spec.wise_alpha != 1.0:
-        (results["metrics"],) = at_mixtures(ws, [spec.wise_alpha], lambda: evaluate_all(ws))
+        (results["metrics"],) = mixtures(ws, [spec.wise_alpha])
     else:
-        results["metrics"] = evaluate_all(ws)
+        results["metrics"] = evaluate_all(ws) if spec.train else zero_shot_metrics(ws)
     results["wise_alpha"] = float(spec.wise_alpha) if spec.train else 1.0
     if alphas:
         results["wise"] = dict(zip((f"{a:.1f}" for a in alphas), curve))
@@ -549,6 +554,43 @@ def with_zeroshot_head(ws: Workspace, evaluate: Callable[[], object]):
         return evaluate()
     finally:
         ws.classifier.head.load_state_dict(head)
+
+
+def head_mixtures(ws: Workspace, alphas: Sequence[float]) -> Optional[list]:
+    """`at_mixtures(ws, alphas, lambda: evaluate_all(ws))` for a model whose every tensor but the head
+    is still theta0 (a linear probe): theta(a) then has theta0's image tower exactly (a lerp of equal
+    tensors is exact), so each split's features are computed once and each alpha is only its head,
+    W(a) = lerp(W0, W, a), on them: one pass of the tower per split instead of one per alpha, the
+    same numbers (eager mode). None when anything outside the head moved."""
+    if any(not torch.equal(v, ws.theta0[k]) for k, v in ws.classifier.state_dict().items() if not k.startswith("head.")):
+        return None
+    splits = eval_splits(ws.task)
+    features = {name: batch_features(ws.net, ws.eval_batches(split), ws.normalizer) for name, split in splits.items()}
+    zeroshot = {k: ws.theta0[f"head.{k}"] for k in ("weight", "bias")}
+    tuned = {k: v.detach() for k, v in ws.classifier.head.state_dict().items()}
+    out = []
+    for a in alphas:
+        head = interpolate(zeroshot, tuned, float(a))
+        out.append({name: split_metrics(linear_logits(f, head["weight"], head["bias"]), splits[name])
+                    for name, f in features.items()})
+    return out
+
+
+def zero_shot_metrics(ws: Workspace) -> dict:
+    """evaluate_all of the zero-shot model (theta0), once per Workspace: the zeroshot method's results
+    and every fine-tuned run's WiSE-FT point at alpha 0, which the runs of one process (a multirun
+    of the baselines) share; the working model is left as it was."""
+    if ws.zero_shot is None:
+        (ws.zero_shot,) = at_mixtures(ws, [0.0], lambda: evaluate_all(ws))
+    return copy.deepcopy(ws.zero_shot)
+
+
+def mixtures(ws: Workspace, alphas: Sequence[float]) -> list:
+    """evaluate_all at theta(a) for each a. theta(0) is theta0 exactly (a lerp at weight 0 returns its
+    start), so that point is the zero-shot evaluation (zero_shot_metrics)."""
+    rest = [a for a in alphas if a != 0.0]
+    points = dict(zip(rest, at_mixtures(ws, rest, lambda: evaluate_all(ws))))
+    return [zero_shot_metrics(ws) if a == 0.0 else points[a] for a in alphas]
 
 
 def at_mixtures(ws: Workspace, alphas: Sequence[float], evaluate: Callable[[], object]) -> list:
