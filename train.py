@@ -15,14 +15,13 @@ import atexit
 import gc
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from autoft import config  # noqa: F401  (registers the config schema, base_config, before Hydra composes)
 from autoft.config_checks import validate
-from autoft.config_messages import composition_error, unknown_override
+from autoft.config_messages import unknown_override
 from autoft.errors import UserError
 
 log = logging.getLogger("autoft")
@@ -45,16 +44,14 @@ def main(cfg: DictConfig):
         sys.exit(2)
 
 
-CONF = Path(__file__).resolve().parent / "conf"
-
-
 def composition_problem(argv: list[str]) -> str | None:
     """Compose the config as @hydra.main is about to, with the same overrides (sweeps left out) and
     config directory, and return Hydra's error as one message (None: it composes, or the command
     line asks for something this check does not model, which Hydra then handles itself)."""
-    from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from autoft.config_checks import compose_config
 
     args, _ = get_args_parser().parse_known_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
@@ -65,15 +62,12 @@ def composition_problem(argv: list[str]) -> str | None:
                      if not o.is_sweep_override()]
     except Exception:  # a grammar error: Hydra reports it with its own pointer into the override
         return None
-    if args.config_dir:
-        if any(o.startswith("hydra.searchpath") for o in overrides):
-            return None
-        overrides.append(f"hydra.searchpath=[file://{Path(args.config_dir).resolve()}]")
+    if args.config_dir and any(o.startswith("hydra.searchpath") for o in overrides):
+        return None
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose("config", overrides=overrides)
-    except Exception as err:  # ConfigCompositionException, OmegaConf's errors, YAML parse errors
-        return composition_error(err)
+        compose_config(overrides, args.config_dir, keep_hydra=True)
+    except UserError as err:  # ConfigCompositionException, OmegaConf's errors, YAML parse errors, in one line
+        return str(err)
     return None
 
 

@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
         tmp = Path(tmp)
         root = Path(args.root) if args.root else fabricated_root(tmp / "data", args.images)
         dataset = args.dataset if args.root else "iwildcam"
-        cfg = compose(dataset, root, args.overrides)
+        cfg = compose(dataset, [f"data_root={root}", *args.overrides])
         task = cli.build_task(cfg)
         size = args.image_size or model_image_size(cfg.model)
         splits = {"train": task.train, "id_val": task.id_val, "ood_val": task.ood_val, **task.tests}

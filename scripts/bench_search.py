@@ -165,16 +165,15 @@ def main(argv=None) -> dict:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    from hydra import compose, initialize_config_dir
-
     from autoft import cli
     from autoft.data.loading import TensorBatches, loader
     from autoft.engine import Finetuner, make_optimizer
     from autoft.evaluation import predict
     from autoft.pipeline import pool_indices, search_trial
 
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["phase=search", *args.overrides])
+    from autoft.config_checks import compose_config
+
+    cfg = compose_config(["phase=search", *args.overrides])
     spec = cli.run_spec(cfg, cli.hyperparameters(cfg))
     ws = cli.workspace(cfg)
     device, task = ws.device, ws.task

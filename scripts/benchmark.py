@@ -8,6 +8,7 @@
     python scripts/benchmark.py --budget        # the budget study (16, 48, 128 trials, +- re-evaluation)
     python scripts/benchmark.py --dataset pacs data_root=/data            # every OOD-val choice on PACS
     python scripts/benchmark.py --dataset pacs --rotations cartoon,art_painting+sketch data_root=/data
+    python scripts/benchmark.py --config-dir ~/myshift-conf --dataset myshift   # your dataset/myshift.yaml
 
 Splits (the world itself is fixed: conf/dataset/shapes.yaml's sizes, cue and foundation model):
 ID is always `studio`, the domain with the spurious cue. Family `single`: the OOD-val domain
@@ -29,7 +30,8 @@ killed benchmark. Extra arguments are Hydra overrides for every train.py call (e
 or hydra/launcher=slurm for the searches' trials).
 
 Any domain dataset (--dataset folder, or a preset built on it: pacs, vlcs, officehome, terraincognita,
-domainnet): the config composed with the extra overrides gives the roles. ID stays its id_domain; its
+domainnet, or a dataset config of yours built on folder, found through --config-dir, which every step
+gets too): the config composed with the extra overrides gives the roles. ID stays its id_domain; its
 ood_val_domain and test_domains are the rotation domains, in that order. By default each of them is
 OOD-val in turn (family `single`), the others the tests; --rotations lists the OOD-val choices instead
 (`a+b`: a class-balanced mixture, family `mixture`). The model and the budgets are the config's (the
@@ -75,7 +77,7 @@ class Domains:
     name: str                   # dataset.name: the default output folder, the tables' title
     id: tuple[str, ...]
     others: tuple[str, ...]     # the rotation domains
-    select: tuple[str, ...]     # overrides choosing the dataset (and, for shapes, the model) on every call
+    select: tuple[str, ...]     # overrides choosing the dataset (for shapes, the model; the user's config dir) on every call
     model: str = ""             # for the tables' title
     trials: Optional[int] = 16  # the config's search.n_trials: the default trials per search
 
@@ -164,49 +166,45 @@ QUICK = Grid(single=2, mixture=0, seeds=1, trials=16, alpha_searched=False, base
 # ----------------------------------------------------------------------------------------------
 # a domain dataset: its roles from the composed config, the user's rotations checked
 # ----------------------------------------------------------------------------------------------
-def compose(dataset: str, overrides: list[str]):
-    """The config `train.py dataset=<dataset> <overrides>` composes (hydra.* overrides left out: they
-    choose launchers and sweepers, not domains, and compose refuses some of them)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+def domain_datasets(config_dir=None) -> list[str]:
+    """The dataset configs built on conf/dataset/folder.yaml (the ones with domains to rotate), the
+    user's config directory's included."""
+    from omegaconf import OmegaConf
 
-    from autoft.config_messages import composition_error
+    from autoft.config_checks import config_files
 
-    mine = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return hydra_compose("config", overrides=[f"dataset={dataset}", *mine])
-    except Exception as err:  # noqa: BLE001 (Hydra raises many kinds; each is the user's override or dataset)
-        raise UserError(composition_error(err)) from None
+    def on_folder(path: Path) -> bool:
+        try:
+            defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+        except Exception:  # noqa: BLE001 (a broken file is reported when it is composed)
+            return False
+        return any(str(d).strip("/").removeprefix("dataset/") == "folder" for d in defaults)
 
-
-def domain_datasets() -> list[str]:
-    """The dataset configs built on conf/dataset/folder.yaml (the ones with domains to rotate)."""
-    return ["folder"] + sorted(f.stem for f in (ROOT / "conf" / "dataset").glob("*.yaml")
-                               if re.search(r"^\s*-\s*folder\s*$", f.read_text(), re.M))
+    return ["folder"] + sorted({f.stem for f in config_files("dataset", config_dir) if on_folder(f)})
 
 
-def domains_of(dataset: str, overrides: list[str]) -> Domains:
-    """The embedded world, or a domain dataset's roles as train.py would compose them: ID stays its
-    id_domain; its ood_val_domain and test_domains are the rotation domains."""
+def domains_of(dataset: str, overrides: list[str], config_dir=None) -> Domains:
+    """The embedded world, or a domain dataset's roles as train.py would compose them (with
+    `config_dir`, a config directory of the user's, on the search path of every step too): ID stays
+    its id_domain; its ood_val_domain and test_domains are the rotation domains."""
     if dataset == "shapes":
         return SHAPES
     from omegaconf import OmegaConf
 
-    from autoft.data.roles import as_domains, roles_problem
+    from autoft.config_checks import compose_config, search_path, validate
+    from autoft.data.roles import as_domains
 
-    cfg = compose(dataset, overrides)
+    cfg = compose_config([f"dataset={dataset}", *overrides], config_dir)
     task = cfg.dataset.task
     if task.get("_target_") != FOLDER_TARGET:
         raise UserError(f"--dataset {dataset}: its splits are fixed, it has no domains to rotate; the benchmark runs on "
-                        f"shapes (the embedded world) or a domain dataset: {', '.join(domain_datasets())}")
-    problem = roles_problem(task.id_domain, task.ood_val_domain, task.test_domains)
-    if problem:
-        raise UserError(f"--dataset {dataset}: {problem}")
+                        f"shapes (the embedded world) or a domain dataset: {', '.join(domain_datasets(config_dir))}")
+    validate(cfg)  # what every step would refuse, refused once: missing roles, a misspelt key of the dataset's file
     ids, others = as_domains(task.id_domain), as_domains(task.ood_val_domain) + as_domains(task.test_domains)
     if not task.manifest:
         check_tree(Path(str(task.root)), [*ids, *others])
     trials = OmegaConf.select(cfg, "search.n_trials", default=None, throw_on_missing=False)
-    return Domains(dataset, str(cfg.dataset.name), tuple(ids), tuple(others), (f"dataset={dataset}",),
+    return Domains(dataset, str(cfg.dataset.name), tuple(ids), tuple(others), (*search_path(config_dir), f"dataset={dataset}"),
                    str(cfg.model.name), None if trials is None else int(trials))
 
 
@@ -461,6 +459,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="shapes", help="shapes (the embedded world), folder, or a preset built on "
                                                         "it (pacs, vlcs, officehome, terraincognita, domainnet)")
+    ap.add_argument("--config-dir", help="a config directory of yours (train.py --config-dir): --dataset may name its "
+                                         "dataset/<name>.yaml, and every step composes with it")
     ap.add_argument("--rotations", help="OOD-val choices, comma-separated; a+b: a class-balanced mixture (default: the "
                                         "grid's families; a domain dataset: each rotation domain in turn)")
     ap.add_argument("--quick", action="store_true", help=f"the small grid: {QUICK}")
@@ -485,7 +485,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_intermixed_args(argv)  # overrides may come before, between or after the options
     try:
-        domains = domains_of(args.dataset, args.overrides)
+        if args.config_dir and not Path(args.config_dir).is_dir():
+            raise UserError(f"--config-dir {args.config_dir}: not a directory")
+        domains = domains_of(args.dataset, args.overrides, args.config_dir)
         if args.budget and domains is not SHAPES:
             raise UserError("--budget: the budget study runs on the embedded world only (leave out --dataset)")
         grid = make_grid(args, domains)

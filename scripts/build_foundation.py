@@ -38,7 +38,6 @@ from autoft.models.clip import build_custom_clip, load_checkpoint, save_checkpoi
 from autoft.models.tokenizer import WordTokenizer
 from autoft.io import atomic_write
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "src" / "autoft" / "models" / "foundation"
 
 
@@ -122,9 +121,9 @@ def pretrain(build: dict, path: str | Path, device: str = "cpu",
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return hydra_compose(config_name="config", overrides=["model=shapes_rn10t", *overrides])
+    from autoft.config_checks import compose_config
+
+    return compose_config(["model=shapes_rn10t", *overrides])
 
 
 def main(argv: Optional[list[str]] = None) -> Path:

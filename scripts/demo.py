@@ -34,10 +34,9 @@ from autoft.runner import Step, fmt_seconds, run_steps  # noqa: E402
 
 def composed(overrides: list[str]):
     """The config `train.py <overrides>` composes (for the paths the steps write)."""
-    from hydra import compose, initialize_config_dir
+    from autoft.config_checks import compose_config
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def demo_steps(dataset: str, model: str, seeds: list[int], overrides: list[str], out: Path, jobs: int) -> list[Step]:

@@ -79,12 +79,10 @@ def pair(dataset: str, model: str | None) -> list[str]:
 
 
 def compose_config(dataset: str, model: str | None, config_dir=None, overrides=()):
-    """The config `train.py dataset=<dataset> [model=<model>] <overrides>` composes."""
-    from hydra import compose, initialize_config_dir
+    """The config `train.py [--config-dir <config_dir>] dataset=<dataset> [model=<model>] <overrides>` composes."""
+    from autoft.config_checks import compose_config as compose
 
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[*pair(dataset, model), *overrides, *extra])
+    return compose([*pair(dataset, model), *overrides], config_dir)
 
 
 def tables_wandb_args(args) -> list[str]:
@@ -92,8 +90,7 @@ def tables_wandb_args(args) -> list[str]:
     from autoft.reporting.wandb_logger import make_tables_args
 
     try:
-        return make_tables_args(compose_config(args.dataset, args.model, args.config_dir,
-                                               [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]).logger)
+        return make_tables_args(compose_config(args.dataset, args.model, args.config_dir, args.overrides).logger)
     except Exception as err:  # noqa: BLE001 (the runs are done: W&B for the tables is a bonus)
         print(f"warning: tables not sent to W&B ({type(err).__name__}: {err})", file=sys.stderr)
         return []
@@ -108,7 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hparams", help="AutoFT hyperparameters YAML (e.g. a search's best_hparams.yaml)")
     ap.add_argument("--study", help="Optuna storage URL: AutoFT uses the best trial of its study")
     ap.add_argument("--study-name", help="which study of --study (needed when it holds several)")
-    ap.add_argument("--out", help="results directory (default outputs/<dataset>/<model> of the current directory)")
+    ap.add_argument("--out", help="results directory (default outputs/<dataset.name>/<model> of the current directory, where the search wrote)")
     ap.add_argument("--config-dir", help="extra Hydra config directory (train.py --config-dir)")
     ap.add_argument("--skip-existing", action="store_true", help="keep complete runs, run only the missing ones")
     ap.add_argument("--no-tables", action="store_true")
@@ -116,29 +113,29 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every train.py call")
     args = ap.parse_intermixed_args(argv)  # overrides may come before, between or after the options
 
+    from autoft.config_checks import config_names
     from autoft.errors import UserError
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if not (ROOT / "conf" / "method" / f"{m}.yaml").is_file()
-               and not (args.config_dir and (Path(args.config_dir) / "method" / f"{m}.yaml").is_file())]
+    valid = config_names("method", args.config_dir)
+    unknown = [m for m in methods if m not in valid]
     if unknown:
-        print(f"error: unknown method(s) {', '.join(unknown)}; valid: "
-              f"{', '.join(sorted(p.stem for p in (ROOT / 'conf' / 'method').glob('*.yaml')))}", file=sys.stderr)
+        print(f"error: unknown method(s) {', '.join(unknown)}; valid: {', '.join(valid)}", file=sys.stderr)
         return 2
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         print(f"error: --seeds must be comma-separated integers, got '{args.seeds}'", file=sys.stderr)
         return 2
-    if args.model is None:  # the dataset's default model, as train.py dataset=<dataset> composes it
-        try:
-            args.model = str(compose_config(args.dataset, None, args.config_dir).model.name)
-        except Exception as err:  # an unknown dataset: Hydra's message, in one line
-            from autoft.config_messages import composition_error
-            print(f"error: {composition_error(err)}", file=sys.stderr)
-            return 2
-    # outputs/ of the current directory, where `train.py -m search=autoft` (Hydra) wrote the search
-    out = (Path(args.out) if args.out else Path("outputs") / args.dataset / args.model).resolve()
+    try:  # the dataset's name and default model, as train.py dataset=<dataset> <overrides> composes them
+        cfg = compose_config(args.dataset, args.model, args.config_dir, args.overrides)
+    except UserError as err:  # an unknown dataset: Hydra's message, in one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args.model = args.model or str(cfg.model.name)
+    # outputs/<dataset.name>/<model.name> of the current directory, where `train.py -m search=autoft`
+    # wrote the search (dataset.name may differ from the config's file name: dataset.name=myshift)
+    out = (Path(args.out) if args.out else Path("outputs") / str(cfg.dataset.name) / args.model).resolve()
     base = [sys.executable, str(ROOT / "train.py"), "-m"]
     if args.config_dir:
         base += ["--config-dir", str(Path(args.config_dir).resolve())]

@@ -137,15 +137,14 @@ def measured(name: str, out: Path) -> tuple[dict, str]:
 
 def paper_budgets() -> list:
     """The paper tasks' search budgets, composed as train.py composes experiment=<task>_vit_b16."""
-    from hydra import compose, initialize_config_dir
+    from autoft.config_checks import compose_config
 
     rows = []
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for path in sorted((ROOT / "conf/budget").glob("*_vit_b16.yaml")):
-            cfg = compose("config", overrides=[f"experiment={path.stem}", "search=autoft"])
-            rows.append({"task": path.stem, "trials": int(cfg.search.n_trials),
-                         "inner_steps": int(cfg.trainer.inner_steps), "batch_size": int(cfg.trainer.batch_size),
-                         "ood_val": int(cfg.dataset.task.ood_val_size)})
+    for path in sorted((ROOT / "conf/budget").glob("*_vit_b16.yaml")):
+        cfg = compose_config([f"experiment={path.stem}", "search=autoft"])
+        rows.append({"task": path.stem, "trials": int(cfg.search.n_trials),
+                     "inner_steps": int(cfg.trainer.inner_steps), "batch_size": int(cfg.trainer.batch_size),
+                     "ood_val": int(cfg.dataset.task.ood_val_size)})
     return rows
 
 

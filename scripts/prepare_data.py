@@ -88,22 +88,11 @@ def download_archives(root: Path, table: dict, parts) -> list[str]:
     return failed
 
 
-def compose(dataset: str, root: Path, overrides) -> "DictConfig":  # noqa: F821
-    """The config `train.py dataset=<dataset> data_root=<root> <overrides>` composes."""
-    return compose_config(dataset, [f"data_root={root}", *overrides])
+def compose(dataset: str, overrides, config_dir=None) -> "DictConfig":  # noqa: F821
+    """The config `train.py [--config-dir <config_dir>] dataset=<dataset> <overrides>` composes; a bad key is one message."""
+    from autoft.config_checks import compose_config
 
-
-def compose_config(dataset: str, overrides) -> "DictConfig":  # noqa: F821
-    """The config `train.py dataset=<dataset> <overrides>` composes, checked; a bad key is one message."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    from autoft.config_messages import composition_error
-
-    try:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            return hydra_compose("config", overrides=[f"dataset={dataset}", *overrides])
-    except Exception as err:  # Hydra's composition errors: one line naming the key, as train.py says it
-        raise UserError(composition_error(err)) from None
+    return compose_config([f"dataset={dataset}", *overrides], config_dir)
 
 
 def model_image_size(model) -> int:
@@ -118,14 +107,14 @@ def model_image_size(model) -> int:
     raise UserError(f"model={model.get('name')} is a checkpoint: give its input size with --image-size")
 
 
-def cache_splits(dataset: str, root: Path, names, image_size, workers: int, overrides) -> int:
+def cache_splits(dataset: str, root: Path, names, image_size, workers: int, overrides, config_dir=None) -> int:
     """Build (or check) the image cache of each named split; prints one line per split."""
     from autoft import cli
     from autoft.data.loading import UInt8View, split_spec
     from autoft.pipeline import pool_indices
     from autoft.data.image_cache import _bytes, build, inspect
 
-    cfg = compose(dataset, root, overrides)
+    cfg = compose(dataset, [f"data_root={root}", *overrides], config_dir)
     task = cli.build_task(cfg)
     policy = replace(cli.image_cache_policy(cfg), mode="auto")
     size = image_size or model_image_size(cfg.model)
@@ -169,6 +158,8 @@ def main(argv=None) -> int:
                         help=f"{', '.join(DATASETS)}, or any dataset config (conf/dataset/<name>.yaml: folder, pacs, ...)")
     parser.add_argument("--root", help="the data root (data_root in the config); needed for "
                         f"{', '.join(DATASETS)}; a dataset config takes data_root=... among its overrides too")
+    parser.add_argument("--config-dir", help="a config directory of yours (train.py --config-dir): --dataset may name "
+                        "its dataset/<name>.yaml")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="only check what is on disk (the default)")
     mode.add_argument("--download", action="store_true", help="download the public parts first")
@@ -186,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="--cache: config overrides as for train.py "
                         "(trainer.image_cache_dir=..., model=..., dataset.task.ood_val_size=...)")
     args = parser.parse_args(argv)
+    if args.config_dir and not Path(args.config_dir).is_dir():
+        raise UserError(f"--config-dir {args.config_dir}: not a directory")
     if args.dataset not in DATASETS:
         return check_config(args)
     if not args.root:
@@ -207,7 +200,8 @@ def main(argv=None) -> int:
         if args.download:
             wilds_tasks.download(args.dataset, root)
         if args.cache:
-            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides,
+                                args.config_dir)
         report = wilds_tasks.check(args.dataset, root, verify_images=args.verify_images, **expect)
     elif args.dataset == "imagenet":
         if args.sort_val:
@@ -216,13 +210,15 @@ def main(argv=None) -> int:
         if args.download:
             download_archives(root, imagenet.DOWNLOADS, imagenet.DOWNLOADS)
         if args.cache:
-            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides,
+                                args.config_dir)
         report = imagenet.check(root, verify_images=args.verify_images)
     else:
         if args.download:
             download_archives(root, cifar.DOWNLOADS, cifar.DOWNLOADS)
         if args.cache:
-            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides)
+            return cache_splits(args.dataset, root, _names(args.splits), args.image_size, args.workers, args.overrides,
+                                args.config_dir)
         report = cifar.check(root)
     print(report.render())
     return 0 if report.complete else 1
@@ -234,18 +230,24 @@ def check_config(args) -> int:
     paper's datasets."""
     from autoft.names import FOLDER_TARGET
 
-    names = sorted(p.stem for p in (ROOT / "conf" / "dataset").glob("*.yaml"))
+    from autoft.config_checks import config_names, problems
+
+    names = config_names("dataset", args.config_dir)
     if args.dataset not in names:
-        raise UserError(f"--dataset {args.dataset}: no conf/dataset/{args.dataset}.yaml; available: {', '.join(names)}")
+        where = " nor in " + str(Path(args.config_dir) / "dataset") if args.config_dir else ""
+        raise UserError(f"--dataset {args.dataset}: no conf/dataset/{args.dataset}.yaml{where}; available: {', '.join(names)}")
     overrides = ([f"data_root={args.root}"] if args.root else []) + list(args.overrides)
     if args.cache:
         return cache_splits(args.dataset, Path(args.root or "data"), _names(args.splits), args.image_size,
-                            args.workers, overrides)
-    cfg = compose_config(args.dataset, overrides)
+                            args.workers, overrides, args.config_dir)
+    cfg = compose(args.dataset, overrides, args.config_dir)
     task = OmegaConf.to_container(cfg.dataset.task, resolve=True)
     if task.get("_target_") != FOLDER_TARGET:
         raise UserError(f"--dataset {args.dataset}: its data is not read from disk by a folder reader "
                         f"({task.get('_target_')}); --check applies to {', '.join(DATASETS)} and folder datasets")
+    found = [p for p in problems(cfg) if p.startswith("dataset.")]  # the data's keys; the run's are train.py's
+    if found:
+        raise UserError("invalid config:\n  - " + "\n  - ".join(found))
     from autoft.data import folders
 
     report = folders.check(task, cfg.dataset.name, verify_images=True, progress=sys.stderr.isatty())

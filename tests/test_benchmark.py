@@ -288,6 +288,35 @@ def test_a_dataset_without_domains_or_roles_is_refused(tree, capsys):
     assert "domain 'skech' not found" in capsys.readouterr().err
 
 
+def test_a_users_config_directory_is_read_or_refused_in_one_line(tree, tmp_path, capsys):
+    """--config-dir: its dataset config composes as train.py --config-dir composes it, and is listed
+    among the domain datasets; a directory that is not there, or a dataset in neither, is one message."""
+    b = _script()
+    conf = user_config_dir(tmp_path / "myconf", tree)
+    domains = b.domains_of("myshift", ["dataset.task.ood_val_domain=cartoon",
+                                       "dataset.task.test_domains=[art_painting,sketch]"], conf)
+    assert (domains.name, domains.id, domains.others) == ("myshift", ("photo",), ("cartoon", "art_painting", "sketch"))
+    assert domains.select == (f"hydra.searchpath=[file://{conf.resolve()}]", "dataset=myshift")  # on every step
+    assert "myshift" in b.domain_datasets(conf) and "pacs" in b.domain_datasets(conf)
+    for argv, says in ((["--config-dir", str(tmp_path / "nowhere"), "--dataset", "myshift"], "not a directory"),
+                       (["--config-dir", str(conf), "--dataset", "myshfit"], "myshfit")):
+        assert b.main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    # a misspelt key in the user's file (dataset.task has no schema for Hydra to check): named by the
+    # benchmark and by the data check alike, before any work
+    (conf / "dataset" / "typo.yaml").write_text((conf / "dataset" / "myshift.yaml").read_text()
+                                                .replace("id_domain", "id_domian"))
+    assert b.main(["--config-dir", str(conf), "--dataset", "typo", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset.task: unknown key id_domian for autoft.data.folders.folder_task" in err and "Traceback" not in err
+    from conftest import run_script
+
+    check = run_script("prepare_data", ["--config-dir", conf, "--dataset", "typo"], tmp_path)
+    assert check.returncode == 2 and "unknown key id_domian" in check.stdout and "Traceback" not in check.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_ood_val_choice_changes_nothing_training_reads(tree, tmp_path):
     """Why the benchmark trains each baseline in its first split only (weights_from in the others): two
     rotations give the same ID train, ID val and ID test data, classes and templates, on a folder
@@ -313,17 +342,29 @@ def test_the_ood_val_choice_changes_nothing_training_reads(tree, tmp_path):
         assert all(torch.equal(x, y) if isinstance(x, torch.Tensor) else (x == y).all() for x, y in zip(ia, ib))
 
 
+def user_config_dir(where: Path, tree: Path) -> Path:
+    """A researcher's config directory outside the repository, holding one file: the shift as a
+    dataset config built on conf/dataset/folder.yaml (docs/own_data.md, "One YAML")."""
+    (where / "dataset").mkdir(parents=True)
+    (where / "dataset" / "myshift.yaml").write_text(
+        "defaults: [folder, _self_]\nname: myshift\n"
+        f"task: {{root: {tree}, id_domain: photo, ood_val_domain: art_painting, test_domains: [cartoon, sketch]}}\n")
+    return where
+
+
 def test_folder_benchmark_end_to_end(tree, tmp_path):
-    """The whole command on a fabricated PACS-like tree with the tiny random CLIP: two rotations, one
-    seed, zero-shot / FT / AutoFT (2 trials); each cell's tests are the domains it leaves, and the
-    collected tables pair AutoFT with every baseline, with intervals over the two cells."""
+    """The whole command on a fabricated PACS-like tree described by one YAML in the user's own config
+    directory, with the tiny random CLIP: two rotations, one seed, zero-shot / FT / AutoFT (2 trials);
+    each cell's tests are the domains it leaves, and the collected tables pair AutoFT with every
+    baseline, with intervals over the two cells."""
     from conftest import run_script
 
-    out = tmp_path / "bench"
+    out, conf = tmp_path / "bench", user_config_dir(tmp_path / "myconf", tree)
     budgets = ["model=tiny_vit", "device=cpu", "trainer.num_workers=0", "trainer.eval_batch_size=16",
                "trainer.batch_size=4", "trainer.inner_steps=2", "trainer.epochs=1", f"cache_dir={tmp_path / 'cache'}"]
-    done = run_script("benchmark", ["--dataset", "folder", "--quick", "--rotations", "cartoon,art_painting", "--trials", "2",
-                                    "--out", out, f"data_root={tree}", *ROLES, *budgets], tmp_path)  # its runs: processes
+    done = run_script("benchmark", ["--config-dir", conf, "--dataset", "myshift", "--quick", "--rotations",
+                                    "cartoon,art_painting", "--trials", "2", "--out", out, *budgets],
+                      tmp_path)  # its runs: processes
     assert done.returncode == 0, done.stdout[-8000:]
     for split, tests in (("cartoon", ["art_painting", "sketch"]), ("art_painting", ["cartoon", "sketch"])):
         cell = out / "single" / split
@@ -345,7 +386,7 @@ def test_folder_benchmark_end_to_end(tree, tmp_path):
     log = (out / "logs" / "art_painting__baselines-s0.log").read_text()
     assert "weights_from=" in log and "may have trained on other ID data" not in log  # only the OOD roles changed
     text = (out / "benchmark.md").read_text()
-    assert text.startswith("# Benchmark on folder") and "Model: tiny_vit. ID: photo" in text
+    assert text.startswith("# Benchmark on myshift") and "Model: tiny_vit. ID: photo" in text
     assert "cartoon -> art_painting, sketch; art_painting -> cartoon, sketch" in text
     for row in ("Zero-shot", "FT", "AutoFT", "WiSE-FT (α=0.5)", "AutoFT + WiSE-FT (α=0.5)"):
         assert text.count(f"\n| {row} | ") == 1, row  # one row per method

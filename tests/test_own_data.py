@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+from omegaconf import OmegaConf
 
 import fabricate
 from conftest import run_script, run_train
@@ -24,30 +25,46 @@ SMALL = ["model=tiny_vit", "device=cpu", "logger=local", "trainer.num_workers=0"
 def test_own_shift_from_folder_to_table(tmp_path, layout):
     data = tmp_path / "data"
     made = fabricate.make_domain_tree(data)
-    where = [f"data_root={data}", f"cache_dir={tmp_path / 'cache'}", "dataset.name=myshift", *ROLES]
-    if layout == "manifest":
-        where.append(f"dataset.task.manifest={made['manifest']}")
-    check = run_script("prepare_data", ["--dataset", "folder", *where[:1], *where[2:]], tmp_path, OMP_NUM_THREADS="1")
+    where = [f"data_root={data}", "dataset.name=myshift", *ROLES]
+    select, check_select = ["dataset=folder"], ["--dataset", "folder"]
+    if layout == "manifest":  # the shift as one YAML in the user's own config directory (docs/own_data.md)
+        conf = tmp_path / "myconf" / "dataset"
+        conf.mkdir(parents=True)
+        (conf / "myshift.yaml").write_text(
+            f"defaults: [folder, _self_]\nname: myshift\ntask: {{root: {data}, manifest: {made['manifest']}, "
+            "id_domain: photo, ood_val_domain: art_painting, test_domains: [cartoon, sketch], templates: photo}\n")
+        budget = tmp_path / "myconf" / "budget"  # and the budgets of the pair, the user's own: no warning
+        budget.mkdir()
+        (budget / "myshift_tiny_vit.yaml").write_text("# @package _global_\nbudget: {name: myshift_tiny_vit, "
+                                                      "dataset: myshift, model: tiny_vit}\ntrainer: {epochs: 3}\n")
+        where = []
+        select, check_select = ["--config-dir", str(conf.parent), "dataset=myshift"], ["--config-dir", str(conf.parent),
+                                                                                      "--dataset", "myshift"]
+    check = run_script("prepare_data", [*check_select, *where], tmp_path, OMP_NUM_THREADS="1")
+    where.append(f"cache_dir={tmp_path / 'cache'}")
     assert check.returncode == 0, check.stdout[-3000:]
     assert "domain 'photo': 24 images in 3 classes (dog 8, elephant 8, guitar 8)" in check.stdout
     assert "task: 3 classes; ID train 15, id_val 3, id_test 6; OOD-val art_painting 24; tests cartoon 24, sketch 24" in check.stdout
     if layout == "tree":
         assert "skipped 6 entries that are not domains, classes or images: .ipynb_checkpoints/" in check.stdout
 
-    search = run_train(["-m", "search=autoft", "dataset=folder", "search.n_trials=2", "trainer.inner_steps=2",
+    search = run_train(["-m", *select, "search=autoft", "search.n_trials=2", "trainer.inner_steps=2",
                         "hydra.sweeper.plots=false", "search.bootstrap=0", *SMALL, *where], tmp_path, OMP_NUM_THREADS="1")
     assert search.returncode == 0, search.stdout[-3000:]
-    assert "are not calibrated for dataset=myshift model=tiny_vit" in search.stdout
+    assert ("are not calibrated for dataset=myshift model=tiny_vit" in search.stdout) == (layout == "tree")
     study = tmp_path / "outputs" / "myshift" / "tiny_vit" / "search-autoft"
     assert (study / "best_hparams.yaml").is_file()
     drawn = json.loads(next(study.glob("*/id_split_myshift.json")).read_text())
     assert drawn["info"]["n"] == {"train": 15, "id_val": 3, "id_test": 6}
     if layout == "manifest":
+        searched = OmegaConf.load(next(study.glob("*/multirun.yaml")))
+        assert "budgets from" not in search.stdout and (searched.budget.name, searched.trainer.epochs) == ("myshift_tiny_vit", 3)
         return  # the final runs read the task as the search did: the tree's path below covers them
 
     out = tmp_path / "outputs" / "myshift" / "tiny_vit"
+    # no --out: the runs go beside the search, under dataset.name (myshift), not the config's name (folder)
     final = run_script("final_retrain", ["--dataset", "folder", "--model", "tiny_vit", "--methods", "zeroshot,ft,autoft",
-                                         "--seeds", "0", "--out", out, "trainer.epochs=1", *SMALL[1:], *where],
+                                         "--seeds", "0", "trainer.epochs=1", *SMALL[1:], *where],
                        tmp_path, OMP_NUM_THREADS="1")  # in this process; its train.py runs are processes
     assert final.returncode == 0, final.stdout[-3000:]
     table = json.loads((out / "results_table.json").read_text())

@@ -153,9 +153,12 @@ def check_batch_fits(task: Task, cfg: DictConfig) -> None:
 
 
 def warn_uncalibrated(cfg: DictConfig) -> None:
-    """The default budget of user datasets is valid, not tuned: each run says so once."""
+    """The default budget of user datasets is valid, not tuned: each run says so once. A budget file of
+    the pair (it names the dataset and the model) is the user's own: its block merges over the
+    default's, whose `calibrated: false` would otherwise stay."""
     b = cfg.get("budget") or {}
-    if b.get("calibrated", True) is False:
+    own = (b.get("dataset"), b.get("model")) == (cfg.dataset.name, cfg.model.name)
+    if b.get("calibrated", True) is False and not own:
         t = cfg.trainer
         log.warning("budgets from conf/budget/%s.yaml (base_lr %g, batch %d, %d inner steps, %d epochs) are not "
                     "calibrated for dataset=%s model=%s; set your own in conf/budget/<dataset>_<model>.yaml "

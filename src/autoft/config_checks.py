@@ -21,8 +21,8 @@ from typing import Optional
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from autoft.config import BUDGET_KEYS
-from autoft.config_messages import unknown_keys
+from autoft.config import BUDGET_KEYS  # importing the schema registers it (base_config) for compose_config
+from autoft.config_messages import composition_error, unknown_keys
 from autoft.config_task import task_problems
 from autoft.errors import UserError
 from autoft.hparams import Hyperparameters
@@ -92,7 +92,44 @@ def model_fit_problem(cfg) -> Optional[str]:
     return None
 
 
-BUDGET_DIR = Path(__file__).resolve().parents[2] / "conf" / "budget"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # train.py's config directory
+BUDGET_DIR = CONF_DIR / "budget"
+
+
+def search_path(config_dir) -> list[str]:
+    """The override that puts a config directory of the user's on Hydra's search path, as
+    `train.py --config-dir <dir>` does: its groups' files (conf/dataset/myshift.yaml, a budget file)
+    join the repository's, and theirs win on a name both have."""
+    return [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+
+
+def compose_config(overrides, config_dir=None, *, keep_hydra: bool = False) -> DictConfig:
+    """The config `train.py [--config-dir <config_dir>] <overrides>` composes, for the scripts that
+    plan or check train.py runs; Hydra's error as one UserError naming the key (composition_error).
+    Other hydra.* overrides than the search path are left out unless `keep_hydra`: they choose
+    launchers and sweepers, not the config, and a compose outside a run refuses some of them.
+    Composed is not checked: `validate` (or `problems`) checks its values, as train.py does; a key
+    that a config file of the user's misspells in dataset.task (no schema there) is found there."""
+    from hydra import compose, initialize_config_dir
+
+    mine = [o for o in overrides if keep_hydra or o.startswith("hydra.searchpath=")
+            or not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=[*mine, *search_path(config_dir)])
+    except Exception as err:  # noqa: BLE001 (Hydra raises many kinds; each is the user's override or file)
+        raise UserError(composition_error(err)) from None
+
+
+def config_files(group: str, config_dir=None) -> list[Path]:
+    """The config files of a group: `conf/<group>/*.yaml`, then those of the user's config directory."""
+    folders = [CONF_DIR / group, *([Path(config_dir) / group] if config_dir else [])]
+    return [p for folder in folders for p in sorted(folder.glob("*.yaml"))]
+
+
+def config_names(group: str, config_dir=None) -> list[str]:
+    """The configs of a group by name (config_files), sorted."""
+    return sorted({p.stem for p in config_files(group, config_dir)})
 
 
 @lru_cache(maxsize=None)
