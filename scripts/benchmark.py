@@ -331,8 +331,8 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
 # collecting
 # ----------------------------------------------------------------------------------------------
 def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
-    from autoft.reporting.benchmark import (CellRuns, as_dict, per_split_markdown, plot_benchmark,
-                                            summary_markdown)
+    from autoft.reporting.benchmark import (CellRuns, as_dict, metric_name, paired, per_split_markdown,
+                                            plot_benchmark, plot_paired, summary_markdown)
     from autoft.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
@@ -376,7 +376,12 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
         if not cs:
             continue
         plot = plot_benchmark(cs, out / "plots" / f"{fam}.png", f"{titles[fam]}: mean over {len(cs)} cells")
-        parts += [summary_markdown(cs, titles[fam]), per_split_markdown(cs), f"![{fam}](plots/{plot.name})\n"]
+        parts.append(summary_markdown(cs, titles[fam]))
+        if paired(cs):  # the paired table's answer, drawn: each difference and its interval against 0
+            forest = plot_paired(paired(cs), out / "plots" / f"{fam}_paired.png",
+                                 f"{titles[fam]}: paired differences over {len(cs)} cells", metric_name(cs))
+            parts.append(f"![{fam}: paired differences](plots/{forest.name})\n")
+        parts += [per_split_markdown(cs), f"![{fam}](plots/{plot.name})\n"]
         payload[fam] = as_dict(cs)
     md = "\n".join(parts)
     path = out / "benchmark.md"

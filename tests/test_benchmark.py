@@ -10,25 +10,27 @@ from pathlib import Path
 
 import pytest
 
-from autoft.reporting.benchmark import CellRuns, mean_ci, paired, per_split, summarize
+from autoft.reporting.benchmark import (CellRuns, as_dict, mean_ci, metric_name, paired, paired_figure, per_split,
+                                        summarize, summary_markdown)
 from autoft.reporting.results import read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["snow", "night"]
 
 
-def _block(id_acc: float, ood: tuple[float, float]) -> dict:
-    return {"id_val": {"accuracy": id_acc}, "ood_val": {"accuracy": 0.5}, "id_test": {"accuracy": id_acc},
-            TESTS[0]: {"accuracy": ood[0]}, TESTS[1]: {"accuracy": ood[1]}}
+def _block(id_acc: float, ood: tuple[float, float], metric: str = "accuracy") -> dict:
+    return {"id_val": {metric: id_acc}, "ood_val": {metric: 0.5}, "id_test": {metric: id_acc},
+            TESTS[0]: {metric: ood[0]}, TESTS[1]: {metric: ood[1]}}
 
 
 def write(path: Path, method: str, seed: int, id_acc: float, ood: tuple[float, float],
-          wise_half: tuple[float, tuple[float, float]] | None = None) -> Path:
+          wise_half: tuple[float, tuple[float, float]] | None = None, metric: str = "accuracy") -> Path:
     """A results.json whose selected model has these numbers; `wise_half`: (ID, OOD) at alpha 0.5."""
-    rec = {"dataset": "shapes", "model": "m", "method": method, "seed": seed, "objective_metric": "accuracy",
-           "higher_is_better": True, "metrics": _block(id_acc, ood)}
+    rec = {"dataset": "shapes", "model": "m", "method": method, "seed": seed, "objective_metric": metric,
+           "higher_is_better": True, "metrics": _block(id_acc, ood, metric)}
     if wise_half is not None:
-        rec["wise"] = {"0.0": _block(0.6, (0.4, 0.4)), "0.5": _block(*wise_half), "1.0": _block(id_acc, ood)}
+        rec["wise"] = {"0.0": _block(0.6, (0.4, 0.4), metric), "0.5": _block(*wise_half, metric),
+                       "1.0": _block(id_acc, ood, metric)}
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps(rec))
     return path / "results.json"
@@ -47,17 +49,17 @@ def test_mean_ci_is_the_student_t_interval():
         mean_ci([])
 
 
-def cells(tmp_path: Path) -> list[CellRuns]:
+def cells(tmp_path: Path, metric: str = "accuracy") -> list[CellRuns]:
     """Two splits x two seeds; AutoFT's OOD mean beats FT's by 0.10, 0.20, 0.30, 0.40."""
     out = []
     for k, split in enumerate(["a", "b"]):
-        zs = read_result(write(tmp_path / split / "zeroshot" / "seed0", "zeroshot", 0, 0.6, (0.5, 0.5)))
+        zs = read_result(write(tmp_path / split / "zeroshot" / "seed0", "zeroshot", 0, 0.6, (0.5, 0.5), metric=metric))
         for s in range(2):
             gain = 0.1 * (1 + 2 * k + s)
             ft = read_result(write(tmp_path / split / "ft" / f"seed{s}", "ft", s, 0.9, (0.3, 0.3),
-                                   wise_half=(0.8, (0.55, 0.55))))
+                                   wise_half=(0.8, (0.55, 0.55)), metric=metric))
             au = read_result(write(tmp_path / split / "autoft" / f"seed{s}", "autoft", s, 0.85,
-                                   (0.3 + gain, 0.3 + gain), wise_half=(0.8, (0.7, 0.6))))
+                                   (0.3 + gain, 0.3 + gain), wise_half=(0.8, (0.7, 0.6)), metric=metric))
             out.append(CellRuns("single", split, s, {"zeroshot": zs, "ft": ft, "autoft": au}))
     return out
 
@@ -81,6 +83,26 @@ def test_summary_paired_differences_and_per_split_rows(tmp_path):
     by = {r["split"]: r for r in split_rows}
     assert by["a"]["ood"]["autoft"] == pytest.approx(0.45) and by["b"]["ood"]["autoft"] == pytest.approx(0.65)
     assert by["a"]["seeds"] == [0, 1] and by["a"]["tests"] == TESTS
+
+
+def test_the_paired_plot_draws_each_difference_its_interval_and_wins(tmp_path):
+    """The forest plot of the paired table, from the estimates or from benchmark.json's copy of them:
+    one row per difference in the table's order, at its mean, its bar the 95% interval; the axis names
+    the dataset's metric (here macro-F1), as the summary table does."""
+    cs = cells(tmp_path, metric="macro_f1")
+    diffs = paired(cs)
+    assert metric_name(cs) == "macro-F1" and "; macro-F1 x100, mean [95% t interval]" in summary_markdown(cs, "T")
+    for rows in (diffs, as_dict(cs)["paired"]):
+        ax = paired_figure(rows, "T", metric_name(cs)).axes[0]
+        assert [t.get_text() for t in ax.get_yticklabels()] == [d["label"] for d in diffs]
+        assert [t.get_text() for t in ax.texts] == [f"{d['wins']}/{d['n']}" for d in diffs]
+        assert "OOD mean macro-F1" in ax.get_xlabel()
+        i = next(i for i, d in enumerate(diffs) if (d["a"], d["b"]) == ("autoft", "ft"))
+        bar = ax.containers[i]
+        assert bar.lines[0].get_xdata()[0] == pytest.approx(25.0) and bar.lines[0].get_ydata()[0] == i
+        (x0, y0), (x1, y1) = bar.lines[2][0].get_segments()[0]
+        e = diffs[i]["ood"]
+        assert (x0, x1) == (pytest.approx(100 * e.low), pytest.approx(100 * e.high)) and y0 == y1 == i
 
 
 def _script():
@@ -398,3 +420,4 @@ def test_folder_benchmark_end_to_end(tree, tmp_path):
         d = diffs[pair]
         assert d["n"] == 2 and d["ood"]["low"] <= d["ood"]["mean"] <= d["ood"]["high"], pair  # an interval over 2 cells
     assert "| AutoFT − FT | " in text and (out / "plots" / "single.png").is_file()
+    assert "(plots/single_paired.png)" in text and (out / "plots" / "single_paired.png").stat().st_size > 1000

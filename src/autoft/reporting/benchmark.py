@@ -11,6 +11,10 @@ fine-tuned method. From the cells:
   mean and interval over cells. Pairing removes the split's difficulty from the comparison;
 - `per_split`: the OOD mean of each row key on each split, averaged over its seeds.
 
+Plots: `plot_benchmark` (ID against OOD mean, with the averaged WiSE-FT curves) and `plot_paired`
+(the paired OOD differences and their intervals: the answer to "does AutoFT help on this shift?" at
+a glance). Tables and plots name the dataset's objective metric (`metric_name`).
+
 Cells are treated as independent draws. They are not quite (the splits share the ID data and the
 foundation model; seeds share a split), so the intervals describe the spread over this grid, not a
 population of worlds.
@@ -25,7 +29,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from autoft.reporting.results import RunResult
-from autoft.reporting.tables import SCALE, WISE_PREFIX, _order, method_label
+from autoft.reporting.tables import METRIC_LABELS, SCALE, WISE_PREFIX, _order, method_label
 
 WISE_ALPHA = 0.5
 # results whose `metrics` already are a WiSE-FT mixture get no WiSE-FT row of their own
@@ -128,6 +132,12 @@ def per_split(cells: Sequence[CellRuns]) -> tuple[list[str], list[dict]]:
     return keys, rows
 
 
+def metric_name(cells: Sequence[CellRuns]) -> str:
+    """The objective metric the cells report, as the tables name it ("accuracy", "macro-F1", ...)."""
+    metric = next(iter(cells[0].runs.values())).metric if cells else "accuracy"
+    return METRIC_LABELS.get(metric, metric)
+
+
 def label(key: str) -> str:
     if key == "autoft_alpha":
         return "AutoFT, α searched"
@@ -154,7 +164,8 @@ def wise_curves(cells: Sequence[CellRuns]) -> dict[str, dict[float, tuple[float,
 def summary_markdown(cells: Sequence[CellRuns], title: str) -> str:
     rows = summarize(cells)
     n_splits = len({c.split for c in cells})
-    lines = [f"**{title}**: {len(cells)} cells ({n_splits} splits x seeds); mean [95% t interval] over cells, x100.",
+    lines = [f"**{title}**: {len(cells)} cells ({n_splits} splits x seeds); {metric_name(cells)} x100, mean [95% t "
+             "interval] over cells.",
              "", "| Method | ID | OOD mean | Cells |", "|---|---|---|---|"]
     lines += [f"| {r['label']} | {r['id'].text()} | {r['ood'].text()} | {r['n']} |" for r in rows]
     diffs = paired(cells)
@@ -216,12 +227,44 @@ def plot_benchmark(cells: Sequence[CellRuns], path: Path, title: str) -> Path:
         ax.errorbar(SCALE * r["id"].mean, SCALE * r["ood"].mean, xerr=err(r["id"]), yerr=err(r["ood"]),
                     fmt="s" if wise else "o", ms=6, capsize=3, color=colour[r["key"].removeprefix(WISE_PREFIX)],
                     mfc="white" if wise else None, label=r["label"])
-    ax.set_xlabel("ID test accuracy (x100)")
-    ax.set_ylabel("OOD mean accuracy (x100)")
+    ax.set_xlabel(f"ID test {metric_name(cells)} (x100)")
+    ax.set_ylabel(f"OOD mean {metric_name(cells)} (x100)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5, loc="best", ncol=2)
     return _save(fig, path)
+
+
+def paired_figure(diffs: Sequence[Mapping], title: str, metric: str = "accuracy"):
+    """The paired differences `paired` gives, as a forest plot: one row per (AutoFT variant a,
+    baseline b), the mean of a - b in OOD mean (x100) with its 95% t interval, and the cells a won.
+    Right of the zero line the variant did better; an interval across it does not tell them apart.
+    Each row holds `a`, `b`, `ood` (an Estimate, or its dict as benchmark.json keeps it), `wins`, `n`."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 1.2 + 0.24 * len(diffs)))
+    ax = fig.subplots()
+    variants = list(dict.fromkeys(d["a"] for d in diffs))
+    for y, d in enumerate(diffs):
+        e = d["ood"] if isinstance(d["ood"], Mapping) else vars(d["ood"])
+        err = None if e["low"] is None else [[SCALE * (e["mean"] - e["low"])], [SCALE * (e["high"] - e["mean"])]]
+        ax.errorbar(SCALE * e["mean"], y, xerr=err, fmt="o", ms=4, capsize=2.5, color=f"C{variants.index(d['a']) % 10}")
+        ax.annotate(f"{d['wins']}/{d['n']}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=6.5)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(diffs)), [f"{label(d['a'])} − {label(d['b'])}" for d in diffs], fontsize=6.5)
+    ax.set_ylim(len(diffs) - 0.5, -0.5)  # the table's order, top to bottom
+    ax.set_xlabel(f"paired difference in OOD mean {metric} (x100), 95% t interval; right: cells won")
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_paired(diffs: Sequence[Mapping], path: Path, title: str, metric: str = "accuracy") -> Path:
+    """paired_figure, written as a PNG."""
+    from autoft.reporting.plots import _save
+
+    return _save(paired_figure(diffs, title, metric), path)
 
 
 @dataclass(frozen=True)
