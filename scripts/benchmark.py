@@ -330,8 +330,10 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
 # ----------------------------------------------------------------------------------------------
 # collecting
 # ----------------------------------------------------------------------------------------------
-def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
-    from autoft.reporting.benchmark import (CellRuns, as_dict, metric_name, paired, per_split_markdown,
+def collect(grid: Grid, out: Path, domains: Domains = SHAPES, logger: Optional[dict] = None) -> Optional[Path]:
+    """benchmark.md, benchmark.json and the plots from the finished cells; with `logger` (the steps'
+    W&B logger config, wandb_logger), the same in one W&B run."""
+    from autoft.reporting.benchmark import (CellRuns, as_dict, log_to_wandb, metric_name, paired, per_split_markdown,
                                             plot_benchmark, plot_paired, summary_markdown)
     from autoft.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
@@ -372,6 +374,7 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
     if domains is not SHAPES:
         payload["dataset"] = {"config": domains.dataset, "name": domains.name, "model": domains.model,
                               "id_domain": list(domains.id), "rotation_domains": list(domains.others)}
+    plots = []
     for fam, cs in cells.items():
         if not cs:
             continue
@@ -381,7 +384,9 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
             forest = plot_paired(paired(cs), out / "plots" / f"{fam}_paired.png",
                                  f"{titles[fam]}: paired differences over {len(cs)} cells", metric_name(cs))
             parts.append(f"![{fam}: paired differences](plots/{forest.name})\n")
+            plots.append(forest)
         parts += [per_split_markdown(cs), f"![{fam}](plots/{plot.name})\n"]
+        plots.append(plot)
         payload[fam] = as_dict(cs)
     md = "\n".join(parts)
     path = out / "benchmark.md"
@@ -391,7 +396,24 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES) -> Optional[Path]:
     if missing:
         print(f"collect: {len(missing)} runs missing (e.g. {missing[0]}); their cells are left out", flush=True)
     print(f"collect: wrote {path}, {out / 'benchmark.json'}, {out / 'plots'}/", flush=True)
+    if logger:
+        log_to_wandb(logger, out, {fam: cs for fam, cs in cells.items() if cs}, [path, out / "benchmark.json", *plots],
+                     {"dataset": domains.name, "model": domains.model, "grid": grid.record()})
     return path
+
+
+def wandb_logger(overrides: list[str], domains: Domains = SHAPES) -> Optional[dict]:
+    """The `logger` config of the steps when they log to W&B (they run with logger=none unless an
+    override says otherwise, such as logger=wandb), else None; collect then logs the benchmark too."""
+    if not any(o.lstrip("+~").startswith("logger") for o in overrides):
+        return None
+    from omegaconf import OmegaConf
+
+    from autoft.config_checks import compose_config
+
+    cfg = compose_config([*domains.select, "logger=none", *overrides])
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    return logger if logger.get("wandb") else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -496,6 +518,7 @@ def main(argv=None) -> int:
         if args.budget and domains is not SHAPES:
             raise UserError("--budget: the budget study runs on the embedded world only (leave out --dataset)")
         grid = make_grid(args, domains)
+        logger = wandb_logger(args.overrides, domains)  # composed now: a bad logger override stops no step midway
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -512,7 +535,7 @@ def main(argv=None) -> int:
     grid.splits(domains)  # checks K
     failed = [] if args.collect else run_steps(plan(grid, out, args.overrides, domains), args.jobs, out / "logs", ROOT,
                                                "benchmark")
-    collect(grid, out, domains)
+    collect(grid, out, domains, logger)
     print(f"benchmark: {fmt_seconds(time.time() - t0)} wall", flush=True)
     if failed:
         print(f"benchmark: {len(failed)} steps failed: {', '.join(failed)}; fix and rerun the same command",

@@ -150,6 +150,36 @@ def test_plan_runs_only_what_is_missing_and_collect_pairs_the_cells(tmp_path):
     assert (tmp_path / "plots" / "single.png").stat().st_size > 1000
 
 
+def test_with_logger_wandb_the_collected_benchmark_is_one_wandb_run(tmp_path, monkeypatch):
+    """`logger=wandb` among the overrides: the steps log to W&B, and so does the collected benchmark,
+    as one run (job_type benchmark) with the tables, their means, the plots and the files; read back
+    from the offline run with W&B's own record format. Without it, nothing goes to W&B."""
+    from autoft.reporting import wandb_logger as W
+    from autoft.reporting import wandb_offline as O
+
+    b = _script()
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert b.wandb_logger(["trainer.epochs=2"]) is None and b.wandb_logger(["logger=none"]) is None
+    logger = b.wandb_logger(["logger=wandb", "logger.mode=offline", "logger.project=bench"])
+    assert logger["wandb"] is True and logger["project"] == "bench"
+    grid = b.Grid(single=1, mixture=0, seeds=1, trials=4, alpha_searched=False, baselines=("ft",))
+    for m, ood in (("zeroshot", (0.5, 0.6)), ("ft", (0.3, 0.4)), ("autoft", (0.6, 0.7))):
+        write(tmp_path / "single" / "garden" / m / "seed0", m, 0, 0.8, ood, None if m == "zeroshot" else (0.7, (0.6, 0.6)))
+    b.collect(grid, tmp_path, logger=logger)
+    (run_dir,) = O.offline_runs(tmp_path)
+    logged = O.read_offline_run(run_dir)
+    assert (logged["run"]["job_type"], logged["run"]["group"]) == ("benchmark", "shapes/shapes_rn10t/benchmark")
+    assert logged["run"]["id"] == W.run_id("benchmark", tmp_path.resolve())  # a later --collect updates this run
+    assert logged["config"]["grid"]["single"] == 1
+    summary = logged["summary"]
+    assert summary["single/autoft/ood"] == pytest.approx(0.65) and summary["single/ft/ood"] == pytest.approx(0.35)
+    assert summary["single/autoft-ft/ood"] == pytest.approx(0.30)
+    assert summary["single/summary/_type"] == summary["single/paired/_type"] == "table-file"
+    assert summary["plots/single_paired/_type"] == summary["plots/single/_type"] == "image-file"
+    arts = {a["name"]: a for a in logged["artifacts"]}
+    assert set(arts["benchmark-shapes-shapes_rn10t"]["files"]) == {"benchmark.md", "benchmark.json", "single.png", "single_paired.png"}
+
+
 def test_runner_runs_side_by_side_in_dependency_order_and_resumes(tmp_path, capsys):
     """Real processes: b needs a, c fails, d needs c (skipped); a rerun runs only what is missing."""
     from autoft.runner import Step, run_steps

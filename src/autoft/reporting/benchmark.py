@@ -13,7 +13,8 @@ fine-tuned method. From the cells:
 
 Plots: `plot_benchmark` (ID against OOD mean, with the averaged WiSE-FT curves) and `plot_paired`
 (the paired OOD differences and their intervals: the answer to "does AutoFT help on this shift?" at
-a glance). Tables and plots name the dataset's objective metric (`metric_name`).
+a glance). Tables and plots name the dataset's objective metric (`metric_name`). `log_to_wandb`
+puts the same tables and plots in one W&B run.
 
 Cells are treated as independent draws. They are not quite (the splits share the ID data and the
 foundation model; seeds share a split), so the intervals describe the spread over this grid, not a
@@ -265,6 +266,38 @@ def plot_paired(diffs: Sequence[Mapping], path: Path, title: str, metric: str = 
     from autoft.reporting.plots import _save
 
     return _save(paired_figure(diffs, title, metric), path)
+
+
+def _estimate_columns(prefix: str, e: Estimate) -> dict:
+    return {f"{prefix}_mean": e.mean, f"{prefix}_low": e.low, f"{prefix}_high": e.high}
+
+
+def log_to_wandb(logger_cfg: Mapping, out: Path, families: Mapping[str, Sequence[CellRuns]], files: Sequence[Path],
+                 config: Mapping) -> None:
+    """The collected benchmark as one W&B run: job_type = benchmark, group = <dataset>/<model>/benchmark,
+    its id from the output folder (a later --collect updates the run). Per family, the summary and the
+    paired differences as W&B tables (unscaled, with their 95% intervals) and their means as summary
+    values (`<family>/<row key>/ood`, `<family>/<a>-<b>/ood`); the plots as images; benchmark.md,
+    benchmark.json and the plots as an artifact. Never raises: W&B never stops a benchmark."""
+    from autoft.reporting import wandb_logger as W
+
+    name, model = config["dataset"], config["model"]
+    run = W.from_config(logger_cfg, job_type="benchmark", name=f"benchmark-{name}", group=f"{name}/{model}/benchmark",
+                        run_id=W.run_id("benchmark", Path(out).resolve()), config=config, out_dir=out)
+    with run.closing():
+        for fam, cs in families.items():
+            rows, diffs = summarize(cs), paired(cs)
+            run.table(f"{fam}/summary", [{"method": r["label"], "key": r["key"], **_estimate_columns("id", r["id"]),
+                                          **_estimate_columns("ood", r["ood"]), "cells": r["n"]} for r in rows])
+            if diffs:
+                run.table(f"{fam}/paired", [{"difference": d["label"], "a": d["a"], "b": d["b"],
+                                             **_estimate_columns("id", d["id"]), **_estimate_columns("ood", d["ood"]),
+                                             "ood_wins": d["wins"], "cells": d["n"]} for d in diffs])
+            run.summary({**{f"{fam}/{r['key']}/ood": r["ood"].mean for r in rows},
+                         **{f"{fam}/{d['a']}-{d['b']}/ood": d["ood"].mean for d in diffs}})
+        run.images([p for p in files if Path(p).suffix == ".png"])
+        run.artifact(f"benchmark-{name}-{model}", "benchmark", files, metadata={"metric": metric_name(
+            [c for cs in families.values() for c in cs])})
 
 
 @dataclass(frozen=True)

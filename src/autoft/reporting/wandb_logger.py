@@ -193,10 +193,11 @@ class WandbRun:
 
     def artifact(self, name: str, kind: str, paths: Iterable[str | Path], metadata: Optional[dict] = None,
                  reference: bool = False) -> None:
-        """Log files as one artifact; `reference`: record them by their local path, uploading nothing."""
+        """Log files as one artifact (its name made valid, _artifact_name); `reference`: record them by
+        their local path, uploading nothing."""
         def upload():
             import wandb
-            art = wandb.Artifact(name, type=kind, metadata=metadata or {})
+            art = wandb.Artifact(_artifact_name(name), type=kind, metadata=metadata or {})
             for p in paths:
                 if reference:  # no checksum: a ViT-L/14 checkpoint is 1.7 GB to read
                     art.add_reference(Path(p).resolve().as_uri(), name=Path(p).name, checksum=False)
@@ -418,7 +419,7 @@ def log_study(logger_cfg: Optional[Mapping[str, Any]], study_dir: str | Path, st
         files = [p for p in (study_dir / HPARAMS_FILE, study_dir / "optimization_results.yaml",
                              study_dir / "trials.csv") if p.is_file()]
         if files:
-            run.artifact(f"study-{_artifact_name(study_name)}", "study", files, metadata={"best": best})
+            run.artifact(f"study-{study_name}", "study", files, metadata={"best": best})
     return run
 
 
