@@ -23,6 +23,7 @@ import atexit
 import gc
 import logging
 import sys
+from pathlib import Path
 
 from autoft.errors import UserError
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    from autoft.reporting.benchmark import is_benchmark
     from autoft.reporting.report import log_to_wandb, make_report
     from autoft.search.study import load_studies, load_studies_under
 
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
         print("error: --alpha must be in [0, 1]", file=sys.stderr)
         return 2
     try:
+        refuse_benchmark(Path(args.root))
         # the studies are read here, once; reporting takes their records and opens no storage
         studies = {} if args.no_plots else {**load_studies_under(args.root),
                                              **{url: load_studies(url) for url in args.study}}
@@ -62,7 +65,10 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         if "unusable results" in str(err):
-            print("(fix or delete those runs, or pass --skip-bad to tabulate the rest)", file=sys.stderr)
+            inside = next((p.parent for p in Path(args.root).rglob("benchmark.json") if is_benchmark(p.parent)), None)
+            print(f"(results of the benchmark {inside} are among them: give make_tables one of its splits, or use "
+                  "scripts/benchmark.py --collect)" if inside else
+                  "(fix or delete those runs, or pass --skip-bad to tabulate the rest)", file=sys.stderr)
         return 2
     from autoft.reporting.selection import write_selection_report
 
@@ -80,6 +86,22 @@ def main(argv=None) -> int:
     if args.wandb:
         log_to_wandb(report, project=args.wandb_project, entity=args.wandb_entity, mode=args.wandb_mode)
     return 0
+
+
+def refuse_benchmark(root: Path) -> None:
+    """A benchmark's folder (or one of its family folders) holds every split's runs of the same methods
+    and seeds: its tables are scripts/benchmark.py's; make_tables takes one split."""
+    from autoft.reporting.benchmark import FAMILIES, is_benchmark
+
+    bench = root if is_benchmark(root) else root.parent if root.name in FAMILIES and is_benchmark(root.parent) else None
+    if bench is None:
+        return
+    splits = sorted(p for f in FAMILIES for p in (bench / f).glob("*") if p.is_dir())
+    example = f", for example {splits[0]}" if splits else ""
+    raise UserError(f"{root} is a benchmark's folder (scripts/benchmark.py): its splits test on different domains "
+                    f"and repeat the same methods and seeds, so they do not make one table. Its tables are "
+                    f"{bench / 'benchmark.md'} (rewrite them with scripts/benchmark.py --collect and the run's options); "
+                    f"make_tables takes one split's folder{example}.")
 
 
 if __name__ == "__main__":

@@ -180,6 +180,31 @@ def test_with_logger_wandb_the_collected_benchmark_is_one_wandb_run(tmp_path, mo
     assert set(arts["benchmark-shapes-shapes_rn10t"]["files"]) == {"benchmark.md", "benchmark.json", "single.png", "single_paired.png"}
 
 
+def test_make_tables_refuses_a_benchmark_folder_and_names_a_split(tmp_path, capsys):
+    """A benchmark's folder holds every split's runs of the same methods and seeds: make_tables refuses
+    it (and its family folder) in one message naming benchmark.md and a split, writing nothing; a
+    folder above it fails on the repeats and says that a benchmark is among them; one split works."""
+    spec = importlib.util.spec_from_file_location("make_tables_script", ROOT / "scripts" / "make_tables.py")
+    make_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tables)
+    bench = tmp_path / "outputs" / "bench"
+    for split in ("cartoon", "sketch"):
+        for m in ("zeroshot", "ft"):
+            write(bench / "single" / split / m / "seed0", m, 0, 0.8, (0.5, 0.6), None if m == "zeroshot" else (0.7, (0.6, 0.6)))
+    (bench / "logs").mkdir()
+    for root in (bench, bench / "single"):
+        assert make_tables.main([str(root), "--no-plots"]) == 2
+        err = capsys.readouterr().err
+        assert f"{root} is a benchmark's folder" in err and str(bench / "benchmark.md") in err
+        assert f"for example {bench / 'single' / 'cartoon'}" in err
+    (bench / "benchmark.json").write_text("{}")  # collected
+    assert make_tables.main([str(tmp_path / "outputs"), "--no-plots"]) == 2
+    assert f"results of the benchmark {bench} are among them" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("results_table.md"))
+    assert make_tables.main([str(bench / "single" / "cartoon"), "--no-plots"]) == 0
+    assert (bench / "single" / "cartoon" / "results_table.md").is_file()
+
+
 def test_runner_runs_side_by_side_in_dependency_order_and_resumes(tmp_path, capsys):
     """Real processes: b needs a, c fails, d needs c (skipped); a rerun runs only what is missing."""
     from autoft.runner import Step, run_steps

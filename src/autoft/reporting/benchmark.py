@@ -37,6 +37,18 @@ WISE_ALPHA = 0.5
 NO_WISE_ROW = ("zeroshot", "autoft_alpha")
 
 
+FAMILIES = ("single", "mixture")  # the split families: one OOD-val domain, or a class-balanced mixture of several
+
+
+def is_benchmark(folder: Path) -> bool:
+    """Whether a folder is a benchmark's output (scripts/benchmark.py): its collected benchmark.json,
+    or its logs/ beside a family folder of splits. Its splits share methods and seeds, so one results
+    table of all of them would mix the splits' test domains."""
+    folder = Path(folder)
+    return (folder / "benchmark.json").is_file() or (
+        (folder / "logs").is_dir() and any((folder / f).is_dir() for f in FAMILIES))
+
+
 @dataclass(frozen=True)
 class CellRuns:
     family: str          # the split family: "single" (one OOD-val domain) or "mixture"
