@@ -333,14 +333,14 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
 def collect(grid: Grid, out: Path, domains: Domains = SHAPES, logger: Optional[dict] = None) -> Optional[Path]:
     """benchmark.md, benchmark.json and the plots from the finished cells; with `logger` (the steps'
     W&B logger config, wandb_logger), the same in one W&B run."""
-    from autoft.reporting.benchmark import (CellRuns, as_dict, log_to_wandb, metric_name, paired, per_split_markdown,
-                                            plot_benchmark, plot_paired, summary_markdown)
+    from autoft.reporting.benchmark import (FAMILIES, CellRuns, as_dict, log_to_wandb, metric_name, paired,
+                                            per_split_markdown, plot_benchmark, plot_paired, summary_markdown)
     from autoft.io import atomic_write_text
     from autoft.reporting.results import ResultsError, read_result
 
     required = ["zeroshot", *grid.baselines, "autoft"]  # a cell counts once all of these finished
     optional = ["autoft_alpha"] if grid.alpha_searched else []  # its row covers the cells that have it
-    cells, missing = {"single": [], "mixture": []}, []
+    cells, missing = {f: [] for f in FAMILIES}, []
     splits = grid.splits(domains)
     for sp in splits:
         for s in range(grid.seeds):
