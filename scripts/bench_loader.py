@@ -4,8 +4,9 @@ cache at least 20x the live pipeline per core).
 
     python scripts/bench_loader.py --json loader.json                        # a fabricated iWildCam tree
     python scripts/bench_loader.py --root /data --dataset iwildcam --json loader.json [overrides]
+    python scripts/bench_loader.py --config-dir ~/myshift-conf --dataset myshift --split sketch   # your shift's YAML
 
-Without --root it fabricates a realistic tree (iWildCam v2.0 layout, 1024x768 JPEGs of about 200 KB,
+Without --root or --config-dir it fabricates a realistic tree (iWildCam v2.0 layout, 1024x768 JPEGs of about 200 KB,
 tests/fabricate.py) in a temporary folder. On the split (--split, default train; its first --images
 examples) it measures, in this order and in this one process:
 
@@ -87,7 +88,9 @@ def fabricated_root(folder: Path, n: int) -> Path:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", help="a dataset folder (data_root); default: fabricate a realistic iWildCam tree")
-    ap.add_argument("--dataset", default="iwildcam", help="the dataset config (with --root)")
+    ap.add_argument("--dataset", default="iwildcam", help="the dataset config (with --root or --config-dir)")
+    ap.add_argument("--config-dir", help="a config directory of yours (train.py --config-dir): --dataset may name its "
+                    "dataset/<name>.yaml, which says where the images are")
     ap.add_argument("--split", default="train")
     ap.add_argument("--images", type=int, default=96, help="examples of the split to time (its first ones)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers")
@@ -106,9 +109,10 @@ def main(argv=None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = Path(args.root) if args.root else fabricated_root(tmp / "data", args.images)
-        dataset = args.dataset if args.root else "iwildcam"
-        cfg = compose(dataset, [f"data_root={root}", *args.overrides])
+        real = bool(args.root or args.config_dir)
+        root = Path(args.root) if args.root else None if real else fabricated_root(tmp / "data", args.images)
+        dataset = args.dataset if real else "iwildcam"
+        cfg = compose(dataset, [*([f"data_root={root}"] if root else []), *args.overrides], args.config_dir)
         task = cli.build_task(cfg)
         size = args.image_size or model_image_size(cfg.model)
         splits = {"train": task.train, "id_val": task.id_val, "ood_val": task.ood_val, **task.tests}
@@ -130,7 +134,7 @@ def main(argv=None) -> dict:
         cached_workers = time_loader(split, size, view, args.batch, args.workers, 30 * n) if args.workers else 0.0
         image_bytes = os.path.getsize(subset.path(0)) if hasattr(subset, "path") else None
 
-    out = {"dataset": dataset, "split": split.name, "fabricated": not args.root, "images": n, "image_size": size,
+    out = {"dataset": dataset, "split": split.name, "fabricated": not real, "images": n, "image_size": size,
            "source_bytes_per_image": image_bytes, "cache_bytes_per_image": 3 * size * size, "cores": os.cpu_count(),
            "live_images_per_s_per_core": live_rate, "cached_images_per_s_per_core": cached_rate,
            "cached_over_live": cached_rate / live_rate, "identical": bool(identical),

@@ -239,3 +239,13 @@ def test_bench_loader_reports_both_pipelines_on_a_fabricated_tree(tmp_path):
     assert out["identical"] is True and out["images"] == 12 and out["image_size"] == SIZE
     assert out["live_images_per_s_per_core"] > 0 and out["cached_images_per_s_per_core"] > 0
     assert out["cached_over_live"] == out["cached_images_per_s_per_core"] / out["live_images_per_s_per_core"]
+    # a user's shift from the YAML in a config directory of theirs (docs/own_data.md), a PACS-like tree
+    fabricate.make_domain_tree(tmp_path / "tree", size=300)
+    (tmp_path / "conf" / "dataset").mkdir(parents=True)
+    (tmp_path / "conf" / "dataset" / "myshift.yaml").write_text(
+        "defaults: [folder, _self_]\nname: myshift\n"
+        f"task: {{root: {tmp_path / 'tree'}, id_domain: photo, ood_val_domain: cartoon, test_domains: [sketch]}}\n")
+    mine = bench.main(["--config-dir", str(tmp_path / "conf"), "--dataset", "myshift", "--split", "sketch",
+                       "--images", "6", "--workers", "0"])
+    assert (mine["dataset"], mine["split"], mine["fabricated"], mine["images"]) == ("myshift", "sketch", False, 6)
+    assert mine["identical"] is True and mine["image_size"] == SIZE  # the folder config's ViT-B/16
