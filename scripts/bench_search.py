@@ -4,6 +4,7 @@ against a reference-style loop, all measured in one run on the same machine and 
 
     python scripts/bench_search.py                       # embedded task, CPU
     python scripts/bench_search.py --trials 5 experiment=synthetic_vit_b16_random device=cuda
+    python scripts/bench_search.py --config-dir ~/myshift-conf dataset=myshift device=cuda   # your shift's YAML
 
 Arguments after the options are Hydra overrides of conf/config.yaml (as for train.py).
 
@@ -162,6 +163,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=3, help="timed trials per loop (after one warm-up trial)")
     ap.add_argument("--out", "--json", dest="out", default=None, help="write the numbers as JSON here")
+    ap.add_argument("--config-dir", help="a config directory of yours (train.py --config-dir): its dataset/<name>.yaml "
+                    "and budget files join the repository's")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
@@ -173,7 +176,7 @@ def main(argv=None) -> dict:
 
     from autoft.config_checks import compose_config
 
-    cfg = compose_config(["phase=search", *args.overrides])
+    cfg = compose_config(["phase=search", *args.overrides], args.config_dir)
     spec = cli.run_spec(cfg, cli.hyperparameters(cfg))
     ws = cli.workspace(cfg)
     device, task = ws.device, ws.task

@@ -126,3 +126,22 @@ def test_bad_roles_stop_train_py_with_one_message(tmp_path):
     assert "domain 'photos' not found" in said and "domains found: art_painting, cartoon, photo, sketch" in said
     assert "Traceback" not in said and not (tmp_path / "outputs" / "folder" / "tiny_vit" / "zeroshot" / "seed0" /
                                                    "results.json").exists()
+
+
+@pytest.mark.slow  # about 10 s: bench_search's loops (ours, the compute floor, the reference style, W&B on and off)
+def test_bench_search_times_a_trial_of_your_own_yaml(tmp_path):
+    """`bench_search.py --config-dir`: the seconds per trial of a search on the shift the user's YAML
+    describes (a search's cost is trials x this), on its own images and OOD-val domain."""
+    data = tmp_path / "data"
+    fabricate.make_domain_tree(data)
+    conf = tmp_path / "myconf" / "dataset"
+    conf.mkdir(parents=True)
+    (conf / "myshift.yaml").write_text(f"defaults: [folder, _self_]\nname: myshift\ntask: {{root: {data}, "
+                                       "id_domain: photo, ood_val_domain: art_painting, test_domains: [cartoon]}\n")
+    done = run_script("bench_search", ["--config-dir", str(conf.parent), "--trials", "1", "--json", str(tmp_path / "b.json"),
+                                       "dataset=myshift", *SMALL, "trainer.inner_steps=2", f"cache_dir={tmp_path / 'cache'}"],
+                      tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    got = json.loads((tmp_path / "b.json").read_text())
+    assert (got["dataset"], got["model"], got["inner_steps"], got["batch_size"]) == ("myshift", "tiny_vit", 2, 4)
+    assert got["ood_val"] == 24 and got["seconds_per_trial"] > 0  # art_painting: all of its 24 images
