@@ -332,7 +332,7 @@ def plan(grid: Grid, out: Path, extra: list[str], domains: Domains = SHAPES) -> 
 # ----------------------------------------------------------------------------------------------
 def collect(grid: Grid, out: Path, domains: Domains = SHAPES, logger: Optional[dict] = None) -> Optional[Path]:
     """benchmark.md, benchmark.json and the plots from the finished cells; with `logger` (the steps'
-    W&B logger config, wandb_logger), the same in one W&B run."""
+    W&B logger config, wandb_logger_config), the same in one W&B run."""
     from autoft.reporting.benchmark import (FAMILIES, CellRuns, as_dict, log_to_wandb, metric_name, paired,
                                             per_split_markdown, plot_benchmark, plot_paired, summary_markdown)
     from autoft.io import atomic_write_text
@@ -402,7 +402,7 @@ def collect(grid: Grid, out: Path, domains: Domains = SHAPES, logger: Optional[d
     return path
 
 
-def wandb_logger(overrides: list[str], domains: Domains = SHAPES) -> Optional[dict]:
+def wandb_logger_config(overrides: list[str], domains: Domains = SHAPES) -> Optional[dict]:
     """The `logger` config of the steps when they log to W&B (they run with logger=none unless an
     override says otherwise, such as logger=wandb), else None; collect then logs the benchmark too."""
     if not any(o.lstrip("+~").startswith("logger") for o in overrides):
@@ -518,7 +518,7 @@ def main(argv=None) -> int:
         if args.budget and domains is not SHAPES:
             raise UserError("--budget: the budget study runs on the embedded world only (leave out --dataset)")
         grid = make_grid(args, domains)
-        logger = wandb_logger(args.overrides, domains)  # composed now: a bad logger override stops no step midway
+        logger = wandb_logger_config(args.overrides, domains)  # composed now: a bad logger override stops no step midway
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

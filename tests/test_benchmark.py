@@ -159,8 +159,8 @@ def test_with_logger_wandb_the_collected_benchmark_is_one_wandb_run(tmp_path, mo
 
     b = _script()
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert b.wandb_logger(["trainer.epochs=2"]) is None and b.wandb_logger(["logger=none"]) is None
-    logger = b.wandb_logger(["logger=wandb", "logger.mode=offline", "logger.project=bench"])
+    assert b.wandb_logger_config(["trainer.epochs=2"]) is None and b.wandb_logger_config(["logger=none"]) is None
+    logger = b.wandb_logger_config(["logger=wandb", "logger.mode=offline", "logger.project=bench"])
     assert logger["wandb"] is True and logger["project"] == "bench"
     grid = b.Grid(single=1, mixture=0, seeds=1, trials=4, alpha_searched=False, baselines=("ft",))
     for m, ood in (("zeroshot", (0.5, 0.6)), ("ft", (0.3, 0.4)), ("autoft", (0.6, 0.7))):
