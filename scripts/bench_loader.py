@@ -152,4 +152,10 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from autoft.errors import UserError
+
+    try:
+        main()
+    except UserError as err:  # a bad option or override: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

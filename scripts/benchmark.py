@@ -512,8 +512,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_intermixed_args(argv)  # overrides may come before, between or after the options
     try:
-        if args.config_dir and not Path(args.config_dir).is_dir():
-            raise UserError(f"--config-dir {args.config_dir}: not a directory")
+        from autoft.config_checks import check_config_dir
+
+        check_config_dir(args.config_dir)  # the embedded world composes nothing here: checked all the same
         domains = domains_of(args.dataset, args.overrides, args.config_dir)
         if args.budget and domains is not SHAPES:
             raise UserError("--budget: the budget study runs on the embedded world only (leave out --dataset)")

@@ -177,8 +177,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="--cache: config overrides as for train.py "
                         "(trainer.image_cache_dir=..., model=..., dataset.task.ood_val_size=...)")
     args = parser.parse_args(argv)
-    if args.config_dir and not Path(args.config_dir).is_dir():
-        raise UserError(f"--config-dir {args.config_dir}: not a directory")
+    from autoft.config_checks import check_config_dir
+
+    check_config_dir(args.config_dir)
     if args.dataset not in DATASETS:
         return check_config(args)
     if not args.root:

@@ -128,6 +128,17 @@ def test_bad_roles_stop_train_py_with_one_message(tmp_path):
                                                    "results.json").exists()
 
 
+@pytest.mark.parametrize("script, args", [("bench_search", []), ("bench_loader", ["--dataset", "myshift"]),
+                                          ("prepare_data", ["--dataset", "myshift"]), ("benchmark", []),
+                                          ("final_retrain", ["--dataset", "myshift"])])
+def test_a_config_dir_that_is_not_a_directory_is_one_line(script, args, tmp_path):
+    """Every script that takes --config-dir refuses a missing one in the same line, with exit status 2
+    and no traceback, before any work (config_checks.check_config_dir)."""
+    done = run_script(script, ["--config-dir", str(tmp_path / "nope"), *args], tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert f"error: --config-dir {tmp_path / 'nope'}: not a directory" in done.stdout and "Traceback" not in done.stdout
+
+
 @pytest.mark.slow  # about 10 s: bench_search's loops (ours, the compute floor, the reference style, W&B on and off)
 def test_bench_search_times_a_trial_of_your_own_yaml(tmp_path):
     """`bench_search.py --config-dir`: the seconds per trial of a search on the shift the user's YAML

@@ -96,6 +96,13 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # train.py's config dir
 BUDGET_DIR = CONF_DIR / "budget"
 
 
+def check_config_dir(config_dir) -> None:
+    """A config directory of the user's (--config-dir) must be one: Hydra would only say that the
+    config it should hold cannot be found."""
+    if config_dir and not Path(config_dir).is_dir():
+        raise UserError(f"--config-dir {config_dir}: not a directory")
+
+
 def search_path(config_dir) -> list[str]:
     """The override that puts a config directory of the user's on Hydra's search path, as
     `train.py --config-dir <dir>` does: its groups' files (conf/dataset/myshift.yaml, a budget file)
@@ -112,6 +119,7 @@ def compose_config(overrides, config_dir=None, *, keep_hydra: bool = False) -> D
     that a config file of the user's misspells in dataset.task (no schema there) is found there."""
     from hydra import compose, initialize_config_dir
 
+    check_config_dir(config_dir)
     mine = [o for o in overrides if keep_hydra or o.startswith("hydra.searchpath=")
             or not o.lstrip("+~").startswith("hydra")]
     try:
