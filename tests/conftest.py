@@ -208,3 +208,21 @@ def run_train(argv: list, cwd=None, **env):
     """`python train.py <argv>` in this process (run_python): for tests about what a run writes, not
     about the process (exit status on a signal, several workers, thread budgets of a fresh process)."""
     return run_python(ROOT / "train.py", argv, cwd, **env)
+
+
+def run_results_notebook(results_dir, monkeypatch, timeout: int = 300):
+    """notebooks/results.ipynb executed by a Jupyter kernel on `results_dir` (AUTOFT_RESULTS, no W&B
+    project), asserting that no cell raised; its stream text, its Markdown and its PNG outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "results.ipynb", as_version=4)
+    monkeypatch.setenv("AUTOFT_RESULTS", str(results_dir))
+    monkeypatch.delenv("AUTOFT_WANDB_PROJECT", raising=False)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    markdown = "\n".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
+    return text, markdown, [o for o in outputs if "data" in o and "image/png" in o["data"]]

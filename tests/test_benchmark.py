@@ -208,8 +208,7 @@ def test_make_tables_refuses_a_benchmark_folder_and_names_a_split(tmp_path, caps
 def test_the_results_notebook_shows_a_benchmark_then_reviews_its_first_split(tmp_path, monkeypatch):
     """notebooks/results.ipynb pointed at a benchmark's folder: its collected tables and plots, then the
     review of one split (never a table mixing the splits' test domains), executed by a Jupyter kernel."""
-    import nbformat
-    from nbclient import NotebookClient
+    from conftest import run_results_notebook
 
     b = _script()
     grid = b.Grid(single=2, mixture=0, seeds=1, trials=4, alpha_searched=False, baselines=("ft",))
@@ -218,15 +217,7 @@ def test_the_results_notebook_shows_a_benchmark_then_reviews_its_first_split(tmp
             write(tmp_path / "single" / split / m / "seed0", m, 0, 0.8, ood, None if m == "zeroshot" else (0.7, (0.6, 0.6)))
     (tmp_path / "logs").mkdir()
     b.collect(grid, tmp_path)
-    nb = nbformat.read(ROOT / "notebooks" / "results.ipynb", as_version=4)
-    monkeypatch.setenv("AUTOFT_RESULTS", str(tmp_path))
-    monkeypatch.delenv("AUTOFT_WANDB_PROJECT", raising=False)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    markdown = "\n".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
+    text, markdown, _ = run_results_notebook(tmp_path, monkeypatch)
     assert "splits: single/garden, single/snow | reviewed below: single/garden" in text
     # AutoFT - FT in OOD mean: 0.30 and 0.40, mean 0.35 +- t_{0.975, 1} * 0.0707 / sqrt(2) = 12.706 * 0.05 = 0.635
     assert "| AutoFT − FT | 0.0 [0.0, 0.0] | 35.0 [-28.5, 98.5] | 2/2 |" in markdown  # the benchmark's paired table

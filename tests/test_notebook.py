@@ -5,9 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import run_results_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONF = Path(__file__).resolve().parent / "conf"
@@ -44,17 +43,7 @@ def test_results_notebook_runs_on_the_demo_results(tmp_path, monkeypatch):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (out / "ft" / "seed7").mkdir()  # a run that never finished: the notebook must name it
 
-    nb = nbformat.read(ROOT / "notebooks" / "results.ipynb", as_version=4)
-    monkeypatch.setenv("AUTOFT_RESULTS", str(out))
-    monkeypatch.delenv("AUTOFT_WANDB_PROJECT", raising=False)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    markdown = "\n".join(o["data"].get("text/markdown", "") for o in outputs if "data" in o)
-    images = [o for o in outputs if "data" in o and "image/png" in o["data"]]
+    text, markdown, images = run_results_notebook(out, monkeypatch, timeout=600)
     assert f"NOT INCLUDED: {out / 'ft' / 'seed7' / 'results.json'}: missing" in text
     for row in ("| Zero-shot |", "| FT |", "| WiSE-FT (α=0.5) |", "| AutoFT |"):
         assert row in markdown
