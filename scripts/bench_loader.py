@@ -101,7 +101,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # per core: one decoding thread
 
-    from prepare_data import compose, model_image_size
+    from prepare_data import model_image_size
+
+    from autoft.config_checks import compose_config
 
     from autoft import cli
     from autoft.data.loading import UInt8View
@@ -112,7 +114,8 @@ def main(argv=None) -> dict:
         real = bool(args.root or args.config_dir)
         root = Path(args.root) if args.root else None if real else fabricated_root(tmp / "data", args.images)
         dataset = args.dataset if real else "iwildcam"
-        cfg = compose(dataset, [*([f"data_root={root}"] if root else []), *args.overrides], args.config_dir)
+        cfg = compose_config([f"dataset={dataset}", *([f"data_root={root}"] if root else []), *args.overrides],
+                             args.config_dir)
         task = cli.build_task(cfg)
         size = args.image_size or model_image_size(cfg.model)
         splits = {"train": task.train, "id_val": task.id_val, "ood_val": task.ood_val, **task.tests}

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from autoft.config_checks import check_config_dir, compose_config, config_names, problems
 from autoft.data import cifar, imagenet, wilds_tasks
 from autoft.errors import UserError
 from autoft.io import atomic_write
@@ -88,13 +89,6 @@ def download_archives(root: Path, table: dict, parts) -> list[str]:
     return failed
 
 
-def compose(dataset: str, overrides, config_dir=None) -> "DictConfig":  # noqa: F821
-    """The config `train.py [--config-dir <config_dir>] dataset=<dataset> <overrides>` composes; a bad key is one message."""
-    from autoft.config_checks import compose_config
-
-    return compose_config([f"dataset={dataset}", *overrides], config_dir)
-
-
 def model_image_size(model) -> int:
     """The model's input resolution without loading its weights: open_clip's config of model.arch,
     or model.custom's vision_cfg (a checkpoint's needs --image-size)."""
@@ -114,7 +108,7 @@ def cache_splits(dataset: str, root: Path, names, image_size, workers: int, over
     from autoft.pipeline import pool_indices
     from autoft.data.image_cache import _bytes, build, inspect
 
-    cfg = compose(dataset, [f"data_root={root}", *overrides], config_dir)
+    cfg = compose_config([f"dataset={dataset}", f"data_root={root}", *overrides], config_dir)
     task = cli.build_task(cfg)
     policy = replace(cli.image_cache_policy(cfg), mode="auto")
     size = image_size or model_image_size(cfg.model)
@@ -177,8 +171,6 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*", help="--cache: config overrides as for train.py "
                         "(trainer.image_cache_dir=..., model=..., dataset.task.ood_val_size=...)")
     args = parser.parse_args(argv)
-    from autoft.config_checks import check_config_dir
-
     check_config_dir(args.config_dir)
     if args.dataset not in DATASETS:
         return check_config(args)
@@ -231,8 +223,6 @@ def check_config(args) -> int:
     paper's datasets."""
     from autoft.names import FOLDER_TARGET
 
-    from autoft.config_checks import config_names, problems
-
     names = config_names("dataset", args.config_dir)
     if args.dataset not in names:
         where = " nor in " + str(Path(args.config_dir) / "dataset") if args.config_dir else ""
@@ -241,7 +231,7 @@ def check_config(args) -> int:
     if args.cache:
         return cache_splits(args.dataset, Path(args.root or "data"), _names(args.splits), args.image_size,
                             args.workers, overrides, args.config_dir)
-    cfg = compose(args.dataset, overrides, args.config_dir)
+    cfg = compose_config([f"dataset={args.dataset}", *overrides], args.config_dir)
     task = OmegaConf.to_container(cfg.dataset.task, resolve=True)
     if task.get("_target_") != FOLDER_TARGET:
         raise UserError(f"--dataset {args.dataset}: its data is not read from disk by a folder reader "

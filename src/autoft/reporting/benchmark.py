@@ -308,8 +308,8 @@ def log_to_wandb(logger_cfg: Mapping, out: Path, families: Mapping[str, Sequence
             run.summary({**{f"{fam}/{r['key']}/ood": r["ood"].mean for r in rows},
                          **{f"{fam}/{d['a']}-{d['b']}/ood": d["ood"].mean for d in diffs}})
         run.images([p for p in files if Path(p).suffix == ".png"])
-        run.artifact(f"benchmark-{name}-{model}", "benchmark", files, metadata={"metric": metric_name(
-            [c for cs in families.values() for c in cs])})
+        run.artifact(f"benchmark-{name}-{model}", "benchmark", files,
+                     metadata={"metric": metric_name(next(iter(families.values()), []))})
 
 
 @dataclass(frozen=True)
