@@ -98,6 +98,7 @@ def test_the_readme_commands_run_on_a_fabricated_tree(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3300)  # above its run's own limit, which reports what the run printed
 def test_the_full_size_rehearsal(tmp_path):
     """ViT-B/16 (random weights where open_clip's hub download looks), all 182 iWildCam classes at
     1024x768: the README's commands as a user with a GPU node would run them (about 15 min on 2 cores)."""
