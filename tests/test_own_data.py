@@ -139,6 +139,16 @@ def test_a_config_dir_that_is_not_a_directory_is_one_line(script, args, tmp_path
     assert f"error: --config-dir {tmp_path / 'nope'}: not a directory" in done.stdout and "Traceback" not in done.stdout
 
 
+def test_bench_search_names_the_missing_foundation_model_and_its_build_command(tmp_path):
+    """bench_search validates its config as train.py does: a checkpoint not built yet is one line
+    naming the file and the command that builds it, before any model or data is loaded."""
+    missing = tmp_path / "cache" / "foundation" / "absent.pt"
+    done = run_script("bench_search", [f"model.checkpoint={missing}"], tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert (f"error: model.checkpoint={missing}: file not found. Build it with: python scripts/build_foundation.py"
+            in done.stdout) and "Traceback" not in done.stdout and "bench:" not in done.stdout
+
+
 @pytest.mark.slow  # about 10 s: bench_search's loops (ours, the compute floor, the reference style, W&B on and off)
 def test_bench_search_times_a_trial_of_your_own_yaml(tmp_path):
     """`bench_search.py --config-dir`: the seconds per trial of a search on the shift the user's YAML
