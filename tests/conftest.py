@@ -104,6 +104,23 @@ def compose_config(*overrides, return_hydra_config: bool = False):
         return compose("config", overrides=[*searchpath, *overrides], return_hydra_config=return_hydra_config)
 
 
+# the suite's peak in its temporary folder (three test processes writing full-size weights files)
+MIN_FREE_GIB = float(os.environ.get("AUTOFT_TEST_MIN_FREE_GIB", 2))
+
+
+def pytest_sessionstart(session):
+    """A disk too full for the suite stops it in one line, before any test: otherwise every test that
+    writes fails at its setup, and the reason is lost among hundreds of errors."""
+    import shutil
+    import tempfile
+
+    where = tempfile.gettempdir()
+    free = shutil.disk_usage(where).free / 2 ** 30
+    if not os.environ.get("PYTEST_XDIST_WORKER") and free < MIN_FREE_GIB:
+        pytest.exit(f"only {free:.1f} GiB free in {where}; the tests need {MIN_FREE_GIB:g} GiB there: free some "
+                    "space, or point TMPDIR at a disk that has it", returncode=4)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` (pytest -m cuda; make gpu-check) skip themselves, saying why, without a GPU."""
     import torch

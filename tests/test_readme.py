@@ -107,3 +107,16 @@ def test_the_full_size_rehearsal(tmp_path):
     weights = Path(report["phases"][0]["files"][0])
     assert weights.name == "open_clip_model.safetensors" and "models--timm--vit_base_patch16_clip_224.openai" in str(weights)
     check_outputs(tmp_path, "vit_b16", 182)
+
+
+def test_a_disk_too_full_for_the_suite_stops_it_in_one_line(tmp_path):
+    """conftest's pytest_sessionstart: with less free space than the suite needs in its temporary
+    folder, pytest stops before any test with one line naming the folder, and exit status 4 (here the
+    need is raised above what any disk has, through AUTOFT_TEST_MIN_FREE_GIB)."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_losses.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=offline_env(AUTOFT_TEST_MIN_FREE_GIB="1000000", TMPDIR=str(tmp_path)))
+    assert done.returncode == 4, done.stdout[-2000:] + done.stderr[-2000:]
+    said = done.stdout + done.stderr
+    assert re.search(rf"only [\d.]+ GiB free in {re.escape(str(tmp_path))}; the tests need 1e\+06 GiB there", said), said
+    assert "passed" not in said and "error" not in said.lower()
