@@ -103,11 +103,10 @@ def main(argv=None) -> dict:
 
     from prepare_data import model_image_size
 
-    from autoft.config_checks import compose_config
-
     from autoft import cli
-    from autoft.data.loading import UInt8View
+    from autoft.config_checks import compose_config
     from autoft.data.image_cache import CachedImages, build, open_cache, spec_for
+    from autoft.data.loading import UInt8View
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

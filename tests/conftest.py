@@ -115,9 +115,11 @@ def pytest_sessionstart(session):
     import shutil
     import tempfile
 
+    if hasattr(session.config, "workerinput"):  # checked once, in pytest-xdist's controller
+        return
     where = tempfile.gettempdir()
     free = shutil.disk_usage(where).free / 2 ** 30
-    if not hasattr(session.config, "workerinput") and free < MIN_FREE_GIB:  # once, in pytest-xdist's controller
+    if free < MIN_FREE_GIB:
         pytest.exit(f"only {free:.1f} GiB free in {where}; the tests need {MIN_FREE_GIB:g} GiB there: free some "
                     "space, or point TMPDIR at a disk that has it", returncode=4)
 
