@@ -54,3 +54,20 @@ def test_hyperparameter_files_that_cannot_be_read_name_the_key_and_the_file(tmp_
         load_warm_starts([str(tmp_path / "bad.yaml")], None)
     with pytest.raises(UserError, match="where: file not found; fix"):
         read_yaml(tmp_path / "missing.yaml", "where", "fix")
+
+
+def test_json_records_write_tensors_and_arrays_as_their_numbers(tmp_path):
+    """autoft.io.write_json, under every record: a metric computed with torch or numpy is written as
+    the number or list it holds, whatever its size (a scalar, a per-class vector, a matrix)."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from autoft.io import write_json
+
+    path = tmp_path / "r.json"
+    write_json(path, {"acc": torch.tensor(0.25), "f1": np.float64(0.5), "per_class": torch.tensor([1, 2, 3]),
+                      "confusion": np.array([[1, 0], [2, 3]]), "path": tmp_path})
+    assert json.loads(path.read_text()) == {"acc": 0.25, "f1": 0.5, "per_class": [1, 2, 3],
+                                            "confusion": [[1, 0], [2, 3]], "path": str(tmp_path)}

@@ -49,15 +49,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_plain) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def _plain(x):
-    if hasattr(x, "item"):
-        return x.item()
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
+def _json_default(x):
+    """What json cannot write itself: a tensor or numpy value as its number or (nested) list (tolist:
+    item() refuses more than one element), anything else as text."""
+    return x.tolist() if hasattr(x, "tolist") else str(x)
 
 
 def append_json_lines(path: str | Path, rows: list[dict], mode: str = "a") -> None:
