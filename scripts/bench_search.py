@@ -169,12 +169,11 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from autoft import cli
+    from autoft.config_checks import compose_config, validate
     from autoft.data.loading import TensorBatches, loader
     from autoft.engine import Finetuner, make_optimizer
     from autoft.evaluation import predict
     from autoft.pipeline import pool_indices, search_trial
-
-    from autoft.config_checks import compose_config, validate
 
     cfg = compose_config(["phase=search", *args.overrides], args.config_dir)
     validate(cfg)  # as train.py does: a bad value, or a foundation model not built yet, with its fix
