@@ -61,7 +61,7 @@ def autoft_hparams(args, out: Path) -> Path:
         hp = best_hparams_from_study(args.study, args.study_name, defaults)
         path = out / "autoft" / "hparams_from_study.yaml"
         rec = hp.records
-        write_best_hparams(path, hp, f"# chosen trial of study {rec['study_name']} in {args.study}\n")
+        write_best_hparams(path, hp, f"# chosen trial of study {rec['study_name']} in {rec['storage']}\n")
         print(f"AutoFT hyperparameters from trial {rec['trial_number']} of study {rec['study_name']} -> {path}")
         return path
     path = out / "search-autoft" / HPARAMS_FILE

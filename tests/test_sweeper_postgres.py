@@ -59,3 +59,39 @@ def test_two_concurrent_workers_share_one_study(tmp_path, pg_url):
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers trained
     for out in outs:
         assert f"{n}/{n} finished" in out
+
+
+def test_final_retrain_from_a_study_url_never_writes_its_password(tmp_path, pg_url):
+    """`final_retrain.py --study postgresql://user:password@...`: the hyperparameters file it writes
+    names the study and the storage with the password masked, as every output of a search does
+    (trust auth: the server ignores the password, so the URL with one opens the same database)."""
+    import argparse
+    import importlib.util
+
+    from autoft.errors import UserError
+    from autoft.records import read_best_hparams
+    from conftest import ROOT
+
+    url = pg_url.replace("postgres@", "postgres:s3cret@")
+    study = optuna.create_study(study_name="s1", storage=normalize_url(url), direction="maximize")
+    study.enqueue_trial({"trainer.lr_scale": 2.0, "trainer.weight_decay": 0.25})
+    study.optimize(lambda t: t.suggest_float("trainer.lr_scale", 0.1, 10, log=True)
+                   + t.suggest_float("trainer.weight_decay", 0, 1), n_trials=1)
+    spec = importlib.util.spec_from_file_location("final_retrain", ROOT / "scripts" / "final_retrain.py")
+    final_retrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(final_retrain)
+    args = argparse.Namespace(hparams=None, study=url, study_name=None, dataset="shapes", model=None,
+                              config_dir=None)
+
+    path = final_retrain.autoft_hparams(args, tmp_path)
+    text = path.read_text()
+    assert "s3cret" not in text
+    assert text.startswith(f"# chosen trial of study s1 in {url.replace('s3cret', '***')}\n")
+    hp = read_best_hparams(path)
+    assert (hp.lr_scale, hp.weight_decay) == (2.0, 0.25)
+    assert hp.records["storage"] == url.replace("s3cret", "***") and hp.records["trial_number"] == 0
+
+    optuna.create_study(study_name="s2", storage=normalize_url(url))
+    with pytest.raises(UserError, match=r"postgres:\*\*\*@.* holds 2 studies \(s1, s2\)") as err:
+        final_retrain.autoft_hparams(args, tmp_path)
+    assert "s3cret" not in str(err.value)

@@ -232,23 +232,24 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
     """The chosen trial of an Optuna study (a finished top-k re-evaluation's winner, else the best
     trial) as the hyperparameters `train.py hparams=<file>` reads. Values the study did not search
     come from `defaults` (the config's, Hyperparameters.from_config); records name the study, the
-    trial, its objective and what selected it."""
+    trial, its objective, what selected it and the storage (its password masked, as in every output)."""
     import optuna
 
-    from autoft.search.storage import normalize_url
+    from autoft.search.storage import mask_url, normalize_url
 
+    shown = mask_url(storage)  # what messages and the records name: never the URL's password
     try:
         names = [s.study_name for s in optuna.study.get_all_study_summaries(normalize_url(storage),
                                                                             include_best_trial=False)]
     except Exception as err:
-        raise UserError(f"cannot open the study storage {storage} ({type(err).__name__}: {err})") from None
+        raise UserError(f"cannot open the study storage {shown} ({type(err).__name__}: {err})") from None
     if study_name is None:
         if len(names) != 1:
-            raise UserError(f"{storage} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+            raise UserError(f"{shown} holds {len(names)} studies ({', '.join(names) or 'none'}); "
                             "name one with --study-name")
         study_name = names[0]
     elif study_name not in names:
-        raise UserError(f"study '{study_name}' not in {storage}; it holds: {', '.join(names) or 'none'}")
+        raise UserError(f"study '{study_name}' not in {shown}; it holds: {', '.join(names) or 'none'}")
     study = optuna.load_study(study_name=study_name, storage=normalize_url(storage))
     chosen = rv.chosen_trial_number(study)  # a finished top-k re-evaluation outranks the search score
     try:
@@ -256,5 +257,5 @@ def best_hparams_from_study(storage: str, study_name: Optional[str] = None,
     except ValueError:
         raise UserError(f"study '{study_name}' has no completed trial yet") from None
     records = {"study_name": study_name, "trial_number": best.number, "objective": best.value,
-               "selected_by": "reevaluation" if chosen is not None else "search", "storage": storage}
+               "selected_by": "reevaluation" if chosen is not None else "search", "storage": shown}
     return Hyperparameters.from_trial(best.params, best.user_attrs, defaults, records=records)
