@@ -166,3 +166,30 @@ def test_bench_search_times_a_trial_of_your_own_yaml(tmp_path):
     got = json.loads((tmp_path / "b.json").read_text())
     assert (got["dataset"], got["model"], got["inner_steps"], got["batch_size"]) == ("myshift", "tiny_vit", 2, 4)
     assert got["ood_val"] == 24 and got["seconds_per_trial"] > 0  # art_painting: all of its 24 images
+
+
+def test_a_multirun_over_data_root_reads_each_tree(tmp_path):
+    """The workspace a process keeps for its next runs (cli.workspace: model and data built once) is
+    reused only when everything it is built from is the same, interpolations resolved: with
+    `data_root=/a,/b` the runs on /b read /b (its key once held `${data_root}` as written, so they read
+    /a's images)."""
+    from autoft import cli
+    from conftest import compose_config
+
+    fabricate.make_domain_tree(tmp_path / "a", per_class=8, junk=False, manifest=None)
+    fabricate.make_domain_tree(tmp_path / "b", per_class=6, junk=False, manifest=None)
+
+    def built(tree, *more):
+        return cli.workspace(compose_config("dataset=folder", f"data_root={tmp_path / tree}", *ROLES, *SMALL,
+                                            f"cache_dir={tmp_path / 'cache'}", *more))
+
+    cli._WORKSPACES.clear()
+    try:
+        a = built("a")
+        assert built("a") is a  # the same inputs: built once
+        b = built("b")
+        assert b is not a and b.task.tests["cartoon"].dataset.root == str(tmp_path / "b")
+        assert (len(a.task.tests["cartoon"]), len(b.task.tests["cartoon"])) == (3 * 8, 3 * 6)
+        assert built("b", "trainer.eval_batch_size=16") is not b  # a key Workspace.build takes
+    finally:
+        cli._WORKSPACES.clear()

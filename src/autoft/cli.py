@@ -3,6 +3,7 @@ Hyperparameters (autoft.hparams), its RunSpec (a search trial's or a final run's
 The library itself never reads the config or Hydra globals; only this module and train.py do."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import replace
@@ -34,6 +35,9 @@ log = logging.getLogger("autoft")
 
 # Workspaces built in this process, reused by every trial a sequential launcher runs here.
 _WORKSPACES: dict[str, Workspace] = {}
+# the trainer keys Workspace.build takes: a run that sets another value needs another workspace
+_WORKSPACE_TRAINER_KEYS = ("precision", "compile", "channels_last", "num_workers", "eval_batch_size", "image_cache",
+                           "image_cache_dir")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -77,9 +81,19 @@ def build_task(cfg: DictConfig) -> Task:
     return task
 
 
+def workspace_key(cfg: DictConfig) -> str:
+    """Everything a workspace is built from, resolved: `${data_root}` and `${cache_dir}` by their values,
+    so that a multirun over them (data_root=/a,/b) builds one workspace per value instead of reusing the
+    first one's data."""
+    t = cfg.trainer
+    inputs = {"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+              "model": OmegaConf.to_container(cfg.model, resolve=True), "device": cfg.device,
+              "cache_dir": cfg.get("cache_dir"), "trainer": {k: t.get(k) for k in _WORKSPACE_TRAINER_KEYS}}
+    return json.dumps(inputs, sort_keys=True, default=str)
+
+
 def workspace(cfg: DictConfig) -> Workspace:
-    key = OmegaConf.to_yaml({"dataset": cfg.dataset, "model": cfg.model, "device": cfg.device,
-                             "precision": cfg.trainer.precision, "image_cache": cfg.trainer.get("image_cache")})
+    key = workspace_key(cfg)
     if key not in _WORKSPACES:
         device = resolve_device(cfg.device, distributed_env(cfg).local_rank)
         if device.type == "cuda":
