@@ -35,9 +35,6 @@ log = logging.getLogger("autoft")
 
 # Workspaces built in this process, reused by every trial a sequential launcher runs here.
 _WORKSPACES: dict[str, Workspace] = {}
-# the trainer keys Workspace.build takes: a run that sets another value needs another workspace
-_WORKSPACE_TRAINER_KEYS = ("precision", "compile", "channels_last", "num_workers", "eval_batch_size", "image_cache",
-                           "image_cache_dir")
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -81,19 +78,26 @@ def build_task(cfg: DictConfig) -> Task:
     return task
 
 
-def workspace_key(cfg: DictConfig) -> str:
-    """Everything a workspace is built from, resolved: `${data_root}` and `${cache_dir}` by their values,
-    so that a multirun over them (data_root=/a,/b) builds one workspace per value instead of reusing the
-    first one's data."""
+def build_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings Workspace.build takes from the trainer config, as the config gives them (precision
+    and channels_last may still say `auto`: they are resolved for the device at the build)."""
     t = cfg.trainer
+    return {"num_workers": min(int(t.num_workers), os.cpu_count() or 1), "eval_batch_size": t.eval_batch_size,
+            "precision": t.precision, "compile": bool(t.get("compile", False)),
+            "channels_last": t.get("channels_last", "auto"), "image_cache": image_cache_policy(cfg)}
+
+
+def workspace_key(cfg: DictConfig, settings: dict[str, Any]) -> str:
+    """Everything a workspace is built from (model, task, device, `settings`), interpolations resolved:
+    a multirun over data_root=/a,/b builds one workspace per value instead of reusing the first one's data."""
     inputs = {"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
-              "model": OmegaConf.to_container(cfg.model, resolve=True), "device": cfg.device,
-              "cache_dir": cfg.get("cache_dir"), "trainer": {k: t.get(k) for k in _WORKSPACE_TRAINER_KEYS}}
+              "model": OmegaConf.to_container(cfg.model, resolve=True), "device": cfg.device, **settings}
     return json.dumps(inputs, sort_keys=True, default=str)
 
 
 def workspace(cfg: DictConfig) -> Workspace:
-    key = workspace_key(cfg)
+    settings = build_settings(cfg)
+    key = workspace_key(cfg, settings)
     if key not in _WORKSPACES:
         device = resolve_device(cfg.device, distributed_env(cfg).local_rank)
         if device.type == "cuda":
@@ -106,13 +110,9 @@ def workspace(cfg: DictConfig) -> Workspace:
                            quick_gelu=m.get("quick_gelu"))
         task = build_task(cfg)
         _WORKSPACES.clear()  # one model per process: a new config replaces the old one
-        workers = min(int(cfg.trainer.num_workers), os.cpu_count() or 1)
-        _WORKSPACES[key] = Workspace.build(task, bundle, device, num_workers=workers,
-                                           eval_batch_size=cfg.trainer.eval_batch_size,
-                                           precision=resolve_precision(cfg.trainer.precision, device),
-                                           compile=bool(cfg.trainer.get("compile", False)),
-                                           channels_last=resolve_channels_last(cfg.trainer.get("channels_last", "auto"), device),
-                                           image_cache=image_cache_policy(cfg))
+        for_device = {"precision": resolve_precision(settings["precision"], device),
+                      "channels_last": resolve_channels_last(settings["channels_last"], device)}
+        _WORKSPACES[key] = Workspace.build(task, bundle, device, **{**settings, **for_device})
     return _WORKSPACES[key]
 
 
