@@ -224,6 +224,21 @@ def run_script(name: str, argv: list, cwd=None, **env):
     return run_python(ROOT / "scripts" / f"{name}.py", argv, cwd, **env)
 
 
+def load_script(script):
+    """A script imported as a fresh module, to call its functions: `script` names one in scripts/, or
+    is a path. Registered in sys.modules (as `<stem>_script`): dataclasses look their module up while a
+    class is built."""
+    import importlib.util
+    import sys
+
+    path = ROOT / "scripts" / f"{script}.py" if isinstance(script, str) else script
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_train(argv: list, cwd=None, **env):
     """`python train.py <argv>` in this process (run_python): for tests about what a run writes, not
     about the process (exit status on a signal, several workers, thread budgets of a fresh process)."""

@@ -2,7 +2,6 @@
 and scripts/benchmark.py's grid, resume and collection on fabricated run directories."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
@@ -13,6 +12,7 @@ import pytest
 from autoft.reporting.benchmark import (CellRuns, as_dict, mean_ci, metric_name, paired, paired_figure, per_split,
                                         summarize, summary_markdown)
 from autoft.reporting.results import read_result
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ["snow", "night"]
@@ -106,11 +106,7 @@ def test_the_paired_plot_draws_each_difference_its_interval_and_wins(tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmark")
 
 
 def test_grid_splits_keep_id_fixed_and_test_on_every_other_domain():
@@ -184,9 +180,7 @@ def test_make_tables_refuses_a_benchmark_folder_and_names_a_split(tmp_path, caps
     """A benchmark's folder holds every split's runs of the same methods and seeds: make_tables refuses
     it (and its family folder) in one message naming benchmark.md and a split, writing nothing; a
     folder above it fails on the repeats and says that a benchmark is among them; one split works."""
-    spec = importlib.util.spec_from_file_location("make_tables_script", ROOT / "scripts" / "make_tables.py")
-    make_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_tables)
+    make_tables = load_script("make_tables")
     bench = tmp_path / "outputs" / "bench"
     for split in ("cartoon", "sketch"):
         for m in ("zeroshot", "ft"):

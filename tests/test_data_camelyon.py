@@ -1,6 +1,5 @@
 """dataset=camelyon17: Camelyon17-WILDS v1.0 through wilds' own Camelyon17Dataset, on a fabricated
 camelyon17_v1.0 folder in the release's on-disk format (tests/fabricate.py, make_camelyon17)."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 import fabricate
-from conftest import compose_config, run_train
+from conftest import compose_config, load_script, run_train
 from autoft import config_checks
 from autoft.data import wilds_agreement, wilds_tasks
 from autoft.data.base import Task
@@ -223,9 +222,7 @@ def test_camelyon17_missing_and_corrupt_files_are_named(camelyon, tmp_path):
 
 
 def test_prepare_data_checks_camelyon17(camelyon, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prepare_data")
     root, manifest = camelyon
     expect = tmp_path / "expect.json"
     expect.write_text(json.dumps({"counts": manifest["counts"], "classes": 2}))

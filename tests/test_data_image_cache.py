@@ -202,13 +202,9 @@ def test_a_bad_mode_is_named_with_the_valid_ones():
 def test_prepare_data_builds_every_split_then_only_checks(wildcam, tmp_path, capsys):
     """scripts/prepare_data.py --cache: one cache per split of the task train.py would run, where
     trainer.image_cache_dir says; a second call only checks them; the pool is served by train's."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py"
-    spec = importlib.util.spec_from_file_location("prepare_data", path)
-    prepare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare)
+    prepare = load_script("prepare_data")
     root, task = wildcam
     args = ["--dataset", "iwildcam", "--root", str(root), "--cache", f"trainer.image_cache_dir={tmp_path / 'c'}",
             "dataset.task.ood_val_size=3"]
@@ -227,13 +223,9 @@ def test_prepare_data_builds_every_split_then_only_checks(wildcam, tmp_path, cap
 
 def test_bench_loader_reports_both_pipelines_on_a_fabricated_tree(tmp_path):
     """The benchmark's keys and its identity check (its speeds are measured by running it, not here)."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_loader.py"
-    spec = importlib.util.spec_from_file_location("bench_loader", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_loader")
     out = bench.main(["--images", "12", "--workers", "0", "--json", str(tmp_path / "loader.json")])
     assert json.loads((tmp_path / "loader.json").read_text()) == out
     assert out["identical"] is True and out["images"] == 12 and out["image_size"] == SIZE

@@ -1,5 +1,4 @@
 import dataclasses
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -19,6 +18,7 @@ from autoft.data.images import ImageFiles
 from autoft.data.base import Task, format_prompt
 from autoft.errors import UserError
 from autoft.metrics import METRICS
+from conftest import load_script
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 
@@ -461,9 +461,7 @@ def test_a_path_rule_missing_the_sequestered_gap_is_caught(wilds_root):
 
 
 def test_prepare_data_check_reports_the_agreement(wilds_root, capsys):
-    spec = importlib.util.spec_from_file_location("prepare_data", Path(__file__).resolve().parents[1] / "scripts" / "prepare_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prepare_data")
     root = wilds_root[0]
     code = script.main(["--dataset", "fmow", "--root", str(root), "--check"])
     out = capsys.readouterr().out

@@ -1,19 +1,15 @@
 """scripts/demo.py's plan: what `make demo` runs, in which order, and what makes a step done."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _demo():
-    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("demo")
 
 
 def test_demo_plan_installs_the_foundation_then_searches_then_runs_every_final(tmp_path):

@@ -3,7 +3,6 @@ README as written and runs them on a fabricated iWildCam tree with small budgets
 the search, the final retrain with its tables). The default suite runs the 5-class version with the
 tiny random CLIP; the full-size rehearsal (ViT-B/16 in open_clip's hub layout, 182 classes, 1024x768
 JPEGs: `make rehearsal`) is a `slow` test."""
-import importlib.util
 import json
 import re
 import subprocess
@@ -13,12 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, offline_env
+from conftest import ROOT, load_script, offline_env
 from test_paper_benchmarks import BENCHMARKS
 
-spec = importlib.util.spec_from_file_location("rehearsal_script", ROOT / "scripts" / "rehearsal.py")
-rehearsal = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(rehearsal)
+rehearsal = load_script("rehearsal")
 
 
 def test_the_readme_leads_its_real_data_section_with_the_missions_command():

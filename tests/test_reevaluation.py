@@ -8,7 +8,6 @@ processes are what a test is about (a worker killed mid-re-evaluation, two worke
 train.py end to end (in this process too, conftest.run_train).
 """
 import csv
-import importlib.util
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import run_script, run_train
+from conftest import load_script, run_script, run_train
 from sweep_helpers import APP, FAST, SWEEP, TINY, run_app_here
 WEIGHTS = {k: 0.01 for k in ("hinge", "entropy", "dcm", "flyp", "l1init", "l2init", "l1zero", "l2zero")}
 GOOD = {"loss_weights": WEIGHTS, "lr_scale": 10 ** 0.5, "weight_decay": 0.3}  # the toy's optimum: 1.0
@@ -31,10 +30,7 @@ NOISY = ["toy.seed_noise=0.01", "toy.lucky_weight_decay=0.9", "toy.lucky_bonus=1
 
 
 def toy_module():
-    spec = importlib.util.spec_from_file_location("toy_app_for_tests", APP)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(APP)
 
 
 def warm_starts(tmp_path):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,13 @@ from autoft.data.base import Task
 from autoft.errors import UserError
 from autoft.models.clip import load_checkpoint
 from autoft.models.tokenizer import WordTokenizer, split_words
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_build_script():
-    spec = importlib.util.spec_from_file_location("build_foundation", ROOT / "scripts" / "build_foundation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("build_foundation")
 
 
 SMALL = dict(n_train=60, n_val=30, n_test=40, ood_val_size=50)

@@ -119,11 +119,9 @@ def test_a_finished_trial_is_read_from_the_database_once_and_a_running_one_at_ev
 
 
 def test_the_study_reads_benchmark_runs(capsys):
-    import importlib.util
+    from conftest import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_study_reads", REPO / "scripts" / "bench_study_reads.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_study_reads")
     rows = bench.main(["--trials", "3,6", "--reads", "2"])
     assert [r["trials"] for r in rows] == [3, 6] and all(r["cached_ms"] > 0 and r["bare_ms"] > 0 for r in rows)
     printed = capsys.readouterr().out.splitlines()

@@ -66,20 +66,17 @@ def test_final_retrain_from_a_study_url_never_writes_its_password(tmp_path, pg_u
     names the study and the storage with the password masked, as every output of a search does
     (trust auth: the server ignores the password, so the URL with one opens the same database)."""
     import argparse
-    import importlib.util
 
     from autoft.errors import UserError
     from autoft.records import read_best_hparams
-    from conftest import ROOT
+    from conftest import load_script
 
     url = pg_url.replace("postgres@", "postgres:s3cret@")
     study = optuna.create_study(study_name="s1", storage=normalize_url(url), direction="maximize")
     study.enqueue_trial({"trainer.lr_scale": 2.0, "trainer.weight_decay": 0.25})
     study.optimize(lambda t: t.suggest_float("trainer.lr_scale", 0.1, 10, log=True)
                    + t.suggest_float("trainer.weight_decay", 0, 1), n_trials=1)
-    spec = importlib.util.spec_from_file_location("final_retrain", ROOT / "scripts" / "final_retrain.py")
-    final_retrain = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(final_retrain)
+    final_retrain = load_script("final_retrain")
     args = argparse.Namespace(hparams=None, study=url, study_name=None, dataset="shapes", model=None,
                               config_dir=None)
 
